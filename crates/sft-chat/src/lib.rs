@@ -1,0 +1,1 @@
+//! `sft-chat`: see the crate description; documentation grows with the implementation.

@@ -1,0 +1,1 @@
+//! `sft-compose`: see the crate description; documentation grows with the implementation.

@@ -1,0 +1,1 @@
+//! `sft-eval`: see the crate description; documentation grows with the implementation.

@@ -1,0 +1,1 @@
+//! `sft-schedule`: see the crate description; documentation grows with the implementation.

@@ -1,0 +1,1 @@
+//! `sft-train`: see the crate description; documentation grows with the implementation.

