@@ -1,0 +1,1 @@
+//! `sft-gguf`: see the crate description.
