@@ -103,13 +103,21 @@ pub struct Env {
 impl Env {
     /// Shell `export` lines.
     pub fn exports(&self) -> String {
-        let ld = match std::env::var("LD_LIBRARY_PATH") {
-            Ok(old) if !old.is_empty() && !old.split(':').any(|p| Path::new(p) == self.libtorch_lib) => {
-                format!("{}:{old}", self.libtorch_lib.display())
-            }
-            Ok(old) if !old.is_empty() => old,
-            _ => self.libtorch_lib.display().to_string(),
-        };
+        // `cargo run` prepends its own target and toolchain directories to LD_LIBRARY_PATH for
+        // this process; they must not leak into the user's shell.
+        let target = workspace_root().join("target");
+        let inherited: Vec<String> = std::env::var("LD_LIBRARY_PATH")
+            .unwrap_or_default()
+            .split(':')
+            .filter(|p| !p.is_empty())
+            .filter(|p| Path::new(p) != self.libtorch_lib)
+            .filter(|p| !Path::new(p).starts_with(&target) && !p.contains("/.rustup/toolchains/"))
+            .map(str::to_string)
+            .collect();
+        let ld = std::iter::once(self.libtorch_lib.display().to_string())
+            .chain(inherited)
+            .collect::<Vec<_>>()
+            .join(":");
         let mut s = format!(
             "export LIBTORCH='{}'\nexport LD_LIBRARY_PATH='{}'\nexport SFT_ASSETS='{}'\n",
             self.libtorch.display(),
