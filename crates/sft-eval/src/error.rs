@@ -1,0 +1,62 @@
+//! The crate's one error type.
+
+use std::path::PathBuf;
+
+/// Everything that can go wrong while loading benchmark files, running samples or calling a judge.
+///
+/// Variants about files carry the path and, where there is one, the 1-based line number.
+/// No variant ever carries an API key: judge errors are built from redacted text.
+#[derive(Debug, thiserror::Error)]
+pub enum EvalError {
+    /// A file could not be opened, read or written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A line of a JSONL file is not the expected JSON record.
+    #[error("{path}:{line}: {message}")]
+    BadRecord {
+        /// The file.
+        path: PathBuf,
+        /// 1-based line number.
+        line: usize,
+        /// What is wrong with it.
+        message: String,
+    },
+    /// A file parsed but its content is unusable as a whole (empty, duplicated ids, missing keys).
+    #[error("{path}: {message}")]
+    BadFile {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        message: String,
+    },
+    /// Inputs that do not fit together (e.g. a completion for an unknown task id).
+    #[error("{0}")]
+    Mismatch(String),
+    /// A configuration value is out of range.
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    /// The HumanEval sandbox cannot be set up; code is never run unsandboxed as a fallback.
+    #[error("sandbox unavailable: {0} (refusing to execute untrusted code without it)")]
+    SandboxUnavailable(String),
+    /// Starting or supervising a sandboxed process failed.
+    #[error("sandbox: {0}")]
+    Sandbox(String),
+    /// A judge request failed for good (after retries, or at once on 400/401/403).
+    #[error("judge request failed: {0}")]
+    Judge(String),
+}
+
+/// Shorthand for this crate's results.
+pub type Result<T, E = EvalError> = std::result::Result<T, E>;
+
+impl EvalError {
+    pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        EvalError::Io { path: path.into(), source }
+    }
+}

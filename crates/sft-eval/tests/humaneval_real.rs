@@ -1,0 +1,59 @@
+//! HumanEval on the real 164 problems: canonical solutions all pass, empty completions all fail.
+
+mod common;
+
+use sft_eval::humaneval::{self, Sample, DEFAULT_KS};
+use sft_eval::sandbox::{Sandbox, SandboxConfig};
+
+#[test]
+fn canonical_solutions_pass_and_empty_completions_fail() {
+    let Some(data) = common::shared_data() else { return };
+    let problems = humaneval::load_problems(&data.join("humaneval/HumanEval.jsonl.gz")).expect("problems");
+    assert_eq!(problems.len(), 164);
+    let sandbox = Sandbox::new(SandboxConfig::default()).expect("sandbox must be available (run `cargo xtask setup`)");
+
+    let canonical: Vec<Sample> =
+        problems.iter().map(|p| Sample::new(p.task_id.clone(), p.canonical_solution.clone())).collect();
+    let empty: Vec<Sample> = problems.iter().map(|p| Sample::new(p.task_id.clone(), "")).collect();
+    let all: Vec<Sample> = canonical.iter().chain(&empty).cloned().collect();
+
+    let results = humaneval::evaluate(&problems, &all, &sandbox, 2).expect("evaluation runs");
+    let (good, bad) = results.split_at(164);
+    let failures: Vec<String> = good
+        .iter()
+        .filter(|(r, _)| !r.passed)
+        .map(|(r, e)| format!("{}: {} (stderr: {})", r.task_id, r.result, e.stderr.trim()))
+        .collect();
+    assert!(failures.is_empty(), "canonical solutions failed:\n{}", failures.join("\n"));
+
+    let good: Vec<_> = good.iter().map(|(r, _)| r.clone()).collect();
+    let report = humaneval::pass_at_k_report(&good, DEFAULT_KS);
+    assert_eq!(report.pass_at_k["pass@1"], 1.0);
+    assert_eq!(report.tasks, 164);
+
+    let bad: Vec<_> = bad.iter().map(|(r, _)| r.clone()).collect();
+    assert!(bad.iter().all(|r| !r.passed && r.result.starts_with("failed")), "an empty completion passed");
+    assert_eq!(humaneval::pass_at_k_report(&bad, DEFAULT_KS).pass_at_k["pass@1"], 0.0);
+}
+
+#[test]
+fn fixture_samples_give_the_recorded_results() {
+    let dir = common::fixtures().join("humaneval");
+    let problems = humaneval::load_problems(&dir.join("problems.jsonl")).expect("problems");
+    let samples = humaneval::load_samples(&dir.join("samples.jsonl")).expect("samples");
+    let expected: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("expected.json")).expect("read")).expect("json");
+    let config = SandboxConfig { cpu_time_s: 1, wall_time_s: 4.0, ..SandboxConfig::default() };
+    let sandbox = Sandbox::new(config).expect("sandbox must be available (run `cargo xtask setup`)");
+    let results: Vec<_> =
+        humaneval::evaluate(&problems, &samples, &sandbox, 2).expect("runs").into_iter().map(|(r, _)| r).collect();
+    let passed: Vec<bool> = results.iter().map(|r| r.passed).collect();
+    let want: Vec<bool> = serde_json::from_value(expected["passed"].clone()).expect("bools");
+    assert_eq!(passed, want);
+    let result: Vec<&str> = results.iter().map(|r| r.result.as_str()).collect();
+    let want: Vec<String> = serde_json::from_value(expected["result"].clone()).expect("strings");
+    assert_eq!(result, want);
+    let report = humaneval::pass_at_k_report(&results, DEFAULT_KS);
+    assert!((report.pass_at_k["pass@1"] - expected["pass@1"].as_f64().expect("f64")).abs() < 1e-12);
+    assert!(!report.pass_at_k.contains_key("pass@10"), "only 3 samples per task");
+}
