@@ -31,6 +31,6 @@ mod tokenizer;
 pub use error::{ChatError, Result};
 pub use gguf_tokenizer::GgufPreTokenizer;
 pub use mask::EncodedChat;
-pub use message::{ChatMessage, Role};
+pub use message::{drop_leading_assistant_turns, ChatMessage, Role};
 pub use template::{AssistantSpan, ChatTemplate, JinjaTemplate, RenderOptions, Rendered, VICUNA_SYSTEM};
 pub use tokenizer::{ChatTokenizer, SpecialToken};

@@ -55,3 +55,28 @@ impl ChatMessage {
         Self::new(Role::Assistant, content)
     }
 }
+
+/// Drop assistant messages that open a conversation (after an optional system message).
+///
+/// ShareGPT segments often begin with a model turn; FastChat's `preprocess` drops a first message
+/// that is not from the human. Everything else about the conversation is left to
+/// [`crate::ChatTemplate::render`]'s checks.
+pub fn drop_leading_assistant_turns(messages: &[ChatMessage]) -> Vec<ChatMessage> {
+    let start = usize::from(messages.first().is_some_and(|m| m.role == Role::System));
+    let skip = messages[start..].iter().take_while(|m| m.role == Role::Assistant).count();
+    messages[..start].iter().chain(&messages[start + skip..]).cloned().collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn leading_assistant_turns_are_dropped() {
+        let conv = [ChatMessage::system("s"), ChatMessage::assistant("a"), ChatMessage::user("u"), ChatMessage::assistant("b")];
+        assert_eq!(drop_leading_assistant_turns(&conv), vec![conv[0].clone(), conv[2].clone(), conv[3].clone()]);
+        let conv = [ChatMessage::assistant("a"), ChatMessage::user("u")];
+        assert_eq!(drop_leading_assistant_turns(&conv), vec![conv[1].clone()]);
+        assert!(drop_leading_assistant_turns(&[]).is_empty());
+    }
+}

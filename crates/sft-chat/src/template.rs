@@ -2,6 +2,7 @@
 //! rendering a conversation to text plus the byte spans of assistant content.
 
 use std::ops::Range;
+use std::sync::{Arc, OnceLock};
 
 use minijinja::{Environment, ErrorKind};
 use serde::Serialize;
@@ -232,14 +233,29 @@ fn to_values(messages: &[ChatMessage]) -> Vec<MessageValue> {
 /// without trailing whitespace (`<|im_end|>` for SmolLM2), unless set with
 /// [`JinjaTemplate::with_end_marker`]; every assistant content must be followed by it. Nothing
 /// is guessed: a template that drops, repeats or rewrites assistant content is refused.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct JinjaTemplate {
-    source: String,
+    env: Arc<Environment<'static>>,
+    source: Arc<str>,
     bos_token: String,
     eos_token: String,
     end_marker: Option<String>,
+    /// The inferred end marker, or the error inferring it (index, message); computed once.
+    inferred_marker: Arc<OnceLock<std::result::Result<String, (usize, String)>>>,
 }
 
+impl std::fmt::Debug for JinjaTemplate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JinjaTemplate")
+            .field("source", &self.source)
+            .field("bos_token", &self.bos_token)
+            .field("eos_token", &self.eos_token)
+            .field("end_marker", &self.end_marker)
+            .finish()
+    }
+}
+
+const TEMPLATE_NAME: &str = "chat_template";
 const SENTINEL_OPEN: char = '\u{E000}';
 const SENTINEL_CLOSE: char = '\u{E001}';
 
@@ -254,11 +270,21 @@ fn raise_exception(msg: String) -> std::result::Result<String, minijinja::Error>
 impl JinjaTemplate {
     /// Compile `source`; `bos_token`/`eos_token` are the texts the template may insert.
     pub fn new(source: impl Into<String>, bos_token: impl Into<String>, eos_token: impl Into<String>) -> Result<Self> {
-        let t = Self { source: source.into(), bos_token: bos_token.into(), eos_token: eos_token.into(), end_marker: None };
-        // Compile once to report syntax errors early.
-        let env = t.env();
-        env.template_from_str(&t.source).map_err(|e| ChatError::Template(format!("{e:#}")))?;
-        Ok(t)
+        let source: String = source.into();
+        let mut env = Environment::new();
+        env.set_trim_blocks(true);
+        env.set_lstrip_blocks(true);
+        env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
+        env.add_function("raise_exception", raise_exception);
+        env.add_template_owned(TEMPLATE_NAME, source.clone()).map_err(|e| ChatError::Template(format!("{e:#}")))?;
+        Ok(Self {
+            env: Arc::new(env),
+            source: source.into(),
+            bos_token: bos_token.into(),
+            eos_token: eos_token.into(),
+            end_marker: None,
+            inferred_marker: Arc::new(OnceLock::new()),
+        })
     }
 
     /// Use `marker` as the end-of-turn text instead of inferring it.
@@ -272,18 +298,8 @@ impl JinjaTemplate {
         &self.source
     }
 
-    fn env(&self) -> Environment<'_> {
-        let mut env = Environment::new();
-        env.set_trim_blocks(true);
-        env.set_lstrip_blocks(true);
-        env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
-        env.add_function("raise_exception", raise_exception);
-        env
-    }
-
     fn render_raw<M: Serialize>(&self, messages: &[M], add_generation_prompt: bool) -> Result<String> {
-        let env = self.env();
-        let tmpl = env.template_from_str(&self.source).map_err(|e| ChatError::Template(format!("{e:#}")))?;
+        let tmpl = self.env.get_template(TEMPLATE_NAME).map_err(|e| ChatError::Template(format!("{e:#}")))?;
         tmpl.render(minijinja::context! {
             messages => messages,
             add_generation_prompt => add_generation_prompt,
@@ -293,11 +309,18 @@ impl JinjaTemplate {
         .map_err(|e| ChatError::Template(format!("{e:#}")))
     }
 
-    /// The end-of-turn marker: explicit, or inferred from a one-turn probe conversation.
+    /// The end-of-turn marker: explicit, or inferred (once) from a one-turn probe conversation.
     fn end_marker(&self) -> Result<String> {
         if let Some(m) = &self.end_marker {
             return Ok(m.clone());
         }
+        self.inferred_marker
+            .get_or_init(|| self.infer_end_marker().map_err(|e| (1, e.to_string())))
+            .clone()
+            .map_err(|(index, message)| ChatError::SpanNotFound { index, message })
+    }
+
+    fn infer_end_marker(&self) -> Result<String> {
         let probe = [MessageValue { role: "user", content: "hi".into() }, MessageValue { role: "assistant", content: sentinel(0) }];
         let text = self.render_raw(&probe, false)?;
         let s = sentinel(0);
