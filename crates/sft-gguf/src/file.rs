@@ -39,11 +39,26 @@ impl TensorInfo {
     }
 }
 
+enum Storage {
+    Mapped(Mmap),
+    Owned(Vec<u8>),
+}
+
+impl std::ops::Deref for Storage {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            Storage::Mapped(m) => m,
+            Storage::Owned(v) => v,
+        }
+    }
+}
+
 /// A GGUF v2/v3 file, memory-mapped; metadata and directory are parsed on open, tensor data is
 /// read (and dequantized) on demand.
 pub struct GgufFile {
     path: PathBuf,
-    mmap: Mmap,
+    mmap: Storage,
     version: u32,
     metadata: Vec<(String, Value)>,
     metadata_index: HashMap<String, usize>,
@@ -192,10 +207,15 @@ impl GgufFile {
         // immutable inputs, which is the same assumption llama.cpp and safetensors make.
         #[allow(unsafe_code)]
         let mmap = unsafe { Mmap::map(&file) }.map_err(io)?;
-        Self::parse(path, mmap)
+        Self::parse(path, Storage::Mapped(mmap))
     }
 
-    fn parse(path: PathBuf, mmap: Mmap) -> Result<Self> {
+    /// Parse a GGUF file held in memory; `name` stands in for the path in errors.
+    pub fn from_bytes(name: impl Into<PathBuf>, bytes: Vec<u8>) -> Result<Self> {
+        Self::parse(name.into(), Storage::Owned(bytes))
+    }
+
+    fn parse(path: PathBuf, mmap: Storage) -> Result<Self> {
         let mut c = Cursor { path: &path, buf: &mmap, pos: 0 };
         let magic = c.array::<4>(&|| "magic".into())?;
         if &magic != b"GGUF" {

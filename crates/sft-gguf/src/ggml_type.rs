@@ -104,7 +104,10 @@ impl GgmlType {
     /// Bytes taken by `n_elements` values, or `None` if `n_elements` is not a whole number of blocks.
     pub fn bytes_for(self, n_elements: u64) -> Option<u64> {
         let block = self.block_size() as u64;
-        (n_elements % block == 0).then(|| n_elements / block * self.type_size() as u64)
+        if n_elements % block != 0 {
+            return None;
+        }
+        (n_elements / block).checked_mul(self.type_size() as u64)
     }
 }
 

@@ -198,3 +198,32 @@ fn smollm2_metadata_and_tensors_match_python_gguf() {
         }
     }
 }
+
+#[test]
+fn corrupted_headers_never_panic() {
+    let good = std::fs::read(fixture("quants.gguf")).unwrap();
+    let f = GgufFile::open(fixture("quants.gguf")).unwrap();
+    let header_len = f.data_offset() as usize;
+    // Every truncation inside the header is an error.
+    for len in 0..header_len {
+        let r = GgufFile::from_bytes("cut.gguf", good[..len].to_vec());
+        assert!(r.is_err(), "truncated at {len} parsed");
+    }
+    // Every single-byte corruption of the header parses or fails with an error, never panics,
+    // and never allocates beyond what the file could hold.
+    let mut errors = 0;
+    for pos in 0..header_len {
+        for value in [0x00u8, 0xFF, good[pos].wrapping_add(1), 0x7F] {
+            let mut bytes = good.clone();
+            bytes[pos] = value;
+            if let Ok(file) = GgufFile::from_bytes("corrupt.gguf", bytes) {
+                for t in file.tensors() {
+                    let _ = file.dequantize_f32(&t.name);
+                }
+            } else {
+                errors += 1;
+            }
+        }
+    }
+    assert!(errors > header_len, "corruption was mostly not detected ({errors} errors)");
+}
