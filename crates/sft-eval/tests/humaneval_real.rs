@@ -57,3 +57,17 @@ fn fixture_samples_give_the_recorded_results() {
     assert!((report.pass_at_k["pass@1"] - expected["pass@1"].as_f64().expect("f64")).abs() < 1e-12);
     assert!(!report.pass_at_k.contains_key("pass@10"), "only 3 samples per task");
 }
+
+#[test]
+fn groups_left_by_a_dead_run_are_removed() {
+    // A pid above the kernel's maximum (2^22) can never be alive.
+    let own = std::fs::read_to_string("/proc/self/cgroup").expect("cgroup membership");
+    let pids_rel = own
+        .lines()
+        .find_map(|l| l.splitn(3, ':').nth(2).filter(|_| l.split(':').nth(1) == Some("pids")))
+        .expect("a v1 pids hierarchy");
+    let stale = std::path::Path::new("/sys/fs/cgroup/pids").join(pids_rel.trim_start_matches('/')).join("sft-eval-99999999-0");
+    std::fs::create_dir(&stale).expect("create a stale group");
+    let _sandbox = Sandbox::new(SandboxConfig::default()).expect("sandbox");
+    assert!(!stale.exists(), "stale group {} was not removed", stale.display());
+}

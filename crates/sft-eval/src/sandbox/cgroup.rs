@@ -58,6 +58,31 @@ impl CgroupV1 {
         Ok(CgroupV1 { pids_parent, memory_parent })
     }
 
+    /// Removes groups left by earlier runs that died without cleaning up (their creator's pid is
+    /// gone): kills any member and removes the group. Returns how many groups were removed.
+    pub(crate) fn remove_stale(&self) -> usize {
+        let mut removed = 0;
+        for parent in [&self.pids_parent, &self.memory_parent] {
+            let Ok(entries) = fs::read_dir(parent) else { continue };
+            for e in entries.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                let Some(owner) = name.strip_prefix("sft-eval-").and_then(|r| r.split('-').next()) else {
+                    continue;
+                };
+                let Ok(owner) = owner.parse::<u32>() else { continue };
+                if owner == std::process::id() || Path::new(&format!("/proc/{owner}")).exists() {
+                    continue;
+                }
+                let stale = SampleGroup { pids: Some(e.path()), memory: None };
+                match stale.destroy(Duration::from_secs(2)) {
+                    Ok(_) => removed += 1,
+                    Err(err) => tracing::warn!("cannot remove stale cgroup {}: {err}", e.path().display()),
+                }
+            }
+        }
+        removed
+    }
+
     /// Creates a fresh pair of groups with the given limits.
     pub(crate) fn create(&self, max_pids: u64, memory_bytes: u64) -> Result<SampleGroup> {
         let name = format!("sft-eval-{}-{}", std::process::id(), NEXT_GROUP.fetch_add(1, Ordering::Relaxed));

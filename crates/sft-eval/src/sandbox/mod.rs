@@ -218,6 +218,10 @@ impl Sandbox {
                     ))
                 })?;
                 let cgroups = CgroupV1::discover(&config.cgroup_root)?;
+                let stale = cgroups.remove_stale();
+                if stale > 0 {
+                    tracing::info!(stale, "removed cgroups left by an earlier run");
+                }
                 drop(cgroups.create(config.max_processes, config.memory_bytes)?);
                 Sandbox { config, bwrap: Some(bwrap), cgroups: Some(cgroups) }
             }
