@@ -23,6 +23,22 @@ impl EncodedChat {
         self.labels_mask.iter().filter(|&&m| m).count()
     }
 
+    /// The rendered text with every trained span wrapped in `open` … `close`, for eyeballing
+    /// masks (e.g. in a batch dump).
+    pub fn annotated_text(&self, open: &str, close: &str) -> String {
+        let mut out = String::with_capacity(self.text.len() + self.spans.len() * (open.len() + close.len()));
+        let mut at = 0;
+        for span in &self.spans {
+            out.push_str(&self.text[at..span.range.start]);
+            out.push_str(open);
+            out.push_str(&self.text[span.range.clone()]);
+            out.push_str(close);
+            at = span.range.end;
+        }
+        out.push_str(&self.text[at..]);
+        out
+    }
+
     /// Labels in the HF convention: the id where trained on, `-100` elsewhere.
     pub fn labels(&self) -> Vec<i64> {
         self.ids.iter().zip(&self.labels_mask).map(|(&id, &m)| if m { i64::from(id) } else { -100 }).collect()

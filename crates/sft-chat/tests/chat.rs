@@ -186,6 +186,11 @@ fn chatml_masks_every_turn() {
         let enc = t.encode_with_mask(&tok, &conv).unwrap();
         check_mask(&tok, &enc, &conv, "<|im_end|>", false);
     }
+    let enc = t.encode_with_mask(&tok, &multi_turn()[0]).unwrap();
+    assert_eq!(
+        enc.annotated_text("[[", "]]"),
+        "<|im_start|>user\nWhat is two plus two?<|im_end|>\n<|im_start|>assistant\n[[Two plus two is four.<|im_end|>]]\n"
+    );
 }
 
 #[test]
