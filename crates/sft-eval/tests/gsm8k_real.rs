@@ -6,7 +6,9 @@ use sft_eval::gsm8k;
 
 #[test]
 fn gold_solutions_score_one_on_the_real_test_split() {
-    let Some(data) = common::shared_data() else { return };
+    let Some(data) = common::shared_data() else {
+        return;
+    };
     let items = gsm8k::load(&data.join("gsm8k/test.jsonl")).expect("test split");
     assert_eq!(items.len(), 1319);
     let gold: Vec<String> = items.iter().map(|i| i.answer.clone()).collect();
@@ -27,22 +29,45 @@ fn gold_solutions_score_one_on_the_real_test_split() {
 fn fixture_completions_give_the_recorded_scores() {
     let dir = common::fixtures().join("gsm8k");
     let items = gsm8k::load(&dir.join("items.jsonl")).expect("items");
-    let rows: Vec<serde_json::Value> = sft_eval::io::read_jsonl(&dir.join("completions.jsonl")).expect("completions");
-    let completions: Vec<String> =
-        rows.iter().map(|r| r["completion"].as_str().expect("completion string").to_string()).collect();
+    let rows: Vec<serde_json::Value> =
+        sft_eval::io::read_jsonl(&dir.join("completions.jsonl")).expect("completions");
+    let completions: Vec<String> = rows
+        .iter()
+        .map(|r| {
+            r["completion"]
+                .as_str()
+                .expect("completion string")
+                .to_string()
+        })
+        .collect();
     let r = gsm8k::score(&items, &completions).expect("score");
-    let expected: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("expected.json")).expect("expected")).expect("json");
-    assert_eq!(r.strict_match.correct as u64, expected["strict_correct"].as_u64().expect("n"));
-    assert_eq!(r.flexible_extract.correct as u64, expected["flexible_correct"].as_u64().expect("n"));
-    assert_eq!(r.flexible_numeric.correct as u64, expected["flexible_numeric_correct"].as_u64().expect("n"));
+    let expected: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.join("expected.json")).expect("expected"),
+    )
+    .expect("json");
+    assert_eq!(
+        r.strict_match.correct as u64,
+        expected["strict_correct"].as_u64().expect("n")
+    );
+    assert_eq!(
+        r.flexible_extract.correct as u64,
+        expected["flexible_correct"].as_u64().expect("n")
+    );
+    assert_eq!(
+        r.flexible_numeric.correct as u64,
+        expected["flexible_numeric_correct"].as_u64().expect("n")
+    );
 }
 
 #[test]
 fn malformed_file_names_the_line() {
     let dir = tempfile::tempdir().expect("tempdir");
     let p = dir.path().join("bad.jsonl");
-    std::fs::write(&p, "{\"question\": \"q\", \"answer\": \"#### 1\"}\n{\"question\": 3}\n").expect("write");
+    std::fs::write(
+        &p,
+        "{\"question\": \"q\", \"answer\": \"#### 1\"}\n{\"question\": 3}\n",
+    )
+    .expect("write");
     let err = gsm8k::load(&p).expect_err("must fail").to_string();
     assert!(err.contains("bad.jsonl:2"), "{err}");
 }

@@ -7,14 +7,23 @@ use sft_eval::sandbox::{Sandbox, SandboxConfig};
 
 #[test]
 fn canonical_solutions_pass_and_empty_completions_fail() {
-    let Some(data) = common::shared_data() else { return };
-    let problems = humaneval::load_problems(&data.join("humaneval/HumanEval.jsonl.gz")).expect("problems");
+    let Some(data) = common::shared_data() else {
+        return;
+    };
+    let problems =
+        humaneval::load_problems(&data.join("humaneval/HumanEval.jsonl.gz")).expect("problems");
     assert_eq!(problems.len(), 164);
-    let sandbox = Sandbox::new(SandboxConfig::default()).expect("sandbox must be available (run `cargo xtask setup`)");
+    let sandbox = Sandbox::new(SandboxConfig::default())
+        .expect("sandbox must be available (run `cargo xtask setup`)");
 
-    let canonical: Vec<Sample> =
-        problems.iter().map(|p| Sample::new(p.task_id.clone(), p.canonical_solution.clone())).collect();
-    let empty: Vec<Sample> = problems.iter().map(|p| Sample::new(p.task_id.clone(), "")).collect();
+    let canonical: Vec<Sample> = problems
+        .iter()
+        .map(|p| Sample::new(p.task_id.clone(), p.canonical_solution.clone()))
+        .collect();
+    let empty: Vec<Sample> = problems
+        .iter()
+        .map(|p| Sample::new(p.task_id.clone(), ""))
+        .collect();
     let all: Vec<Sample> = canonical.iter().chain(&empty).cloned().collect();
 
     let results = humaneval::evaluate(&problems, &all, &sandbox, 2).expect("evaluation runs");
@@ -24,7 +33,11 @@ fn canonical_solutions_pass_and_empty_completions_fail() {
         .filter(|(r, _)| !r.passed)
         .map(|(r, e)| format!("{}: {} (stderr: {})", r.task_id, r.result, e.stderr.trim()))
         .collect();
-    assert!(failures.is_empty(), "canonical solutions failed:\n{}", failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "canonical solutions failed:\n{}",
+        failures.join("\n")
+    );
 
     let good: Vec<_> = good.iter().map(|(r, _)| r.clone()).collect();
     let report = humaneval::pass_at_k_report(&good, DEFAULT_KS);
@@ -32,8 +45,15 @@ fn canonical_solutions_pass_and_empty_completions_fail() {
     assert_eq!(report.tasks, 164);
 
     let bad: Vec<_> = bad.iter().map(|(r, _)| r.clone()).collect();
-    assert!(bad.iter().all(|r| !r.passed && r.result.starts_with("failed")), "an empty completion passed");
-    assert_eq!(humaneval::pass_at_k_report(&bad, DEFAULT_KS).pass_at_k["pass@1"], 0.0);
+    assert!(
+        bad.iter()
+            .all(|r| !r.passed && r.result.starts_with("failed")),
+        "an empty completion passed"
+    );
+    assert_eq!(
+        humaneval::pass_at_k_report(&bad, DEFAULT_KS).pass_at_k["pass@1"],
+        0.0
+    );
 }
 
 #[test]
@@ -42,11 +62,20 @@ fn fixture_samples_give_the_recorded_results() {
     let problems = humaneval::load_problems(&dir.join("problems.jsonl")).expect("problems");
     let samples = humaneval::load_samples(&dir.join("samples.jsonl")).expect("samples");
     let expected: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("expected.json")).expect("read")).expect("json");
-    let config = SandboxConfig { cpu_time_s: 1, wall_time_s: 4.0, ..SandboxConfig::default() };
-    let sandbox = Sandbox::new(config).expect("sandbox must be available (run `cargo xtask setup`)");
-    let results: Vec<_> =
-        humaneval::evaluate(&problems, &samples, &sandbox, 2).expect("runs").into_iter().map(|(r, _)| r).collect();
+        serde_json::from_str(&std::fs::read_to_string(dir.join("expected.json")).expect("read"))
+            .expect("json");
+    let config = SandboxConfig {
+        cpu_time_s: 1,
+        wall_time_s: 4.0,
+        ..SandboxConfig::default()
+    };
+    let sandbox =
+        Sandbox::new(config).expect("sandbox must be available (run `cargo xtask setup`)");
+    let results: Vec<_> = humaneval::evaluate(&problems, &samples, &sandbox, 2)
+        .expect("runs")
+        .into_iter()
+        .map(|(r, _)| r)
+        .collect();
     let passed: Vec<bool> = results.iter().map(|r| r.passed).collect();
     let want: Vec<bool> = serde_json::from_value(expected["passed"].clone()).expect("bools");
     assert_eq!(passed, want);
@@ -55,7 +84,10 @@ fn fixture_samples_give_the_recorded_results() {
     assert_eq!(result, want);
     let report = humaneval::pass_at_k_report(&results, DEFAULT_KS);
     assert!((report.pass_at_k["pass@1"] - expected["pass@1"].as_f64().expect("f64")).abs() < 1e-12);
-    assert!(!report.pass_at_k.contains_key("pass@10"), "only 3 samples per task");
+    assert!(
+        !report.pass_at_k.contains_key("pass@10"),
+        "only 3 samples per task"
+    );
 }
 
 #[test]
@@ -64,10 +96,20 @@ fn groups_left_by_a_dead_run_are_removed() {
     let own = std::fs::read_to_string("/proc/self/cgroup").expect("cgroup membership");
     let pids_rel = own
         .lines()
-        .find_map(|l| l.splitn(3, ':').nth(2).filter(|_| l.split(':').nth(1) == Some("pids")))
+        .find_map(|l| {
+            l.splitn(3, ':')
+                .nth(2)
+                .filter(|_| l.split(':').nth(1) == Some("pids"))
+        })
         .expect("a v1 pids hierarchy");
-    let stale = std::path::Path::new("/sys/fs/cgroup/pids").join(pids_rel.trim_start_matches('/')).join("sft-eval-99999999-0");
+    let stale = std::path::Path::new("/sys/fs/cgroup/pids")
+        .join(pids_rel.trim_start_matches('/'))
+        .join("sft-eval-99999999-0");
     std::fs::create_dir(&stale).expect("create a stale group");
     let _sandbox = Sandbox::new(SandboxConfig::default()).expect("sandbox");
-    assert!(!stale.exists(), "stale group {} was not removed", stale.display());
+    assert!(
+        !stale.exists(),
+        "stale group {} was not removed",
+        stale.display()
+    );
 }

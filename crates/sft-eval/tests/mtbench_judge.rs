@@ -55,7 +55,9 @@ impl FakeJudge {
             while !stop2.load(Ordering::Relaxed) && Instant::now() < deadline {
                 match listener.accept() {
                     Ok((stream, _)) => {
-                        let Some(req) = read_request(stream.try_clone().expect("clone")) else { continue };
+                        let Some(req) = read_request(stream.try_clone().expect("clone")) else {
+                            continue;
+                        };
                         let n = attempts.entry(req.user_prompt.clone()).or_insert(0);
                         let reply = behaviour(&req, *n, phase22.load(Ordering::Relaxed));
                         *n += 1;
@@ -66,7 +68,13 @@ impl FakeJudge {
                 }
             }
         });
-        FakeJudge { url, seen, phase2, stop, thread: Some(thread) }
+        FakeJudge {
+            url,
+            seen,
+            phase2,
+            stop,
+            thread: Some(thread),
+        }
     }
 
     fn requests(&self) -> Vec<Seen> {
@@ -110,7 +118,11 @@ fn read_request(stream: TcpStream) -> Option<Seen> {
     reader.read_exact(&mut body).ok()?;
     let v: serde_json::Value = serde_json::from_slice(&body).ok()?;
     let user_prompt = v.pointer("/messages/1/content")?.as_str()?.to_string();
-    Some(Seen { at: Instant::now(), authorization, user_prompt })
+    Some(Seen {
+        at: Instant::now(),
+        authorization,
+        user_prompt,
+    })
 }
 
 fn write_response(mut stream: TcpStream, (status, headers, body): Reply) {
@@ -137,10 +149,20 @@ fn ok(content: &str) -> Reply {
 
 /// The marker the judge reacts to: `T2:` markers in multi-turn prompts, `T1:` otherwise.
 fn marker(prompt: &str) -> String {
-    let tag = if prompt.contains("### Assistant A:") { "T2:" } else { "T1:" };
+    let tag = if prompt.contains("### Assistant A:") {
+        "T2:"
+    } else {
+        "T1:"
+    };
     prompt
         .rfind(tag)
-        .map(|i| prompt[i + 3..].split_whitespace().next().unwrap_or("").to_string())
+        .map(|i| {
+            prompt[i + 3..]
+                .split_whitespace()
+                .next()
+                .unwrap_or("")
+                .to_string()
+        })
         .unwrap_or_default()
 }
 
@@ -150,7 +172,9 @@ fn scripted(req: &Seen, attempt: usize, phase2: bool) -> Reply {
     }
     let m = marker(&req.user_prompt);
     match m.as_str() {
-        "RATE_LIMITED" if attempt == 0 => (429, vec![("Retry-After".into(), "1".into())], "{}".into()),
+        "RATE_LIMITED" if attempt == 0 => {
+            (429, vec![("Retry-After".into(), "1".into())], "{}".into())
+        }
         "RATE_LIMITED" => ok("Fine after waiting. Rating: [[6]]"),
         "FLAKY_500" if attempt < 2 => (500, vec![], "{\"error\": \"boom\"}".into()),
         "FLAKY_500" => ok("Recovered. Rating: [[5]]"),
@@ -164,7 +188,11 @@ fn scripted(req: &Seen, attempt: usize, phase2: bool) -> Reply {
     }
 }
 
-fn fixture_inputs() -> (Vec<mtbench::Question>, BTreeMap<u64, ModelAnswer>, BTreeMap<String, mtbench::JudgePrompt>) {
+fn fixture_inputs() -> (
+    Vec<mtbench::Question>,
+    BTreeMap<u64, ModelAnswer>,
+    BTreeMap<String, mtbench::JudgePrompt>,
+) {
     let dir = common::fixtures().join("mt_bench");
     let questions = mtbench::load_questions(&dir.join("question.jsonl")).expect("questions");
     let refs = mtbench::load_references(&dir.join("reference_gpt-4.jsonl")).expect("references");
@@ -176,7 +204,17 @@ fn answers(markers: &[(u64, &str, &str)]) -> BTreeMap<u64, ModelAnswer> {
     markers
         .iter()
         .map(|&(q, t1, t2)| {
-            (q, ModelAnswer::new(q, "toy-model", vec![format!("My answer. T1:{t1} end"), format!("Second. T2:{t2} end")]))
+            (
+                q,
+                ModelAnswer::new(
+                    q,
+                    "toy-model",
+                    vec![
+                        format!("My answer. T1:{t1} end"),
+                        format!("Second. T2:{t2} end"),
+                    ],
+                ),
+            )
         })
         .collect()
 }
@@ -210,16 +248,24 @@ fn judging_end_to_end_with_errors_cache_and_secret_hygiene() {
         (111, "FLAKY_500", "UNPARSABLE"),
         (131, "OUT_OF_RANGE", "ALWAYS_500"),
     ]);
-    let requests = mtbench::build_judge_requests(&questions, &answers, "toy-model", &refs, &prompts).expect("requests");
+    let requests =
+        mtbench::build_judge_requests(&questions, &answers, "toy-model", &refs, &prompts)
+            .expect("requests");
     assert_eq!(requests.len(), 8);
     // Reference-guided prompts for reasoning and math, with the GPT-4 reference inside.
-    let names: Vec<(u64, u8, &str)> = requests.iter().map(|r| (r.question_id, r.turn, r.prompt_name.as_str())).collect();
+    let names: Vec<(u64, u8, &str)> = requests
+        .iter()
+        .map(|r| (r.question_id, r.turn, r.prompt_name.as_str()))
+        .collect();
     assert!(names.contains(&(81, 1, "single-v1")));
     assert!(names.contains(&(81, 2, "single-v1-multi-turn")));
     assert!(names.contains(&(101, 1, "single-math-v1")));
     assert!(names.contains(&(111, 2, "single-math-v1-multi-turn")));
     let r111 = &refs[&111].choices[0].turns;
-    let t2 = requests.iter().find(|r| r.question_id == 111 && r.turn == 2).expect("111 turn 2");
+    let t2 = requests
+        .iter()
+        .find(|r| r.question_id == 111 && r.turn == 2)
+        .expect("111 turn 2");
     assert!(t2.user_prompt.contains(&r111[0]) && t2.user_prompt.contains(&r111[1]));
     assert!(t2.user_prompt.contains("T1:FLAKY_500") && t2.user_prompt.contains("T2:UNPARSABLE"));
 
@@ -229,34 +275,79 @@ fn judging_end_to_end_with_errors_cache_and_secret_hygiene() {
     let client = JudgeClient::new(config(&server.url, &cache)).expect("client");
     let judgments = client.judge_all(&requests);
     assert_eq!(judgments.len(), 8);
-    let get = |q: u64, t: u8| judgments.iter().find(|j| j.question_id == q && j.turn == t).expect("judgment");
-    assert_eq!((get(81, 1).score, get(81, 1).status), (8.0, JudgmentStatus::Ok));
-    assert_eq!((get(81, 2).score, get(81, 2).status), (6.0, JudgmentStatus::Ok));
-    assert_eq!((get(101, 1).score, get(101, 1).status), (6.0, JudgmentStatus::Ok));
-    assert_eq!((get(101, 2).score, get(101, 2).status), (7.0, JudgmentStatus::Ok));
-    assert_eq!((get(111, 1).score, get(111, 1).status), (5.0, JudgmentStatus::Ok));
-    assert_eq!((get(111, 2).score, get(111, 2).status), (-1.0, JudgmentStatus::ParseError));
-    assert_eq!((get(131, 1).score, get(131, 1).status), (-1.0, JudgmentStatus::OutOfRange));
-    assert_eq!((get(131, 2).score, get(131, 2).status), (-1.0, JudgmentStatus::RequestError));
+    let get = |q: u64, t: u8| {
+        judgments
+            .iter()
+            .find(|j| j.question_id == q && j.turn == t)
+            .expect("judgment")
+    };
+    assert_eq!(
+        (get(81, 1).score, get(81, 1).status),
+        (8.0, JudgmentStatus::Ok)
+    );
+    assert_eq!(
+        (get(81, 2).score, get(81, 2).status),
+        (6.0, JudgmentStatus::Ok)
+    );
+    assert_eq!(
+        (get(101, 1).score, get(101, 1).status),
+        (6.0, JudgmentStatus::Ok)
+    );
+    assert_eq!(
+        (get(101, 2).score, get(101, 2).status),
+        (7.0, JudgmentStatus::Ok)
+    );
+    assert_eq!(
+        (get(111, 1).score, get(111, 1).status),
+        (5.0, JudgmentStatus::Ok)
+    );
+    assert_eq!(
+        (get(111, 2).score, get(111, 2).status),
+        (-1.0, JudgmentStatus::ParseError)
+    );
+    assert_eq!(
+        (get(131, 1).score, get(131, 1).status),
+        (-1.0, JudgmentStatus::OutOfRange)
+    );
+    assert_eq!(
+        (get(131, 2).score, get(131, 2).status),
+        (-1.0, JudgmentStatus::RequestError)
+    );
     assert_eq!(get(131, 2).judgment, "$ERROR$");
-    assert_eq!(get(101, 1).judge, ("fake-judge".to_string(), "single-math-v1".to_string()));
+    assert_eq!(
+        get(101, 1).judge,
+        ("fake-judge".to_string(), "single-math-v1".to_string())
+    );
 
     // Requests: 1 each for the plain ones, 429+retry, 500+500+ok, 3 attempts for the dead one.
     let seen = server.requests();
     assert_eq!(seen.len(), 13, "requests sent");
     assert_eq!(client.stats().requests, 13);
     assert_eq!(client.stats().failures, 1);
-    let rl: Vec<Instant> = seen.iter().filter(|s| marker(&s.user_prompt) == "RATE_LIMITED").map(|s| s.at).collect();
+    let rl: Vec<Instant> = seen
+        .iter()
+        .filter(|s| marker(&s.user_prompt) == "RATE_LIMITED")
+        .map(|s| s.at)
+        .collect();
     assert_eq!(rl.len(), 2);
-    assert!(rl[1] - rl[0] >= Duration::from_millis(950), "Retry-After: 1 not honoured: {:?}", rl[1] - rl[0]);
-    assert!(seen.iter().all(|s| s.authorization.as_deref() == Some(&format!("Bearer {KEY}"))));
+    assert!(
+        rl[1] - rl[0] >= Duration::from_millis(950),
+        "Retry-After: 1 not honoured: {:?}",
+        rl[1] - rl[0]
+    );
+    assert!(seen
+        .iter()
+        .all(|s| s.authorization.as_deref() == Some(&format!("Bearer {KEY}"))));
 
     let summary = mtbench::summarize(&judgments, "toy-model", "fake-judge", 1);
     assert_eq!(summary.all.items, 8);
     assert_eq!(summary.all.scored, 5);
     assert_eq!(summary.all.turn1, Some((8.0 + 6.0 + 5.0) / 3.0));
     assert_eq!(summary.all.turn2, Some((6.0 + 7.0) / 2.0));
-    assert_eq!(summary.all.overall, Some((8.0 + 6.0 + 6.0 + 7.0 + 5.0) / 5.0));
+    assert_eq!(
+        summary.all.overall,
+        Some((8.0 + 6.0 + 6.0 + 7.0 + 5.0) / 5.0)
+    );
     assert_eq!(summary.status_counts[&JudgmentStatus::RequestError], 1);
     assert_eq!(summary.per_category["writing"].overall, Some(7.0));
     assert!(!summary.valid);
@@ -266,10 +357,28 @@ fn judging_end_to_end_with_errors_cache_and_secret_hygiene() {
     sft_eval::io::write_jsonl(&out, &judgments).expect("write judgments");
     let summary_path = work.path().join("summary.json");
     sft_eval::io::write_json(&summary_path, &summary).expect("write summary");
-    let line: serde_json::Value =
-        serde_json::from_str(std::fs::read_to_string(&out).expect("read").lines().next().expect("a line")).expect("json");
-    for key in ["question_id", "model", "judge", "user_prompt", "judgment", "score", "turn", "tstamp"] {
-        assert!(line.get(key).is_some(), "FastChat judgment key {key} missing");
+    let line: serde_json::Value = serde_json::from_str(
+        std::fs::read_to_string(&out)
+            .expect("read")
+            .lines()
+            .next()
+            .expect("a line"),
+    )
+    .expect("json");
+    for key in [
+        "question_id",
+        "model",
+        "judge",
+        "user_prompt",
+        "judgment",
+        "score",
+        "turn",
+        "tstamp",
+    ] {
+        assert!(
+            line.get(key).is_some(),
+            "FastChat judgment key {key} missing"
+        );
     }
 
     // Rerun: the endpoint is healthy now; only the failed item is requested again.
@@ -278,13 +387,24 @@ fn judging_end_to_end_with_errors_cache_and_secret_hygiene() {
     let again = client2.judge_all(&requests);
     assert_eq!(server.requests().len(), 14);
     assert_eq!(client2.stats().cache_hits, 7);
-    assert_eq!(again.iter().find(|j| j.question_id == 131 && j.turn == 2).expect("j").score, 4.0);
+    assert_eq!(
+        again
+            .iter()
+            .find(|j| j.question_id == 131 && j.turn == 2)
+            .expect("j")
+            .score,
+        4.0
+    );
     // Everything cached now: a third run sends zero requests and gives identical scores.
     let client3 = JudgeClient::new(config(&server.url, &cache)).expect("client");
     let third = client3.judge_all(&requests);
     assert_eq!(server.requests().len(), 14, "rerun sent requests");
     assert_eq!(client3.stats().requests, 0);
-    let scores = |js: &[mtbench::Judgment]| js.iter().map(|j| (j.question_id, j.turn, j.score.to_bits())).collect::<Vec<_>>();
+    let scores = |js: &[mtbench::Judgment]| {
+        js.iter()
+            .map(|j| (j.question_id, j.turn, j.score.to_bits()))
+            .collect::<Vec<_>>()
+    };
     assert_eq!(scores(&again), scores(&third));
 
     for f in [&cache, &out, &summary_path] {
@@ -298,13 +418,22 @@ fn judging_end_to_end_with_errors_cache_and_secret_hygiene() {
 fn unauthorized_is_not_retried_and_the_key_is_redacted() {
     // The server echoes the Authorization header into the error body, as some proxies do.
     let server = FakeJudge::start(Box::new(|req: &Seen, _, _| {
-        (401, vec![], format!("{{\"error\": \"invalid key {}\"}}", req.authorization.clone().unwrap_or_default()))
+        (
+            401,
+            vec![],
+            format!(
+                "{{\"error\": \"invalid key {}\"}}",
+                req.authorization.clone().unwrap_or_default()
+            ),
+        )
     }));
     let work = tempfile::tempdir().expect("tempdir");
     let mut cfg = config(&server.url, &work.path().join("cache.jsonl"));
     cfg.max_retries = 5;
     let client = JudgeClient::with_key(cfg, Some(ApiKey::new(KEY))).expect("client");
-    let err = client.complete("system", "user", 0).expect_err("401 must fail");
+    let err = client
+        .complete("system", "user", 0)
+        .expect_err("401 must fail");
     assert!(matches!(err, EvalError::Judge(_)));
     let msg = format!("{err} {err:?}");
     assert!(msg.contains("401") && msg.contains("not retried"), "{msg}");
@@ -318,11 +447,17 @@ fn unauthorized_is_not_retried_and_the_key_is_redacted() {
 #[test]
 fn repeated_judging_takes_the_median() {
     // Successive attempts at the same prompt score 3, 9, 5: the item's score is the median 5.
-    let server = FakeJudge::start(Box::new(|_: &Seen, attempt, _| ok(&format!("[[{}]]", [3, 9, 5][attempt % 3]))));
+    let server = FakeJudge::start(Box::new(|_: &Seen, attempt, _| {
+        ok(&format!("[[{}]]", [3, 9, 5][attempt % 3]))
+    }));
     let (questions, refs, prompts) = fixture_inputs();
-    let q81: Vec<_> = questions.into_iter().filter(|q| q.question_id == 81).collect();
+    let q81: Vec<_> = questions
+        .into_iter()
+        .filter(|q| q.question_id == 81)
+        .collect();
     let answers = answers(&[(81, "A", "B")]);
-    let requests = mtbench::build_judge_requests(&q81, &answers, "toy-model", &refs, &prompts).expect("requests");
+    let requests = mtbench::build_judge_requests(&q81, &answers, "toy-model", &refs, &prompts)
+        .expect("requests");
     let work = tempfile::tempdir().expect("tempdir");
     let mut cfg = config(&server.url, &work.path().join("cache.jsonl"));
     cfg.repeats = 3;

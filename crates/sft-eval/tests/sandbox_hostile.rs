@@ -35,10 +35,17 @@ fn pass_if(setup: &str, cond: &str) -> String {
 
 fn processes_matching(needle: &str) -> Vec<String> {
     let mut found = Vec::new();
-    let Ok(entries) = std::fs::read_dir("/proc") else { return found };
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return found;
+    };
     for e in entries.flatten() {
         let name = e.file_name();
-        let Some(pid) = name.to_str().filter(|s| s.chars().all(|c| c.is_ascii_digit())) else { continue };
+        let Some(pid) = name
+            .to_str()
+            .filter(|s| s.chars().all(|c| c.is_ascii_digit()))
+        else {
+            continue;
+        };
         if pid == std::process::id().to_string() {
             continue;
         }
@@ -58,7 +65,9 @@ fn own_cgroups_left() -> Vec<String> {
     for root in ["/sys/fs/cgroup/pids", "/sys/fs/cgroup/memory"] {
         let mut stack = vec![std::path::PathBuf::from(root)];
         while let Some(dir) = stack.pop() {
-            let Ok(rd) = std::fs::read_dir(&dir) else { continue };
+            let Ok(rd) = std::fs::read_dir(&dir) else {
+                continue;
+            };
             for e in rd.flatten() {
                 let p = e.path();
                 if p.is_dir() {
@@ -78,13 +87,27 @@ fn hostile_samples_are_contained_and_correct_samples_pass() {
     // Host-side canaries: in the crate's target tmp dir (inside the repository tree) and host /tmp.
     let repo_dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("repo tempdir");
     let host_tmp = tempfile::tempdir().expect("host tempdir");
-    let canaries: Vec<std::path::PathBuf> =
-        vec![repo_dir.path().join("canary.txt"), host_tmp.path().join("canary.txt")];
+    let canaries: Vec<std::path::PathBuf> = vec![
+        repo_dir.path().join("canary.txt"),
+        host_tmp.path().join("canary.txt"),
+    ];
     for c in &canaries {
         std::fs::write(c, CANARY_TEXT).expect("write canary");
     }
-    let canary_list = format!("{:?}", canaries.iter().map(|c| c.display().to_string()).collect::<Vec<_>>());
-    let dirs_list = format!("{:?}", [repo_dir.path().display().to_string(), host_tmp.path().display().to_string()]);
+    let canary_list = format!(
+        "{:?}",
+        canaries
+            .iter()
+            .map(|c| c.display().to_string())
+            .collect::<Vec<_>>()
+    );
+    let dirs_list = format!(
+        "{:?}",
+        [
+            repo_dir.path().display().to_string(),
+            host_tmp.path().display().to_string()
+        ]
+    );
 
     // Loopback listeners the attacks try to reach.
     let tcp = TcpListener::bind("127.0.0.1:0").expect("tcp listener");
@@ -168,21 +191,32 @@ fn hostile_samples_are_contained_and_correct_samples_pass() {
         memory_bytes: 256 << 20,
         ..SandboxConfig::default()
     };
-    let sandbox = Sandbox::new(config).expect("sandbox must be available (run `cargo xtask setup`)");
+    let sandbox =
+        Sandbox::new(config).expect("sandbox must be available (run `cargo xtask setup`)");
     let start = Instant::now();
-    let results = humaneval::evaluate(std::slice::from_ref(&p), &samples, &sandbox, 4).expect("evaluation runs");
+    let results = humaneval::evaluate(std::slice::from_ref(&p), &samples, &sandbox, 4)
+        .expect("evaluation runs");
     let elapsed = start.elapsed();
 
     let mut wrong = Vec::new();
     for ((name, want), (r, e)) in expect_pass.iter().zip(&results) {
-        eprintln!("{name:<36} {:<50} wall {:.2}s exit {:?}", r.result, e.wall_s, e.exit);
+        eprintln!(
+            "{name:<36} {:<50} wall {:.2}s exit {:?}",
+            r.result, e.wall_s, e.exit
+        );
         if r.passed != *want {
-            wrong.push(format!("{name}: expected passed={want}, got {:?}", r.result));
+            wrong.push(format!(
+                "{name}: expected passed={want}, got {:?}",
+                r.result
+            ));
         }
     }
     assert!(wrong.is_empty(), "wrong verdicts:\n{}", wrong.join("\n"));
     let by_name = |n: &str| {
-        let i = expect_pass.iter().position(|(name, _)| name == n).expect("sample name");
+        let i = expect_pass
+            .iter()
+            .position(|(name, _)| name == n)
+            .expect("sample name");
         results[i].0.result.clone()
     };
     assert_eq!(by_name("infinite loop"), "timed out");
@@ -195,7 +229,12 @@ fn hostile_samples_are_contained_and_correct_samples_pass() {
     assert!(elapsed < Duration::from_secs(60), "suite took {elapsed:?}");
 
     for c in &canaries {
-        assert_eq!(std::fs::read_to_string(c).expect("canary still exists"), CANARY_TEXT, "{}", c.display());
+        assert_eq!(
+            std::fs::read_to_string(c).expect("canary still exists"),
+            CANARY_TEXT,
+            "{}",
+            c.display()
+        );
     }
     for p in ["/usr/pwned", "/etc/pwned", "/pwned"] {
         assert!(!Path::new(p).exists(), "{p} was created on the host");
@@ -212,10 +251,18 @@ fn hostile_samples_are_contained_and_correct_samples_pass() {
 
     // Nothing left running: no sandboxed interpreter, no daemon, no cgroup of ours.
     std::thread::sleep(Duration::from_millis(200));
-    let left: Vec<String> =
-        processes_matching(DAEMON_MARK).into_iter().chain(processes_matching("/sandbox/program.py")).collect();
-    assert!(left.is_empty(), "processes left running:\n{}", left.join("\n"));
+    let left: Vec<String> = processes_matching(DAEMON_MARK)
+        .into_iter()
+        .chain(processes_matching("/sandbox/program.py"))
+        .collect();
+    assert!(
+        left.is_empty(),
+        "processes left running:\n{}",
+        left.join("\n")
+    );
     let groups = own_cgroups_left();
     assert!(groups.is_empty(), "cgroups left behind: {groups:?}");
-    assert!(results.iter().all(|(_, e)| !e.stderr.contains("sk-hostile")));
+    assert!(results
+        .iter()
+        .all(|(_, e)| !e.stderr.contains("sk-hostile")));
 }

@@ -22,7 +22,7 @@ use rand_core::{RngCore, SeedableRng};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use super::{classify, Judgment, JudgeRequest, JudgmentStatus};
+use super::{classify, JudgeRequest, Judgment, JudgmentStatus};
 use crate::error::{EvalError, Result};
 
 /// FastChat's placeholder judgment for a failed request.
@@ -36,7 +36,10 @@ impl ApiKey {
     /// Reads the key from the environment variable `var`. A missing or empty variable is `None`
     /// (some local endpoints need no key).
     pub fn from_env(var: &str) -> Option<ApiKey> {
-        std::env::var(var).ok().filter(|k| !k.is_empty()).map(ApiKey)
+        std::env::var(var)
+            .ok()
+            .filter(|k| !k.is_empty())
+            .map(ApiKey)
     }
 
     /// Wraps a key held in memory.
@@ -162,7 +165,10 @@ pub struct JudgeClient {
 
 impl std::fmt::Debug for JudgeClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("JudgeClient").field("config", &self.config).field("key", &self.key).finish_non_exhaustive()
+        f.debug_struct("JudgeClient")
+            .field("config", &self.config)
+            .field("key", &self.key)
+            .finish_non_exhaustive()
     }
 }
 
@@ -184,10 +190,15 @@ impl JudgeClient {
     /// A client with an explicit key (tests, or keys read from a 0600 file by the caller).
     pub fn with_key(config: JudgeConfig, key: Option<ApiKey>) -> Result<JudgeClient> {
         if config.parallel == 0 || config.repeats == 0 {
-            return Err(EvalError::Config("parallel and repeats must be at least 1".into()));
+            return Err(EvalError::Config(
+                "parallel and repeats must be at least 1".into(),
+            ));
         }
-        if !(config.timeout_s > 0.0 && config.backoff_base_s >= 0.0 && config.backoff_max_s >= 0.0) {
-            return Err(EvalError::Config("timeouts and backoff must be non-negative".into()));
+        if !(config.timeout_s > 0.0 && config.backoff_base_s >= 0.0 && config.backoff_max_s >= 0.0)
+        {
+            return Err(EvalError::Config(
+                "timeouts and backoff must be non-negative".into(),
+            ));
         }
         let agent: ureq::Agent = ureq::Agent::config_builder()
             .timeout_global(Some(Duration::from_secs_f64(config.timeout_s)))
@@ -197,7 +208,11 @@ impl JudgeClient {
         let (cache, cache_file) = match &config.cache_path {
             Some(p) => {
                 let map = load_cache(p)?;
-                let file = OpenOptions::new().create(true).append(true).open(p).map_err(|e| EvalError::io(p, e))?;
+                let file = OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(p)
+                    .map_err(|e| EvalError::io(p, e))?;
                 (map, Some(Mutex::new(file)))
             }
             None => (HashMap::new(), None),
@@ -255,7 +270,9 @@ impl JudgeClient {
         requests
             .iter()
             .flat_map(|r| (0..self.config.repeats).map(move |i| (r, i)))
-            .filter(|(r, i)| !cache.contains_key(&self.cache_key(&r.system_prompt, &r.user_prompt, *i)))
+            .filter(|(r, i)| {
+                !cache.contains_key(&self.cache_key(&r.system_prompt, &r.user_prompt, *i))
+            })
             .count()
     }
 
@@ -278,10 +295,17 @@ impl JudgeClient {
             c.insert(key.to_string(), judgment.to_string());
         }
         if let (Some(file), Some(path)) = (&self.cache_file, &self.config.cache_path) {
-            let entry = CacheEntry { key: key.into(), judge_model: self.config.model.clone(), judgment: judgment.into() };
-            let mut line = serde_json::to_vec(&entry).map_err(|e| EvalError::io(path, std::io::Error::other(e)))?;
+            let entry = CacheEntry {
+                key: key.into(),
+                judge_model: self.config.model.clone(),
+                judgment: judgment.into(),
+            };
+            let mut line = serde_json::to_vec(&entry)
+                .map_err(|e| EvalError::io(path, std::io::Error::other(e)))?;
             line.push(b'\n');
-            let mut f = file.lock().map_err(|_| EvalError::Judge("cache lock poisoned".into()))?;
+            let mut f = file
+                .lock()
+                .map_err(|_| EvalError::Judge("cache lock poisoned".into()))?;
             f.write_all(&line).map_err(|e| EvalError::io(path, e))?;
             f.sync_data().map_err(|e| EvalError::io(path, e))?;
         }
@@ -296,17 +320,30 @@ impl JudgeClient {
     }
 
     fn backoff(&self, attempt: u32) -> Duration {
-        let base = (self.config.backoff_base_s * 2f64.powi(attempt as i32)).min(self.config.backoff_max_s);
+        let base =
+            (self.config.backoff_base_s * 2f64.powi(attempt as i32)).min(self.config.backoff_max_s);
         let r = self.rng.lock().map(|mut r| r.next_u32()).unwrap_or(0) as f64 / u32::MAX as f64;
         // Equal jitter: half fixed, half random.
         Duration::from_secs_f64(base * (0.5 + 0.5 * r))
     }
 
     fn request_with_retries(&self, system: &str, user: &str) -> Result<String> {
-        let url = format!("{}/chat/completions", self.config.base_url.trim_end_matches('/'));
+        let url = format!(
+            "{}/chat/completions",
+            self.config.base_url.trim_end_matches('/')
+        );
         let body = serde_json::to_string(&ChatRequest {
             model: &self.config.model,
-            messages: [Msg { role: "system", content: system }, Msg { role: "user", content: user }],
+            messages: [
+                Msg {
+                    role: "system",
+                    content: system,
+                },
+                Msg {
+                    role: "user",
+                    content: user,
+                },
+            ],
             temperature: self.config.temperature,
             max_tokens: self.config.max_tokens,
             n: 1,
@@ -318,7 +355,10 @@ impl JudgeClient {
                 self.retries.fetch_add(1, Ordering::Relaxed);
             }
             self.requests.fetch_add(1, Ordering::Relaxed);
-            let mut req = self.agent.post(&url).header("Content-Type", "application/json");
+            let mut req = self
+                .agent
+                .post(&url)
+                .header("Content-Type", "application/json");
             if let Some(k) = &self.key {
                 req = req.header("Authorization", format!("Bearer {}", k.0));
             }
@@ -337,7 +377,9 @@ impl JudgeClient {
                     }
                     last_error = format!("HTTP {status} from {url}: {}", snippet(&text));
                     if !retryable(status) {
-                        return Err(EvalError::Judge(self.redact(&last_error) + " (not retried)"));
+                        return Err(EvalError::Judge(
+                            self.redact(&last_error) + " (not retried)",
+                        ));
                     }
                     match retry_after {
                         Some(s) => Duration::from_secs_f64(s.min(self.config.retry_after_max_s)),
@@ -364,31 +406,45 @@ impl JudgeClient {
     /// Judges every request `config.repeats` times with `config.parallel` threads. Failed
     /// requests become judgments with status `request_error` and score -1; the run goes on.
     pub fn judge_all(&self, requests: &[JudgeRequest]) -> Vec<Judgment> {
-        let jobs: Vec<(usize, usize)> =
-            (0..requests.len()).flat_map(|i| (0..self.config.repeats).map(move |r| (i, r))).collect();
+        let jobs: Vec<(usize, usize)> = (0..requests.len())
+            .flat_map(|i| (0..self.config.repeats).map(move |r| (i, r)))
+            .collect();
         let next = AtomicUsize::new(0);
         let out: Mutex<Vec<Option<Judgment>>> = Mutex::new((0..jobs.len()).map(|_| None).collect());
         let bar = indicatif::ProgressBar::new(jobs.len() as u64);
         bar.set_style(
-            indicatif::ProgressStyle::with_template("mt-bench judge {bar:40} {pos}/{len} [{elapsed}<{eta}]")
-                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+            indicatif::ProgressStyle::with_template(
+                "mt-bench judge {bar:40} {pos}/{len} [{elapsed}<{eta}]",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
         );
         std::thread::scope(|s| {
             for _ in 0..self.config.parallel.min(jobs.len().max(1)) {
                 s.spawn(|| loop {
                     let n = next.fetch_add(1, Ordering::Relaxed);
-                    let Some(&(i, repeat)) = jobs.get(n) else { break };
-                    let req = &requests[i];
-                    let (judgment, score, status) = match self.complete(&req.system_prompt, &req.user_prompt, repeat) {
-                        Ok(text) => {
-                            let (score, status) = classify(&text);
-                            (text, score, status)
-                        }
-                        Err(e) => {
-                            tracing::error!(question_id = req.question_id, turn = req.turn, "{e}");
-                            (API_ERROR_OUTPUT.to_string(), -1.0, JudgmentStatus::RequestError)
-                        }
+                    let Some(&(i, repeat)) = jobs.get(n) else {
+                        break;
                     };
+                    let req = &requests[i];
+                    let (judgment, score, status) =
+                        match self.complete(&req.system_prompt, &req.user_prompt, repeat) {
+                            Ok(text) => {
+                                let (score, status) = classify(&text);
+                                (text, score, status)
+                            }
+                            Err(e) => {
+                                tracing::error!(
+                                    question_id = req.question_id,
+                                    turn = req.turn,
+                                    "{e}"
+                                );
+                                (
+                                    API_ERROR_OUTPUT.to_string(),
+                                    -1.0,
+                                    JudgmentStatus::RequestError,
+                                )
+                            }
+                        };
                     let j = Judgment {
                         question_id: req.question_id,
                         model: req.model.clone(),
@@ -410,12 +466,19 @@ impl JudgeClient {
             }
         });
         bar.finish_and_clear();
-        out.into_inner().unwrap_or_default().into_iter().flatten().collect()
+        out.into_inner()
+            .unwrap_or_default()
+            .into_iter()
+            .flatten()
+            .collect()
     }
 }
 
 fn now() -> f64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
 }
 
 fn snippet(text: &str) -> String {
@@ -425,12 +488,17 @@ fn snippet(text: &str) -> String {
 
 /// `choices[0].message.content` of an OpenAI chat-completions reply.
 fn parse_reply(text: &str) -> std::result::Result<String, String> {
-    let v: serde_json::Value =
-        serde_json::from_str(text).map_err(|e| format!("malformed judge reply ({e}): {}", snippet(text)))?;
+    let v: serde_json::Value = serde_json::from_str(text)
+        .map_err(|e| format!("malformed judge reply ({e}): {}", snippet(text)))?;
     v.pointer("/choices/0/message/content")
         .and_then(|c| c.as_str())
         .map(str::to_string)
-        .ok_or_else(|| format!("judge reply has no choices[0].message.content: {}", snippet(text)))
+        .ok_or_else(|| {
+            format!(
+                "judge reply has no choices[0].message.content: {}",
+                snippet(text)
+            )
+        })
 }
 
 fn load_cache(path: &Path) -> Result<HashMap<String, String>> {
@@ -449,7 +517,11 @@ fn load_cache(path: &Path) -> Result<HashMap<String, String>> {
             Ok(e) => {
                 map.insert(e.key, e.judgment);
             }
-            Err(e) => tracing::warn!("{}:{}: skipping unreadable cache line ({e})", path.display(), i + 1),
+            Err(e) => tracing::warn!(
+                "{}:{}: skipping unreadable cache line ({e})",
+                path.display(),
+                i + 1
+            ),
         }
     }
     Ok(map)
@@ -463,14 +535,21 @@ mod tests {
     fn key_never_shows_in_debug() {
         let k = ApiKey::new("sk-canary-123456");
         assert_eq!(format!("{k:?}"), "ApiKey(<redacted>)");
-        let client = JudgeClient::with_key(JudgeConfig::default(), Some(k.clone())).expect("client");
+        let client =
+            JudgeClient::with_key(JudgeConfig::default(), Some(k.clone())).expect("client");
         assert!(!format!("{client:?}").contains("canary"));
-        assert_eq!(k.redact("Bearer sk-canary-123456 bad"), "Bearer <redacted> bad");
+        assert_eq!(
+            k.redact("Bearer sk-canary-123456 bad"),
+            "Bearer <redacted> bad"
+        );
     }
 
     #[test]
     fn reply_parsing() {
-        assert_eq!(parse_reply(r#"{"choices":[{"message":{"content":"[[5]]"}}]}"#), Ok("[[5]]".into()));
+        assert_eq!(
+            parse_reply(r#"{"choices":[{"message":{"content":"[[5]]"}}]}"#),
+            Ok("[[5]]".into())
+        );
         assert!(parse_reply("{}").is_err());
         assert!(parse_reply("not json").is_err());
         assert!(retryable(429) && retryable(503) && !retryable(401) && !retryable(400));

@@ -25,13 +25,17 @@ impl CgroupV1 {
     /// Finds the v1 `pids` and `memory` hierarchies under `root` and the groups this process is in
     /// (children are created there, so the sandbox stays inside our own accounting).
     pub(crate) fn discover(root: &Path) -> Result<CgroupV1> {
-        let own = fs::read_to_string("/proc/self/cgroup")
-            .map_err(|e| EvalError::SandboxUnavailable(format!("cannot read /proc/self/cgroup: {e}")))?;
+        let own = fs::read_to_string("/proc/self/cgroup").map_err(|e| {
+            EvalError::SandboxUnavailable(format!("cannot read /proc/self/cgroup: {e}"))
+        })?;
         let own_path = |controller: &str| -> Option<String> {
             own.lines().find_map(|l| {
                 let mut parts = l.splitn(3, ':');
                 let (_, ctrls, path) = (parts.next()?, parts.next()?, parts.next()?);
-                ctrls.split(',').any(|c| c == controller).then(|| path.trim_start_matches('/').to_string())
+                ctrls
+                    .split(',')
+                    .any(|c| c == controller)
+                    .then(|| path.trim_start_matches('/').to_string())
             })
         };
         let mut parents = Vec::new();
@@ -55,7 +59,10 @@ impl CgroupV1 {
         }
         let memory_parent = parents.pop().unwrap_or_default();
         let pids_parent = parents.pop().unwrap_or_default();
-        Ok(CgroupV1 { pids_parent, memory_parent })
+        Ok(CgroupV1 {
+            pids_parent,
+            memory_parent,
+        })
     }
 
     /// Removes groups left by earlier runs that died without cleaning up (their creator's pid is
@@ -63,20 +70,32 @@ impl CgroupV1 {
     pub(crate) fn remove_stale(&self) -> usize {
         let mut removed = 0;
         for parent in [&self.pids_parent, &self.memory_parent] {
-            let Ok(entries) = fs::read_dir(parent) else { continue };
+            let Ok(entries) = fs::read_dir(parent) else {
+                continue;
+            };
             for e in entries.flatten() {
                 let name = e.file_name().to_string_lossy().into_owned();
-                let Some(owner) = name.strip_prefix("sft-eval-").and_then(|r| r.split('-').next()) else {
+                let Some(owner) = name
+                    .strip_prefix("sft-eval-")
+                    .and_then(|r| r.split('-').next())
+                else {
                     continue;
                 };
-                let Ok(owner) = owner.parse::<u32>() else { continue };
+                let Ok(owner) = owner.parse::<u32>() else {
+                    continue;
+                };
                 if owner == std::process::id() || Path::new(&format!("/proc/{owner}")).exists() {
                     continue;
                 }
-                let stale = SampleGroup { pids: Some(e.path()), memory: None };
+                let stale = SampleGroup {
+                    pids: Some(e.path()),
+                    memory: None,
+                };
                 match stale.destroy(Duration::from_secs(2)) {
                     Ok(_) => removed += 1,
-                    Err(err) => tracing::warn!("cannot remove stale cgroup {}: {err}", e.path().display()),
+                    Err(err) => {
+                        tracing::warn!("cannot remove stale cgroup {}: {err}", e.path().display())
+                    }
                 }
             }
         }
@@ -85,16 +104,26 @@ impl CgroupV1 {
 
     /// Creates a fresh pair of groups with the given limits.
     pub(crate) fn create(&self, max_pids: u64, memory_bytes: u64) -> Result<SampleGroup> {
-        let name = format!("sft-eval-{}-{}", std::process::id(), NEXT_GROUP.fetch_add(1, Ordering::Relaxed));
+        let name = format!(
+            "sft-eval-{}-{}",
+            std::process::id(),
+            NEXT_GROUP.fetch_add(1, Ordering::Relaxed)
+        );
         let pids = self.pids_parent.join(&name);
         let memory = self.memory_parent.join(&name);
         fs::create_dir(&pids).map_err(|e| cg_err(&pids, "create", e))?;
         // From here on, dropping `group` removes whatever was created.
-        let mut group = SampleGroup { pids: Some(pids.clone()), memory: None };
+        let mut group = SampleGroup {
+            pids: Some(pids.clone()),
+            memory: None,
+        };
         write(&pids.join("pids.max"), &max_pids.to_string())?;
         fs::create_dir(&memory).map_err(|e| cg_err(&memory, "create", e))?;
         group.memory = Some(memory.clone());
-        write(&memory.join("memory.limit_in_bytes"), &memory_bytes.to_string())?;
+        write(
+            &memory.join("memory.limit_in_bytes"),
+            &memory_bytes.to_string(),
+        )?;
         let memsw = memory.join("memory.memsw.limit_in_bytes");
         if memsw.exists() {
             write(&memsw, &memory_bytes.to_string())?;
@@ -121,24 +150,34 @@ pub(crate) struct SampleGroup {
 impl SampleGroup {
     /// The `cgroup.procs` files a process must write its pid into to join.
     pub(crate) fn procs_files(&self) -> Vec<PathBuf> {
-        [&self.pids, &self.memory].into_iter().flatten().map(|p| p.join("cgroup.procs")).collect()
+        [&self.pids, &self.memory]
+            .into_iter()
+            .flatten()
+            .map(|p| p.join("cgroup.procs"))
+            .collect()
     }
 
     /// Whether the memory controller killed something for exceeding the limit.
     pub(crate) fn oom_killed(&self) -> bool {
-        let Some(mem) = &self.memory else { return false };
+        let Some(mem) = &self.memory else {
+            return false;
+        };
         fs::read_to_string(mem.join("memory.oom_control"))
             .ok()
             .and_then(|s| {
-                s.lines()
-                    .find_map(|l| l.strip_prefix("oom_kill ").and_then(|n| n.trim().parse::<u64>().ok()))
+                s.lines().find_map(|l| {
+                    l.strip_prefix("oom_kill ")
+                        .and_then(|n| n.trim().parse::<u64>().ok())
+                })
             })
             .is_some_and(|n| n > 0)
     }
 
     /// Process ids still in the group.
     pub(crate) fn members(&self) -> Vec<i32> {
-        let Some(pids) = &self.pids else { return Vec::new() };
+        let Some(pids) = &self.pids else {
+            return Vec::new();
+        };
         fs::read_to_string(pids.join("cgroup.procs"))
             .map(|s| s.lines().filter_map(|l| l.trim().parse().ok()).collect())
             .unwrap_or_default()
@@ -183,7 +222,10 @@ fn remove_dir_retrying(dir: &Path, deadline: Instant) -> Result<()> {
             Ok(()) => return Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
             Err(e) if Instant::now() > deadline => {
-                return Err(EvalError::Sandbox(format!("cannot remove cgroup {}: {e}", dir.display())))
+                return Err(EvalError::Sandbox(format!(
+                    "cannot remove cgroup {}: {e}",
+                    dir.display()
+                )))
             }
             Err(_) => std::thread::sleep(Duration::from_millis(2)),
         }

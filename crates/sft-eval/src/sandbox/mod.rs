@@ -106,7 +106,9 @@ impl SandboxConfig {
             return bad("wall_time_s must be positive");
         }
         if self.memory_bytes < (64 << 20) {
-            return bad("memory_bytes must be at least 64 MiB (Python needs about 10 MiB to start)");
+            return bad(
+                "memory_bytes must be at least 64 MiB (Python needs about 10 MiB to start)",
+            );
         }
         if self.max_processes < 4 {
             return bad("max_processes must be at least 4 (bubblewrap uses two)");
@@ -223,7 +225,11 @@ impl Sandbox {
                     tracing::info!(stale, "removed cgroups left by an earlier run");
                 }
                 drop(cgroups.create(config.max_processes, config.memory_bytes)?);
-                Sandbox { config, bwrap: Some(bwrap), cgroups: Some(cgroups) }
+                Sandbox {
+                    config,
+                    bwrap: Some(bwrap),
+                    cgroups: Some(cgroups),
+                }
             }
             Isolation::UnsafeNone => {
                 tracing::warn!(
@@ -231,10 +237,17 @@ impl Sandbox {
                      delete anything this user can, and reach the network !!!"
                 );
                 let cgroups = CgroupV1::discover(&config.cgroup_root)
-                    .and_then(|c| c.create(config.max_processes, config.memory_bytes).map(|g| (c, g)))
+                    .and_then(|c| {
+                        c.create(config.max_processes, config.memory_bytes)
+                            .map(|g| (c, g))
+                    })
                     .ok()
                     .map(|(c, _probe)| c);
-                Sandbox { config, bwrap: None, cgroups }
+                Sandbox {
+                    config,
+                    bwrap: None,
+                    cgroups,
+                }
             }
         };
         let probe = sandbox.run_python("assert sum(range(4)) == 6\n")?;
@@ -263,15 +276,19 @@ impl Sandbox {
             .tempdir()
             .map_err(|e| EvalError::Sandbox(format!("cannot create a temp dir: {e}")))?;
         let program_path = work.path().join("program.py");
-        std::fs::write(&program_path, program)
-            .map_err(|e| EvalError::Sandbox(format!("cannot write {}: {e}", program_path.display())))?;
+        std::fs::write(&program_path, program).map_err(|e| {
+            EvalError::Sandbox(format!("cannot write {}: {e}", program_path.display()))
+        })?;
         let nonce = fresh_nonce();
 
         let group = match &self.cgroups {
             Some(c) => Some(c.create(cfg.max_processes, cfg.memory_bytes)?),
             None => None,
         };
-        let procs = group.as_ref().map(SampleGroup::procs_files).unwrap_or_default();
+        let procs = group
+            .as_ref()
+            .map(SampleGroup::procs_files)
+            .unwrap_or_default();
 
         // sh joins the cgroups with its own pid, then execs prlimit, which execs the rest, so every
         // process of the sample is inside the groups before any of it runs.
@@ -298,7 +315,12 @@ impl Sandbox {
                 program_path.clone()
             }
         };
-        cmd.arg(&cfg.python).arg("-I").arg("-B").arg("-c").arg(HARNESS).arg(&program_arg);
+        cmd.arg(&cfg.python)
+            .arg("-I")
+            .arg("-B")
+            .arg("-c")
+            .arg(HARNESS)
+            .arg(&program_arg);
         cmd.env_clear()
             .env("PATH", "/usr/bin:/bin")
             .env("LANG", "C.UTF-8")
@@ -308,7 +330,9 @@ impl Sandbox {
             .stderr(Stdio::piped());
 
         let start = Instant::now();
-        let mut child = cmd.spawn().map_err(|e| EvalError::Sandbox(format!("cannot start the sandbox: {e}")))?;
+        let mut child = cmd
+            .spawn()
+            .map_err(|e| EvalError::Sandbox(format!("cannot start the sandbox: {e}")))?;
         if let Some(mut stdin) = child.stdin.take() {
             // A program that never reads stdin is fine: the pipe is closed right after.
             let _ = stdin.write_all(format!("{nonce}\n").as_bytes());
@@ -325,7 +349,9 @@ impl Sandbox {
                 Ok(None) if start.elapsed() >= wall => {
                     timed_out = true;
                     let _ = child.kill();
-                    break child.wait().map_err(|e| EvalError::Sandbox(format!("wait: {e}")))?;
+                    break child
+                        .wait()
+                        .map_err(|e| EvalError::Sandbox(format!("wait: {e}")))?;
                 }
                 Ok(None) => std::thread::sleep(poll_interval(start.elapsed())),
                 Err(e) => return Err(EvalError::Sandbox(format!("wait: {e}"))),
@@ -340,13 +366,18 @@ impl Sandbox {
         // Everything in the sample is dead now, so the pipes are closed; the timeout only matters
         // without cgroups (unsafe mode), where a stray grandchild could keep a pipe open.
         let collect = |rx: Option<mpsc::Receiver<String>>| {
-            rx.and_then(|rx| rx.recv_timeout(Duration::from_secs(2)).ok()).unwrap_or_default()
+            rx.and_then(|rx| rx.recv_timeout(Duration::from_secs(2)).ok())
+                .unwrap_or_default()
         };
         let stdout = collect(out_reader);
         let stderr = collect(err_reader);
         drop(work);
 
-        let exit = if timed_out { None } else { Some(describe(status)) };
+        let exit = if timed_out {
+            None
+        } else {
+            Some(describe(status))
+        };
         let reported = find_verdict(&stdout, &nonce);
         let verdict = match reported {
             _ if timed_out => Verdict::TimedOut,
@@ -358,7 +389,13 @@ impl Sandbox {
                 exit.clone().unwrap_or_default()
             )),
         };
-        Ok(Execution { verdict, wall_s, exit, stderr, leftover_killed })
+        Ok(Execution {
+            verdict,
+            wall_s,
+            exit,
+            stderr,
+            leftover_killed,
+        })
     }
 }
 
@@ -379,13 +416,46 @@ fn bwrap_args(cfg: &SandboxConfig, program: &Path) -> Vec<String> {
         push(&["--ro-bind", &s, &s]);
     }
     push(&["--proc", "/proc", "--dev", "/dev"]);
-    push(&["--size", &cfg.tmpfs_bytes.to_string(), "--perms", "1777", "--tmpfs", "/tmp"]);
-    push(&["--ro-bind", &program.to_string_lossy(), "/sandbox/program.py"]);
     push(&[
-        "--chdir", "/tmp", "--unshare-all", "--die-with-parent", "--new-session", "--cap-drop", "ALL",
-        "--uid", "65534", "--gid", "65534", "--hostname", "sandbox", "--clearenv",
-        "--setenv", "PATH", "/usr/bin:/bin", "--setenv", "HOME", "/tmp", "--setenv", "LANG", "C.UTF-8",
-        "--setenv", "OMP_NUM_THREADS", "1",
+        "--size",
+        &cfg.tmpfs_bytes.to_string(),
+        "--perms",
+        "1777",
+        "--tmpfs",
+        "/tmp",
+    ]);
+    push(&[
+        "--ro-bind",
+        &program.to_string_lossy(),
+        "/sandbox/program.py",
+    ]);
+    push(&[
+        "--chdir",
+        "/tmp",
+        "--unshare-all",
+        "--die-with-parent",
+        "--new-session",
+        "--cap-drop",
+        "ALL",
+        "--uid",
+        "65534",
+        "--gid",
+        "65534",
+        "--hostname",
+        "sandbox",
+        "--clearenv",
+        "--setenv",
+        "PATH",
+        "/usr/bin:/bin",
+        "--setenv",
+        "HOME",
+        "/tmp",
+        "--setenv",
+        "LANG",
+        "C.UTF-8",
+        "--setenv",
+        "OMP_NUM_THREADS",
+        "1",
     ]);
     // bubblewrap's own root is a writable tmpfs; make everything but /tmp (and /dev) read-only.
     push(&["--remount-ro", "/"]);
@@ -397,13 +467,17 @@ fn find_executable(name: &Path) -> Option<PathBuf> {
         return name.is_file().then(|| name.to_path_buf());
     }
     let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/bin:/bin".into());
-    std::env::split_paths(&path).map(|d| d.join(name)).find(|p| p.is_file())
+    std::env::split_paths(&path)
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
 }
 
 /// 128 random bits from the OS, hex-encoded.
 fn fresh_nonce() -> String {
     let mut bytes = [0u8; 16];
-    let ok = std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut bytes)).is_ok();
+    let ok = std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut bytes))
+        .is_ok();
     if !ok {
         // Fall back to time and address entropy; the nonce only needs to be unguessable by a
         // completion that does not inspect the harness.
@@ -454,7 +528,11 @@ fn read_capped(mut r: impl Read, cap: usize) -> String {
 fn find_verdict(stdout: &str, nonce: &str) -> Option<Verdict> {
     stdout.lines().find_map(|l| {
         let rest = l.strip_prefix(nonce)?.strip_prefix(' ')?;
-        Some(if rest == "passed" { Verdict::Passed } else { Verdict::Failed(rest.to_string()) })
+        Some(if rest == "passed" {
+            Verdict::Passed
+        } else {
+            Verdict::Failed(rest.to_string())
+        })
     })
 }
 
@@ -481,15 +559,24 @@ mod tests {
     #[test]
     fn verdict_needs_the_nonce() {
         let nonce = "abc123";
-        assert_eq!(find_verdict("\nabc123 passed\n", nonce), Some(Verdict::Passed));
+        assert_eq!(
+            find_verdict("\nabc123 passed\n", nonce),
+            Some(Verdict::Passed)
+        );
         assert_eq!(find_verdict("passed\n", nonce), None);
         assert_eq!(find_verdict("zzz passed\n", nonce), None);
         assert_eq!(
             find_verdict("\nabc123 failed: boom\n", nonce),
             Some(Verdict::Failed("failed: boom".into()))
         );
-        assert_eq!(Verdict::Failed("failed: x".into()).result_string(), "failed: x");
-        assert_eq!(Verdict::Failed("memory limit exceeded".into()).result_string(), "failed: memory limit exceeded");
+        assert_eq!(
+            Verdict::Failed("failed: x".into()).result_string(),
+            "failed: x"
+        );
+        assert_eq!(
+            Verdict::Failed("memory limit exceeded".into()).result_string(),
+            "failed: memory limit exceeded"
+        );
         assert_eq!(Verdict::TimedOut.result_string(), "timed out");
     }
 
@@ -503,13 +590,19 @@ mod tests {
 
     #[test]
     fn invalid_limits_are_rejected() {
-        let cfg = SandboxConfig { cpu_time_s: 0, ..SandboxConfig::default() };
+        let cfg = SandboxConfig {
+            cpu_time_s: 0,
+            ..SandboxConfig::default()
+        };
         assert!(matches!(Sandbox::new(cfg), Err(EvalError::Config(_))));
     }
 
     #[test]
     fn missing_bwrap_fails_closed() {
-        let cfg = SandboxConfig { bwrap: PathBuf::from("/nonexistent/bwrap"), ..SandboxConfig::default() };
+        let cfg = SandboxConfig {
+            bwrap: PathBuf::from("/nonexistent/bwrap"),
+            ..SandboxConfig::default()
+        };
         match Sandbox::new(cfg) {
             Err(EvalError::SandboxUnavailable(m)) => assert!(m.contains("bubblewrap"), "{m}"),
             other => panic!("expected SandboxUnavailable, got {other:?}"),
