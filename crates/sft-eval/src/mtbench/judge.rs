@@ -545,6 +545,37 @@ mod tests {
     }
 
     #[test]
+    fn cache_survives_a_torn_last_line() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("cache.jsonl");
+        let cfg = JudgeConfig {
+            base_url: "http://127.0.0.1:9/v1".into(),
+            max_retries: 0,
+            cache_path: Some(path.clone()),
+            ..JudgeConfig::default()
+        };
+        let client = JudgeClient::with_key(cfg.clone(), None).expect("client");
+        client
+            .store(&client.cache_key("s", "u", 0), "Rating: [[9]]")
+            .expect("store");
+        drop(client);
+        // A crash mid-write leaves half a record.
+        let mut f = OpenOptions::new().append(true).open(&path).expect("open");
+        f.write_all(b"{\"key\": \"abc\", \"judge_mo")
+            .expect("write");
+        drop(f);
+        let client = JudgeClient::with_key(cfg, None).expect("torn line is tolerated");
+        // Served from the cache: nothing listens on port 9, so a request would fail.
+        assert_eq!(
+            client.complete("s", "u", 0).expect("cached"),
+            "Rating: [[9]]"
+        );
+        assert_eq!(client.stats().requests, 0);
+        assert!(client.complete("s", "other", 0).is_err());
+        assert_eq!(client.stats().requests, 1);
+    }
+
+    #[test]
     fn reply_parsing() {
         assert_eq!(
             parse_reply(r#"{"choices":[{"message":{"content":"[[5]]"}}]}"#),
