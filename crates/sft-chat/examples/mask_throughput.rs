@@ -13,6 +13,15 @@ use std::time::Instant;
 
 use sft_chat::{drop_leading_assistant_turns, ChatError, ChatMessage, ChatTemplate, ChatTokenizer, Role};
 
+/// This process's user+system CPU seconds (Linux `/proc/self/stat`), to report per-core
+/// throughput on a shared machine; `None` elsewhere.
+fn cpu_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+    Some(ticks / 100.0)
+}
+
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().collect();
     let (Some(data), Some(tok_path)) = (args.get(1), args.get(2)) else {
@@ -42,6 +51,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let mut skipped: BTreeMap<&str, usize> = BTreeMap::new();
         let mut texts = Vec::new();
         let start = Instant::now();
+        let cpu_start = cpu_seconds();
         for conv in &convs {
             match template.encode_with_mask(&tok, conv) {
                 Ok(enc) => {
@@ -63,6 +73,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             }
         }
         let secs = start.elapsed().as_secs_f64();
+        let cpu = cpu_start.zip(cpu_seconds()).map(|(a, b)| b - a);
         let plain = Instant::now();
         let mut plain_tokens = 0;
         for text in &texts {
@@ -74,7 +85,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             serde_json::json!({
                 "template": name, "conversations": convs.len(), "encoded": ok, "skipped": skipped,
                 "tokens": tokens, "target_tokens": targets, "bytes": bytes, "seconds": secs,
-                "tokens_per_s": tokens as f64 / secs, "mb_per_s": bytes as f64 / secs / 1e6,
+                "tokens_per_s": tokens as f64 / secs,
+                "cpu_seconds": cpu, "tokens_per_cpu_s": cpu.map(|c| tokens as f64 / c), "mb_per_s": bytes as f64 / secs / 1e6,
                 "plain_encode_seconds": plain_secs, "plain_encode_tokens_per_s": plain_tokens as f64 / plain_secs,
             })
         );
