@@ -11,7 +11,9 @@
 use std::collections::BTreeMap;
 use std::time::Instant;
 
-use sft_chat::{drop_leading_assistant_turns, ChatError, ChatMessage, ChatTemplate, ChatTokenizer, Role};
+use sft_chat::{
+    drop_leading_assistant_turns, ChatError, ChatMessage, ChatTemplate, ChatTokenizer, Role,
+};
 
 /// This process's user+system CPU seconds (Linux `/proc/self/stat`), to report per-core
 /// throughput on a shared machine; `None` elsewhere.
@@ -31,14 +33,20 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut convs = Vec::new();
     for rec in raw.as_array().ok_or("expected a JSON array")? {
         let mut conv = Vec::new();
-        for m in rec["conversations"].as_array().ok_or("record without conversations")? {
+        for m in rec["conversations"]
+            .as_array()
+            .ok_or("record without conversations")?
+        {
             let role = match m["from"].as_str() {
                 Some("human") | Some("user") => Role::User,
                 Some("gpt") | Some("assistant") => Role::Assistant,
                 Some("system") => Role::System,
                 other => return Err(format!("unknown role {other:?}").into()),
             };
-            conv.push(ChatMessage::new(role, m["value"].as_str().unwrap_or_default()));
+            conv.push(ChatMessage::new(
+                role,
+                m["value"].as_str().unwrap_or_default(),
+            ));
         }
         convs.push(drop_leading_assistant_turns(&conv));
     }

@@ -55,7 +55,8 @@ const QWEN2_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}
 /// The split regex transformers uses for a `pre` name (`GGUF_PRE_TOKENIZER_SPLITS`).
 fn transformers_split(pre: &str) -> Option<&'static str> {
     Some(match pre {
-        "llama3" | "llama-v3" | "llama-bpe" | "falcon3" | "falcon-h1" | "pixtral" | "midm-2.0" | "lfm2" | "jina-v5-nano" | "dbrx" | "smaug-bpe" => LLAMA3_SPLIT,
+        "llama3" | "llama-v3" | "llama-bpe" | "falcon3" | "falcon-h1" | "pixtral" | "midm-2.0"
+        | "lfm2" | "jina-v5-nano" | "dbrx" | "smaug-bpe" => LLAMA3_SPLIT,
         "tekken" => TEKKEN_SPLIT,
         "qwen2" | "deepseek-r1-qwen" | "kormo" | "f2llmv2" | "megrez" => QWEN2_SPLIT,
         "gpt-4o" | "llama4" | "kanana2" | "talkie" | "minimax-m2" => GPT4O_SPLIT,
@@ -76,14 +77,21 @@ fn split_then_bytes(regex: &str) -> Json {
 
 fn pre_tokenizer(pre: &str, flavour: GgufPreTokenizer) -> Option<Json> {
     match flavour {
-        GgufPreTokenizer::Transformers => Some(transformers_split(pre).map_or_else(byte_level, split_then_bytes)),
+        GgufPreTokenizer::Transformers => {
+            Some(transformers_split(pre).map_or_else(byte_level, split_then_bytes))
+        }
         GgufPreTokenizer::LlamaCpp => match pre {
-            "default" | "gpt-2" | "gpt2" | "mpt" | "olmo" | "jais" | "trillion" => Some(byte_level()),
-            "smollm" | "starcoder" | "refact" | "codeshell" | "command-r" | "exaone" | "minerva" => Some(json!({
+            "default" | "gpt-2" | "gpt2" | "mpt" | "olmo" | "jais" | "trillion" => {
+                Some(byte_level())
+            }
+            "smollm" | "starcoder" | "refact" | "codeshell" | "command-r" | "exaone"
+            | "minerva" => Some(json!({
                 "type": "Sequence",
                 "pretokenizers": [{"type": "Digits", "individual_digits": true}, byte_level()],
             })),
-            "llama3" | "llama-v3" | "llama-bpe" | "falcon3" | "pixtral" | "dbrx" | "smaug-bpe" => Some(split_then_bytes(LLAMA3_SPLIT)),
+            "llama3" | "llama-v3" | "llama-bpe" | "falcon3" | "pixtral" | "dbrx" | "smaug-bpe" => {
+                Some(split_then_bytes(LLAMA3_SPLIT))
+            }
             "qwen2" | "deepseek-r1-qwen" | "megrez" => Some(split_then_bytes(QWEN2_SPLIT)),
             "tekken" => Some(split_then_bytes(TEKKEN_SPLIT)),
             "gpt-4o" | "llama4" => Some(split_then_bytes(GPT4O_SPLIT)),
@@ -97,7 +105,8 @@ fn bytes_to_unicode() -> [char; 256] {
     let mut table = ['\0'; 256];
     let mut n = 0u32;
     for b in 0..=255u32 {
-        let printable = (0x21..=0x7E).contains(&b) || (0xA1..=0xAC).contains(&b) || (0xAE..=0xFF).contains(&b);
+        let printable =
+            (0x21..=0x7E).contains(&b) || (0xA1..=0xAC).contains(&b) || (0xAE..=0xFF).contains(&b);
         table[b as usize] = if printable {
             char::from_u32(b).unwrap_or('\0')
         } else {
@@ -141,15 +150,23 @@ pub(crate) fn build(file: &GgufFile, flavour: GgufPreTokenizer) -> Result<ChatTo
     let in_alphabet = |t: &str| t.chars().all(|c| alphabet.contains(&c));
     let mut vocab = Map::with_capacity(tokens.len());
     for (id, tok) in tokens.iter().enumerate() {
-        let key = if in_alphabet(tok) { tok.to_string() } else { tok.bytes().map(|b| spelling[b as usize]).collect() };
+        let key = if in_alphabet(tok) {
+            tok.to_string()
+        } else {
+            tok.bytes().map(|b| spelling[b as usize]).collect()
+        };
         vocab.insert(key, json!(id));
     }
     let mut merge_pairs = Vec::with_capacity(merges.len());
     for (i, m) in merges.iter().enumerate() {
-        let (a, b) = m.split_once(' ').ok_or_else(|| ChatError::UnsupportedTokenizer {
-            path: path.clone(),
-            message: format!("tokenizer.ggml.merges[{i}] = {m:?} is not two tokens separated by a space"),
-        })?;
+        let (a, b) = m
+            .split_once(' ')
+            .ok_or_else(|| ChatError::UnsupportedTokenizer {
+                path: path.clone(),
+                message: format!(
+                    "tokenizer.ggml.merges[{i}] = {m:?} is not two tokens separated by a space"
+                ),
+            })?;
         merge_pairs.push(json!([a, b]));
     }
 
@@ -174,20 +191,35 @@ pub(crate) fn build(file: &GgufFile, flavour: GgufPreTokenizer) -> Result<ChatTo
     let token_text = |id: Option<u32>, key: &str| -> Result<Option<String>> {
         match id {
             None => Ok(None),
-            Some(id) => tokens.get(id as usize).map(|t| Some(t.to_string())).ok_or_else(|| ChatError::UnsupportedTokenizer {
-                path: path.clone(),
-                message: format!("{key} = {id} is outside the vocabulary of {} tokens", tokens.len()),
-            }),
+            Some(id) => tokens
+                .get(id as usize)
+                .map(|t| Some(t.to_string()))
+                .ok_or_else(|| ChatError::UnsupportedTokenizer {
+                    path: path.clone(),
+                    message: format!(
+                        "{key} = {id} is outside the vocabulary of {} tokens",
+                        tokens.len()
+                    ),
+                }),
         }
     };
     let bos_id = token_id("tokenizer.ggml.bos_token_id")?;
     let eos_id = token_id("tokenizer.ggml.eos_token_id")?;
     let bos = token_text(bos_id, "tokenizer.ggml.bos_token_id")?;
     let eos = token_text(eos_id, "tokenizer.ggml.eos_token_id")?;
-    let pad = token_text(token_id("tokenizer.ggml.padding_token_id")?, "tokenizer.ggml.padding_token_id")?;
-    let unk = token_text(token_id("tokenizer.ggml.unknown_token_id")?, "tokenizer.ggml.unknown_token_id")?;
+    let pad = token_text(
+        token_id("tokenizer.ggml.padding_token_id")?,
+        "tokenizer.ggml.padding_token_id",
+    )?;
+    let unk = token_text(
+        token_id("tokenizer.ggml.unknown_token_id")?,
+        "tokenizer.ggml.unknown_token_id",
+    )?;
     let flag = |key: &str| file.get(key).and_then(|v| v.as_bool()).unwrap_or(false);
-    let (add_bos, add_eos) = (flag("tokenizer.ggml.add_bos_token"), flag("tokenizer.ggml.add_eos_token"));
+    let (add_bos, add_eos) = (
+        flag("tokenizer.ggml.add_bos_token"),
+        flag("tokenizer.ggml.add_eos_token"),
+    );
 
     let post_processor = if add_bos || add_eos {
         let mut single = Vec::new();
@@ -197,9 +229,15 @@ pub(crate) fn build(file: &GgufFile, flavour: GgufPreTokenizer) -> Result<ChatTo
                 continue;
             }
             let (Some(id), Some(text)) = (id, text) else {
-                return Err(ChatError::UnsupportedTokenizer { path: path.clone(), message: "add_bos/add_eos is set but the token id is missing".into() });
+                return Err(ChatError::UnsupportedTokenizer {
+                    path: path.clone(),
+                    message: "add_bos/add_eos is set but the token id is missing".into(),
+                });
             };
-            special_tokens.insert(text.clone(), json!({"id": text, "ids": [id], "tokens": [text]}));
+            special_tokens.insert(
+                text.clone(),
+                json!({"id": text, "ids": [id], "tokens": [text]}),
+            );
             single.push(json!({"SpecialToken": {"id": text, "type_id": 0}}));
         }
         let a = json!({"Sequence": {"id": "A", "type_id": 0}});
@@ -233,12 +271,23 @@ pub(crate) fn build(file: &GgufFile, flavour: GgufPreTokenizer) -> Result<ChatTo
             "vocab": vocab, "merges": merge_pairs,
         },
     });
-    let inner = Tokenizer::from_str(&tokenizer_json.to_string())
-        .map_err(|e| ChatError::UnsupportedTokenizer { path: path.clone(), message: format!("building the tokenizer failed: {e}") })?;
+    let inner = Tokenizer::from_str(&tokenizer_json.to_string()).map_err(|e| {
+        ChatError::UnsupportedTokenizer {
+            path: path.clone(),
+            message: format!("building the tokenizer failed: {e}"),
+        }
+    })?;
     let chat_template = match file.get("tokenizer.chat_template") {
         Some(_) => Some(file.get_str("tokenizer.chat_template")?.to_string()),
         None => None,
     };
     tracing::debug!(path = %path.display(), pre, ?flavour, vocab = tokens.len(), "built tokenizer from GGUF metadata");
-    ChatTokenizer::new(inner, bos.as_deref(), eos.as_deref(), pad.as_deref(), unk.as_deref(), chat_template)
+    ChatTokenizer::new(
+        inner,
+        bos.as_deref(),
+        eos.as_deref(),
+        pad.as_deref(),
+        unk.as_deref(),
+        chat_template,
+    )
 }

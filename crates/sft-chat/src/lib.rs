@@ -32,5 +32,7 @@ pub use error::{ChatError, Result};
 pub use gguf_tokenizer::GgufPreTokenizer;
 pub use mask::EncodedChat;
 pub use message::{drop_leading_assistant_turns, ChatMessage, Role};
-pub use template::{AssistantSpan, ChatTemplate, JinjaTemplate, RenderOptions, Rendered, VICUNA_SYSTEM};
-pub use tokenizer::{ChatTokenizer, SpecialToken};
+pub use template::{
+    AssistantSpan, ChatTemplate, JinjaTemplate, RenderOptions, Rendered, VICUNA_SYSTEM,
+};
+pub use tokenizer::{ByteOffsets, ChatTokenizer, SpecialToken};

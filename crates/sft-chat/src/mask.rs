@@ -26,7 +26,8 @@ impl EncodedChat {
     /// The rendered text with every trained span wrapped in `open` … `close`, for eyeballing
     /// masks (e.g. in a batch dump).
     pub fn annotated_text(&self, open: &str, close: &str) -> String {
-        let mut out = String::with_capacity(self.text.len() + self.spans.len() * (open.len() + close.len()));
+        let mut out =
+            String::with_capacity(self.text.len() + self.spans.len() * (open.len() + close.len()));
         let mut at = 0;
         for span in &self.spans {
             out.push_str(&self.text[at..span.range.start]);
@@ -41,7 +42,11 @@ impl EncodedChat {
 
     /// Labels in the HF convention: the id where trained on, `-100` elsewhere.
     pub fn labels(&self) -> Vec<i64> {
-        self.ids.iter().zip(&self.labels_mask).map(|(&id, &m)| if m { i64::from(id) } else { -100 }).collect()
+        self.ids
+            .iter()
+            .zip(&self.labels_mask)
+            .map(|(&id, &m)| if m { i64::from(id) } else { -100 })
+            .collect()
     }
 }
 
@@ -54,9 +59,14 @@ impl ChatTemplate {
     /// it, as FastChat trains it). Any other token crossing a span boundary is an
     /// [`ChatError::AmbiguousBoundary`] error, and so is a span some of whose bytes no token
     /// covers: a sample is never trained with a guessed mask.
-    pub fn encode_with_mask(&self, tokenizer: &ChatTokenizer, messages: &[ChatMessage]) -> Result<EncodedChat> {
+    pub fn encode_with_mask(
+        &self,
+        tokenizer: &ChatTokenizer,
+        messages: &[ChatMessage],
+    ) -> Result<EncodedChat> {
         let rendered = self.render(messages)?;
-        let (ids, offsets) = tokenizer.encode_with_offsets(&rendered.text, self.adds_special_tokens())?;
+        let (ids, offsets) =
+            tokenizer.encode_with_offsets(&rendered.text, self.adds_special_tokens())?;
         let text = rendered.text;
         let mut labels_mask = vec![false; ids.len()];
         let mut token_spans = Vec::with_capacity(rendered.assistant_spans.len());
@@ -92,17 +102,29 @@ impl ChatTemplate {
             if covered < se {
                 return Err(ChatError::SpanNotFound {
                     index: span.message_index,
-                    message: format!("tokens cover bytes {ss}..{covered} of the span {ss}..{se} only"),
+                    message: format!(
+                        "tokens cover bytes {ss}..{covered} of the span {ss}..{se} only"
+                    ),
                 });
             }
             token_spans.push(first.unwrap_or(0)..last + 1);
         }
-        Ok(EncodedChat { ids, labels_mask, text, spans: rendered.assistant_spans, token_spans })
+        Ok(EncodedChat {
+            ids,
+            labels_mask,
+            text,
+            spans: rendered.assistant_spans,
+            token_spans,
+        })
     }
 
     /// Token ids of a generation prompt ([`ChatTemplate::render_prompt`], tokenized as
     /// [`ChatTemplate::encode_with_mask`] tokenizes).
-    pub fn encode_prompt(&self, tokenizer: &ChatTokenizer, messages: &[ChatMessage]) -> Result<Vec<u32>> {
+    pub fn encode_prompt(
+        &self,
+        tokenizer: &ChatTokenizer,
+        messages: &[ChatMessage],
+    ) -> Result<Vec<u32>> {
         let text = self.render_prompt(messages)?;
         tokenizer.encode(&text, self.adds_special_tokens())
     }

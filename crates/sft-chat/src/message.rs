@@ -37,7 +37,10 @@ pub struct ChatMessage {
 impl ChatMessage {
     /// A message.
     pub fn new(role: Role, content: impl Into<String>) -> Self {
-        Self { role, content: content.into() }
+        Self {
+            role,
+            content: content.into(),
+        }
     }
 
     /// A system message.
@@ -63,8 +66,15 @@ impl ChatMessage {
 /// [`crate::ChatTemplate::render`]'s checks.
 pub fn drop_leading_assistant_turns(messages: &[ChatMessage]) -> Vec<ChatMessage> {
     let start = usize::from(messages.first().is_some_and(|m| m.role == Role::System));
-    let skip = messages[start..].iter().take_while(|m| m.role == Role::Assistant).count();
-    messages[..start].iter().chain(&messages[start + skip..]).cloned().collect()
+    let skip = messages[start..]
+        .iter()
+        .take_while(|m| m.role == Role::Assistant)
+        .count();
+    messages[..start]
+        .iter()
+        .chain(&messages[start + skip..])
+        .cloned()
+        .collect()
 }
 
 #[cfg(test)]
@@ -73,8 +83,16 @@ mod tests {
 
     #[test]
     fn leading_assistant_turns_are_dropped() {
-        let conv = [ChatMessage::system("s"), ChatMessage::assistant("a"), ChatMessage::user("u"), ChatMessage::assistant("b")];
-        assert_eq!(drop_leading_assistant_turns(&conv), vec![conv[0].clone(), conv[2].clone(), conv[3].clone()]);
+        let conv = [
+            ChatMessage::system("s"),
+            ChatMessage::assistant("a"),
+            ChatMessage::user("u"),
+            ChatMessage::assistant("b"),
+        ];
+        assert_eq!(
+            drop_leading_assistant_turns(&conv),
+            vec![conv[0].clone(), conv[2].clone(), conv[3].clone()]
+        );
         let conv = [ChatMessage::assistant("a"), ChatMessage::user("u")];
         assert_eq!(drop_leading_assistant_turns(&conv), vec![conv[1].clone()]);
         assert!(drop_leading_assistant_turns(&[]).is_empty());

@@ -62,9 +62,13 @@ impl ChatTemplate {
     /// A built-in template by name: `vicuna_v1.1` (alias `vicuna`) or `chatml`.
     pub fn named(name: &str) -> Result<Self> {
         match name {
-            "vicuna_v1.1" | "vicuna" => Ok(Self::VicunaV11 { sep2: "</s>".into() }),
+            "vicuna_v1.1" | "vicuna" => Ok(Self::VicunaV11 {
+                sep2: "</s>".into(),
+            }),
             "chatml" => Ok(Self::ChatMl),
-            _ => Err(ChatError::UnknownTemplate { name: name.to_string() }),
+            _ => Err(ChatError::UnknownTemplate {
+                name: name.to_string(),
+            }),
         }
     }
 
@@ -79,7 +83,9 @@ impl ChatTemplate {
     /// The tokenizer's own Jinja template (from `tokenizer_config.json` or GGUF metadata), with
     /// its `bos_token`/`eos_token`.
     pub fn from_tokenizer(tokenizer: &ChatTokenizer) -> Result<Self> {
-        let source = tokenizer.chat_template().ok_or_else(|| ChatError::Template("the tokenizer has no chat_template".into()))?;
+        let source = tokenizer
+            .chat_template()
+            .ok_or_else(|| ChatError::Template("the tokenizer has no chat_template".into()))?;
         Ok(Self::Jinja(JinjaTemplate::new(
             source,
             tokenizer.bos().map(|t| t.text.clone()).unwrap_or_default(),
@@ -108,7 +114,10 @@ impl ChatTemplate {
         validate(messages)?;
         for (i, m) in messages.iter().enumerate() {
             if m.role == Role::Assistant && m.content.is_empty() {
-                return Err(ChatError::Conversation { index: i, message: "empty assistant message: nothing to train on".into() });
+                return Err(ChatError::Conversation {
+                    index: i,
+                    message: "empty assistant message: nothing to train on".into(),
+                });
             }
         }
         match self {
@@ -121,14 +130,21 @@ impl ChatTemplate {
     /// Render a prompt for generation (`add_generation_prompt = true`); the conversation
     /// normally ends with a user message.
     pub fn render_prompt(&self, messages: &[ChatMessage]) -> Result<String> {
-        self.render_with(messages, RenderOptions { add_generation_prompt: true })
+        self.render_with(
+            messages,
+            RenderOptions {
+                add_generation_prompt: true,
+            },
+        )
     }
 
     /// Render with explicit options (no spans).
     pub fn render_with(&self, messages: &[ChatMessage], options: RenderOptions) -> Result<String> {
         validate(messages)?;
         match self {
-            Self::VicunaV11 { sep2 } => Ok(vicuna(messages, sep2, options.add_generation_prompt).text),
+            Self::VicunaV11 { sep2 } => {
+                Ok(vicuna(messages, sep2, options.add_generation_prompt).text)
+            }
             Self::ChatMl => Ok(chatml(messages, options.add_generation_prompt).text),
             Self::Jinja(t) => t.render_raw(&to_values(messages), options.add_generation_prompt),
         }
@@ -138,11 +154,18 @@ impl ChatTemplate {
 /// Optional leading system message, then user/assistant alternating from user (FastChat asserts the same).
 fn validate(messages: &[ChatMessage]) -> Result<()> {
     if messages.is_empty() {
-        return Err(ChatError::Conversation { index: 0, message: "empty conversation".into() });
+        return Err(ChatError::Conversation {
+            index: 0,
+            message: "empty conversation".into(),
+        });
     }
     let start = usize::from(messages[0].role == Role::System);
     for (i, m) in messages.iter().enumerate().skip(start) {
-        let expected = if (i - start) % 2 == 0 { Role::User } else { Role::Assistant };
+        let expected = if (i - start) % 2 == 0 {
+            Role::User
+        } else {
+            Role::Assistant
+        };
         if m.role != expected {
             return Err(ChatError::Conversation {
                 index: i,
@@ -162,7 +185,11 @@ fn vicuna(messages: &[ChatMessage], sep2: &str, add_generation_prompt: bool) -> 
     let mut text = format!("{system} ");
     let mut spans = Vec::new();
     for (i, m) in rest.iter().enumerate() {
-        let role = if m.role == Role::User { "USER" } else { "ASSISTANT" };
+        let role = if m.role == Role::User {
+            "USER"
+        } else {
+            "ASSISTANT"
+        };
         if m.content.is_empty() {
             text.push_str(role);
             text.push(':');
@@ -175,13 +202,20 @@ fn vicuna(messages: &[ChatMessage], sep2: &str, add_generation_prompt: bool) -> 
         let content_end = text.len();
         text.push_str(if i % 2 == 0 { " " } else { sep2 });
         if m.role == Role::Assistant {
-            spans.push(AssistantSpan { message_index: i + offset, range: start..text.len(), content: start..content_end });
+            spans.push(AssistantSpan {
+                message_index: i + offset,
+                range: start..text.len(),
+                content: start..content_end,
+            });
         }
     }
     if add_generation_prompt {
         text.push_str("ASSISTANT:");
     }
-    Rendered { text, assistant_spans: spans }
+    Rendered {
+        text,
+        assistant_spans: spans,
+    }
 }
 
 fn chatml(messages: &[ChatMessage], add_generation_prompt: bool) -> Rendered {
@@ -196,14 +230,21 @@ fn chatml(messages: &[ChatMessage], add_generation_prompt: bool) -> Rendered {
         let content_end = text.len();
         text.push_str("<|im_end|>");
         if m.role == Role::Assistant {
-            spans.push(AssistantSpan { message_index: i, range: start..text.len(), content: start..content_end });
+            spans.push(AssistantSpan {
+                message_index: i,
+                range: start..text.len(),
+                content: start..content_end,
+            });
         }
         text.push('\n');
     }
     if add_generation_prompt {
         text.push_str("<|im_start|>assistant\n");
     }
-    Rendered { text, assistant_spans: spans }
+    Rendered {
+        text,
+        assistant_spans: spans,
+    }
 }
 
 #[derive(Serialize)]
@@ -213,7 +254,13 @@ struct MessageValue {
 }
 
 fn to_values(messages: &[ChatMessage]) -> Vec<MessageValue> {
-    messages.iter().map(|m| MessageValue { role: m.role.as_str(), content: m.content.clone() }).collect()
+    messages
+        .iter()
+        .map(|m| MessageValue {
+            role: m.role.as_str(),
+            content: m.content.clone(),
+        })
+        .collect()
 }
 
 /// A compiled HF Jinja chat template.
@@ -269,14 +316,19 @@ fn raise_exception(msg: String) -> std::result::Result<String, minijinja::Error>
 
 impl JinjaTemplate {
     /// Compile `source`; `bos_token`/`eos_token` are the texts the template may insert.
-    pub fn new(source: impl Into<String>, bos_token: impl Into<String>, eos_token: impl Into<String>) -> Result<Self> {
+    pub fn new(
+        source: impl Into<String>,
+        bos_token: impl Into<String>,
+        eos_token: impl Into<String>,
+    ) -> Result<Self> {
         let source: String = source.into();
         let mut env = Environment::new();
         env.set_trim_blocks(true);
         env.set_lstrip_blocks(true);
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
         env.add_function("raise_exception", raise_exception);
-        env.add_template_owned(TEMPLATE_NAME, source.clone()).map_err(|e| ChatError::Template(format!("{e:#}")))?;
+        env.add_template_owned(TEMPLATE_NAME, source.clone())
+            .map_err(|e| ChatError::Template(format!("{e:#}")))?;
         Ok(Self {
             env: Arc::new(env),
             source: source.into(),
@@ -298,8 +350,15 @@ impl JinjaTemplate {
         &self.source
     }
 
-    fn render_raw<M: Serialize>(&self, messages: &[M], add_generation_prompt: bool) -> Result<String> {
-        let tmpl = self.env.get_template(TEMPLATE_NAME).map_err(|e| ChatError::Template(format!("{e:#}")))?;
+    fn render_raw<M: Serialize>(
+        &self,
+        messages: &[M],
+        add_generation_prompt: bool,
+    ) -> Result<String> {
+        let tmpl = self
+            .env
+            .get_template(TEMPLATE_NAME)
+            .map_err(|e| ChatError::Template(format!("{e:#}")))?;
         tmpl.render(minijinja::context! {
             messages => messages,
             add_generation_prompt => add_generation_prompt,
@@ -321,12 +380,23 @@ impl JinjaTemplate {
     }
 
     fn infer_end_marker(&self) -> Result<String> {
-        let probe = [MessageValue { role: "user", content: "hi".into() }, MessageValue { role: "assistant", content: sentinel(0) }];
+        let probe = [
+            MessageValue {
+                role: "user",
+                content: "hi".into(),
+            },
+            MessageValue {
+                role: "assistant",
+                content: sentinel(0),
+            },
+        ];
         let text = self.render_raw(&probe, false)?;
         let s = sentinel(0);
         let at = text.find(&s).ok_or_else(|| ChatError::SpanNotFound {
             index: 1,
-            message: "the template does not write assistant content in a one-turn probe conversation".into(),
+            message:
+                "the template does not write assistant content in a one-turn probe conversation"
+                    .into(),
         })?;
         let marker = text[at + s.len()..].trim_end().to_string();
         if marker.is_empty() {
@@ -340,9 +410,17 @@ impl JinjaTemplate {
 
     fn render_with_spans(&self, messages: &[ChatMessage]) -> Result<Rendered> {
         let real = self.render_raw(&to_values(messages), false)?;
-        let assistants: Vec<usize> = messages.iter().enumerate().filter(|(_, m)| m.role == Role::Assistant).map(|(i, _)| i).collect();
+        let assistants: Vec<usize> = messages
+            .iter()
+            .enumerate()
+            .filter(|(_, m)| m.role == Role::Assistant)
+            .map(|(i, _)| i)
+            .collect();
         if assistants.is_empty() {
-            return Ok(Rendered { text: real, assistant_spans: Vec::new() });
+            return Ok(Rendered {
+                text: real,
+                assistant_spans: Vec::new(),
+            });
         }
         for (i, m) in messages.iter().enumerate() {
             if m.content.contains(SENTINEL_OPEN) || m.content.contains(SENTINEL_CLOSE) {
@@ -366,14 +444,18 @@ impl JinjaTemplate {
             fragments.push(&rest[..at]);
             rest = &rest[at + s.len()..];
             if rest.contains(&s) {
-                return Err(ChatError::SpanNotFound { index: i, message: "the template writes this assistant message more than once".into() });
+                return Err(ChatError::SpanNotFound {
+                    index: i,
+                    message: "the template writes this assistant message more than once".into(),
+                });
             }
         }
         fragments.push(rest);
         let marker = self.end_marker()?;
 
-        let transforms: [(&str, fn(&str) -> &str); 2] = [("verbatim", |s| s), ("trimmed", str::trim)];
-        for (_name, transform) in transforms {
+        // Contents verbatim first, then trimmed (for templates that strip).
+        let transforms: [fn(&str) -> &str; 2] = [|s| s, str::trim];
+        for transform in transforms {
             let mut text = String::with_capacity(real.len());
             let mut spans = Vec::with_capacity(assistants.len());
             for (k, &i) in assistants.iter().enumerate() {
@@ -381,7 +463,11 @@ impl JinjaTemplate {
                 let start = text.len();
                 text.push_str(transform(&messages[i].content));
                 let content_end = text.len();
-                spans.push(AssistantSpan { message_index: i, range: start..content_end + marker.len(), content: start..content_end });
+                spans.push(AssistantSpan {
+                    message_index: i,
+                    range: start..content_end + marker.len(),
+                    content: start..content_end,
+                });
             }
             text.push_str(fragments[assistants.len()]);
             if text != real {
@@ -395,7 +481,10 @@ impl JinjaTemplate {
                     });
                 }
             }
-            return Ok(Rendered { text, assistant_spans: spans });
+            return Ok(Rendered {
+                text,
+                assistant_spans: spans,
+            });
         }
         Err(ChatError::SpanNotFound {
             index: assistants[0],

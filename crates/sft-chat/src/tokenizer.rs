@@ -10,6 +10,9 @@ use tokenizers::Tokenizer;
 use crate::gguf_tokenizer::{self, GgufPreTokenizer};
 use crate::{ChatError, Result};
 
+/// Byte ranges of tokens in the encoded text.
+pub type ByteOffsets = Vec<(usize, usize)>;
+
 /// A special token: id and text.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SpecialToken {
@@ -31,7 +34,10 @@ pub struct ChatTokenizer {
 }
 
 fn read(path: &Path) -> Result<String> {
-    std::fs::read_to_string(path).map_err(|source| ChatError::Io { path: path.to_path_buf(), source })
+    std::fs::read_to_string(path).map_err(|source| ChatError::Io {
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
 /// HF tokenizer_config token fields are a string or an AddedToken dict `{"content": ...}`.
@@ -73,7 +79,8 @@ impl ChatTokenizer {
         chat_template: Option<String>,
     ) -> Result<Self> {
         // Re-serialize to switch off offset trimming (see `untrim_offsets`).
-        let mut json: Json = serde_json::from_str(&inner.to_string(false).map_err(ChatError::tok)?).map_err(ChatError::tok)?;
+        let mut json: Json = serde_json::from_str(&inner.to_string(false).map_err(ChatError::tok)?)
+            .map_err(ChatError::tok)?;
         if let Some(pp) = json.get_mut("post_processor") {
             untrim_offsets(pp);
             inner = Tokenizer::from_str(&json.to_string()).map_err(ChatError::tok)?;
@@ -82,8 +89,13 @@ impl ChatTokenizer {
             match text {
                 None => Ok(None),
                 Some(t) => match inner.token_to_id(t) {
-                    Some(id) => Ok(Some(SpecialToken { id, text: t.to_string() })),
-                    None => Err(ChatError::Tokenizer(format!("{what} token {t:?} is not in the vocabulary"))),
+                    Some(id) => Ok(Some(SpecialToken {
+                        id,
+                        text: t.to_string(),
+                    })),
+                    None => Err(ChatError::Tokenizer(format!(
+                        "{what} token {t:?} is not in the vocabulary"
+                    ))),
                 },
             }
         };
@@ -103,11 +115,16 @@ impl ChatTokenizer {
     pub fn from_hf_dir(dir: impl AsRef<Path>) -> Result<Self> {
         let dir = dir.as_ref();
         let tok_path = dir.join("tokenizer.json");
-        let inner = Tokenizer::from_str(&read(&tok_path)?)
-            .map_err(|e| ChatError::BadFile { path: tok_path.clone(), message: e.to_string() })?;
+        let inner = Tokenizer::from_str(&read(&tok_path)?).map_err(|e| ChatError::BadFile {
+            path: tok_path.clone(),
+            message: e.to_string(),
+        })?;
         let cfg_path = dir.join("tokenizer_config.json");
         let cfg: Json = if cfg_path.exists() {
-            serde_json::from_str(&read(&cfg_path)?).map_err(|e| ChatError::BadFile { path: cfg_path.clone(), message: e.to_string() })?
+            serde_json::from_str(&read(&cfg_path)?).map_err(|e| ChatError::BadFile {
+                path: cfg_path.clone(),
+                message: e.to_string(),
+            })?
         } else {
             Json::Null
         };
@@ -136,7 +153,10 @@ impl ChatTokenizer {
             chat_template,
         )
         .map_err(|e| match e {
-            ChatError::Tokenizer(m) => ChatError::BadFile { path: cfg_path, message: m },
+            ChatError::Tokenizer(m) => ChatError::BadFile {
+                path: cfg_path,
+                message: m,
+            },
             other => other,
         })
     }
@@ -144,7 +164,10 @@ impl ChatTokenizer {
     /// Load a bare `tokenizer.json` (no special-token roles, no chat template).
     pub fn from_tokenizer_json(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
-        let inner = Tokenizer::from_str(&read(path)?).map_err(|e| ChatError::BadFile { path: path.to_path_buf(), message: e.to_string() })?;
+        let inner = Tokenizer::from_str(&read(path)?).map_err(|e| ChatError::BadFile {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
         Self::new(inner, None, None, None, None, None)
     }
 
@@ -178,7 +201,10 @@ impl ChatTokenizer {
                 _ => Self::from_tokenizer_json(path),
             }
         } else {
-            Err(ChatError::BadFile { path: PathBuf::from(path), message: "expected a .gguf file, a tokenizer.json or an HF directory".into() })
+            Err(ChatError::BadFile {
+                path: PathBuf::from(path),
+                message: "expected a .gguf file, a tokenizer.json or an HF directory".into(),
+            })
         }
     }
 
@@ -226,19 +252,33 @@ impl ChatTokenizer {
     /// tokenizer is configured to); special tokens written in the text (`<|im_start|>`) are always
     /// matched whole.
     pub fn encode(&self, text: &str, add_special_tokens: bool) -> Result<Vec<u32>> {
-        Ok(self.inner.encode(text, add_special_tokens).map_err(ChatError::tok)?.get_ids().to_vec())
+        Ok(self
+            .inner
+            .encode(text, add_special_tokens)
+            .map_err(ChatError::tok)?
+            .get_ids()
+            .to_vec())
     }
 
     /// Encode text and return each token's byte range in `text` (tokens added by the
     /// post-processor, like BOS, have an empty range).
-    pub fn encode_with_offsets(&self, text: &str, add_special_tokens: bool) -> Result<(Vec<u32>, Vec<(usize, usize)>)> {
-        let enc = self.inner.encode(text, add_special_tokens).map_err(ChatError::tok)?;
+    pub fn encode_with_offsets(
+        &self,
+        text: &str,
+        add_special_tokens: bool,
+    ) -> Result<(Vec<u32>, ByteOffsets)> {
+        let enc = self
+            .inner
+            .encode(text, add_special_tokens)
+            .map_err(ChatError::tok)?;
         Ok((enc.get_ids().to_vec(), enc.get_offsets().to_vec()))
     }
 
     /// Decode ids to text.
     pub fn decode(&self, ids: &[u32], skip_special_tokens: bool) -> Result<String> {
-        self.inner.decode(ids, skip_special_tokens).map_err(ChatError::tok)
+        self.inner
+            .decode(ids, skip_special_tokens)
+            .map_err(ChatError::tok)
     }
 
     /// The text of one token as stored in the vocabulary (byte-level spelling, e.g. `Ġthe`).

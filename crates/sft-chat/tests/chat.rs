@@ -3,22 +3,35 @@
 
 use std::path::PathBuf;
 
-use sft_chat::{ChatError, ChatMessage, ChatTemplate, ChatTokenizer, EncodedChat, GgufPreTokenizer, JinjaTemplate, Role};
+use sft_chat::{
+    ChatError, ChatMessage, ChatTemplate, ChatTokenizer, EncodedChat, GgufPreTokenizer,
+    JinjaTemplate, Role,
+};
 
 fn fixtures() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/tokenizer")
 }
 
 fn reference() -> serde_json::Value {
-    serde_json::from_str(&std::fs::read_to_string(fixtures().join("reference.json")).unwrap()).unwrap()
+    serde_json::from_str(&std::fs::read_to_string(fixtures().join("reference.json")).unwrap())
+        .unwrap()
 }
 
 fn strings(r: &serde_json::Value) -> Vec<String> {
-    r["strings"].as_array().unwrap().iter().map(|s| s.as_str().unwrap().to_string()).collect()
+    r["strings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s.as_str().unwrap().to_string())
+        .collect()
 }
 
 fn ids(v: &serde_json::Value) -> Vec<u32> {
-    v.as_array().unwrap().iter().map(|i| i.as_u64().unwrap() as u32).collect()
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i.as_u64().unwrap() as u32)
+        .collect()
 }
 
 fn tiny() -> ChatTokenizer {
@@ -30,7 +43,9 @@ fn smollm2() -> Option<sft_gguf::GgufFile> {
     let rel = "smollm2/SmolLM2-135M-Instruct.Q4_1.gguf";
     let dir = std::env::var_os("SFT_ASSETS")
         .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/sft-compose/assets")));
+        .or_else(|| {
+            std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/sft-compose/assets"))
+        });
     if let Some(p) = dir.map(|d| d.join(rel)).filter(|p| p.exists()) {
         return Some(sft_gguf::GgufFile::open(p).unwrap());
     }
@@ -70,18 +85,40 @@ fn smollm2_gguf_tokenizer_matches_transformers_and_llamacpp() {
     let cpp_like = ChatTokenizer::from_gguf(&file).unwrap();
     assert_eq!(cpp_like.vocab_size(), 49152);
     assert_eq!(cpp_like.bos().unwrap().text, "<|im_start|>");
-    assert_eq!(cpp_like.eos().unwrap(), &sft_chat::SpecialToken { id: 2, text: "<|im_end|>".into() });
+    assert_eq!(
+        cpp_like.eos().unwrap(),
+        &sft_chat::SpecialToken {
+            id: 2,
+            text: "<|im_end|>".into()
+        }
+    );
     assert_eq!(cpp_like.pad().unwrap().id, 2);
     assert_eq!(cpp_like.unk().unwrap().text, "<|endoftext|>");
     let mut differing = 0;
     for (i, s) in strings(&r).iter().enumerate() {
         let want_hf = ids(&r["smollm2_transformers"][i]);
         let want_cpp = ids(&r["smollm2_llamacpp"][i]);
-        assert_eq!(hf_like.encode(s, false).unwrap(), want_hf, "transformers flavour, {s:?}");
-        assert_eq!(cpp_like.encode(s, false).unwrap(), want_cpp, "llama.cpp flavour, {s:?}");
+        assert_eq!(
+            hf_like.encode(s, false).unwrap(),
+            want_hf,
+            "transformers flavour, {s:?}"
+        );
+        assert_eq!(
+            cpp_like.encode(s, false).unwrap(),
+            want_cpp,
+            "llama.cpp flavour, {s:?}"
+        );
         // No BOS is added (tokenizer.ggml.add_bos_token = false).
-        assert_eq!(cpp_like.encode(s, true).unwrap(), want_cpp, "{s:?} with special tokens");
-        assert_eq!(cpp_like.decode(&want_hf, false).unwrap(), r["smollm2_decoded"][i].as_str().unwrap(), "decode {s:?}");
+        assert_eq!(
+            cpp_like.encode(s, true).unwrap(),
+            want_cpp,
+            "{s:?} with special tokens"
+        );
+        assert_eq!(
+            cpp_like.decode(&want_hf, false).unwrap(),
+            r["smollm2_decoded"][i].as_str().unwrap(),
+            "decode {s:?}"
+        );
         differing += usize::from(want_hf != want_cpp);
     }
     // The fixture holds a string where the two splits differ, so both flavours are really tested.
@@ -98,26 +135,52 @@ fn smollm2_jinja_template_renders_like_transformers() {
     let template = ChatTemplate::from_tokenizer(&tok).unwrap();
     for (i, conv) in conversations(&r).iter().enumerate() {
         let rendered = template.render(conv).unwrap();
-        assert_eq!(rendered.text, r["smollm2_chat"][i].as_str().unwrap(), "conversation {i}");
-        let prefix = if conv.last().unwrap().role == Role::Assistant { &conv[..conv.len() - 1] } else { &conv[..] };
-        assert_eq!(template.render_prompt(prefix).unwrap(), r["smollm2_chat_prompt"][i].as_str().unwrap(), "prompt {i}");
+        assert_eq!(
+            rendered.text,
+            r["smollm2_chat"][i].as_str().unwrap(),
+            "conversation {i}"
+        );
+        let prefix = if conv.last().unwrap().role == Role::Assistant {
+            &conv[..conv.len() - 1]
+        } else {
+            &conv[..]
+        };
+        assert_eq!(
+            template.render_prompt(prefix).unwrap(),
+            r["smollm2_chat_prompt"][i].as_str().unwrap(),
+            "prompt {i}"
+        );
     }
 }
 
 /// Every assistant message is masked in, exactly its content plus the end marker (and at most
 /// whitespace merged in front), and nothing else is.
-fn check_mask(tok: &ChatTokenizer, enc: &EncodedChat, conv: &[ChatMessage], marker: &str, trimmed: bool) {
+fn check_mask(
+    tok: &ChatTokenizer,
+    enc: &EncodedChat,
+    conv: &[ChatMessage],
+    marker: &str,
+    trimmed: bool,
+) {
     let n_assistant = conv.iter().filter(|m| m.role == Role::Assistant).count();
     assert_eq!(enc.spans.len(), n_assistant);
     assert_eq!(enc.token_spans.len(), n_assistant);
     let mut in_span = vec![false; enc.ids.len()];
     for (span, toks) in enc.spans.iter().zip(&enc.token_spans) {
         let content = &conv[span.message_index].content;
-        let content = if trimmed { content.trim() } else { content.as_str() };
+        let content = if trimmed {
+            content.trim()
+        } else {
+            content.as_str()
+        };
         assert_eq!(&enc.text[span.range.clone()], format!("{content}{marker}"));
         let decoded = tok.decode(&enc.ids[toks.clone()], false).unwrap();
         let expected = format!("{content}{marker}");
-        assert!(decoded.ends_with(&expected) && decoded[..decoded.len() - expected.len()].trim().is_empty(), "decoded {decoded:?}, expected {expected:?}");
+        assert!(
+            decoded.ends_with(&expected)
+                && decoded[..decoded.len() - expected.len()].trim().is_empty(),
+            "decoded {decoded:?}, expected {expected:?}"
+        );
         for t in toks.clone() {
             assert!(enc.labels_mask[t], "token {t} inside span not masked in");
             in_span[t] = true;
@@ -127,12 +190,18 @@ fn check_mask(tok: &ChatTokenizer, enc: &EncodedChat, conv: &[ChatMessage], mark
         assert_eq!(m, inside, "token {t} labelled outside assistant spans");
     }
     let labels = enc.labels();
-    assert_eq!(labels.iter().filter(|&&l| l != -100).count(), enc.n_target_tokens());
+    assert_eq!(
+        labels.iter().filter(|&&l| l != -100).count(),
+        enc.n_target_tokens()
+    );
 }
 
 fn multi_turn() -> Vec<Vec<ChatMessage>> {
     vec![
-        vec![ChatMessage::user("What is two plus two?"), ChatMessage::assistant("Two plus two is four.")],
+        vec![
+            ChatMessage::user("What is two plus two?"),
+            ChatMessage::assistant("Two plus two is four."),
+        ],
         vec![
             ChatMessage::system("Be brief."),
             ChatMessage::user("Name a prime."),
@@ -158,11 +227,24 @@ fn vicuna_renders_like_fastchat_and_masks_every_turn() {
     let rendered = t.render(conv).unwrap();
     assert_eq!(rendered.text, "Be brief. USER: Name a prime. ASSISTANT: 7</s>USER: Another, above 10? ASSISTANT: 13, which is prime.\nDone</s>USER: Thanks ");
     let default_system = t.render(&multi_turn()[0]).unwrap().text;
-    assert_eq!(default_system, format!("{} USER: What is two plus two? ASSISTANT: Two plus two is four.</s>", sft_chat::VICUNA_SYSTEM));
-    assert_eq!(t.render_prompt(&conv[..4]).unwrap(), "Be brief. USER: Name a prime. ASSISTANT: 7</s>USER: Another, above 10? ASSISTANT:");
+    assert_eq!(
+        default_system,
+        format!(
+            "{} USER: What is two plus two? ASSISTANT: Two plus two is four.</s>",
+            sft_chat::VICUNA_SYSTEM
+        )
+    );
+    assert_eq!(
+        t.render_prompt(&conv[..4]).unwrap(),
+        "Be brief. USER: Name a prime. ASSISTANT: 7</s>USER: Another, above 10? ASSISTANT:"
+    );
     for conv in multi_turn() {
         let enc = t.encode_with_mask(&tok, &conv).unwrap();
-        assert_eq!(enc.ids[0], tok.bos().unwrap().id, "FastChat tokenizes with BOS");
+        assert_eq!(
+            enc.ids[0],
+            tok.bos().unwrap().id,
+            "FastChat tokenizes with BOS"
+        );
         assert!(!enc.labels_mask[0]);
         check_mask(&tok, &enc, &conv, "</s>", false);
         // `</s>` is one special token for this LLaMA-like tokenizer, and it is trained on.
@@ -181,7 +263,10 @@ fn chatml_masks_every_turn() {
         t.render(conv).unwrap().text,
         "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nName a prime.<|im_end|>\n<|im_start|>assistant\n7<|im_end|>\n<|im_start|>user\nAnother, above 10?<|im_end|>\n<|im_start|>assistant\n13, which is prime.\nDone<|im_end|>\n<|im_start|>user\nThanks<|im_end|>\n"
     );
-    assert!(t.render_prompt(&conv[..4]).unwrap().ends_with("<|im_start|>user\nAnother, above 10?<|im_end|>\n<|im_start|>assistant\n"));
+    assert!(t
+        .render_prompt(&conv[..4])
+        .unwrap()
+        .ends_with("<|im_start|>user\nAnother, above 10?<|im_end|>\n<|im_start|>assistant\n"));
     for conv in multi_turn() {
         let enc = t.encode_with_mask(&tok, &conv).unwrap();
         check_mask(&tok, &enc, &conv, "<|im_end|>", false);
@@ -220,7 +305,11 @@ fn smollm2_template_masks_every_turn() {
         let enc = t.encode_with_mask(&tok, &conv).unwrap();
         check_mask(&tok, &enc, &conv, "<|im_end|>", false);
         for r in &enc.token_spans {
-            assert_eq!(enc.ids[r.end - 1], 2, "<|im_end|> closes each assistant span");
+            assert_eq!(
+                enc.ids[r.end - 1],
+                2,
+                "<|im_end|> closes each assistant span"
+            );
         }
     }
     // The generation prompt tokenizes as the training text's prefix does.
@@ -235,40 +324,101 @@ fn smollm2_template_masks_every_turn() {
 fn conversation_errors_are_reported() {
     let t = ChatTemplate::named("chatml").unwrap();
     let err = t.render(&[ChatMessage::assistant("hi")]).unwrap_err();
-    assert!(matches!(err, ChatError::Conversation { index: 0, .. }), "{err}");
-    let err = t.render(&[ChatMessage::user("a"), ChatMessage::user("b")]).unwrap_err();
-    assert!(matches!(err, ChatError::Conversation { index: 1, .. }), "{err}");
-    let err = t.render(&[ChatMessage::user("a"), ChatMessage::assistant("")]).unwrap_err();
-    assert!(matches!(err, ChatError::Conversation { index: 1, .. }), "{err}");
+    assert!(
+        matches!(err, ChatError::Conversation { index: 0, .. }),
+        "{err}"
+    );
+    let err = t
+        .render(&[ChatMessage::user("a"), ChatMessage::user("b")])
+        .unwrap_err();
+    assert!(
+        matches!(err, ChatError::Conversation { index: 1, .. }),
+        "{err}"
+    );
+    let err = t
+        .render(&[ChatMessage::user("a"), ChatMessage::assistant("")])
+        .unwrap_err();
+    assert!(
+        matches!(err, ChatError::Conversation { index: 1, .. }),
+        "{err}"
+    );
     assert!(matches!(t.render(&[]), Err(ChatError::Conversation { .. })));
-    assert!(matches!(ChatTemplate::named("alpaca"), Err(ChatError::UnknownTemplate { .. })));
+    assert!(matches!(
+        ChatTemplate::named("alpaca"),
+        Err(ChatError::UnknownTemplate { .. })
+    ));
 }
 
 #[test]
 fn jinja_templates_fail_loudly() {
-    let conv = [ChatMessage::user("The"), ChatMessage::assistant("quick brown fox")];
+    let conv = [
+        ChatMessage::user("The"),
+        ChatMessage::assistant("quick brown fox"),
+    ];
     // raise_exception surfaces its message.
-    let t = ChatTemplate::Jinja(JinjaTemplate::new("{{ raise_exception('roles must alternate') }}", "", "").unwrap());
+    let t = ChatTemplate::Jinja(
+        JinjaTemplate::new("{{ raise_exception('roles must alternate') }}", "", "").unwrap(),
+    );
     let err = t.render(&conv).unwrap_err();
     assert!(err.to_string().contains("roles must alternate"), "{err}");
     // Syntax errors at construction.
-    assert!(matches!(JinjaTemplate::new("{% for %}", "", ""), Err(ChatError::Template(_))));
+    assert!(matches!(
+        JinjaTemplate::new("{% for %}", "", ""),
+        Err(ChatError::Template(_))
+    ));
     // A template that drops assistant content.
     let t = ChatTemplate::Jinja(JinjaTemplate::new("{% for m in messages %}{% if m.role == 'user' %}{{ m.content }}{% endif %}{% endfor %}", "", "").unwrap());
-    assert!(matches!(t.render(&conv), Err(ChatError::SpanNotFound { index: 1, .. })));
+    assert!(matches!(
+        t.render(&conv),
+        Err(ChatError::SpanNotFound { index: 1, .. })
+    ));
     // A template that rewrites content.
-    let t = ChatTemplate::Jinja(JinjaTemplate::new("{% for m in messages %}{{ m.content | upper }}<|im_end|>{% endfor %}", "", "").unwrap());
-    assert!(matches!(t.render(&conv), Err(ChatError::SpanNotFound { .. })));
+    let t = ChatTemplate::Jinja(
+        JinjaTemplate::new(
+            "{% for m in messages %}{{ m.content | upper }}<|im_end|>{% endfor %}",
+            "",
+            "",
+        )
+        .unwrap(),
+    );
+    assert!(matches!(
+        t.render(&conv),
+        Err(ChatError::SpanNotFound { .. })
+    ));
     // No end-of-turn marker after assistant content.
-    let t = ChatTemplate::Jinja(JinjaTemplate::new("{% for m in messages %}{{ m.role }}: {{ m.content }}\n{% endfor %}", "", "").unwrap());
-    assert!(matches!(t.render(&conv), Err(ChatError::SpanNotFound { .. })));
+    let t = ChatTemplate::Jinja(
+        JinjaTemplate::new(
+            "{% for m in messages %}{{ m.role }}: {{ m.content }}\n{% endfor %}",
+            "",
+            "",
+        )
+        .unwrap(),
+    );
+    assert!(matches!(
+        t.render(&conv),
+        Err(ChatError::SpanNotFound { .. })
+    ));
     // ... unless one is given.
-    let t = ChatTemplate::Jinja(JinjaTemplate::new("{% for m in messages %}{{ m.role }}: {{ m.content }}\n{% endfor %}", "", "").unwrap().with_end_marker("\n"));
+    let t = ChatTemplate::Jinja(
+        JinjaTemplate::new(
+            "{% for m in messages %}{{ m.role }}: {{ m.content }}\n{% endfor %}",
+            "",
+            "",
+        )
+        .unwrap()
+        .with_end_marker("\n"),
+    );
     let r = t.render(&conv).unwrap();
-    assert_eq!(&r.text[r.assistant_spans[0].range.clone()], "quick brown fox\n");
+    assert_eq!(
+        &r.text[r.assistant_spans[0].range.clone()],
+        "quick brown fox\n"
+    );
     // Python string methods (pycompat) work.
     let t = ChatTemplate::Jinja(JinjaTemplate::new("{% for m in messages %}{{ m.role.upper() }}{{ m.content.strip() }}<|im_end|>{% endfor %}", "", "").unwrap());
-    assert_eq!(t.render(&conv).unwrap().text, "USERThe<|im_end|>ASSISTANTquick brown fox<|im_end|>");
+    assert_eq!(
+        t.render(&conv).unwrap().text,
+        "USERThe<|im_end|>ASSISTANTquick brown fox<|im_end|>"
+    );
 }
 
 #[test]
@@ -281,12 +431,24 @@ fn token_straddling_a_span_boundary_is_an_error() {
     );
     let conv = [ChatMessage::user("hi"), ChatMessage::assistant("e quick")];
     let err = t.encode_with_mask(&tok, &conv).unwrap_err();
-    assert!(matches!(err, ChatError::AmbiguousBoundary { message_index: 1, .. }), "{err}");
+    assert!(
+        matches!(
+            err,
+            ChatError::AmbiguousBoundary {
+                message_index: 1,
+                ..
+            }
+        ),
+        "{err}"
+    );
 }
 
 #[test]
 fn gguf_without_tokenizer_is_an_error() {
-    let file = sft_gguf::GgufFile::open(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/gguf/quants.gguf")).unwrap();
+    let file = sft_gguf::GgufFile::open(
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/gguf/quants.gguf"),
+    )
+    .unwrap();
     let err = ChatTokenizer::from_gguf(&file).unwrap_err();
     assert!(err.to_string().contains("tokenizer.ggml.model"), "{err}");
 }

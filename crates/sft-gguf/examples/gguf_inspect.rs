@@ -12,14 +12,28 @@ use sft_gguf::{gguf_to_hf_name, GgufFile, LlamaHparams, Value};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let path = args.iter().find(|a| !a.starts_with("--")).ok_or("usage: gguf_inspect FILE.gguf [--dequantize]")?;
+    let path = args
+        .iter()
+        .find(|a| !a.starts_with("--"))
+        .ok_or("usage: gguf_inspect FILE.gguf [--dequantize]")?;
     let t0 = Instant::now();
     let file = GgufFile::open(path)?;
-    println!("{path}: GGUF v{}, {} metadata keys, {} tensors, alignment {}, opened in {:.3}s", file.version(), file.metadata().len(), file.tensors().len(), file.alignment(), t0.elapsed().as_secs_f64());
+    println!(
+        "{path}: GGUF v{}, {} metadata keys, {} tensors, alignment {}, opened in {:.3}s",
+        file.version(),
+        file.metadata().len(),
+        file.tensors().len(),
+        file.alignment(),
+        t0.elapsed().as_secs_f64()
+    );
     for (key, value) in file.metadata() {
         match value {
             Value::Array(items) if items.len() > 8 => println!("  {key} = {value}"),
-            Value::String(s) if s.len() > 120 => println!("  {key} = {:?}… ({} bytes)", &s[..s.char_indices().nth(100).map_or(s.len(), |(i, _)| i)], s.len()),
+            Value::String(s) if s.len() > 120 => println!(
+                "  {key} = {:?}… ({} bytes)",
+                &s[..s.char_indices().nth(100).map_or(s.len(), |(i, _)| i)],
+                s.len()
+            ),
             _ => println!("  {key} = {value}"),
         }
     }
@@ -31,7 +45,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let e = by_type.entry(t.ggml_type.to_string()).or_default();
         e.0 += 1;
         e.1 += t.n_elements();
-        println!("  {:<28} {:<6} {:>14} -> {}", t.name, t.ggml_type, format!("{:?}", t.shape()), gguf_to_hf_name(&t.name).unwrap_or_else(|| "?".into()));
+        println!(
+            "  {:<28} {:<6} {:>14} -> {}",
+            t.name,
+            t.ggml_type,
+            format!("{:?}", t.shape()),
+            gguf_to_hf_name(&t.name).unwrap_or_else(|| "?".into())
+        );
     }
     println!("types: {by_type:?}");
     if args.iter().any(|a| a == "--dequantize") {

@@ -18,10 +18,20 @@ fn f16_at(b: &[u8], i: usize) -> f32 {
 ///
 /// `what` names the tensor in errors. Fails with [`GgufError::BadDataLength`] when `data` does not hold exactly `n_elements`, and with
 /// [`GgufError::UnsupportedType`] for types outside [`GgmlType::can_dequantize`].
-pub fn dequantize(data: &[u8], ggml_type: GgmlType, n_elements: usize, what: &str) -> Result<Vec<f32>> {
+pub fn dequantize(
+    data: &[u8],
+    ggml_type: GgmlType,
+    n_elements: usize,
+    what: &str,
+) -> Result<Vec<f32>> {
     let expected = ggml_type.bytes_for(n_elements as u64);
     if expected != Some(data.len() as u64) {
-        return Err(GgufError::BadDataLength { what: what.to_string(), ggml_type, len: data.len(), n_elements });
+        return Err(GgufError::BadDataLength {
+            what: what.to_string(),
+            ggml_type,
+            len: data.len(),
+            n_elements,
+        });
     }
     let mut out = vec![0f32; n_elements];
     let bs = ggml_type.type_size();
@@ -119,7 +129,11 @@ pub fn dequantize(data: &[u8], ggml_type: GgmlType, n_elements: usize, what: &st
             }
         }
         other => {
-            return Err(GgufError::UnsupportedType { path: std::path::PathBuf::new(), tensor: what.to_string(), ggml_type: other });
+            return Err(GgufError::UnsupportedType {
+                path: std::path::PathBuf::new(),
+                tensor: what.to_string(),
+                ggml_type: other,
+            });
         }
     }
     Ok(out)

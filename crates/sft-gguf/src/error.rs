@@ -34,7 +34,9 @@ pub enum GgufError {
         version: u32,
     },
     /// The file ends before a structure it declares.
-    #[error("{path}: truncated: {what} needs {needed} bytes at offset {offset}, file has {file_len}")]
+    #[error(
+        "{path}: truncated: {what} needs {needed} bytes at offset {offset}, file has {file_len}"
+    )]
     Truncated {
         /// The file.
         path: PathBuf,

@@ -88,7 +88,9 @@ struct Cursor<'a> {
 
 impl<'a> Cursor<'a> {
     fn take(&mut self, n: u64, what: &dyn Fn() -> String) -> Result<&'a [u8]> {
-        let end = (self.pos as u64).checked_add(n).filter(|&e| e <= self.buf.len() as u64);
+        let end = (self.pos as u64)
+            .checked_add(n)
+            .filter(|&e| e <= self.buf.len() as u64);
         match end {
             Some(end) => {
                 let s = &self.buf[self.pos..end as usize];
@@ -149,7 +151,9 @@ impl<'a> Cursor<'a> {
                     other => {
                         return Err(GgufError::Invalid {
                             path: self.path.to_path_buf(),
-                            message: format!("metadata key {key:?}: bool byte {other} is neither 0 nor 1"),
+                            message: format!(
+                                "metadata key {key:?}: bool byte {other} is neither 0 nor 1"
+                            ),
                         })
                     }
                 }
@@ -200,7 +204,10 @@ impl GgufFile {
     /// every tensor's data lies inside the file.
     pub fn open(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref().to_path_buf();
-        let io = |source| GgufError::Io { path: path.clone(), source };
+        let io = |source| GgufError::Io {
+            path: path.clone(),
+            source,
+        };
         let file = std::fs::File::open(&path).map_err(io)?;
         // SAFETY: the mapping is read-only and private to this struct. Another process truncating or
         // rewriting the file while it is mapped is undefined behaviour; model files are treated as
@@ -216,14 +223,24 @@ impl GgufFile {
     }
 
     fn parse(path: PathBuf, mmap: Storage) -> Result<Self> {
-        let mut c = Cursor { path: &path, buf: &mmap, pos: 0 };
+        let mut c = Cursor {
+            path: &path,
+            buf: &mmap,
+            pos: 0,
+        };
         let magic = c.array::<4>(&|| "magic".into())?;
         if &magic != b"GGUF" {
-            return Err(GgufError::BadMagic { path: path.clone(), found: magic });
+            return Err(GgufError::BadMagic {
+                path: path.clone(),
+                found: magic,
+            });
         }
         let version = c.u32(&|| "version".into())?;
         if version != 2 && version != 3 {
-            return Err(GgufError::UnsupportedVersion { path: path.clone(), version });
+            return Err(GgufError::UnsupportedVersion {
+                path: path.clone(),
+                version,
+            });
         }
         let n_tensors = c.u64(&|| "tensor count".into())?;
         let n_kv = c.u64(&|| "metadata count".into())?;
@@ -242,12 +259,18 @@ impl GgufFile {
             let type_id = c.u32(&|| format!("type of metadata key {key:?}"))?;
             let value = c.value(type_id, &key, 0)?;
             if metadata_index.insert(key.clone(), metadata.len()).is_some() {
-                return Err(GgufError::Invalid { path: path.clone(), message: format!("metadata key {key:?} appears twice") });
+                return Err(GgufError::Invalid {
+                    path: path.clone(),
+                    message: format!("metadata key {key:?} appears twice"),
+                });
             }
             metadata.push((key, value));
         }
 
-        let alignment = match metadata_index.get("general.alignment").map(|&i| &metadata[i].1) {
+        let alignment = match metadata_index
+            .get("general.alignment")
+            .map(|&i| &metadata[i].1)
+        {
             None => DEFAULT_ALIGNMENT,
             Some(v) => match v.as_int() {
                 Some(a) if a > 0 && (a as u64).is_power_of_two() && a <= 1 << 20 => a as u64,
@@ -265,15 +288,22 @@ impl GgufFile {
             let name = c.string(&|| format!("name of tensor {i}"))?;
             let n_dims = c.u32(&|| format!("dimension count of tensor {name:?}"))?;
             if n_dims > 8 {
-                return Err(GgufError::Invalid { path: path.clone(), message: format!("tensor {name:?} has {n_dims} dimensions (at most 8)") });
+                return Err(GgufError::Invalid {
+                    path: path.clone(),
+                    message: format!("tensor {name:?} has {n_dims} dimensions (at most 8)"),
+                });
             }
             let mut dims = Vec::with_capacity(n_dims as usize);
             for _ in 0..n_dims {
                 dims.push(c.u64(&|| format!("dimensions of tensor {name:?}"))?);
             }
             let type_id = c.u32(&|| format!("type of tensor {name:?}"))?;
-            let ggml_type = GgmlType::from_id(type_id)
-                .ok_or_else(|| GgufError::UnknownGgmlType { path: path.clone(), tensor: name.clone(), type_id })?;
+            let ggml_type =
+                GgmlType::from_id(type_id).ok_or_else(|| GgufError::UnknownGgmlType {
+                    path: path.clone(),
+                    tensor: name.clone(),
+                    type_id,
+                })?;
             let offset = c.u64(&|| format!("offset of tensor {name:?}"))?;
             raw.push((name, dims, ggml_type, offset));
         }
@@ -297,7 +327,10 @@ impl GgufFile {
             let file_offset = data_offset.checked_add(offset);
             let end = file_offset.and_then(|o| o.checked_add(n_bytes));
             let (Some(file_offset), Some(end)) = (file_offset, end) else {
-                return Err(GgufError::Invalid { path: path.clone(), message: format!("tensor {name:?} offset {offset} overflows") });
+                return Err(GgufError::Invalid {
+                    path: path.clone(),
+                    message: format!("tensor {name:?} offset {offset} overflows"),
+                });
             };
             if end > file_len {
                 return Err(GgufError::Truncated {
@@ -309,12 +342,32 @@ impl GgufFile {
                 });
             }
             if tensor_index.insert(name.clone(), tensors.len()).is_some() {
-                return Err(GgufError::Invalid { path: path.clone(), message: format!("tensor {name:?} appears twice") });
+                return Err(GgufError::Invalid {
+                    path: path.clone(),
+                    message: format!("tensor {name:?} appears twice"),
+                });
             }
-            tensors.push(TensorInfo { name, dims, ggml_type, offset, file_offset, n_bytes });
+            tensors.push(TensorInfo {
+                name,
+                dims,
+                ggml_type,
+                offset,
+                file_offset,
+                n_bytes,
+            });
         }
 
-        Ok(Self { path, mmap, version, metadata, metadata_index, tensors, tensor_index, alignment, data_offset })
+        Ok(Self {
+            path,
+            mmap,
+            version,
+            metadata,
+            metadata_index,
+            tensors,
+            tensor_index,
+            alignment,
+            data_offset,
+        })
     }
 
     /// The path the file was opened from.
@@ -349,11 +402,19 @@ impl GgufFile {
 
     /// One metadata value, or [`GgufError::MissingKey`].
     pub fn require(&self, key: &str) -> Result<&Value> {
-        self.get(key).ok_or_else(|| GgufError::MissingKey { path: self.path.clone(), key: key.to_string() })
+        self.get(key).ok_or_else(|| GgufError::MissingKey {
+            path: self.path.clone(),
+            key: key.to_string(),
+        })
     }
 
     fn wrong(&self, key: &str, expected: &'static str, found: &Value) -> GgufError {
-        GgufError::WrongValueType { path: self.path.clone(), key: key.to_string(), expected, found: found.type_name() }
+        GgufError::WrongValueType {
+            path: self.path.clone(),
+            key: key.to_string(),
+            expected,
+            found: found.type_name(),
+        }
     }
 
     /// A string value.
@@ -365,7 +426,9 @@ impl GgufFile {
     /// A non-negative integer value of any integer type.
     pub fn get_u64(&self, key: &str) -> Result<u64> {
         let v = self.require(key)?;
-        v.as_int().and_then(|i| u64::try_from(i).ok()).ok_or_else(|| self.wrong(key, "a non-negative integer", v))
+        v.as_int()
+            .and_then(|i| u64::try_from(i).ok())
+            .ok_or_else(|| self.wrong(key, "a non-negative integer", v))
     }
 
     /// A numeric value as `f64`.
@@ -383,17 +446,31 @@ impl GgufFile {
     /// An array of strings.
     pub fn get_str_array(&self, key: &str) -> Result<Vec<&str>> {
         let v = self.require(key)?;
-        let items = v.as_array().ok_or_else(|| self.wrong(key, "ARRAY[STRING]", v))?;
-        items.iter().map(|item| item.as_str().ok_or_else(|| self.wrong(key, "ARRAY[STRING]", v))).collect()
+        let items = v
+            .as_array()
+            .ok_or_else(|| self.wrong(key, "ARRAY[STRING]", v))?;
+        items
+            .iter()
+            .map(|item| {
+                item.as_str()
+                    .ok_or_else(|| self.wrong(key, "ARRAY[STRING]", v))
+            })
+            .collect()
     }
 
     /// An array of integers (any integer element type).
     pub fn get_int_array(&self, key: &str) -> Result<Vec<i64>> {
         let v = self.require(key)?;
-        let items = v.as_array().ok_or_else(|| self.wrong(key, "ARRAY[integer]", v))?;
+        let items = v
+            .as_array()
+            .ok_or_else(|| self.wrong(key, "ARRAY[integer]", v))?;
         items
             .iter()
-            .map(|item| item.as_int().and_then(|i| i64::try_from(i).ok()).ok_or_else(|| self.wrong(key, "ARRAY[integer]", v)))
+            .map(|item| {
+                item.as_int()
+                    .and_then(|i| i64::try_from(i).ok())
+                    .ok_or_else(|| self.wrong(key, "ARRAY[integer]", v))
+            })
             .collect()
     }
 
@@ -407,7 +484,10 @@ impl GgufFile {
         self.tensor_index
             .get(name)
             .map(|&i| &self.tensors[i])
-            .ok_or_else(|| GgufError::MissingTensor { path: self.path.clone(), name: name.to_string() })
+            .ok_or_else(|| GgufError::MissingTensor {
+                path: self.path.clone(),
+                name: name.to_string(),
+            })
     }
 
     /// Whether a tensor is present.
@@ -424,7 +504,11 @@ impl GgufFile {
     fn checked(&self, name: &str) -> Result<&TensorInfo> {
         let info = self.tensor(name)?;
         if !info.ggml_type.can_dequantize() {
-            return Err(GgufError::UnsupportedType { path: self.path.clone(), tensor: name.to_string(), ggml_type: info.ggml_type });
+            return Err(GgufError::UnsupportedType {
+                path: self.path.clone(),
+                tensor: name.to_string(),
+                ggml_type: info.ggml_type,
+            });
         }
         Ok(info)
     }
@@ -433,24 +517,45 @@ impl GgufFile {
     /// [`TensorInfo::shape`]). Bit-exact with python `gguf.quants.dequantize`.
     pub fn dequantize_f32(&self, name: &str) -> Result<Vec<f32>> {
         let info = self.checked(name)?;
-        dequant::dequantize(self.tensor_bytes(info), info.ggml_type, info.n_elements() as usize, name)
+        dequant::dequantize(
+            self.tensor_bytes(info),
+            info.ggml_type,
+            info.n_elements() as usize,
+            name,
+        )
     }
 
     /// A tensor dequantized to `bf16` (through `f32`, rounding to nearest even; exact for BF16 tensors).
     pub fn dequantize_bf16(&self, name: &str) -> Result<Vec<half::bf16>> {
         let info = self.checked(name)?;
         if info.ggml_type == GgmlType::BF16 {
-            return Ok(self.tensor_bytes(info).chunks_exact(2).map(|b| half::bf16::from_le_bytes([b[0], b[1]])).collect());
+            return Ok(self
+                .tensor_bytes(info)
+                .chunks_exact(2)
+                .map(|b| half::bf16::from_le_bytes([b[0], b[1]]))
+                .collect());
         }
-        Ok(self.dequantize_f32(name)?.into_iter().map(half::bf16::from_f32).collect())
+        Ok(self
+            .dequantize_f32(name)?
+            .into_iter()
+            .map(half::bf16::from_f32)
+            .collect())
     }
 
     /// A tensor dequantized to `f16` (through `f32`, rounding to nearest even; exact for F16 tensors).
     pub fn dequantize_f16(&self, name: &str) -> Result<Vec<half::f16>> {
         let info = self.checked(name)?;
         if info.ggml_type == GgmlType::F16 {
-            return Ok(self.tensor_bytes(info).chunks_exact(2).map(|b| half::f16::from_le_bytes([b[0], b[1]])).collect());
+            return Ok(self
+                .tensor_bytes(info)
+                .chunks_exact(2)
+                .map(|b| half::f16::from_le_bytes([b[0], b[1]]))
+                .collect());
         }
-        Ok(self.dequantize_f32(name)?.into_iter().map(half::f16::from_f32).collect())
+        Ok(self
+            .dequantize_f32(name)?
+            .into_iter()
+            .map(half::f16::from_f32)
+            .collect())
     }
 }

@@ -48,7 +48,10 @@ pub struct LlamaHparams {
 
 fn usize_of(file: &GgufFile, key: &str) -> Result<usize> {
     let v = file.get_u64(key)?;
-    usize::try_from(v).map_err(|_| GgufError::Invalid { path: file.path().to_path_buf(), message: format!("{key} = {v} does not fit in usize") })
+    usize::try_from(v).map_err(|_| GgufError::Invalid {
+        path: file.path().to_path_buf(),
+        message: format!("{key} = {v} does not fit in usize"),
+    })
 }
 
 impl LlamaHparams {
@@ -57,18 +60,33 @@ impl LlamaHparams {
     pub fn from_gguf(file: &GgufFile) -> Result<Self> {
         let arch = file.get_str("general.architecture")?;
         if arch != "llama" {
-            return Err(GgufError::UnsupportedArchitecture { path: file.path().to_path_buf(), found: arch.to_string() });
+            return Err(GgufError::UnsupportedArchitecture {
+                path: file.path().to_path_buf(),
+                found: arch.to_string(),
+            });
         }
         let head_count = usize_of(file, "llama.attention.head_count")?;
         let embedding_length = usize_of(file, "llama.embedding_length")?;
-        let head_count_kv = if file.get("llama.attention.head_count_kv").is_some() { usize_of(file, "llama.attention.head_count_kv")? } else { head_count };
-        if head_count == 0 || head_count_kv == 0 || embedding_length % head_count != 0 || head_count % head_count_kv != 0 {
+        let head_count_kv = if file.get("llama.attention.head_count_kv").is_some() {
+            usize_of(file, "llama.attention.head_count_kv")?
+        } else {
+            head_count
+        };
+        if head_count == 0
+            || head_count_kv == 0
+            || embedding_length % head_count != 0
+            || head_count % head_count_kv != 0
+        {
             return Err(GgufError::Invalid {
                 path: file.path().to_path_buf(),
                 message: format!("inconsistent attention shape: embedding_length {embedding_length}, head_count {head_count}, head_count_kv {head_count_kv}"),
             });
         }
-        let rope_freq_base = if file.get("llama.rope.freq_base").is_some() { file.get_f64("llama.rope.freq_base")? } else { 10000.0 };
+        let rope_freq_base = if file.get("llama.rope.freq_base").is_some() {
+            file.get_f64("llama.rope.freq_base")?
+        } else {
+            10000.0
+        };
         let rope_dimension_count = if file.get("llama.rope.dimension_count").is_some() {
             usize_of(file, "llama.rope.dimension_count")?
         } else {
@@ -86,15 +104,20 @@ impl LlamaHparams {
             Some(kind) => Some(RopeScaling {
                 kind: kind.to_string(),
                 factor: file.get_f64("llama.rope.scaling.factor")?,
-                original_context_length: file.get("llama.rope.scaling.original_context_length").and_then(|v| v.as_int()).map(|v| v as u64),
+                original_context_length: file
+                    .get("llama.rope.scaling.original_context_length")
+                    .and_then(|v| v.as_int())
+                    .map(|v| v as u64),
             }),
         };
         let token_id = |key: &str| -> Result<Option<u32>> {
             match file.get(key) {
                 None => Ok(None),
-                Some(_) => Ok(Some(u32::try_from(file.get_u64(key)?).map_err(|_| GgufError::Invalid {
-                    path: file.path().to_path_buf(),
-                    message: format!("{key} does not fit in u32"),
+                Some(_) => Ok(Some(u32::try_from(file.get_u64(key)?).map_err(|_| {
+                    GgufError::Invalid {
+                        path: file.path().to_path_buf(),
+                        message: format!("{key} does not fit in u32"),
+                    }
                 })?)),
             }
         };
@@ -149,7 +172,8 @@ impl LlamaHparams {
             cfg["eos_token_id"] = id.into();
         }
         if let Some(rs) = &self.rope_scaling {
-            let mut scaling = serde_json::json!({ "type": rs.kind, "rope_type": rs.kind, "factor": rs.factor });
+            let mut scaling =
+                serde_json::json!({ "type": rs.kind, "rope_type": rs.kind, "factor": rs.factor });
             if let Some(n) = rs.original_context_length {
                 scaling["original_max_position_embeddings"] = n.into();
             }

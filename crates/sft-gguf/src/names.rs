@@ -72,8 +72,18 @@ pub fn qk_kind(gguf: &str) -> Option<bool> {
 /// `2·i + t` moves to `t·(rows / n_head / 2) + i`.
 ///
 /// `n_head` is the attention head count for Q and the key/value head count for K.
-pub fn unpermute_qk<T: Copy>(data: &[T], n_head: usize, rows: usize, cols: usize) -> Result<Vec<T>> {
-    let bad = || GgufError::BadPermuteShape { rows, cols, n_head, len: data.len() };
+pub fn unpermute_qk<T: Copy>(
+    data: &[T],
+    n_head: usize,
+    rows: usize,
+    cols: usize,
+) -> Result<Vec<T>> {
+    let bad = || GgufError::BadPermuteShape {
+        rows,
+        cols,
+        n_head,
+        len: data.len(),
+    };
     if n_head == 0 || rows % (2 * n_head) != 0 || rows.checked_mul(cols) != Some(data.len()) {
         return Err(bad());
     }
@@ -93,7 +103,12 @@ pub fn unpermute_qk<T: Copy>(data: &[T], n_head: usize, rows: usize, cols: usize
 
 /// The permutation llama.cpp applies (inverse of [`unpermute_qk`]); used to write GGUF files and in tests.
 pub fn permute_qk<T: Copy>(data: &[T], n_head: usize, rows: usize, cols: usize) -> Result<Vec<T>> {
-    let bad = || GgufError::BadPermuteShape { rows, cols, n_head, len: data.len() };
+    let bad = || GgufError::BadPermuteShape {
+        rows,
+        cols,
+        n_head,
+        len: data.len(),
+    };
     if n_head == 0 || rows % (2 * n_head) != 0 || rows.checked_mul(cols) != Some(data.len()) {
         return Err(bad());
     }
@@ -117,13 +132,29 @@ mod tests {
 
     #[test]
     fn names_round_trip() {
-        for g in ["token_embd.weight", "output.weight", "output_norm.weight", "blk.0.attn_q.weight", "blk.29.ffn_down.weight", "blk.7.ffn_norm.weight"] {
+        for g in [
+            "token_embd.weight",
+            "output.weight",
+            "output_norm.weight",
+            "blk.0.attn_q.weight",
+            "blk.29.ffn_down.weight",
+            "blk.7.ffn_norm.weight",
+        ] {
             let hf = gguf_to_hf_name(g).unwrap();
             assert_eq!(hf_to_gguf_name(&hf).as_deref(), Some(g));
         }
-        assert_eq!(gguf_to_hf_name("blk.3.attn_k.weight").as_deref(), Some("model.layers.3.self_attn.k_proj.weight"));
-        assert_eq!(gguf_to_hf_name("blk.3.attn_norm.weight").as_deref(), Some("model.layers.3.input_layernorm.weight"));
-        assert_eq!(gguf_to_hf_name("output.weight").as_deref(), Some("lm_head.weight"));
+        assert_eq!(
+            gguf_to_hf_name("blk.3.attn_k.weight").as_deref(),
+            Some("model.layers.3.self_attn.k_proj.weight")
+        );
+        assert_eq!(
+            gguf_to_hf_name("blk.3.attn_norm.weight").as_deref(),
+            Some("model.layers.3.input_layernorm.weight")
+        );
+        assert_eq!(
+            gguf_to_hf_name("output.weight").as_deref(),
+            Some("lm_head.weight")
+        );
         assert_eq!(gguf_to_hf_name("rope_freqs.weight"), None);
         assert_eq!(gguf_to_hf_name("blk.x.attn_q.weight"), None);
     }

@@ -7,7 +7,9 @@ use sft_gguf::{GgmlType, GgufError, GgufFile, LlamaHparams, Value};
 use sha2::{Digest, Sha256};
 
 fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/gguf").join(name)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../fixtures/gguf")
+        .join(name)
 }
 
 fn expected() -> serde_json::Value {
@@ -20,26 +22,47 @@ fn metadata_of_every_value_type() {
     let f = GgufFile::open(fixture("quants.gguf")).unwrap();
     assert_eq!(f.version(), 3);
     assert_eq!(f.alignment(), 32);
-    assert_eq!(f.get("general.architecture"), Some(&Value::String("llama".into())));
+    assert_eq!(
+        f.get("general.architecture"),
+        Some(&Value::String("llama".into()))
+    );
     assert_eq!(f.get("test.u8"), Some(&Value::U8(200)));
     assert_eq!(f.get("test.i8"), Some(&Value::I8(-100)));
     assert_eq!(f.get("test.u16"), Some(&Value::U16(60000)));
     assert_eq!(f.get("test.i16"), Some(&Value::I16(-30000)));
     assert_eq!(f.get("test.u32"), Some(&Value::U32(4_000_000_000)));
     assert_eq!(f.get("test.i32"), Some(&Value::I32(-2_000_000_000)));
-    assert_eq!(f.get("test.u64"), Some(&Value::U64(18_000_000_000_000_000_000)));
-    assert_eq!(f.get("test.i64"), Some(&Value::I64(-9_000_000_000_000_000_000)));
+    assert_eq!(
+        f.get("test.u64"),
+        Some(&Value::U64(18_000_000_000_000_000_000))
+    );
+    assert_eq!(
+        f.get("test.i64"),
+        Some(&Value::I64(-9_000_000_000_000_000_000))
+    );
     assert_eq!(f.get("test.f32"), Some(&Value::F32(0.1)));
     assert_eq!(f.get("test.f64"), Some(&Value::F64(0.1)));
     assert_eq!(f.get("test.bool"), Some(&Value::Bool(true)));
     assert_eq!(f.get_str("test.string").unwrap(), "héllo <|im_end|>\n");
     assert_eq!(f.get_int_array("test.array_u32").unwrap(), vec![1, 2, 3]);
-    assert_eq!(f.get_str_array("test.array_str").unwrap(), vec!["a", "bb", ""]);
+    assert_eq!(
+        f.get_str_array("test.array_str").unwrap(),
+        vec!["a", "bb", ""]
+    );
     assert_eq!(f.get_u64("test.u16").unwrap(), 60000);
-    assert!(matches!(f.get_u64("test.i8"), Err(GgufError::WrongValueType { .. })));
-    assert!(matches!(f.get_str("test.u8"), Err(GgufError::WrongValueType { .. })));
+    assert!(matches!(
+        f.get_u64("test.i8"),
+        Err(GgufError::WrongValueType { .. })
+    ));
+    assert!(matches!(
+        f.get_str("test.u8"),
+        Err(GgufError::WrongValueType { .. })
+    ));
     let missing = f.get_str("no.such.key").unwrap_err().to_string();
-    assert!(missing.contains("no.such.key") && missing.contains("quants.gguf"), "{missing}");
+    assert!(
+        missing.contains("no.such.key") && missing.contains("quants.gguf"),
+        "{missing}"
+    );
 }
 
 #[test]
@@ -51,13 +74,28 @@ fn dequantization_is_bit_exact_with_python_gguf() {
     for (name, e) in exp {
         let info = f.tensor(name).unwrap();
         assert_eq!(info.ggml_type.name(), e["type"].as_str().unwrap(), "{name}");
-        let dims: Vec<u64> = e["dims"].as_array().unwrap().iter().map(|d| d.as_u64().unwrap()).collect();
+        let dims: Vec<u64> = e["dims"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| d.as_u64().unwrap())
+            .collect();
         assert_eq!(info.dims, dims, "{name}");
         let got = f.dequantize_f32(name).unwrap();
-        let want: Vec<u32> = e["bits"].as_array().unwrap().iter().map(|b| b.as_u64().unwrap() as u32).collect();
+        let want: Vec<u32> = e["bits"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|b| b.as_u64().unwrap() as u32)
+            .collect();
         assert_eq!(got.len(), want.len(), "{name}");
         for (i, (g, w)) in got.iter().zip(&want).enumerate() {
-            assert_eq!(g.to_bits(), *w, "{name}[{i}]: got {g}, python gguf gives {}", f32::from_bits(*w));
+            assert_eq!(
+                g.to_bits(),
+                *w,
+                "{name}[{i}]: got {g}, python gguf gives {}",
+                f32::from_bits(*w)
+            );
         }
         // The narrow variants round the f32 values.
         let bf = f.dequantize_bf16(name).unwrap();
@@ -84,11 +122,23 @@ fn unsupported_type_names_tensor_and_type() {
     let f = GgufFile::open(fixture("quants.gguf")).unwrap();
     assert_eq!(f.tensor("t_q5_0").unwrap().ggml_type, GgmlType::Q5_0);
     let err = f.dequantize_f32("t_q5_0").unwrap_err();
-    assert!(matches!(err, GgufError::UnsupportedType { ggml_type: GgmlType::Q5_0, .. }), "{err}");
+    assert!(
+        matches!(
+            err,
+            GgufError::UnsupportedType {
+                ggml_type: GgmlType::Q5_0,
+                ..
+            }
+        ),
+        "{err}"
+    );
     let msg = err.to_string();
     assert!(msg.contains("t_q5_0") && msg.contains("Q5_0"), "{msg}");
     let missing = f.dequantize_f32("nope").unwrap_err();
-    assert!(matches!(missing, GgufError::MissingTensor { .. }), "{missing}");
+    assert!(
+        matches!(missing, GgufError::MissingTensor { .. }),
+        "{missing}"
+    );
 }
 
 fn write_tmp(bytes: &[u8]) -> tempfile::NamedTempFile {
@@ -110,7 +160,10 @@ fn bad_files_fail_clearly() {
         let mut bytes = good.clone();
         bytes[4..8].copy_from_slice(&version.to_le_bytes());
         let err = GgufFile::open(write_tmp(&bytes).path()).unwrap_err();
-        assert!(matches!(err, GgufError::UnsupportedVersion { version: v, .. } if v == version), "{err}");
+        assert!(
+            matches!(err, GgufError::UnsupportedVersion { version: v, .. } if v == version),
+            "{err}"
+        );
     }
     // Version 2 has the same layout for little-endian files.
     let mut bytes = good.clone();
@@ -130,7 +183,10 @@ fn bad_files_fail_clearly() {
     assert!(matches!(err, GgufError::Truncated { .. }), "{err}");
 
     let err = GgufFile::open(fixture("does-not-exist.gguf")).unwrap_err();
-    assert!(matches!(err, GgufError::Io { .. }) && err.to_string().contains("does-not-exist.gguf"), "{err}");
+    assert!(
+        matches!(err, GgufError::Io { .. }) && err.to_string().contains("does-not-exist.gguf"),
+        "{err}"
+    );
 }
 
 /// The real SmolLM2 file: `$SFT_ASSETS/smollm2/...`, else `~/.cache/sft-compose/assets/smollm2/...`.
@@ -139,7 +195,9 @@ fn smollm2_path() -> Option<PathBuf> {
     let rel = "smollm2/SmolLM2-135M-Instruct.Q4_1.gguf";
     let dir = std::env::var_os("SFT_ASSETS")
         .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/sft-compose/assets")));
+        .or_else(|| {
+            std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/sft-compose/assets"))
+        });
     if let Some(p) = dir.map(|d| d.join(rel)).filter(|p| p.exists()) {
         return Some(p);
     }
@@ -161,7 +219,9 @@ fn sha256_f32(values: &[f32]) -> String {
 #[test]
 fn smollm2_metadata_and_tensors_match_python_gguf() {
     let Some(path) = smollm2_path() else { return };
-    let exp: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(fixture("smollm2.expected.json")).unwrap()).unwrap();
+    let exp: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fixture("smollm2.expected.json")).unwrap())
+            .unwrap();
     let f = GgufFile::open(&path).unwrap();
     assert_eq!(f.version(), 3);
     assert_eq!(f.tensors().len() as u64, exp["n_tensors"].as_u64().unwrap());
@@ -171,7 +231,10 @@ fn smollm2_metadata_and_tensors_match_python_gguf() {
     }
 
     let hp = LlamaHparams::from_gguf(&f).unwrap();
-    assert_eq!((hp.block_count, hp.embedding_length, hp.feed_forward_length), (30, 576, 1536));
+    assert_eq!(
+        (hp.block_count, hp.embedding_length, hp.feed_forward_length),
+        (30, 576, 1536)
+    );
     assert_eq!((hp.head_count, hp.head_count_kv, hp.head_dim()), (9, 3, 64));
     assert_eq!((hp.context_length, hp.vocab_size), (8192, 49152));
     assert_eq!(hp.rope_freq_base, 100000.0);
@@ -185,14 +248,28 @@ fn smollm2_metadata_and_tensors_match_python_gguf() {
     for (name, e) in exp["tensors"].as_object().unwrap() {
         let info = f.tensor(name).unwrap();
         assert_eq!(info.ggml_type.name(), e["type"].as_str().unwrap(), "{name}");
-        let shape: Vec<usize> = e["shape"].as_array().unwrap().iter().map(|d| d.as_u64().unwrap() as usize).collect();
+        let shape: Vec<usize> = e["shape"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| d.as_u64().unwrap() as usize)
+            .collect();
         assert_eq!(info.shape(), shape, "{name}");
         let values = f.dequantize_f32(name).unwrap();
-        let first: Vec<f32> = e["first"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap() as f32).collect();
+        let first: Vec<f32> = e["first"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap() as f32)
+            .collect();
         assert_eq!(&values[..8], &first[..], "{name}");
         assert_eq!(sha256_f32(&values), e["sha256"].as_str().unwrap(), "{name}");
         if let Some(want) = e.get("unpermuted_sha256") {
-            let n_head = if name.contains("attn_q") { hp.head_count } else { hp.head_count_kv };
+            let n_head = if name.contains("attn_q") {
+                hp.head_count
+            } else {
+                hp.head_count_kv
+            };
             let un = sft_gguf::unpermute_qk(&values, n_head, shape[0], shape[1]).unwrap();
             assert_eq!(sha256_f32(&un), want.as_str().unwrap(), "{name} unpermuted");
         }
@@ -225,5 +302,8 @@ fn corrupted_headers_never_panic() {
             }
         }
     }
-    assert!(errors > header_len, "corruption was mostly not detected ({errors} errors)");
+    assert!(
+        errors > header_len,
+        "corruption was mostly not detected ({errors} errors)"
+    );
 }
