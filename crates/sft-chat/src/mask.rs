@@ -54,9 +54,8 @@ impl ChatTemplate {
     /// Render `messages`, tokenize, and mark the tokens of every assistant span.
     ///
     /// A token lies in a span if its byte range is inside it. A token that starts before a span
-    /// counts as inside when the bytes before the span are whitespace only (e.g. `" a"` after
-    /// `"ASSISTANT:"`: the generation prompt ends before that space, so the model must produce
-    /// it, as FastChat trains it). Any other token crossing a span boundary is an
+    /// counts as inside when the bytes before the span are whitespace only (a space the
+    /// tokenizer merged into the first content token). Any other token crossing a span boundary is an
     /// [`ChatError::AmbiguousBoundary`] error, and so is a span some of whose bytes no token
     /// covers: a sample is never trained with a guessed mask.
     pub fn encode_with_mask(

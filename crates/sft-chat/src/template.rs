@@ -18,7 +18,9 @@ pub struct AssistantSpan {
     /// Index of the message in the conversation.
     pub message_index: usize,
     /// Bytes the model is trained on: the content (as the template wrote it) and the
-    /// end-of-turn marker after it (`</s>`, `<|im_end|>`).
+    /// end-of-turn marker after it (`</s>`, `<|im_end|>`), starting earlier by the whitespace
+    /// that separates the end of the generation prompt from the content (vicuna's space after
+    /// `ASSISTANT:`), since the model generates that too.
     pub range: Range<usize>,
     /// The content alone (no end marker).
     pub content: Range<usize>,
@@ -196,7 +198,11 @@ fn vicuna(messages: &[ChatMessage], sep2: &str, add_generation_prompt: bool) -> 
             continue;
         }
         text.push_str(role);
-        text.push_str(": ");
+        text.push(':');
+        // The generation prompt ends at "ASSISTANT:", so the model must produce the space too:
+        // the trained range starts there.
+        let sep_start = text.len();
+        text.push(' ');
         let start = text.len();
         text.push_str(&m.content);
         let content_end = text.len();
@@ -204,7 +210,7 @@ fn vicuna(messages: &[ChatMessage], sep2: &str, add_generation_prompt: bool) -> 
         if m.role == Role::Assistant {
             spans.push(AssistantSpan {
                 message_index: i + offset,
-                range: start..text.len(),
+                range: sep_start..text.len(),
                 content: start..content_end,
             });
         }
@@ -473,12 +479,23 @@ impl JinjaTemplate {
             if text != real {
                 continue;
             }
-            for span in &spans {
+            for span in &mut spans {
                 if !text[span.content.end..].starts_with(&marker) {
                     return Err(ChatError::SpanNotFound {
                         index: span.message_index,
                         message: format!("the assistant content is not followed by the end-of-turn marker {marker:?}"),
                     });
+                }
+                // Whitespace between the end of the generation prompt and the content (Llama-2's
+                // `[/INST] `) is produced by the model, so it is trained on too. Only a prompt that
+                // is a true prefix of the text counts; otherwise the span stays at the content.
+                let prompt = self.render_raw(&to_values(&messages[..span.message_index]), true)?;
+                let p = prompt.len();
+                if p < span.content.start
+                    && text.starts_with(&prompt)
+                    && text[p..span.content.start].chars().all(char::is_whitespace)
+                {
+                    span.range.start = p;
                 }
             }
             return Ok(Rendered {
