@@ -480,3 +480,120 @@ fn gguf_without_tokenizer_is_an_error() {
     let err = ChatTokenizer::from_gguf(&file).unwrap_err();
     assert!(err.to_string().contains("tokenizer.ggml.model"), "{err}");
 }
+
+/// Deterministic xorshift for the randomized masking test (no `rand` dependency).
+struct XorShift(u64);
+
+impl XorShift {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+}
+
+const FRAGMENTS: &[&str] = &[
+    "hello",
+    " world",
+    "The",
+    " quick",
+    "7",
+    " 42",
+    "12345",
+    "  ",
+    " ",
+    "\n",
+    "\n\n",
+    "\t",
+    "日本語",
+    "🤖",
+    "x1",
+    ".",
+    "!",
+    "?",
+    "  13",
+    "'s",
+    " it's",
+    "def f(x):\n    return x",
+    "$\\frac{1}{2}$",
+    "</s>",
+    "<|im_end|>",
+    "<s>",
+    "ASSISTANT:",
+    "USER:",
+    "é",
+    ",",
+];
+
+fn random_conversation(rng: &mut XorShift) -> Vec<ChatMessage> {
+    let mut conv = Vec::new();
+    if rng.below(3) == 0 {
+        conv.push(ChatMessage::system(random_text(rng)));
+    }
+    for _ in 0..1 + rng.below(4) {
+        conv.push(ChatMessage::user(random_text(rng)));
+        conv.push(ChatMessage::assistant(random_text(rng)));
+    }
+    // Sometimes end on an unanswered user turn (not trained on).
+    if rng.below(4) == 0 {
+        conv.push(ChatMessage::user(random_text(rng)));
+    }
+    conv
+}
+
+fn random_text(rng: &mut XorShift) -> String {
+    loop {
+        let s: String = (0..1 + rng.below(6))
+            .map(|_| FRAGMENTS[rng.below(FRAGMENTS.len())])
+            .collect();
+        // Whitespace-only content is trimmed to nothing by stripping templates: not a real answer.
+        if !s.trim().is_empty() {
+            return s;
+        }
+    }
+}
+
+#[test]
+fn random_conversations_mask_exactly_the_assistant_text() {
+    let tok = tiny();
+    let mut templates = vec![
+        (ChatTemplate::named("vicuna_v1.1").unwrap(), "</s>", false),
+        (ChatTemplate::named("chatml").unwrap(), "<|im_end|>", false),
+        (ChatTemplate::from_tokenizer(&tok).unwrap(), " </s>", true),
+    ];
+    let mut rng = XorShift(0x5eed_2310_0549_2000);
+    for _ in 0..150 {
+        let conv = random_conversation(&mut rng);
+        for (t, marker, trimmed) in &templates {
+            let enc = t
+                .encode_with_mask(&tok, &conv)
+                .unwrap_or_else(|e| panic!("{}: {e}\n{conv:?}", t.name()));
+            check_mask(&tok, &enc, &conv, marker, *trimmed);
+        }
+    }
+    let Some(file) = smollm2() else { return };
+    let tok = ChatTokenizer::from_gguf(&file).unwrap();
+    templates = vec![
+        (ChatTemplate::named("vicuna_v1.1").unwrap(), "</s>", false),
+        (ChatTemplate::named("chatml").unwrap(), "<|im_end|>", false),
+        (
+            ChatTemplate::from_tokenizer(&tok).unwrap(),
+            "<|im_end|>",
+            false,
+        ),
+    ];
+    for _ in 0..100 {
+        let conv = random_conversation(&mut rng);
+        for (t, marker, trimmed) in &templates {
+            let enc = t
+                .encode_with_mask(&tok, &conv)
+                .unwrap_or_else(|e| panic!("{}: {e}\n{conv:?}", t.name()));
+            check_mask(&tok, &enc, &conv, marker, *trimmed);
+        }
+    }
+}
