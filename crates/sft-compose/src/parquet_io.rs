@@ -137,9 +137,11 @@ pub fn chat_schema() -> Schema {
 fn batch_of(records: &[&Record], schema: &Arc<Schema>, path: &Path) -> Result<RecordBatch> {
     let ids = StringArray::from_iter_values(records.iter().map(|r| r.id.as_str()));
     let sources = StringArray::from_iter_values(records.iter().map(|r| r.source.as_str()));
-    let roles = StringArray::from_iter_values(records.iter().flat_map(|r| r.messages.iter().map(|m| m.role.as_str())));
-    let contents =
-        StringArray::from_iter_values(records.iter().flat_map(|r| r.messages.iter().map(|m| m.content.as_str())));
+    // from_iter_values needs exactly sized iterators, which flat_map is not.
+    let roles: Vec<&str> = records.iter().flat_map(|r| r.messages.iter().map(|m| m.role.as_str())).collect();
+    let contents: Vec<&str> = records.iter().flat_map(|r| r.messages.iter().map(|m| m.content.as_str())).collect();
+    let roles = StringArray::from_iter_values(roles);
+    let contents = StringArray::from_iter_values(contents);
     let structs = StructArray::try_new(message_fields(), vec![Arc::new(roles) as ArrayRef, Arc::new(contents)], None)
         .map_err(arrow_err(path))?;
     let messages = ListArray::try_new(
@@ -149,7 +151,8 @@ fn batch_of(records: &[&Record], schema: &Arc<Schema>, path: &Path) -> Result<Re
         None,
     )
     .map_err(arrow_err(path))?;
-    let tag_values = StringArray::from_iter_values(records.iter().flat_map(|r| r.tags.iter().map(String::as_str)));
+    let tag_values: Vec<&str> = records.iter().flat_map(|r| r.tags.iter().map(String::as_str)).collect();
+    let tag_values = StringArray::from_iter_values(tag_values);
     let tags = ListArray::try_new(
         Arc::new(Field::new("item", DataType::Utf8, false)),
         OffsetBuffer::from_lengths(records.iter().map(|r| r.tags.len())),
