@@ -1,0 +1,377 @@
+//! The paper's figures from a sweep's results, as PNG and SVG.
+//!
+//! * `<sweep>-curves`: a panel per metric; x is the proportion a grid varies (categorical,
+//!   equally spaced, so 1/256 … 1 is a log2 axis), a line per grid × strategy × model with 95%
+//!   error bars. RQ1's scaling curves, RQ2's mixed-vs-individual overlay (the individual and
+//!   mixed grids share the panels) and RQ3's three set-ups all come out as this figure.
+//! * `<sweep>-k-scan`: the same for grids that scan DMT's k.
+//!
+//! Text is drawn with `ab_glyph` from a TrueType file found at run time ([`register_font`]), so
+//! plotting needs neither fontconfig nor freetype.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use plotters::coord::Shift;
+use plotters::prelude::*;
+use plotters::style::FontStyle;
+
+use crate::error::{io, Error, Result};
+use crate::results::{metric_info, ResultsTable, METRICS};
+use crate::spec::SweepSpec;
+
+/// TrueType files tried in order when `SFT_FONT` is not set (Debian/Ubuntu `fonts-dejavu-core`,
+/// Fedora/Arch DejaVu, Liberation, macOS).
+pub const FONT_CANDIDATES: [&str; 6] = [
+    "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
+    "/usr/share/fonts/dejavu-sans-fonts/DejaVuSans.ttf",
+    "/usr/share/fonts/TTF/DejaVuSans.ttf",
+    "/usr/share/fonts/dejavu/DejaVuSans.ttf",
+    "/usr/share/fonts/truetype/liberation/LiberationSans-Regular.ttf",
+    "/System/Library/Fonts/Supplemental/Arial.ttf",
+];
+
+static FONT: OnceLock<std::result::Result<PathBuf, String>> = OnceLock::new();
+
+/// Registers the plot font once per process: `SFT_FONT` if set, else the first of
+/// [`FONT_CANDIDATES`] that exists. Returns the file used.
+pub fn register_font() -> Result<PathBuf> {
+    FONT.get_or_init(|| {
+        let candidates: Vec<PathBuf> = match std::env::var_os("SFT_FONT") {
+            Some(p) => vec![PathBuf::from(p)],
+            None => FONT_CANDIDATES.iter().map(PathBuf::from).collect(),
+        };
+        let path = candidates.iter().find(|p| p.is_file()).ok_or_else(|| {
+            format!(
+                "none of {} exists; install a TrueType font (Debian: apt-get install fonts-dejavu-core) or set SFT_FONT",
+                candidates.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
+            )
+        })?;
+        let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let bytes: &'static [u8] = Box::leak(bytes.into_boxed_slice());
+        plotters::style::register_font("sans-serif", FontStyle::Normal, bytes)
+            .map_err(|_| format!("{}: not a usable TrueType font", path.display()))?;
+        Ok(path.clone())
+    })
+    .clone()
+    .map_err(Error::Font)
+}
+
+/// The files [`plot_all`] wrote.
+#[derive(Debug, Clone, Default)]
+pub struct PlotFiles {
+    /// PNG files.
+    pub png: Vec<PathBuf>,
+    /// SVG files.
+    pub svg: Vec<PathBuf>,
+}
+
+#[derive(Debug, Clone)]
+struct Series {
+    label: String,
+    /// (x index, value, ci low, ci high), already scaled for display.
+    points: Vec<(f64, f64, f64, f64)>,
+}
+
+#[derive(Debug, Clone)]
+struct Panel {
+    title: String,
+    y_desc: String,
+    series: Vec<Series>,
+}
+
+#[derive(Debug, Clone)]
+struct Figure {
+    name: String,
+    title: String,
+    x_desc: String,
+    x_labels: Vec<String>,
+    legend: Vec<String>,
+    /// A row of panels (one per metric) per model.
+    rows: Vec<Vec<Panel>>,
+}
+
+/// Draws every figure the results support into `dir`; a figure without data is skipped.
+pub fn plot_all(spec: &SweepSpec, table: &ResultsTable, dir: &Path) -> Result<PlotFiles> {
+    register_font()?;
+    std::fs::create_dir_all(dir).map_err(io(dir))?;
+    let mut files = PlotFiles::default();
+    for k_scan in [false, true] {
+        let Some(fig) = figure(spec, table, k_scan) else { continue };
+        let png = dir.join(format!("{}.png", fig.name));
+        let svg = dir.join(format!("{}.svg", fig.name));
+        let cols = fig.rows.iter().map(Vec::len).max().unwrap_or(1) as u32;
+        let size = ((cols * 430).max(860), 70 + fig.rows.len() as u32 * 400 + legend_height(&fig, cols * 430));
+        {
+            let root = BitMapBackend::new(&png, size).into_drawing_area();
+            draw(&root, &fig).map_err(|message| Error::Plot { path: png.clone(), message })?;
+            root.present().map_err(|e| Error::Plot { path: png.clone(), message: e.to_string() })?;
+        }
+        {
+            let root = SVGBackend::new(&svg, size).into_drawing_area();
+            draw(&root, &fig).map_err(|message| Error::Plot { path: svg.clone(), message })?;
+            root.present().map_err(|e| Error::Plot { path: svg.clone(), message: e.to_string() })?;
+        }
+        tracing::info!(png = %png.display(), "plot");
+        files.png.push(png);
+        files.svg.push(svg);
+    }
+    Ok(files)
+}
+
+fn figure(spec: &SweepSpec, table: &ResultsTable, k_scan: bool) -> Option<Figure> {
+    let label_of = |grid: &str| {
+        spec.grid.iter().find(|g| g.name == grid).and_then(|g| g.label.clone()).unwrap_or_else(|| grid.to_string())
+    };
+    // (grid, cell id) pairs on this figure with their x value.
+    let mut points: Vec<(String, &crate::spec::Cell, sft_schedule::Ratio)> = Vec::new();
+    for (cell, _, _) in &table.cells {
+        for (grid, (axis, x)) in &cell.x {
+            if (axis == "k") == k_scan {
+                points.push((grid.clone(), cell, *x));
+            }
+        }
+    }
+    let mut xs: Vec<sft_schedule::Ratio> = points.iter().map(|p| p.2).collect();
+    xs.sort_by(|a, b| a.as_f64().total_cmp(&b.as_f64()));
+    xs.dedup();
+    if xs.is_empty() {
+        return None;
+    }
+    let grids: Vec<String> = {
+        let mut g: Vec<String> = Vec::new();
+        for p in &points {
+            if !g.contains(&p.0) {
+                g.push(p.0.clone());
+            }
+        }
+        g
+    };
+    let models: Vec<&str> = {
+        let mut m: Vec<&str> = Vec::new();
+        for p in &points {
+            if !m.contains(&p.1.model.as_str()) {
+                m.push(&p.1.model);
+            }
+        }
+        m
+    };
+    let one_strategy_per_grid = grids.iter().all(|g| {
+        let mut s: Vec<&str> = points.iter().filter(|p| &p.0 == g).map(|p| p.1.strategy_label.as_str()).collect();
+        s.sort();
+        s.dedup();
+        s.len() <= 1
+    });
+    let series_label = |grid: &str, cell: &crate::spec::Cell| {
+        let mut parts = Vec::new();
+        if grids.len() > 1 {
+            parts.push(label_of(grid));
+        }
+        let strategy = if k_scan && cell.strategy.starts_with("dmt") { "DMT".to_string() } else { cell.strategy_label.clone() };
+        if parts.is_empty() || !one_strategy_per_grid {
+            parts.push(strategy);
+        }
+        parts.join(": ")
+    };
+    let mut metric_keys: Vec<String> = Vec::new();
+    for r in &table.rows {
+        if !metric_keys.contains(&r.metric) {
+            metric_keys.push(r.metric.clone());
+        }
+    }
+    metric_keys.sort_by_key(|m| METRICS.iter().position(|x| x.0 == m.as_str()).unwrap_or(METRICS.len()));
+    let mut legend: Vec<String> = Vec::new();
+    let mut rows = Vec::new();
+    for model in &models {
+        let mut panels = Vec::new();
+        for metric in &metric_keys {
+            let (name, pct, higher) = metric_info(metric);
+            let scale = if pct { 100.0 } else { 1.0 };
+            // label -> x index -> rows (seeds)
+            let mut acc: BTreeMap<String, BTreeMap<usize, Vec<(f64, f64, f64)>>> = BTreeMap::new();
+            let mut order: Vec<String> = Vec::new();
+            for (grid, cell, x) in points.iter().filter(|p| p.1.model == *model) {
+                let xi = xs.iter().position(|v| v == x).unwrap_or(0);
+                for r in table.rows.iter().filter(|r| r.cell == cell.id && &r.metric == metric) {
+                    let label = series_label(grid, cell);
+                    if !order.contains(&label) {
+                        order.push(label.clone());
+                    }
+                    acc.entry(label).or_default().entry(xi).or_default().push((r.value, r.ci_low, r.ci_high));
+                }
+            }
+            if acc.is_empty() {
+                continue;
+            }
+            let mut series = Vec::new();
+            for label in order {
+                if !legend.contains(&label) {
+                    legend.push(label.clone());
+                }
+                let pts = acc[&label]
+                    .iter()
+                    .map(|(xi, v)| {
+                        let n = v.len() as f64;
+                        let m = |f: fn(&(f64, f64, f64)) -> f64| v.iter().map(f).sum::<f64>() / n * scale;
+                        (*xi as f64, m(|t| t.0), m(|t| t.1), m(|t| t.2))
+                    })
+                    .collect();
+                series.push(Series { label, points: pts });
+            }
+            let title = if models.len() > 1 { format!("{name} · {model}") } else { name.clone() };
+            panels.push(Panel {
+                title,
+                y_desc: format!("{name}{}{}", if pct { " (%)" } else { "" }, if higher { "" } else { ", lower is better" }),
+                series,
+            });
+        }
+        if !panels.is_empty() {
+            rows.push(panels);
+        }
+    }
+    if rows.is_empty() {
+        return None;
+    }
+    let (suffix, what, x_desc) = if k_scan {
+        ("k-scan", "DMT k scan", "k (code and math added to stage 2)".to_string())
+    } else {
+        ("curves", "scaling with data amount", "proportion of the varied data".to_string())
+    };
+    Some(Figure {
+        name: format!("{}-{suffix}", spec.name),
+        title: format!("{}: {what}", spec.name),
+        x_desc,
+        x_labels: xs.iter().map(|r| r.to_string()).collect(),
+        legend,
+        rows,
+    })
+}
+
+fn color(i: usize) -> RGBColor {
+    const C: [RGBColor; 10] = [
+        RGBColor(31, 119, 180),
+        RGBColor(214, 39, 40),
+        RGBColor(44, 160, 44),
+        RGBColor(255, 127, 14),
+        RGBColor(148, 103, 189),
+        RGBColor(140, 86, 75),
+        RGBColor(227, 119, 194),
+        RGBColor(127, 127, 127),
+        RGBColor(188, 189, 34),
+        RGBColor(23, 190, 207),
+    ];
+    C[i % C.len()]
+}
+
+const LEGEND_FONT: u32 = 16;
+
+fn legend_columns(fig: &Figure, width: u32) -> (usize, u32) {
+    let longest = fig.legend.iter().map(|l| l.chars().count()).max().unwrap_or(1) as u32;
+    // DejaVu Sans averages about 0.55 em per character.
+    let col_w = 48 + longest * LEGEND_FONT * 56 / 100;
+    (((width.saturating_sub(40)) / col_w).max(1) as usize, col_w)
+}
+
+fn legend_height(fig: &Figure, width: u32) -> u32 {
+    let (cols, _) = legend_columns(fig, width);
+    26 * fig.legend.len().div_ceil(cols) as u32 + 20
+}
+
+fn y_format(lo: f64, hi: f64) -> impl Fn(&f64) -> String {
+    let digits = match hi - lo {
+        r if r >= 8.0 => 0,
+        r if r >= 0.8 => 1,
+        _ => 2,
+    };
+    move |y: &f64| format!("{y:.digits$}")
+}
+
+fn draw<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, fig: &Figure) -> std::result::Result<(), String> {
+    let e = |e: &dyn std::fmt::Display| e.to_string();
+    root.fill(&WHITE).map_err(|x| e(&x))?;
+    let (w, h) = root.dim_in_pixel();
+    let legend_h = legend_height(fig, w);
+    let (top, rest) = root.split_vertically(50);
+    let (body, legend_area) = rest.split_vertically(h - 50 - legend_h);
+    top.draw_text(&fig.title, &("sans-serif", 26).into_font().color(&BLACK), (16, 12)).map_err(|x| e(&x))?;
+    let n = fig.x_labels.len();
+    let cols = fig.rows.iter().map(Vec::len).max().unwrap_or(1);
+    let areas = body.split_evenly((fig.rows.len(), cols));
+    for (r, row) in fig.rows.iter().enumerate() {
+        for (c, panel) in row.iter().enumerate() {
+            let area = &areas[r * cols + c];
+            let (mut lo, mut hi) = (f64::INFINITY, f64::NEG_INFINITY);
+            for s in &panel.series {
+                for p in &s.points {
+                    lo = lo.min(p.2).min(p.1);
+                    hi = hi.max(p.3).max(p.1);
+                }
+            }
+            if !lo.is_finite() || !hi.is_finite() {
+                continue;
+            }
+            let pad = ((hi - lo) * 0.08).max(1e-3);
+            let (y0, y1) = (lo - pad, hi + pad);
+            let x_labels = fig.x_labels.clone();
+            let y_fmt = y_format(y0, y1);
+            let mut chart = ChartBuilder::on(area)
+                .caption(&panel.title, ("sans-serif", 20))
+                .margin(14)
+                .x_label_area_size(50)
+                .y_label_area_size(66)
+                .build_cartesian_2d(-0.4f64..(n as f64 - 0.6), y0..y1)
+                .map_err(|x| e(&x))?;
+            chart
+                .configure_mesh()
+                .x_labels(n.max(2) * 2 + 1)
+                .x_label_formatter(&move |x: &f64| {
+                    let i = x.round();
+                    if (x - i).abs() < 1e-6 && i >= 0.0 && (i as usize) < x_labels.len() {
+                        x_labels[i as usize].clone()
+                    } else {
+                        String::new()
+                    }
+                })
+                .y_labels(6)
+                .y_label_formatter(&y_fmt)
+                .x_desc(fig.x_desc.as_str())
+                .y_desc(panel.y_desc.as_str())
+                .label_style(("sans-serif", 15))
+                .axis_desc_style(("sans-serif", 15))
+                .light_line_style(WHITE.mix(0.0))
+                .bold_line_style(BLACK.mix(0.12))
+                .draw()
+                .map_err(|x| e(&x))?;
+            for s in &panel.series {
+                let ci = fig.legend.iter().position(|l| *l == s.label).unwrap_or(0);
+                let c = color(ci);
+                chart
+                    .draw_series(LineSeries::new(s.points.iter().map(|p| (p.0, p.1)), c.stroke_width(2)))
+                    .map_err(|x| e(&x))?;
+                chart
+                    .draw_series(s.points.iter().map(|p| ErrorBar::new_vertical(p.0, p.2, p.1, p.3, c.mix(0.6).stroke_width(1), 8)))
+                    .map_err(|x| e(&x))?;
+                chart
+                    .draw_series(s.points.iter().map(|p| Circle::new((p.0, p.1), 4, c.filled())))
+                    .map_err(|x| e(&x))?;
+            }
+        }
+    }
+    // The shared legend, below the panels.
+    let (cols, col_w) = legend_columns(fig, w);
+    for (i, label) in fig.legend.iter().enumerate() {
+        let (row, col) = (i / cols, i % cols);
+        let x = 20 + (col as u32 * col_w) as i32;
+        let y = 8 + row as i32 * 26;
+        let c = color(i);
+        legend_area
+            .draw(&PathElement::new(vec![(x, y + 10), (x + 30, y + 10)], c.stroke_width(3)))
+            .map_err(|x| e(&x))?;
+        legend_area.draw(&Circle::new((x + 15, y + 10), 4, c.filled())).map_err(|x| e(&x))?;
+        legend_area
+            .draw_text(label, &("sans-serif", LEGEND_FONT).into_font().color(&BLACK), (x + 38, y + 1))
+            .map_err(|x| e(&x))?;
+    }
+    Ok(())
+}
