@@ -51,20 +51,24 @@ fn token_text(v: &Json) -> Option<String> {
 
 /// Turn off `trim_offsets` in ByteLevel post-processors: trimmed offsets drop the whitespace a
 /// token covers, which would hide tokens like `Ġ` from the span mapping. Ids are unaffected.
-fn untrim_offsets(v: &mut Json) {
+fn untrim_offsets(v: &mut Json) -> bool {
     match v {
         Json::Object(o) => {
+            let mut changed = false;
             if o.get("type").and_then(Json::as_str) == Some("ByteLevel") {
                 if let Some(t) = o.get_mut("trim_offsets") {
+                    changed = *t != Json::Bool(false);
                     *t = Json::Bool(false);
                 }
             }
             if let Some(Json::Array(items)) = o.get_mut("processors") {
-                items.iter_mut().for_each(untrim_offsets);
+                for item in items {
+                    changed |= untrim_offsets(item);
+                }
             }
+            changed
         }
-        Json::Array(items) => items.iter_mut().for_each(untrim_offsets),
-        _ => {}
+        _ => false,
     }
 }
 
@@ -78,12 +82,16 @@ impl ChatTokenizer {
         unk: Option<&str>,
         chat_template: Option<String>,
     ) -> Result<Self> {
-        // Re-serialize to switch off offset trimming (see `untrim_offsets`).
-        let mut json: Json = serde_json::from_str(&inner.to_string(false).map_err(ChatError::tok)?)
-            .map_err(ChatError::tok)?;
-        if let Some(pp) = json.get_mut("post_processor") {
-            untrim_offsets(pp);
-            inner = Tokenizer::from_str(&json.to_string()).map_err(ChatError::tok)?;
+        // Switch off offset trimming (see `untrim_offsets`) by editing the post-processor's JSON.
+        if let Some(pp) = inner.get_post_processor() {
+            let mut pp_json = serde_json::to_value(pp).map_err(ChatError::tok)?;
+            if untrim_offsets(&mut pp_json) {
+                let mut json: Json =
+                    serde_json::from_str(&inner.to_string(false).map_err(ChatError::tok)?)
+                        .map_err(ChatError::tok)?;
+                json["post_processor"] = pp_json;
+                inner = Tokenizer::from_str(&json.to_string()).map_err(ChatError::tok)?;
+            }
         }
         let lookup = |text: Option<&str>, what: &str| -> Result<Option<SpecialToken>> {
             match text {
