@@ -101,3 +101,4 @@ print(text)
 if args.json:
     with open(args.json, "w") as f:
         f.write(text + "\n")
+import shutil; shutil.rmtree(tmp, ignore_errors=True)

@@ -509,7 +509,9 @@ fn real_heuristic_tagger_separates_math_and_code() {
     let code = tagged("code", &r.code);
     let general = tagged("general", &r.general);
     let share = |t: &sft_compose::TaggingStats, tag: &str| *t.per_tag.get(tag).unwrap_or(&0) as f64 / t.records as f64;
-    eprintln!("math {:?}\ncode {:?}\ngeneral {:?}", math.per_rule, code.per_rule, general.per_rule);
+    for (n, t) in [("math", &math), ("code", &code), ("general", &general)] {
+        eprintln!("{n}: {} records, per tag {:?}, per rule {:?}", t.records, t.per_tag, t.per_rule);
+    }
     assert!(share(&math, "math") > 0.95, "GSM8K tagged math: {}", share(&math, "math"));
     assert!(share(&code, "code") > 0.6, "Code Alpaca tagged code: {}", share(&code, "code"));
     let g_code = share(&general, "code");
@@ -543,4 +545,76 @@ fn no_libtorch_in_the_dependency_graph() {
     assert!(seen.contains("parquet") && seen.contains("rand_chacha"), "walk did not find the known deps");
     let torchy: Vec<&String> = seen.iter().filter(|n| n.contains("torch") || n.as_str() == "tch").collect();
     assert!(torchy.is_empty(), "sft-compose depends on {torchy:?}");
+}
+
+// ---------------------------------------------------------------- the CLI example
+
+/// The `compose` example binary built by `cargo test -p sft-compose` (which builds examples).
+fn compose_cli() -> Option<PathBuf> {
+    let exe = std::env::current_exe().ok()?;
+    let bin = exe.parent()?.parent()?.join("examples").join("compose");
+    if bin.is_file() {
+        Some(bin)
+    } else {
+        eprintln!("SKIPPED (compose example not built: run `cargo test -p sft-compose`, which builds it): {}", bin.display());
+        None
+    }
+}
+
+fn run_cli(bin: &Path, args: &[&str]) -> (bool, String) {
+    let out = std::process::Command::new(bin)
+        .args(args)
+        .env("RUST_BACKTRACE", "0")
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+#[test]
+fn cli_composes_reproducibly_and_reports_errors() {
+    let Some(bin) = compose_cli() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let math = format!("math={}", fixture("gsm8k_mini.jsonl").display());
+    let code = format!("code={}", fixture("code_alpaca_mini.json").display());
+    let general = format!("general={}", fixture("sharegpt_mini.json").display());
+    let out_a = d.join("a.jsonl");
+    let out_b = d.join("b.jsonl");
+    let base = ["--source", &math, "--source", &code, "--source", &general, "--ratio", "math=1/4", "--count", "code=10", "--seed", "42"];
+    for out in [&out_a, &out_b] {
+        let mut args: Vec<&str> = base.to_vec();
+        let o = out.to_str().unwrap();
+        args.extend(["--out", o]);
+        let (ok, err) = run_cli(&bin, &args);
+        assert!(ok, "{err}");
+    }
+    assert_eq!(std::fs::read(&out_a).unwrap(), std::fs::read(&out_b).unwrap());
+    let ma = Manifest::read(&d.join("a.manifest.json")).unwrap();
+    let mb = Manifest::read(&d.join("b.manifest.json")).unwrap();
+    assert_eq!(ma.record_ids, mb.record_ids);
+    assert_eq!(ma.total, 10 + 10 + 7);
+
+    // k flags: general at 1/2, specialized at k·1/2 = 1/4 → math 10, code 10.
+    let pq = d.join("k.parquet");
+    let (ok, err) = run_cli(&bin, &["--source", &math, "--source", &code, "--source", &general, "--k", "1/2", "--general-ratio", "1/2", "--seed", "1", "--out", pq.to_str().unwrap()]);
+    assert!(ok, "{err}");
+    let mk = Manifest::read(&d.join("k.manifest.json")).unwrap();
+    let k = mk.k.unwrap();
+    assert_eq!((k.specialized_selected, k.general_selected, k.specialized_available, k.general_available), (20, 3, 80, 7));
+    assert_eq!(load_source("k", &pq, &LoadOptions::strict()).unwrap().records.len(), 23);
+
+    // TOML spec
+    let (ok, err) = run_cli(&bin, &["--spec", fixture("mix_mini.toml").to_str().unwrap(), "--out", d.join("s.jsonl").to_str().unwrap()]);
+    assert!(ok, "{err}");
+
+    // errors
+    let (ok, err) = run_cli(&bin, &["--source", &math, "--ratio", "math=1/0", "--seed", "1", "--out", d.join("x.jsonl").to_str().unwrap()]);
+    assert!(!ok && err.contains("denominator is zero"), "{err}");
+    let bad = format!("m={}", fixture("malformed/mixed_bad.jsonl").display());
+    let (ok, err) = run_cli(&bin, &["--source", &bad, "--seed", "1", "--out", d.join("x.jsonl").to_str().unwrap()]);
+    assert!(!ok && err.contains("mixed_bad.jsonl:4: wrong_type"), "{err}");
+    let (ok, err) = run_cli(&bin, &["--source", &bad, "--lenient", "--seed", "1", "--out", d.join("x.jsonl").to_str().unwrap()]);
+    assert!(ok, "{err}");
+    assert!(!d.join("x.jsonl.tmp").exists());
 }

@@ -9,7 +9,7 @@
 //! | `code_fence` | code | any | a Markdown code fence (three backticks) |
 //! | `code_syntax` | code | any | source-code shapes: `def f(`, `function f(`, `#include <`, `public static void`, `console.log(`, `SELECT … FROM`, `fn f(`, `import x.y;`, HTML tags, `=> {` |
 //! | `code_words` | code | user | programming words: a language name (python, javascript, typescript, java, c++, c#, golang, rust, sql, php, ruby, kotlin, swift, bash, html, css), code, coding, program(ming), script, debug, compile, algorithm, regex, function/class/method *in code*, api endpoint |
-//! | `math_latex` | math | any | LaTeX math: `\frac`, `\sqrt`, `\sum`, `\int`, `\cdot`, `\times`, `\pi`, `\le`/`\ge`, or `$…$` with a digit or operator inside |
+//! | `math_latex` | math | any | LaTeX math: `\frac`, `\sqrt`, `\sum`, `\int`, `\cdot`, `\times`, `\pi`, `\le`/`\ge`, or `$…$` holding a LaTeX command, `^` or `_{` (plain `$10 … $20` prices do not count) |
 //! | `math_equation` | math | any | an arithmetic equation `12 * 3 = 36` (number, operator, number, `=`), or GSM8K's `<<…=…>>` / `#### N` |
 //! | `math_words` | math | user | math words: math(s), mathematics, equation, algebra, geometry, calculus, integral, derivative, probability, theorem, arithmetic, solve for, calculate, percent(age) |
 //!
@@ -76,7 +76,7 @@ const DEFAULT_RULES: [(&str, &str, Scope, &str); 6] = [
         "math_latex",
         "math",
         Scope::Any,
-        r"(\\(frac|sqrt|sum|int|cdot|times|pi|le|ge|leq|geq)\b|\$[^$\n]*[0-9=+\-^][^$\n]*\$)",
+        r"(\\(frac|sqrt|sum|int|cdot|times|pi|le|ge|leq|geq)\b|\$[^$\n]*(\\[a-zA-Z]+|\^|_\{)[^$\n]*\$)",
     ),
     (
         "math_equation",
@@ -175,6 +175,7 @@ mod tests {
         assert_eq!(r, ["math_equation"]);
         assert_eq!(rules_for("Solve the equation x^2 = 4", "x = 2"), ["math_words"]);
         assert_eq!(rules_for("hi", "$x^2 + 1$ and \\frac{1}{2}"), ["math_latex"]);
+        assert!(rules_for("hi", "It costs $10 and then $20.").is_empty(), "prices are not LaTeX");
     }
 
     #[test]
