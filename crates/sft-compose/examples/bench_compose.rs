@@ -16,7 +16,9 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 use clap::Parser;
-use sft_compose::{compose_with, load_source, Catalog, LoadOptions, MixtureSpec, Ratio, SourceSpec};
+use sft_compose::{
+    compose_with, load_source, Catalog, LoadOptions, MixtureSpec, Ratio, SourceSpec,
+};
 
 #[derive(Parser)]
 struct Args {
@@ -43,14 +45,24 @@ fn peak_rss_kib() -> Option<u64> {
 fn grid(data: &std::path::Path) -> Result<Vec<(String, MixtureSpec)>> {
     let math = SourceSpec::new("math", data.join("gsm8k/train.jsonl"));
     let code = SourceSpec::new("code", data.join("code_alpaca/code_alpaca_20k.json"));
-    let general = SourceSpec::new("general", data.join("sharegpt/sharegpt_v3_sample_1011.json"));
+    let general = SourceSpec::new(
+        "general",
+        data.join("sharegpt/sharegpt_v3_sample_1011.json"),
+    );
     let mut out = Vec::new();
     for den in [1u64, 4, 16, 64, 256] {
         let r = Ratio::new(1, den)?;
         for s in [&math, &code, &general] {
-            out.push((format!("rq1/{}/1-{den}", s.name), MixtureSpec::new(42, vec![s.clone().with_ratio(r)])));
+            out.push((
+                format!("rq1/{}/1-{den}", s.name),
+                MixtureSpec::new(42, vec![s.clone().with_ratio(r)]),
+            ));
         }
-        let all = vec![math.clone().with_ratio(r), code.clone().with_ratio(r), general.clone().with_ratio(r)];
+        let all = vec![
+            math.clone().with_ratio(r),
+            code.clone().with_ratio(r),
+            general.clone().with_ratio(r),
+        ];
         out.push((format!("rq2/mixed/1-{den}"), MixtureSpec::new(42, all)));
         let spec = vec![math.clone(), code.clone()];
         out.push((
@@ -59,11 +71,22 @@ fn grid(data: &std::path::Path) -> Result<Vec<(String, MixtureSpec)>> {
         ));
         out.push((
             format!("rq3/full-specialized/general=1-{den}"),
-            MixtureSpec::full_specialized_general_at_k(42, general.clone(), spec.clone(), Ratio::new(den, 1)?)?,
+            MixtureSpec::full_specialized_general_at_k(
+                42,
+                general.clone(),
+                spec.clone(),
+                Ratio::new(den, 1)?,
+            )?,
         ));
         out.push((
             format!("rq3/general-1-64/specialized=1-{den}"),
-            MixtureSpec::general_at_with_k(42, general.clone(), Ratio::new(1, 64)?, spec, Ratio::new(64, den)?)?,
+            MixtureSpec::general_at_with_k(
+                42,
+                general.clone(),
+                Ratio::new(1, 64)?,
+                spec,
+                Ratio::new(64, den)?,
+            )?,
         ));
     }
     Ok(out)
@@ -97,7 +120,8 @@ fn main() -> Result<()> {
             let t = Instant::now();
             let out = tmp.path().join(format!("{i}.jsonl"));
             m.write(&out)?;
-            m.manifest().write(&tmp.path().join(format!("{i}.manifest.json")))?;
+            m.manifest()
+                .write(&tmp.path().join(format!("{i}.manifest.json")))?;
             write_s += t.elapsed().as_secs_f64();
             records_written += m.len();
             bytes_written += std::fs::metadata(&out)?.len();
@@ -111,10 +135,14 @@ fn main() -> Result<()> {
 
     // Throughput: generate a chat-format JSONL file from the real records.
     let mut catalog = Catalog::new();
-    let sources = ["gsm8k/train.jsonl", "code_alpaca/code_alpaca_20k.json", "sharegpt/sharegpt_v3_sample_1011.json"]
-        .iter()
-        .map(|p| catalog.prepare(&SourceSpec::new("src", args.data.join(p)), false, false))
-        .collect::<sft_compose::Result<Vec<_>>>()?;
+    let sources = [
+        "gsm8k/train.jsonl",
+        "code_alpaca/code_alpaca_20k.json",
+        "sharegpt/sharegpt_v3_sample_1011.json",
+    ]
+    .iter()
+    .map(|p| catalog.prepare(&SourceSpec::new("src", args.data.join(p)), false, false))
+    .collect::<sft_compose::Result<Vec<_>>>()?;
     let big = tmp.path().join("big.jsonl");
     {
         let mut w = std::io::BufWriter::new(std::fs::File::create(&big)?);

@@ -16,8 +16,8 @@ use std::path::PathBuf;
 use anyhow::{bail, Context, Result};
 use clap::Parser;
 use sft_compose::{
-    compose_with, Catalog, Container, MixtureSpec, Order, Ratio, SourceFormat, SourceSpec, TaggerName,
-    TagsSpec,
+    compose_with, Catalog, Container, MixtureSpec, Order, Ratio, SourceFormat, SourceSpec,
+    TaggerName, TagsSpec,
 };
 
 #[derive(Parser, Debug)]
@@ -86,12 +86,14 @@ struct Args {
 }
 
 fn split_kv<'a>(flag: &str, text: &'a str) -> Result<(&'a str, &'a str)> {
-    text.split_once('=').with_context(|| format!("--{flag} expects NAME=VALUE, got {text:?}"))
+    text.split_once('=')
+        .with_context(|| format!("--{flag} expects NAME=VALUE, got {text:?}"))
 }
 
 fn source_mut<'a>(spec: &'a mut MixtureSpec, flag: &str, name: &str) -> Result<&'a mut SourceSpec> {
     let known: Vec<String> = spec.sources.iter().map(|s| s.name.clone()).collect();
-    spec.source_mut(name).with_context(|| format!("--{flag}: unknown source {name:?} (known: {known:?})"))
+    spec.source_mut(name)
+        .with_context(|| format!("--{flag}: unknown source {name:?} (known: {known:?})"))
 }
 
 fn build_spec(args: &Args) -> Result<MixtureSpec> {
@@ -138,7 +140,9 @@ fn build_spec(args: &Args) -> Result<MixtureSpec> {
     }
     for c in &args.counts {
         let (name, v) = split_kv("count", c)?;
-        let count: u64 = v.parse().with_context(|| format!("--count {name}: {v:?} is not a whole number"))?;
+        let count: u64 = v
+            .parse()
+            .with_context(|| format!("--count {name}: {v:?} is not a whole number"))?;
         let s = source_mut(&mut spec, "count", name)?;
         *s = s.clone().with_count(count);
     }
@@ -158,22 +162,45 @@ fn build_spec(args: &Args) -> Result<MixtureSpec> {
     for t in &args.tags {
         let (name, path) = split_kv("tags", t)?;
         let s = source_mut(&mut spec, "tags", name)?;
-        s.tags.get_or_insert(TagsSpec { file: None, tagger: None }).file = Some(PathBuf::from(path));
+        s.tags
+            .get_or_insert(TagsSpec {
+                file: None,
+                tagger: None,
+            })
+            .file = Some(PathBuf::from(path));
     }
     for name in &args.tagger {
         let s = source_mut(&mut spec, "tagger", name)?;
-        s.tags.get_or_insert(TagsSpec { file: None, tagger: None }).tagger = Some(TaggerName::Heuristic);
+        s.tags
+            .get_or_insert(TagsSpec {
+                file: None,
+                tagger: None,
+            })
+            .tagger = Some(TaggerName::Heuristic);
     }
     if let Some(k) = &args.k {
         let k = Ratio::parse(k)?;
-        let general_ratio = args.general_ratio.as_deref().map(Ratio::parse).transpose()?.unwrap_or(Ratio::ONE);
+        let general_ratio = args
+            .general_ratio
+            .as_deref()
+            .map(Ratio::parse)
+            .transpose()?
+            .unwrap_or(Ratio::ONE);
         if args.full_specialized && args.general_ratio.is_some() {
             bail!("--full-specialized sets the general ratio to 1/k; do not also pass --general-ratio");
         }
         let general = spec.source(&args.general).cloned().with_context(|| {
-            format!("--k needs a general source named {:?} (change it with --general)", args.general)
+            format!(
+                "--k needs a general source named {:?} (change it with --general)",
+                args.general
+            )
         })?;
-        let specialized: Vec<SourceSpec> = spec.sources.iter().filter(|s| s.name != args.general).cloned().collect();
+        let specialized: Vec<SourceSpec> = spec
+            .sources
+            .iter()
+            .filter(|s| s.name != args.general)
+            .cloned()
+            .collect();
         let base = if args.full_specialized {
             MixtureSpec::full_specialized_general_at_k(spec.seed, general, specialized, k)?
         } else {
@@ -190,7 +217,8 @@ fn build_spec(args: &Args) -> Result<MixtureSpec> {
 fn main() -> Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -200,9 +228,15 @@ fn main() -> Result<()> {
         print!("{}", spec.to_toml_string()?);
         return Ok(());
     }
-    let out = args.out.clone().context("--out is required (or use --print-spec)")?;
+    let out = args
+        .out
+        .clone()
+        .context("--out is required (or use --print-spec)")?;
     let manifest_path = args.manifest.clone().unwrap_or_else(|| {
-        let stem = out.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "mix".into());
+        let stem = out
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "mix".into());
         out.with_file_name(format!("{stem}.manifest.json"))
     });
     let mut catalog = Catalog::new().with_progress(true);
@@ -224,6 +258,10 @@ fn main() -> Result<()> {
     if let Some(k) = mixture.k().and_then(|k| k.k) {
         eprintln!("normalized k = {k:.6}");
     }
-    eprintln!("wrote {written} records to {} and the manifest to {}", out.display(), manifest_path.display());
+    eprintln!(
+        "wrote {written} records to {} and the manifest to {}",
+        out.display(),
+        manifest_path.display()
+    );
     Ok(())
 }

@@ -53,7 +53,9 @@ impl TagFilter {
         let f = p.parse_or()?;
         p.skip_ws();
         if p.pos != expr.len() {
-            return Err(p.error("unexpected input; expected an operator (|, &, or, and) or the end"));
+            return Err(
+                p.error("unexpected input; expected an operator (|, &, or, and) or the end")
+            );
         }
         Ok(f)
     }
@@ -61,7 +63,9 @@ impl TagFilter {
     /// Does the filter match a record with these tags?
     pub fn matches<S: AsRef<str>>(&self, tags: &[S]) -> bool {
         match self {
-            TagFilter::Keyword(k) => tags.iter().any(|t| t.as_ref().to_lowercase().contains(k.as_str())),
+            TagFilter::Keyword(k) => tags
+                .iter()
+                .any(|t| t.as_ref().to_lowercase().contains(k.as_str())),
             TagFilter::Regex(re) => tags.iter().any(|t| re.is_match(t.as_ref())),
             TagFilter::Not(f) => !f.matches(tags),
             TagFilter::And(fs) => fs.iter().all(|f| f.matches(tags)),
@@ -83,7 +87,11 @@ impl fmt::Display for TagFilter {
             TagFilter::Regex(re) => write!(f, "/{}/", re.as_str().replace('/', "\\/")),
             TagFilter::Not(inner) => write!(f, "not {inner}"),
             TagFilter::And(fs) | TagFilter::Or(fs) => {
-                let op = if matches!(self, TagFilter::And(_)) { " and " } else { " or " };
+                let op = if matches!(self, TagFilter::And(_)) {
+                    " and "
+                } else {
+                    " or "
+                };
                 write!(f, "(")?;
                 for (i, x) in fs.iter().enumerate() {
                     if i > 0 {
@@ -112,7 +120,11 @@ struct Parser<'a> {
 
 impl Parser<'_> {
     fn error(&self, message: &str) -> Error {
-        Error::FilterSyntax { expr: self.src.to_string(), offset: self.pos, message: message.to_string() }
+        Error::FilterSyntax {
+            expr: self.src.to_string(),
+            offset: self.pos,
+            message: message.to_string(),
+        }
     }
 
     fn rest(&self) -> &str {
@@ -147,7 +159,11 @@ impl Parser<'_> {
         while self.eat("|", "or") {
             items.push(self.parse_and()?);
         }
-        Ok(if items.len() == 1 { items.remove(0) } else { TagFilter::Or(items) })
+        Ok(if items.len() == 1 {
+            items.remove(0)
+        } else {
+            TagFilter::Or(items)
+        })
     }
 
     fn parse_and(&mut self) -> Result<TagFilter> {
@@ -155,7 +171,11 @@ impl Parser<'_> {
         while self.eat("&", "and") {
             items.push(self.parse_unary()?);
         }
-        Ok(if items.len() == 1 { items.remove(0) } else { TagFilter::And(items) })
+        Ok(if items.len() == 1 {
+            items.remove(0)
+        } else {
+            TagFilter::And(items)
+        })
     }
 
     fn parse_unary(&mut self) -> Result<TagFilter> {
@@ -185,12 +205,18 @@ impl Parser<'_> {
             }
             '"' => {
                 let start = self.pos;
-                let (text, end) = self.delimited('"').ok_or_else(|| {
-                    Error::FilterSyntax { expr: self.src.to_string(), offset: start, message: "unterminated \"quoted text\"".into() }
+                let (text, end) = self.delimited('"').ok_or_else(|| Error::FilterSyntax {
+                    expr: self.src.to_string(),
+                    offset: start,
+                    message: "unterminated \"quoted text\"".into(),
                 })?;
                 self.pos = end;
                 if text.is_empty() {
-                    return Err(Error::FilterSyntax { expr: self.src.to_string(), offset: start, message: "empty quoted text".into() });
+                    return Err(Error::FilterSyntax {
+                        expr: self.src.to_string(),
+                        offset: start,
+                        message: "empty quoted text".into(),
+                    });
                 }
                 Ok(TagFilter::Keyword(text.to_lowercase()))
             }
@@ -201,25 +227,37 @@ impl Parser<'_> {
                     offset: start,
                     message: "unterminated /regex/".into(),
                 })?;
-                let re = RegexBuilder::new(&text).case_insensitive(true).build().map_err(|e| Error::FilterSyntax {
-                    expr: self.src.to_string(),
-                    offset: start + 1,
-                    message: format!("invalid regex: {e}"),
-                })?;
+                let re = RegexBuilder::new(&text)
+                    .case_insensitive(true)
+                    .build()
+                    .map_err(|e| Error::FilterSyntax {
+                        expr: self.src.to_string(),
+                        offset: start + 1,
+                        message: format!("invalid regex: {e}"),
+                    })?;
                 self.pos = end;
                 Ok(TagFilter::Regex(re))
             }
             c if is_word_char(c) => {
                 let start = self.pos;
-                let len: usize = self.rest().chars().take_while(|&c| is_word_char(c)).map(char::len_utf8).sum();
+                let len: usize = self
+                    .rest()
+                    .chars()
+                    .take_while(|&c| is_word_char(c))
+                    .map(char::len_utf8)
+                    .sum();
                 let word = &self.src[start..start + len];
                 if is_keyword(word) {
-                    return Err(self.error(&format!("expected a tag but found the operator {word:?}")));
+                    return Err(
+                        self.error(&format!("expected a tag but found the operator {word:?}"))
+                    );
                 }
                 self.pos += len;
                 Ok(TagFilter::Keyword(word.to_lowercase()))
             }
-            other => Err(self.error(&format!("unexpected character {other:?}; expected a tag, \"text\", /regex/, ( or not"))),
+            other => Err(self.error(&format!(
+                "unexpected character {other:?}; expected a tag, \"text\", /regex/, ( or not"
+            ))),
         }
     }
 
@@ -273,7 +311,10 @@ mod tests {
         assert!(!m("(a | b) & c", &["a"]));
         assert!(m("NOT a AND b", &["b"]));
         assert!(!m("!a & b", &["a", "b"]));
-        assert!(m("\"python programming\" and not sql", &["Python programming"]));
+        assert!(m(
+            "\"python programming\" and not sql",
+            &["Python programming"]
+        ));
         // words that merely start with a keyword are tags
         assert!(m("order | android", &["android dev"]));
     }
@@ -287,7 +328,16 @@ mod tests {
 
     #[test]
     fn errors_carry_offsets() {
-        let cases = [("", 0), ("code |", 6), ("(code", 5), ("code math", 5), ("/[/", 1), ("\"abc", 0), ("code & )", 7), ("and", 0)];
+        let cases = [
+            ("", 0),
+            ("code |", 6),
+            ("(code", 5),
+            ("code math", 5),
+            ("/[/", 1),
+            ("\"abc", 0),
+            ("code & )", 7),
+            ("and", 0),
+        ];
         for (expr, offset) in cases {
             match TagFilter::parse(expr) {
                 Err(Error::FilterSyntax { offset: o, .. }) => assert_eq!(o, offset, "{expr:?}"),

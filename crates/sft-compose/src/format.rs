@@ -30,8 +30,13 @@ pub enum SourceFormat {
 
 impl SourceFormat {
     /// All formats, in detection order.
-    pub const ALL: [SourceFormat; 5] =
-        [SourceFormat::Chat, SourceFormat::ShareGpt, SourceFormat::Alpaca, SourceFormat::Gsm8k, SourceFormat::Rft];
+    pub const ALL: [SourceFormat; 5] = [
+        SourceFormat::Chat,
+        SourceFormat::ShareGpt,
+        SourceFormat::Alpaca,
+        SourceFormat::Gsm8k,
+        SourceFormat::Rft,
+    ];
 
     /// The snake_case name.
     pub fn as_str(self) -> &'static str {
@@ -78,7 +83,9 @@ impl FromStr for SourceFormat {
             "alpaca" | "code_alpaca" | "codealpaca" => Ok(SourceFormat::Alpaca),
             "sharegpt" | "share_gpt" | "vicuna" => Ok(SourceFormat::ShareGpt),
             "chat" => Ok(SourceFormat::Chat),
-            other => Err(format!("unknown format {other:?} (expected gsm8k, rft, alpaca, sharegpt or chat)")),
+            other => Err(format!(
+                "unknown format {other:?} (expected gsm8k, rft, alpaca, sharegpt or chat)"
+            )),
         }
     }
 }
@@ -108,7 +115,10 @@ impl Container {
     /// Detects the container from the extension, looking at the first bytes when the extension
     /// does not decide (`.json` files that start with `{` are JSONL).
     pub fn detect(path: &Path) -> Result<Container> {
-        let ext = path.extension().and_then(|e| e.to_str()).map(|e| e.to_ascii_lowercase());
+        let ext = path
+            .extension()
+            .and_then(|e| e.to_str())
+            .map(|e| e.to_ascii_lowercase());
         match ext.as_deref() {
             Some("jsonl") | Some("ndjson") => return Ok(Container::Jsonl),
             Some("parquet") | Some("pq") => return Ok(Container::Parquet),
@@ -128,7 +138,11 @@ impl Container {
         if head.starts_with(b"PAR1") {
             return Ok(Container::Parquet);
         }
-        let first = head.iter().copied().skip_while(|b| b.is_ascii_whitespace() || *b == 0xEF || *b == 0xBB || *b == 0xBF).next();
+        let first = head
+            .iter()
+            .copied()
+            .skip_while(|b| b.is_ascii_whitespace() || *b == 0xEF || *b == 0xBB || *b == 0xBF)
+            .next();
         match first {
             Some(b'[') => Ok(Container::JsonArray),
             Some(b'{') => Ok(Container::Jsonl),
@@ -157,7 +171,9 @@ impl FromStr for Container {
             "jsonl" | "ndjson" => Ok(Container::Jsonl),
             "json" | "json_array" | "array" => Ok(Container::JsonArray),
             "parquet" => Ok(Container::Parquet),
-            other => Err(format!("unknown container {other:?} (expected jsonl, json or parquet)")),
+            other => Err(format!(
+                "unknown container {other:?} (expected jsonl, json or parquet)"
+            )),
         }
     }
 }

@@ -56,13 +56,17 @@ mod write;
 pub use error::{Error, IssueKind, Location, Result};
 pub use filter::TagFilter;
 pub use format::{Container, SourceFormat};
-pub use load::{alpaca_input_is_empty, alpaca_user_turn, load_source, LoadOptions, LoadReport, LoadedSource};
+pub use load::{
+    alpaca_input_is_empty, alpaca_user_turn, load_source, LoadOptions, LoadReport, LoadedSource,
+};
 pub use manifest::{FilterStats, InputFile, KStats, Manifest, SourceStats};
 pub use mix::{compose, compose_with, Catalog, Mixture, PreparedSource};
 pub use parquet_io::chat_schema;
 pub use ratio::{Ratio, Take};
 pub use record::{Message, Record, Role};
-pub use spec::{normalized_k, MixtureSpec, Order, SourceRole, SourceSpec, TaggerName, TagsSpec, FORMAT_VERSION};
+pub use spec::{
+    normalized_k, MixtureSpec, Order, SourceRole, SourceSpec, TaggerName, TagsSpec, FORMAT_VERSION,
+};
 pub use tagger::{apply_tagger, HeuristicTagger, Rule, Scope, TagHit, Tagger, TaggingStats};
 pub use tags::{apply_tag_file, load_tag_file, TagFile, TagFileStats};
 pub use write::{write_jsonl, write_parquet};

@@ -50,7 +50,10 @@ impl LoadOptions {
 
     /// Like [`LoadOptions::strict`] but lenient.
     pub fn lenient() -> Self {
-        LoadOptions { lenient: true, ..LoadOptions::strict() }
+        LoadOptions {
+            lenient: true,
+            ..LoadOptions::strict()
+        }
     }
 }
 
@@ -191,7 +194,11 @@ pub(crate) fn progress_bar(len: u64, enabled: bool, what: &str) -> indicatif::Pr
 }
 
 /// Reads one line into `buf` (without the newline). Returns (bytes consumed, too long, ended with newline).
-fn read_line_limited<R: BufRead>(r: &mut R, buf: &mut Vec<u8>, max: usize) -> std::io::Result<(usize, bool, bool)> {
+fn read_line_limited<R: BufRead>(
+    r: &mut R,
+    buf: &mut Vec<u8>,
+    max: usize,
+) -> std::io::Result<(usize, bool, bool)> {
     buf.clear();
     let mut consumed = 0;
     let mut too_long = false;
@@ -225,14 +232,22 @@ fn read_jsonl(path: &Path, options: &LoadOptions, sink: &mut Sink) -> Result<(St
     let file = File::open(path).map_err(io_err(path))?;
     let len = file.metadata().map(|m| m.len()).unwrap_or(0);
     let bar = progress_bar(len, options.progress, sink.name);
-    let mut reader = BufReader::with_capacity(1 << 20, HashingReader { inner: file, hasher: Sha256::new(), bytes: 0 });
+    let mut reader = BufReader::with_capacity(
+        1 << 20,
+        HashingReader {
+            inner: file,
+            hasher: Sha256::new(),
+            bytes: 0,
+        },
+    );
     let mut line = Vec::with_capacity(1 << 16);
     let mut line_no: u64 = 0;
     let mut index = 0usize;
     let mut since_tick = 0usize;
     loop {
         let (consumed, too_long, newline) =
-            read_line_limited(&mut reader, &mut line, options.max_line_bytes).map_err(io_err(path))?;
+            read_line_limited(&mut reader, &mut line, options.max_line_bytes)
+                .map_err(io_err(path))?;
         if consumed == 0 {
             break;
         }
@@ -244,7 +259,12 @@ fn read_jsonl(path: &Path, options: &LoadOptions, sink: &mut Sink) -> Result<(St
         }
         let loc = Location::Line(line_no);
         if too_long {
-            sink.issue(loc, index, IssueKind::LineTooLong, format!("line longer than {} bytes", options.max_line_bytes))?;
+            sink.issue(
+                loc,
+                index,
+                IssueKind::LineTooLong,
+                format!("line longer than {} bytes", options.max_line_bytes),
+            )?;
             index += 1;
             continue;
         }
@@ -258,7 +278,12 @@ fn read_jsonl(path: &Path, options: &LoadOptions, sink: &mut Sink) -> Result<(St
         let text = match std::str::from_utf8(bytes) {
             Ok(t) => t,
             Err(e) => {
-                sink.issue(loc, index, IssueKind::BadUtf8, format!("invalid UTF-8 at column {}", e.valid_up_to() + 1))?;
+                sink.issue(
+                    loc,
+                    index,
+                    IssueKind::BadUtf8,
+                    format!("invalid UTF-8 at column {}", e.valid_up_to() + 1),
+                )?;
                 index += 1;
                 continue;
             }
@@ -273,7 +298,11 @@ fn read_jsonl(path: &Path, options: &LoadOptions, sink: &mut Sink) -> Result<(St
 }
 
 fn line_of(text: &str, offset: usize, from: usize, from_line: u64) -> u64 {
-    from_line + text.as_bytes()[from..offset].iter().filter(|&&b| b == b'\n').count() as u64
+    from_line
+        + text.as_bytes()[from..offset]
+            .iter()
+            .filter(|&&b| b == b'\n')
+            .count() as u64
 }
 
 fn read_json_array(path: &Path, options: &LoadOptions, sink: &mut Sink) -> Result<(String, u64)> {
@@ -284,7 +313,10 @@ fn read_json_array(path: &Path, options: &LoadOptions, sink: &mut Sink) -> Resul
     let text = match std::str::from_utf8(&data) {
         Ok(t) => t,
         Err(e) => {
-            let line = 1 + data[..e.valid_up_to()].iter().filter(|&&b| b == b'\n').count() as u64;
+            let line = 1 + data[..e.valid_up_to()]
+                .iter()
+                .filter(|&&b| b == b'\n')
+                .count() as u64;
             return Err(Error::Record {
                 path: path.to_path_buf(),
                 location: Location::Line(line),
@@ -295,11 +327,19 @@ fn read_json_array(path: &Path, options: &LoadOptions, sink: &mut Sink) -> Resul
     };
     let text = text.strip_prefix('\u{FEFF}').unwrap_or(text);
     if text.trim().is_empty() {
-        return Err(Error::EmptySource { path: path.to_path_buf(), detail: "the file is empty or blank".into() });
+        return Err(Error::EmptySource {
+            path: path.to_path_buf(),
+            detail: "the file is empty or blank".into(),
+        });
     }
     let elements: Vec<&serde_json::value::RawValue> = serde_json::from_str(text).map_err(|e| {
         let (kind, detail) = classify(&e);
-        Error::Record { path: path.to_path_buf(), location: Location::Line(e.line() as u64), kind, detail }
+        Error::Record {
+            path: path.to_path_buf(),
+            location: Location::Line(e.line() as u64),
+            kind,
+            detail,
+        }
     })?;
     let base = text.as_ptr() as usize;
     let mut last_offset = 0usize;
@@ -326,7 +366,11 @@ pub(crate) fn classify(e: &serde_json::Error) -> (IssueKind, String) {
         Some(i) => full[..i].to_string(),
         None => full.clone(),
     };
-    let msg = if e.line() > 0 { format!("{msg} (column {})", e.column()) } else { msg };
+    let msg = if e.line() > 0 {
+        format!("{msg} (column {})", e.column())
+    } else {
+        msg
+    };
     let kind = match e.classify() {
         Category::Eof => IssueKind::TruncatedLine,
         Category::Syntax | Category::Io => IssueKind::InvalidJson,
@@ -374,9 +418,20 @@ impl<'a> Sink<'a> {
     }
 
     /// Records a bad record: an error in strict mode, a count in lenient mode.
-    pub(crate) fn issue(&mut self, location: Location, _index: usize, kind: IssueKind, detail: String) -> Result<()> {
+    pub(crate) fn issue(
+        &mut self,
+        location: Location,
+        _index: usize,
+        kind: IssueKind,
+        detail: String,
+    ) -> Result<()> {
         self.report.records_seen += 1;
-        let err = Error::Record { path: self.path.to_path_buf(), location, kind, detail };
+        let err = Error::Record {
+            path: self.path.to_path_buf(),
+            location,
+            kind,
+            detail,
+        };
         // Empty conversations are dropped and counted even in strict mode: the ShareGPT V3 split
         // has assistant-only segments (9 of the 1,011 sample) that the clean-up policy empties.
         if !self.lenient && kind != IssueKind::EmptyConversation {
@@ -392,7 +447,9 @@ impl<'a> Sink<'a> {
 
     fn detect(&mut self, text: &str) -> Option<SourceFormat> {
         if self.format.is_none() {
-            if let Ok(map) = serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(text) {
+            if let Ok(map) =
+                serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(text)
+            {
                 self.format = SourceFormat::from_keys(map.keys().map(String::as_str));
             }
         }
@@ -400,25 +457,43 @@ impl<'a> Sink<'a> {
     }
 
     /// One record given as JSON text. `unterminated` is true for a last line without a newline.
-    pub(crate) fn push_text(&mut self, text: &str, location: Location, index: usize, unterminated: bool) -> Result<()> {
+    pub(crate) fn push_text(
+        &mut self,
+        text: &str,
+        location: Location,
+        index: usize,
+        unterminated: bool,
+    ) -> Result<()> {
         let Some(format) = self.detect(text) else {
             let detail = match serde_json::from_str::<serde_json::Value>(text) {
                 Err(e) => {
                     let (kind, mut detail) = classify(&e);
                     if unterminated && kind == IssueKind::TruncatedLine {
-                        detail.push_str("; the file does not end with a newline: truncated last line?");
+                        detail.push_str(
+                            "; the file does not end with a newline: truncated last line?",
+                        );
                     }
                     return self.issue(location, index, kind, detail);
                 }
                 Ok(v) if !v.is_object() => {
-                    return self.issue(location, index, IssueKind::WrongType, "a record must be a JSON object".into())
+                    return self.issue(
+                        location,
+                        index,
+                        IssueKind::WrongType,
+                        "a record must be a JSON object".into(),
+                    )
                 }
                 Ok(v) => format!(
                     "cannot detect the format from the fields {:?}; pass the format explicitly",
-                    v.as_object().map(|m| m.keys().cloned().collect::<Vec<_>>()).unwrap_or_default()
+                    v.as_object()
+                        .map(|m| m.keys().cloned().collect::<Vec<_>>())
+                        .unwrap_or_default()
                 ),
             };
-            return Err(Error::Format { path: self.path.to_path_buf(), detail: format!("{location}: {detail}") });
+            return Err(Error::Format {
+                path: self.path.to_path_buf(),
+                detail: format!("{location}: {detail}"),
+            });
         };
         let parsed = match format {
             SourceFormat::Gsm8k => parse_text::<QaRow>(text),
@@ -439,7 +514,12 @@ impl<'a> Sink<'a> {
     }
 
     /// One record given as a JSON value (Parquet rows).
-    pub(crate) fn push_value(&mut self, value: serde_json::Value, location: Location, index: usize) -> Result<()> {
+    pub(crate) fn push_value(
+        &mut self,
+        value: serde_json::Value,
+        location: Location,
+        index: usize,
+    ) -> Result<()> {
         if self.format.is_none() {
             if let Some(map) = value.as_object() {
                 self.format = SourceFormat::from_keys(map.keys().map(String::as_str));
@@ -468,12 +548,18 @@ impl<'a> Sink<'a> {
         self.report.records_seen += 1;
         self.report.leading_assistant_dropped += usize::from(conv.leading_dropped);
         self.report.merged_turns += conv.merged;
-        self.report.empty_messages += conv.messages.iter().filter(|m| m.content.trim().is_empty()).count();
+        self.report.empty_messages += conv
+            .messages
+            .iter()
+            .filter(|m| m.content.trim().is_empty())
+            .count();
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
         conv.messages.hash(&mut hasher);
         let key = hasher.finish();
         let bucket = self.seen.entry(key).or_default();
-        let duplicate = bucket.iter().any(|&i| self.records[i].messages == conv.messages);
+        let duplicate = bucket
+            .iter()
+            .any(|&i| self.records[i].messages == conv.messages);
         if duplicate {
             self.report.duplicates += 1;
             if self.dedup {
@@ -509,7 +595,10 @@ struct Conversion {
 impl Conversion {
     fn pair(user: String, assistant: String, tags: Option<TagList>) -> Self {
         Conversion {
-            messages: vec![Message::new(Role::User, user), Message::new(Role::Assistant, assistant)],
+            messages: vec![
+                Message::new(Role::User, user),
+                Message::new(Role::Assistant, assistant),
+            ],
             tags: tags.map(TagList::into_tags).unwrap_or_default(),
             metadata: BTreeMap::new(),
             leading_dropped: false,
@@ -605,7 +694,11 @@ struct AlpacaRow {
 
 /// Is an Alpaca `input` effectively empty (`""`, `<noinput>`, `< noinput >`, `Noinput`, …)?
 pub fn alpaca_input_is_empty(input: &str) -> bool {
-    let letters: String = input.chars().filter(|c| c.is_alphanumeric()).flat_map(char::to_lowercase).collect();
+    let letters: String = input
+        .chars()
+        .filter(|c| c.is_alphanumeric())
+        .flat_map(char::to_lowercase)
+        .collect();
     letters.is_empty() || letters == "noinput"
 }
 
@@ -681,17 +774,23 @@ impl Row for ChatRow {
             Some(serde_json::Value::Object(map)) => conv.metadata.extend(map),
             // Parquet files written by this crate store metadata as JSON text.
             Some(serde_json::Value::String(s)) if s.is_empty() => {}
-            Some(serde_json::Value::String(s)) => match serde_json::from_str::<BTreeMap<String, serde_json::Value>>(&s) {
-                Ok(map) => conv.metadata.extend(map),
-                Err(_) => return Err((IssueKind::WrongType, "`metadata` must be an object".into())),
-            },
+            Some(serde_json::Value::String(s)) => {
+                match serde_json::from_str::<BTreeMap<String, serde_json::Value>>(&s) {
+                    Ok(map) => conv.metadata.extend(map),
+                    Err(_) => {
+                        return Err((IssueKind::WrongType, "`metadata` must be an object".into()))
+                    }
+                }
+            }
             Some(_) => return Err((IssueKind::WrongType, "`metadata` must be an object".into())),
         }
         if let Some(id) = self.id {
             conv.metadata.entry("orig_id".into()).or_insert(id);
         }
         if let Some(source) = self.source {
-            conv.metadata.entry("orig_source".into()).or_insert(serde_json::Value::String(source));
+            conv.metadata
+                .entry("orig_source".into())
+                .or_insert(serde_json::Value::String(source));
         }
         conv.tags = self.tags.map(TagList::into_tags).unwrap_or_default();
         Ok(conv)
@@ -707,15 +806,25 @@ impl Row for ChatRow {
 ///   training code does: V3 split segments often start mid-conversation), and consecutive
 ///   same-role turns are merged into one message joined by a blank line;
 /// - no user or assistant message left is [`IssueKind::EmptyConversation`].
-fn normalize_turns(turns: impl Iterator<Item = (String, String)>, clean_up: bool) -> Result<Conversion, Issue> {
+fn normalize_turns(
+    turns: impl Iterator<Item = (String, String)>,
+    clean_up: bool,
+) -> Result<Conversion, Issue> {
     let mut messages: Vec<Message> = Vec::new();
     let mut leading_dropped = false;
     let mut merged = 0;
     for (i, (from, text)) in turns.enumerate() {
-        let role = Role::from_sharegpt(&from)
-            .ok_or_else(|| (IssueKind::UnknownRole, format!("unknown role {from:?} in turn {i}")))?;
+        let role = Role::from_sharegpt(&from).ok_or_else(|| {
+            (
+                IssueKind::UnknownRole,
+                format!("unknown role {from:?} in turn {i}"),
+            )
+        })?;
         if role == Role::System && !messages.is_empty() {
-            return Err((IssueKind::UnknownRole, format!("system turn at position {i}; only the first turn may be system")));
+            return Err((
+                IssueKind::UnknownRole,
+                format!("system turn at position {i}; only the first turn may be system"),
+            ));
         }
         if clean_up {
             let has_dialogue = messages.iter().any(|m| m.role != Role::System);
@@ -735,7 +844,16 @@ fn normalize_turns(turns: impl Iterator<Item = (String, String)>, clean_up: bool
         messages.push(Message::new(role, text));
     }
     if !messages.iter().any(|m| m.role != Role::System) {
-        return Err((IssueKind::EmptyConversation, "no user or assistant message".into()));
+        return Err((
+            IssueKind::EmptyConversation,
+            "no user or assistant message".into(),
+        ));
     }
-    Ok(Conversion { messages, tags: Vec::new(), metadata: BTreeMap::new(), leading_dropped, merged })
+    Ok(Conversion {
+        messages,
+        tags: Vec::new(),
+        metadata: BTreeMap::new(),
+        leading_dropped,
+        merged,
+    })
 }

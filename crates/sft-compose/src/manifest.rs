@@ -124,8 +124,10 @@ pub struct Manifest {
 impl Manifest {
     /// Pretty JSON with a trailing newline; deterministic.
     pub fn to_json(&self) -> Result<String> {
-        let mut s = serde_json::to_string_pretty(self)
-            .map_err(|source| Error::Json { path: PathBuf::from("<manifest>"), source })?;
+        let mut s = serde_json::to_string_pretty(self).map_err(|source| Error::Json {
+            path: PathBuf::from("<manifest>"),
+            source,
+        })?;
         s.push('\n');
         Ok(s)
     }
@@ -133,15 +135,23 @@ impl Manifest {
     /// Writes the manifest (atomically: a temporary file, then a rename).
     pub fn write(&self, path: &Path) -> Result<()> {
         let text = self.to_json()?;
-        crate::write::write_atomically(path, |tmp| std::fs::write(tmp, text.as_bytes()).map_err(io_err(tmp)))
+        crate::write::write_atomically(path, |tmp| {
+            std::fs::write(tmp, text.as_bytes()).map_err(io_err(tmp))
+        })
     }
 
     /// Reads a manifest.
     pub fn read(path: &Path) -> Result<Manifest> {
         let text = std::fs::read_to_string(path).map_err(io_err(path))?;
-        let m: Manifest = serde_json::from_str(&text).map_err(|source| Error::Json { path: path.to_path_buf(), source })?;
+        let m: Manifest = serde_json::from_str(&text).map_err(|source| Error::Json {
+            path: path.to_path_buf(),
+            source,
+        })?;
         if m.format_version != crate::spec::FORMAT_VERSION {
-            return Err(Error::UnsupportedFormatVersion { found: m.format_version, supported: crate::spec::FORMAT_VERSION });
+            return Err(Error::UnsupportedFormatVersion {
+                found: m.format_version,
+                supported: crate::spec::FORMAT_VERSION,
+            });
         }
         Ok(m)
     }

@@ -53,7 +53,12 @@ impl Catalog {
     }
 
     /// Loads and tags one source (or returns the cached copy).
-    pub fn prepare(&mut self, source: &SourceSpec, lenient: bool, dedup: bool) -> Result<Arc<PreparedSource>> {
+    pub fn prepare(
+        &mut self,
+        source: &SourceSpec,
+        lenient: bool,
+        dedup: bool,
+    ) -> Result<Arc<PreparedSource>> {
         let options = LoadOptions {
             format: source.format,
             container: source.container,
@@ -65,7 +70,10 @@ impl Catalog {
         let key = CacheKey {
             name: source.name.clone(),
             path: source.path.clone(),
-            options: LoadOptions { progress: false, ..options.clone() },
+            options: LoadOptions {
+                progress: false,
+                ..options.clone()
+            },
             tags: source.tags.clone(),
         };
         if let Some(hit) = self.cache.get(&key) {
@@ -88,7 +96,11 @@ impl Catalog {
                 tagging = Some(stats);
             }
         }
-        let prepared = Arc::new(PreparedSource { loaded, tag_file, tagging });
+        let prepared = Arc::new(PreparedSource {
+            loaded,
+            tag_file,
+            tagging,
+        });
         self.cache.insert(key, prepared.clone());
         Ok(prepared)
     }
@@ -122,7 +134,9 @@ pub fn compose_with(spec: &MixtureSpec, catalog: &mut Catalog) -> Result<Mixture
         let records = &prepared.loaded.records;
         let filter = source.parsed_filter()?;
         let available: Vec<usize> = match &filter {
-            Some(f) => (0..records.len()).filter(|&i| f.matches(&records[i].tags)).collect(),
+            Some(f) => (0..records.len())
+                .filter(|&i| f.matches(&records[i].tags))
+                .collect(),
             None => (0..records.len()).collect(),
         };
         let filter_stats = filter.as_ref().map(|f| FilterStats {
@@ -142,7 +156,10 @@ pub fn compose_with(spec: &MixtureSpec, catalog: &mut Catalog) -> Result<Mixture
         let take = source.take()?;
         let requested = take.count_of(available.len());
         let mut rng = rng_for(spec.seed, &format!("sample/{}", source.name));
-        let mut chosen: Vec<usize> = select(available.len(), take, &mut rng).into_iter().map(|i| available[i]).collect();
+        let mut chosen: Vec<usize> = select(available.len(), take, &mut rng)
+            .into_iter()
+            .map(|i| available[i])
+            .collect();
         if spec.order == Order::Concatenated {
             chosen.sort_unstable();
         }
@@ -154,7 +171,9 @@ pub fn compose_with(spec: &MixtureSpec, catalog: &mut Catalog) -> Result<Mixture
         };
         let si32 = u32::try_from(si).map_err(|_| Error::Spec("too many sources".into()))?;
         for &i in &chosen {
-            let i32_ = u32::try_from(i).map_err(|_| Error::Spec(format!("source {:?} has too many records", source.name)))?;
+            let i32_ = u32::try_from(i).map_err(|_| {
+                Error::Spec(format!("source {:?} has too many records", source.name))
+            })?;
             entries.push((si32, i32_));
         }
         tracing::info!(source = %source.name, available = available.len(), selected = chosen.len(), "selected");
@@ -182,7 +201,13 @@ pub fn compose_with(spec: &MixtureSpec, catalog: &mut Catalog) -> Result<Mixture
         fisher_yates(&mut entries, &mut rng);
     }
     let k = KStats::from_sources(&stats);
-    Ok(Mixture { spec: spec.clone(), sources, stats, entries, k })
+    Ok(Mixture {
+        spec: spec.clone(),
+        sources,
+        stats,
+        entries,
+        k,
+    })
 }
 
 impl Mixture {
@@ -203,7 +228,9 @@ impl Mixture {
 
     /// The records, in output order.
     pub fn records(&self) -> impl ExactSizeIterator<Item = &Record> + '_ {
-        self.entries.iter().map(|&(s, i)| &self.sources[s as usize].loaded.records[i as usize])
+        self.entries
+            .iter()
+            .map(|&(s, i)| &self.sources[s as usize].loaded.records[i as usize])
     }
 
     /// The record ids, in output order.
@@ -265,7 +292,10 @@ impl Mixture {
 
     /// Writes the records to `path`: Parquet when it ends in `.parquet`, JSONL otherwise.
     pub fn write(&self, path: &Path) -> Result<u64> {
-        if path.extension().is_some_and(|e| e.eq_ignore_ascii_case("parquet")) {
+        if path
+            .extension()
+            .is_some_and(|e| e.eq_ignore_ascii_case("parquet"))
+        {
             self.write_parquet(path)
         } else {
             self.write_jsonl(path)
@@ -279,7 +309,9 @@ impl Mixture {
 
     /// Writes the records as Parquet (chat format).
     pub fn write_parquet(&self, path: &Path) -> Result<u64> {
-        crate::write::write_atomically(path, |tmp| crate::parquet_io::write_parquet(tmp, self.records()))
+        crate::write::write_atomically(path, |tmp| {
+            crate::parquet_io::write_parquet(tmp, self.records())
+        })
     }
 }
 
@@ -301,7 +333,12 @@ impl KStats {
             general_available,
             specialized_selected,
             general_selected,
-            k: crate::spec::normalized_k(specialized_selected, general_selected, specialized_available, general_available),
+            k: crate::spec::normalized_k(
+                specialized_selected,
+                general_selected,
+                specialized_available,
+                general_available,
+            ),
         })
     }
 }

@@ -24,11 +24,17 @@ use crate::load::Sink;
 use crate::record::Record;
 
 fn pq_err(path: &Path) -> impl FnOnce(parquet::errors::ParquetError) -> Error + '_ {
-    move |source| Error::Parquet { path: path.to_path_buf(), source: Box::new(source) }
+    move |source| Error::Parquet {
+        path: path.to_path_buf(),
+        source: Box::new(source),
+    }
 }
 
 fn arrow_err(path: &Path) -> impl FnOnce(arrow::error::ArrowError) -> Error + '_ {
-    move |source| Error::Arrow { path: path.to_path_buf(), source: Box::new(source) }
+    move |source| Error::Arrow {
+        path: path.to_path_buf(),
+        source: Box::new(source),
+    }
 }
 
 fn hash_file(path: &Path) -> Result<(String, u64)> {
@@ -65,7 +71,11 @@ pub(crate) fn read_parquet(path: &Path, sink: &mut Sink) -> Result<(String, u64)
             for (field, column) in schema.fields().iter().zip(batch.columns()) {
                 obj.insert(field.name().clone(), arrow_value(column.as_ref(), row));
             }
-            sink.push_value(Value::Object(obj), Location::Row(row_index as u64), row_index)?;
+            sink.push_value(
+                Value::Object(obj),
+                Location::Row(row_index as u64),
+                row_index,
+            )?;
             row_index += 1;
         }
     }
@@ -97,11 +107,19 @@ fn arrow_value(array: &dyn Array, row: usize) -> Value {
         DataType::Float64 => Value::from(array.as_primitive::<t::Float64Type>().value(row)),
         DataType::List(_) => {
             let inner = array.as_list::<i32>().value(row);
-            Value::Array((0..inner.len()).map(|i| arrow_value(inner.as_ref(), i)).collect())
+            Value::Array(
+                (0..inner.len())
+                    .map(|i| arrow_value(inner.as_ref(), i))
+                    .collect(),
+            )
         }
         DataType::LargeList(_) => {
             let inner = array.as_list::<i64>().value(row);
-            Value::Array((0..inner.len()).map(|i| arrow_value(inner.as_ref(), i)).collect())
+            Value::Array(
+                (0..inner.len())
+                    .map(|i| arrow_value(inner.as_ref(), i))
+                    .collect(),
+            )
         }
         DataType::Struct(fields) => {
             let s = array.as_struct();
@@ -116,7 +134,10 @@ fn arrow_value(array: &dyn Array, row: usize) -> Value {
 }
 
 fn message_fields() -> Fields {
-    Fields::from(vec![Field::new("role", DataType::Utf8, false), Field::new("content", DataType::Utf8, false)])
+    Fields::from(vec![
+        Field::new("role", DataType::Utf8, false),
+        Field::new("content", DataType::Utf8, false),
+    ])
 }
 
 /// The Arrow schema of written Parquet files.
@@ -126,10 +147,18 @@ pub fn chat_schema() -> Schema {
         Field::new("source", DataType::Utf8, false),
         Field::new(
             "messages",
-            DataType::List(Arc::new(Field::new("item", DataType::Struct(message_fields()), false))),
+            DataType::List(Arc::new(Field::new(
+                "item",
+                DataType::Struct(message_fields()),
+                false,
+            ))),
             false,
         ),
-        Field::new("tags", DataType::List(Arc::new(Field::new("item", DataType::Utf8, false))), false),
+        Field::new(
+            "tags",
+            DataType::List(Arc::new(Field::new("item", DataType::Utf8, false))),
+            false,
+        ),
         Field::new("metadata", DataType::Utf8, true),
     ])
 }
@@ -138,20 +167,37 @@ fn batch_of(records: &[&Record], schema: &Arc<Schema>, path: &Path) -> Result<Re
     let ids = StringArray::from_iter_values(records.iter().map(|r| r.id.as_str()));
     let sources = StringArray::from_iter_values(records.iter().map(|r| r.source.as_str()));
     // from_iter_values needs exactly sized iterators, which flat_map is not.
-    let roles: Vec<&str> = records.iter().flat_map(|r| r.messages.iter().map(|m| m.role.as_str())).collect();
-    let contents: Vec<&str> = records.iter().flat_map(|r| r.messages.iter().map(|m| m.content.as_str())).collect();
+    let roles: Vec<&str> = records
+        .iter()
+        .flat_map(|r| r.messages.iter().map(|m| m.role.as_str()))
+        .collect();
+    let contents: Vec<&str> = records
+        .iter()
+        .flat_map(|r| r.messages.iter().map(|m| m.content.as_str()))
+        .collect();
     let roles = StringArray::from_iter_values(roles);
     let contents = StringArray::from_iter_values(contents);
-    let structs = StructArray::try_new(message_fields(), vec![Arc::new(roles) as ArrayRef, Arc::new(contents)], None)
-        .map_err(arrow_err(path))?;
+    let structs = StructArray::try_new(
+        message_fields(),
+        vec![Arc::new(roles) as ArrayRef, Arc::new(contents)],
+        None,
+    )
+    .map_err(arrow_err(path))?;
     let messages = ListArray::try_new(
-        Arc::new(Field::new("item", DataType::Struct(message_fields()), false)),
+        Arc::new(Field::new(
+            "item",
+            DataType::Struct(message_fields()),
+            false,
+        )),
         OffsetBuffer::from_lengths(records.iter().map(|r| r.messages.len())),
         Arc::new(structs),
         None,
     )
     .map_err(arrow_err(path))?;
-    let tag_values: Vec<&str> = records.iter().flat_map(|r| r.tags.iter().map(String::as_str)).collect();
+    let tag_values: Vec<&str> = records
+        .iter()
+        .flat_map(|r| r.tags.iter().map(String::as_str))
+        .collect();
     let tag_values = StringArray::from_iter_values(tag_values);
     let tags = ListArray::try_new(
         Arc::new(Field::new("item", DataType::Utf8, false)),
@@ -165,36 +211,55 @@ fn batch_of(records: &[&Record], schema: &Arc<Schema>, path: &Path) -> Result<Re
         if r.metadata.is_empty() {
             metadata.push(None);
         } else {
-            let text = serde_json::to_string(&r.metadata).map_err(|source| Error::Json { path: path.to_path_buf(), source })?;
+            let text = serde_json::to_string(&r.metadata).map_err(|source| Error::Json {
+                path: path.to_path_buf(),
+                source,
+            })?;
             metadata.push(Some(text));
         }
     }
     let metadata = StringArray::from(metadata);
     RecordBatch::try_new(
         schema.clone(),
-        vec![Arc::new(ids), Arc::new(sources), Arc::new(messages), Arc::new(tags), Arc::new(metadata)],
+        vec![
+            Arc::new(ids),
+            Arc::new(sources),
+            Arc::new(messages),
+            Arc::new(tags),
+            Arc::new(metadata),
+        ],
     )
     .map_err(arrow_err(path))
 }
 
 /// Writes records in the chat format as Parquet (batches of 4,096 rows, Snappy).
-pub fn write_parquet<'a>(path: &Path, records: impl IntoIterator<Item = &'a Record>) -> Result<u64> {
+pub fn write_parquet<'a>(
+    path: &Path,
+    records: impl IntoIterator<Item = &'a Record>,
+) -> Result<u64> {
     let schema = Arc::new(chat_schema());
     let file = File::create(path).map_err(io_err(path))?;
-    let props = WriterProperties::builder().set_compression(Compression::SNAPPY).build();
-    let mut writer = ArrowWriter::try_new(file, schema.clone(), Some(props)).map_err(pq_err(path))?;
+    let props = WriterProperties::builder()
+        .set_compression(Compression::SNAPPY)
+        .build();
+    let mut writer =
+        ArrowWriter::try_new(file, schema.clone(), Some(props)).map_err(pq_err(path))?;
     let mut chunk: Vec<&Record> = Vec::with_capacity(4096);
     let mut rows = 0u64;
     for record in records {
         chunk.push(record);
         if chunk.len() == 4096 {
-            writer.write(&batch_of(&chunk, &schema, path)?).map_err(pq_err(path))?;
+            writer
+                .write(&batch_of(&chunk, &schema, path)?)
+                .map_err(pq_err(path))?;
             rows += chunk.len() as u64;
             chunk.clear();
         }
     }
     if !chunk.is_empty() {
-        writer.write(&batch_of(&chunk, &schema, path)?).map_err(pq_err(path))?;
+        writer
+            .write(&batch_of(&chunk, &schema, path)?)
+            .map_err(pq_err(path))?;
         rows += chunk.len() as u64;
     }
     writer.close().map_err(pq_err(path))?;

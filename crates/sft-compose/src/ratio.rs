@@ -31,24 +31,35 @@ impl Ratio {
     /// `num/den`, reduced. `den` must be positive.
     pub fn new(num: u64, den: u64) -> Result<Ratio> {
         if den == 0 {
-            return Err(Error::InvalidRatio { text: format!("{num}/{den}"), reason: "denominator is zero".into() });
+            return Err(Error::InvalidRatio {
+                text: format!("{num}/{den}"),
+                reason: "denominator is zero".into(),
+            });
         }
         let g = gcd(num, den).max(1);
-        Ok(Ratio { num: num / g, den: den / g })
+        Ok(Ratio {
+            num: num / g,
+            den: den / g,
+        })
     }
 
     /// Parses `a/b`, a decimal (`0.25`, `1e-2` is not accepted), or an integer (`1`, `3`).
     ///
     /// Decimals are converted exactly: `0.015625` is 1/64.
     pub fn parse(text: &str) -> Result<Ratio> {
-        let bad = |reason: &str| Error::InvalidRatio { text: text.to_string(), reason: reason.to_string() };
+        let bad = |reason: &str| Error::InvalidRatio {
+            text: text.to_string(),
+            reason: reason.to_string(),
+        };
         let t = text.trim();
         if t.is_empty() {
             return Err(bad("empty"));
         }
         if let Some((a, b)) = t.split_once('/') {
-            let num = parse_decimal(a.trim()).ok_or_else(|| bad("numerator is not a non-negative number"))?;
-            let den = parse_decimal(b.trim()).ok_or_else(|| bad("denominator is not a non-negative number"))?;
+            let num = parse_decimal(a.trim())
+                .ok_or_else(|| bad("numerator is not a non-negative number"))?;
+            let den = parse_decimal(b.trim())
+                .ok_or_else(|| bad("denominator is not a non-negative number"))?;
             if den.num == 0 {
                 return Err(bad("denominator is zero"));
             }
@@ -70,14 +81,20 @@ impl Ratio {
         }
         let g = a.max(1);
         let (n, d) = (n / g, d / g);
-        Some(Ratio { num: u64::try_from(n).ok()?, den: u64::try_from(d).ok()? })
+        Some(Ratio {
+            num: u64::try_from(n).ok()?,
+            den: u64::try_from(d).ok()?,
+        })
     }
 
     /// Converts a finite, non-negative `f64` through its shortest decimal representation
     /// (so `0.25` becomes 1/4 and `0.1` becomes 1/10).
     pub fn from_f64(value: f64) -> Result<Ratio> {
         if !value.is_finite() || value < 0.0 {
-            return Err(Error::InvalidRatio { text: value.to_string(), reason: "must be finite and ≥ 0".into() });
+            return Err(Error::InvalidRatio {
+                text: value.to_string(),
+                reason: "must be finite and ≥ 0".into(),
+            });
         }
         let text = format!("{value}");
         Ratio::parse(&text)
@@ -117,8 +134,10 @@ impl Ratio {
     pub fn mul(self, other: Ratio) -> Result<Ratio> {
         let n = (self.num as u128) * (other.num as u128);
         let d = (self.den as u128) * (other.den as u128);
-        Ratio::from_u128(n, d)
-            .ok_or_else(|| Error::InvalidRatio { text: format!("{self}·{other}"), reason: "too large".into() })
+        Ratio::from_u128(n, d).ok_or_else(|| Error::InvalidRatio {
+            text: format!("{self}·{other}"),
+            reason: "too large".into(),
+        })
     }
 
     /// `1/self`; an error for zero.

@@ -113,7 +113,10 @@ mod tests {
         }
         for row in counts {
             for c in row {
-                assert!((3_600..4_400).contains(&c), "position/value count {c} far from 4000");
+                assert!(
+                    (3_600..4_400).contains(&c),
+                    "position/value count {c} far from 4000"
+                );
             }
         }
     }
@@ -141,7 +144,11 @@ mod tests {
             }
             prev = Some(sel);
         }
-        let up = select(n, Take::Ratio(Ratio::parse("2.5").unwrap()), &mut rng_for(3, "nest"));
+        let up = select(
+            n,
+            Take::Ratio(Ratio::parse("2.5").unwrap()),
+            &mut rng_for(3, "nest"),
+        );
         assert_eq!(up.len(), 2500);
         let mut counts = vec![0u32; n];
         for i in &up {

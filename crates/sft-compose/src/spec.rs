@@ -141,9 +141,10 @@ impl SourceSpec {
     /// The resolved amount: the ratio, the count, or all.
     pub fn take(&self) -> Result<Take> {
         match (self.ratio, self.count) {
-            (Some(_), Some(_)) => {
-                Err(Error::Spec(format!("source {:?}: give either `ratio` or `count`, not both", self.name)))
-            }
+            (Some(_), Some(_)) => Err(Error::Spec(format!(
+                "source {:?}: give either `ratio` or `count`, not both",
+                self.name
+            ))),
             (Some(r), None) => Ok(Take::Ratio(r)),
             (None, Some(c)) => Ok(Take::Count(c)),
             (None, None) => Ok(Take::ALL),
@@ -186,7 +187,14 @@ fn default_order() -> Order {
 impl MixtureSpec {
     /// A shuffled, strict mixture of `sources`.
     pub fn new(seed: u64, sources: Vec<SourceSpec>) -> Self {
-        MixtureSpec { format_version: FORMAT_VERSION, seed, order: Order::Shuffled, lenient: false, dedup: false, sources }
+        MixtureSpec {
+            format_version: FORMAT_VERSION,
+            seed,
+            order: Order::Shuffled,
+            lenient: false,
+            dedup: false,
+            sources,
+        }
     }
 
     /// Sets the order.
@@ -197,8 +205,10 @@ impl MixtureSpec {
 
     /// Parses TOML text. Relative source and tag-file paths stay as written.
     pub fn from_toml_str(text: &str, origin: &Path) -> Result<MixtureSpec> {
-        let spec: MixtureSpec =
-            toml::from_str(text).map_err(|e| Error::Toml { path: origin.to_path_buf(), source: Box::new(e) })?;
+        let spec: MixtureSpec = toml::from_str(text).map_err(|e| Error::Toml {
+            path: origin.to_path_buf(),
+            source: Box::new(e),
+        })?;
         spec.validate()?;
         Ok(spec)
     }
@@ -207,11 +217,19 @@ impl MixtureSpec {
     /// taken relative to the spec file's directory.
     pub fn from_path(path: &Path) -> Result<MixtureSpec> {
         let text = std::fs::read_to_string(path).map_err(io_err(path))?;
-        let is_json = path.extension().is_some_and(|e| e.eq_ignore_ascii_case("json"));
+        let is_json = path
+            .extension()
+            .is_some_and(|e| e.eq_ignore_ascii_case("json"));
         let mut spec: MixtureSpec = if is_json {
-            serde_json::from_str(&text).map_err(|source| Error::Json { path: path.to_path_buf(), source })?
+            serde_json::from_str(&text).map_err(|source| Error::Json {
+                path: path.to_path_buf(),
+                source,
+            })?
         } else {
-            toml::from_str(&text).map_err(|e| Error::Toml { path: path.to_path_buf(), source: Box::new(e) })?
+            toml::from_str(&text).map_err(|e| Error::Toml {
+                path: path.to_path_buf(),
+                source: Box::new(e),
+            })?
         };
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             for s in &mut spec.sources {
@@ -231,27 +249,39 @@ impl MixtureSpec {
 
     /// The spec as TOML.
     pub fn to_toml_string(&self) -> Result<String> {
-        toml::to_string(self).map_err(|e| Error::Spec(format!("cannot write the spec as TOML: {e}")))
+        toml::to_string(self)
+            .map_err(|e| Error::Spec(format!("cannot write the spec as TOML: {e}")))
     }
 
     /// Checks everything that can be checked without reading the sources.
     pub fn validate(&self) -> Result<()> {
         if self.format_version != FORMAT_VERSION {
-            return Err(Error::UnsupportedFormatVersion { found: self.format_version, supported: FORMAT_VERSION });
+            return Err(Error::UnsupportedFormatVersion {
+                found: self.format_version,
+                supported: FORMAT_VERSION,
+            });
         }
         if self.sources.is_empty() {
             return Err(Error::Spec("no sources".into()));
         }
         let mut names = std::collections::BTreeSet::new();
         for s in &self.sources {
-            if s.name.is_empty() || !s.name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.')) {
+            if s.name.is_empty()
+                || !s
+                    .name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+            {
                 return Err(Error::Spec(format!(
                     "source name {:?} must be non-empty and use only letters, digits, '_', '-' and '.'",
                     s.name
                 )));
             }
             if !names.insert(s.name.as_str()) {
-                return Err(Error::Spec(format!("source name {:?} appears twice", s.name)));
+                return Err(Error::Spec(format!(
+                    "source name {:?} appears twice",
+                    s.name
+                )));
             }
             s.take()?;
             s.parsed_filter()?;
@@ -285,9 +315,16 @@ impl MixtureSpec {
         let specialized_ratio = k.mul(general_ratio)?;
         let mut sources = Vec::with_capacity(specialized.len() + 1);
         for s in specialized {
-            sources.push(s.with_ratio(specialized_ratio).with_role(SourceRole::Specialized));
+            sources.push(
+                s.with_ratio(specialized_ratio)
+                    .with_role(SourceRole::Specialized),
+            );
         }
-        sources.push(general.with_ratio(general_ratio).with_role(SourceRole::General));
+        sources.push(
+            general
+                .with_ratio(general_ratio)
+                .with_role(SourceRole::General),
+        );
         let spec = MixtureSpec::new(seed, sources);
         spec.validate()?;
         Ok(spec)
@@ -312,14 +349,20 @@ impl MixtureSpec {
         k: Ratio,
     ) -> Result<MixtureSpec> {
         if k.is_zero() {
-            return Err(Error::Spec("k must be > 0 when the specialized data is used in full".into()));
+            return Err(Error::Spec(
+                "k must be > 0 when the specialized data is used in full".into(),
+            ));
         }
         let general_ratio = k.recip()?;
         let mut sources = Vec::with_capacity(specialized.len() + 1);
         for s in specialized {
             sources.push(s.with_ratio(Ratio::ONE).with_role(SourceRole::Specialized));
         }
-        sources.push(general.with_ratio(general_ratio).with_role(SourceRole::General));
+        sources.push(
+            general
+                .with_ratio(general_ratio)
+                .with_role(SourceRole::General),
+        );
         let spec = MixtureSpec::new(seed, sources);
         spec.validate()?;
         Ok(spec)
@@ -330,7 +373,12 @@ impl MixtureSpec {
 /// k = (specialized used / general used) / (specialized all / general all).
 ///
 /// Returns `None` when a denominator is zero (no general data used, or none available).
-pub fn normalized_k(specialized_used: usize, general_used: usize, specialized_all: usize, general_all: usize) -> Option<f64> {
+pub fn normalized_k(
+    specialized_used: usize,
+    general_used: usize,
+    specialized_all: usize,
+    general_all: usize,
+) -> Option<f64> {
     if general_used == 0 || general_all == 0 || specialized_all == 0 {
         return None;
     }

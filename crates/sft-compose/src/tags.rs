@@ -64,7 +64,12 @@ impl IdValue {
 }
 
 fn bad(path: &Path, line: u64, kind: IssueKind, detail: String) -> Error {
-    Error::Record { path: path.to_path_buf(), location: Location::Line(line), kind, detail }
+    Error::Record {
+        path: path.to_path_buf(),
+        location: Location::Line(line),
+        kind,
+        detail,
+    }
 }
 
 /// Reads a tag file (strictly: a malformed line is an error naming the file and line).
@@ -72,7 +77,10 @@ pub fn load_tag_file(path: &Path) -> Result<TagFile> {
     let data = std::fs::read(path).map_err(io_err(path))?;
     let sha256 = hex::encode(Sha256::digest(&data));
     let text = std::str::from_utf8(&data).map_err(|e| {
-        let line = 1 + data[..e.valid_up_to()].iter().filter(|&&b| b == b'\n').count() as u64;
+        let line = 1 + data[..e.valid_up_to()]
+            .iter()
+            .filter(|&&b| b == b'\n')
+            .count() as u64;
         bad(path, line, IssueKind::BadUtf8, "invalid UTF-8".into())
     })?;
     let text = text.strip_prefix('\u{FEFF}').unwrap_or(text);
@@ -83,14 +91,22 @@ pub fn load_tag_file(path: &Path) -> Result<TagFile> {
         bad(path, e.line() as u64, kind, detail)
     };
     match first {
-        None => return Err(Error::EmptySource { path: path.to_path_buf(), detail: "empty tag file".into() }),
+        None => {
+            return Err(Error::EmptySource {
+                path: path.to_path_buf(),
+                detail: "empty tag file".into(),
+            })
+        }
         Some('[') => {
             let entries: Vec<Entry> = serde_json::from_str(text).map_err(json_whole)?;
             for e in entries {
                 tags.insert(e.id.into_string(), e.tags.into_tags());
             }
         }
-        Some('{') if serde_json::from_str::<serde_json::Value>(text).is_ok_and(|v| v.get("id").is_none()) => {
+        Some('{')
+            if serde_json::from_str::<serde_json::Value>(text)
+                .is_ok_and(|v| v.get("id").is_none()) =>
+        {
             let map: BTreeMap<String, TagList> = serde_json::from_str(text).map_err(json_whole)?;
             for (id, t) in map {
                 tags.insert(id, t.into_tags());
@@ -114,7 +130,10 @@ pub fn load_tag_file(path: &Path) -> Result<TagFile> {
 
 /// Adds the file's tags to matching records.
 pub fn apply_tag_file(file: &TagFile, records: &mut [Record]) -> TagFileStats {
-    let mut stats = TagFileStats { entries: file.tags.len(), ..Default::default() };
+    let mut stats = TagFileStats {
+        entries: file.tags.len(),
+        ..Default::default()
+    };
     let mut used = std::collections::HashSet::new();
     for record in records.iter_mut() {
         let orig = record.metadata.get("orig_id").map(|v| match v {

@@ -9,8 +9,14 @@ use crate::record::Record;
 
 /// Runs `write` on a temporary path beside `path`, then renames it into place, so a crash
 /// never leaves a half-written output under the final name.
-pub(crate) fn write_atomically<T>(path: &Path, write: impl FnOnce(&Path) -> Result<T>) -> Result<T> {
-    let mut tmp_name = path.file_name().map(|n| n.to_os_string()).unwrap_or_default();
+pub(crate) fn write_atomically<T>(
+    path: &Path,
+    write: impl FnOnce(&Path) -> Result<T>,
+) -> Result<T> {
+    let mut tmp_name = path
+        .file_name()
+        .map(|n| n.to_os_string())
+        .unwrap_or_default();
     tmp_name.push(".tmp");
     let tmp: PathBuf = path.with_file_name(tmp_name);
     let out = write(&tmp)?;
@@ -26,7 +32,10 @@ pub fn write_jsonl<'a>(path: &Path, records: impl IntoIterator<Item = &'a Record
         let mut w = BufWriter::with_capacity(1 << 20, file);
         let mut n = 0u64;
         for r in records {
-            serde_json::to_writer(&mut w, r).map_err(|source| Error::Json { path: tmp.to_path_buf(), source })?;
+            serde_json::to_writer(&mut w, r).map_err(|source| Error::Json {
+                path: tmp.to_path_buf(),
+                source,
+            })?;
             w.write_all(b"\n").map_err(io_err(tmp))?;
             n += 1;
         }
@@ -36,6 +45,9 @@ pub fn write_jsonl<'a>(path: &Path, records: impl IntoIterator<Item = &'a Record
 }
 
 /// Writes records as Parquet (see [`crate::parquet_io`] for the schema).
-pub fn write_parquet<'a>(path: &Path, records: impl IntoIterator<Item = &'a Record>) -> Result<u64> {
+pub fn write_parquet<'a>(
+    path: &Path,
+    records: impl IntoIterator<Item = &'a Record>,
+) -> Result<u64> {
     write_atomically(path, |tmp| crate::parquet_io::write_parquet(tmp, records))
 }

@@ -5,8 +5,9 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 use sft_compose::{
-    compose, compose_with, load_source, normalized_k, Catalog, Container, Error, IssueKind, LoadOptions, Location,
-    Manifest, MixtureSpec, Order, Ratio, Role, SourceFormat, SourceSpec, TaggerName, TagsSpec,
+    compose, compose_with, load_source, normalized_k, Catalog, Container, Error, IssueKind,
+    LoadOptions, Location, Manifest, MixtureSpec, Order, Ratio, Role, SourceFormat, SourceSpec,
+    TaggerName, TagsSpec,
 };
 
 fn workspace() -> PathBuf {
@@ -26,7 +27,10 @@ fn shared_data() -> Option<PathBuf> {
         return Some(dir);
     }
     if std::env::var("SFT_SKIP_SHARED_DATA").as_deref() == Ok("1") {
-        eprintln!("SKIPPED (no shared data): {} has no gsm8k/train.jsonl", dir.display());
+        eprintln!(
+            "SKIPPED (no shared data): {} has no gsm8k/train.jsonl",
+            dir.display()
+        );
         return None;
     }
     panic!(
@@ -52,9 +56,16 @@ fn real() -> Option<Real> {
 
 const DENOMS: [u64; 5] = [1, 4, 16, 64, 256];
 
-fn record_error(r: sft_compose::Result<impl std::fmt::Debug>) -> (PathBuf, Location, IssueKind, String) {
+fn record_error(
+    r: sft_compose::Result<impl std::fmt::Debug>,
+) -> (PathBuf, Location, IssueKind, String) {
     match r {
-        Err(Error::Record { path, location, kind, detail }) => (path, location, kind, detail),
+        Err(Error::Record {
+            path,
+            location,
+            kind,
+            detail,
+        }) => (path, location, kind, detail),
         other => panic!("expected a record error, got {other:?}"),
     }
 }
@@ -64,7 +75,10 @@ fn record_error(r: sft_compose::Result<impl std::fmt::Debug>) -> (PathBuf, Locat
 #[test]
 fn gsm8k_loads_as_user_assistant_pairs() {
     let s = load_source("math", &fixture("gsm8k_mini.jsonl"), &LoadOptions::strict()).unwrap();
-    assert_eq!((s.format, s.container), (SourceFormat::Gsm8k, Container::Jsonl));
+    assert_eq!(
+        (s.format, s.container),
+        (SourceFormat::Gsm8k, Container::Jsonl)
+    );
     assert_eq!(s.records.len(), 40);
     let r = &s.records[0];
     assert_eq!(r.id, "math:0");
@@ -77,26 +91,45 @@ fn gsm8k_loads_as_user_assistant_pairs() {
 
 #[test]
 fn alpaca_input_follows_instruction_after_a_blank_line() {
-    let s = load_source("code", &fixture("code_alpaca_mini.json"), &LoadOptions::strict()).unwrap();
-    assert_eq!((s.format, s.container), (SourceFormat::Alpaca, Container::JsonArray));
+    let s = load_source(
+        "code",
+        &fixture("code_alpaca_mini.json"),
+        &LoadOptions::strict(),
+    )
+    .unwrap();
+    assert_eq!(
+        (s.format, s.container),
+        (SourceFormat::Alpaca, Container::JsonArray)
+    );
     assert_eq!(s.records.len(), 40);
     assert_eq!(
         s.records[0].messages[0].content,
         "Read the code below and edit it to make the output for the given input.\n\ndef sum_two(a, b):\n     return a + b\n\nInput: a = 5, b = 10"
     );
-    assert_eq!(sft_compose::alpaca_user_turn("Do it.", "< noinput >"), "Do it.");
+    assert_eq!(
+        sft_compose::alpaca_user_turn("Do it.", "< noinput >"),
+        "Do it."
+    );
     assert_eq!(sft_compose::alpaca_user_turn("Do it.", " "), "Do it.");
     assert_eq!(sft_compose::alpaca_user_turn("Do it.", "x"), "Do it.\n\nx");
 }
 
 #[test]
 fn sharegpt_policy_drops_leading_assistant_and_merges_same_role() {
-    let s = load_source("general", &fixture("sharegpt_mini.json"), &LoadOptions::strict()).unwrap();
+    let s = load_source(
+        "general",
+        &fixture("sharegpt_mini.json"),
+        &LoadOptions::strict(),
+    )
+    .unwrap();
     assert_eq!(s.format, SourceFormat::ShareGpt);
     // e_3 is assistant-only: empty after clean-up, dropped and counted even in strict mode.
     assert_eq!(s.report.records_seen, 8);
     assert_eq!(s.records.len(), 7);
-    assert_eq!(s.report.skipped.get(&IssueKind::EmptyConversation), Some(&1));
+    assert_eq!(
+        s.report.skipped.get(&IssueKind::EmptyConversation),
+        Some(&1)
+    );
     assert_eq!(s.report.leading_assistant_dropped, 1);
     assert_eq!(s.report.merged_turns, 1);
     let b = s.records.iter().find(|r| r.id == "general:1").unwrap();
@@ -109,7 +142,10 @@ fn sharegpt_policy_drops_leading_assistant_and_merges_same_role() {
     // ids keep the file position even when an earlier record was dropped
     assert!(s.records.iter().any(|r| r.id == "general:5"));
     assert!(!s.records.iter().any(|r| r.id == "general:4"));
-    assert_eq!(b.metadata.get("orig_id").and_then(|v| v.as_str()), Some("b_1"));
+    assert_eq!(
+        b.metadata.get("orig_id").and_then(|v| v.as_str()),
+        Some("b_1")
+    );
 }
 
 #[test]
@@ -119,13 +155,23 @@ fn chat_format_reads_tags_in_both_shapes() {
     assert_eq!(s.records[0].tags, vec!["greeting"]);
     assert_eq!(s.records[1].tags, vec!["math"]);
     assert_eq!(s.records[1].messages[0].role, Role::System);
-    assert_eq!(s.records[0].metadata.get("orig_id").and_then(|v| v.as_str()), Some("x:0"));
+    assert_eq!(
+        s.records[0]
+            .metadata
+            .get("orig_id")
+            .and_then(|v| v.as_str()),
+        Some("x:0")
+    );
 }
 
 #[test]
 fn format_and_container_can_be_forced() {
-    let opts = LoadOptions { format: Some(SourceFormat::Rft), ..LoadOptions::strict() };
-    let (_, loc, kind, detail) = record_error(load_source("m", &fixture("gsm8k_mini.jsonl"), &opts));
+    let opts = LoadOptions {
+        format: Some(SourceFormat::Rft),
+        ..LoadOptions::strict()
+    };
+    let (_, loc, kind, detail) =
+        record_error(load_source("m", &fixture("gsm8k_mini.jsonl"), &opts));
     assert_eq!((loc, kind), (Location::Line(1), IssueKind::MissingField));
     assert!(detail.contains("query"), "{detail}");
 }
@@ -139,8 +185,13 @@ fn truncated_last_line_names_file_and_line() {
     assert_eq!(p, path);
     assert_eq!((loc, kind), (Location::Line(3), IssueKind::TruncatedLine));
     assert!(detail.contains("does not end with a newline"), "{detail}");
-    let err = load_source("m", &path, &LoadOptions::strict()).unwrap_err().to_string();
-    assert!(err.contains("truncated_last_line.jsonl:3: truncated_line"), "{err}");
+    let err = load_source("m", &path, &LoadOptions::strict())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("truncated_last_line.jsonl:3: truncated_line"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -154,9 +205,14 @@ fn wrong_types_missing_fields_bad_utf8_unknown_roles() {
         ("malformed/not_an_array.json", 3, IssueKind::WrongType),
     ];
     for (name, line, want) in cases {
-        let (p, loc, kind, detail) = record_error(load_source("m", &fixture(name), &LoadOptions::strict()));
+        let (p, loc, kind, detail) =
+            record_error(load_source("m", &fixture(name), &LoadOptions::strict()));
         assert!(p.ends_with(name));
-        assert_eq!((loc, kind), (Location::Line(line), want), "{name}: {detail}");
+        assert_eq!(
+            (loc, kind),
+            (Location::Line(line), want),
+            "{name}: {detail}"
+        );
     }
 }
 
@@ -193,15 +249,29 @@ fn lenient_mode_counts_each_kind() {
     assert_eq!(s.records.len(), 4);
     assert_eq!(s.report.duplicates, 1);
     assert_eq!(s.report.duplicates_dropped, 0);
-    assert_eq!(s.records.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(), ["m:0", "m:1", "m:2", "m:7"]);
-    let deduped = load_source("m", &path, &LoadOptions { dedup: true, ..LoadOptions::lenient() }).unwrap();
+    assert_eq!(
+        s.records.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(),
+        ["m:0", "m:1", "m:2", "m:7"]
+    );
+    let deduped = load_source(
+        "m",
+        &path,
+        &LoadOptions {
+            dedup: true,
+            ..LoadOptions::lenient()
+        },
+    )
+    .unwrap();
     assert_eq!(deduped.records.len(), 3);
     assert_eq!(deduped.report.duplicates_dropped, 1);
 }
 
 #[test]
 fn overlong_lines_are_refused_before_parsing() {
-    let opts = LoadOptions { max_line_bytes: 100, ..LoadOptions::strict() };
+    let opts = LoadOptions {
+        max_line_bytes: 100,
+        ..LoadOptions::strict()
+    };
     let (_, loc, kind, _) = record_error(load_source("m", &fixture("gsm8k_mini.jsonl"), &opts));
     assert_eq!((loc, kind), (Location::Line(1), IssueKind::LineTooLong));
 }
@@ -211,7 +281,10 @@ fn overlong_lines_are_refused_before_parsing() {
 #[test]
 fn tag_file_and_filter_drop_code_and_math() {
     let general = SourceSpec::new("general", fixture("sharegpt_mini.json"))
-        .with_tags(TagsSpec { file: Some(fixture("sharegpt_mini.tags.jsonl")), tagger: None })
+        .with_tags(TagsSpec {
+            file: Some(fixture("sharegpt_mini.tags.jsonl")),
+            tagger: None,
+        })
         .with_filter("not (code|math)");
     let spec = MixtureSpec::new(1, vec![general]).with_order(Order::Concatenated);
     let m = compose(&spec).unwrap();
@@ -219,9 +292,21 @@ fn tag_file_and_filter_drop_code_and_math() {
     let f = s.filter.as_ref().unwrap();
     assert_eq!((f.before, f.kept, f.dropped), (7, 5, 2));
     let t = s.tag_file.as_ref().unwrap();
-    assert_eq!((t.entries, t.records_matched, t.entries_unmatched), (5, 4, 1));
+    assert_eq!(
+        (t.entries, t.records_matched, t.entries_unmatched),
+        (5, 4, 1)
+    );
     let ids: Vec<&str> = m.record_ids().collect();
-    assert_eq!(ids, ["general:0", "general:1", "general:2", "general:3", "general:7"]);
+    assert_eq!(
+        ids,
+        [
+            "general:0",
+            "general:1",
+            "general:2",
+            "general:3",
+            "general:7"
+        ]
+    );
     let manifest = m.manifest();
     assert_eq!(manifest.inputs.len(), 2);
     assert_eq!(manifest.inputs[1].kind, "tags");
@@ -230,7 +315,10 @@ fn tag_file_and_filter_drop_code_and_math() {
 #[test]
 fn heuristic_tagger_reports_per_rule_counts() {
     let general = SourceSpec::new("general", fixture("sharegpt_mini.json"))
-        .with_tags(TagsSpec { file: None, tagger: Some(TaggerName::Heuristic) })
+        .with_tags(TagsSpec {
+            file: None,
+            tagger: Some(TaggerName::Heuristic),
+        })
         .with_filter("code | math");
     let m = compose(&MixtureSpec::new(1, vec![general]).with_order(Order::Concatenated)).unwrap();
     let tagging = m.source_stats()[0].tagging.as_ref().unwrap();
@@ -239,14 +327,21 @@ fn heuristic_tagger_reports_per_rule_counts() {
     assert_eq!(tagging.per_tag.get("code"), Some(&1));
     assert_eq!(tagging.per_tag.get("math"), Some(&1));
     assert!(tagging.per_rule.get("code_fence") == Some(&1));
-    assert_eq!(m.record_ids().collect::<Vec<_>>(), ["general:5", "general:6"]);
+    assert_eq!(
+        m.record_ids().collect::<Vec<_>>(),
+        ["general:5", "general:6"]
+    );
 }
 
 #[test]
 fn empty_after_filter_is_an_error() {
     let s = SourceSpec::new("math", fixture("gsm8k_mini.jsonl")).with_filter("nosuchtag");
     match compose(&MixtureSpec::new(1, vec![s])) {
-        Err(Error::EmptyAfterFilter { source_name, before, .. }) => assert_eq!((source_name.as_str(), before), ("math", 40)),
+        Err(Error::EmptyAfterFilter {
+            source_name,
+            before,
+            ..
+        }) => assert_eq!((source_name.as_str(), before), ("math", 40)),
         other => panic!("expected EmptyAfterFilter, got {other:?}"),
     }
 }
@@ -257,7 +352,8 @@ fn fixture_spec(seed: u64) -> MixtureSpec {
     MixtureSpec::new(
         seed,
         vec![
-            SourceSpec::new("math", fixture("gsm8k_mini.jsonl")).with_ratio(Ratio::parse("1/4").unwrap()),
+            SourceSpec::new("math", fixture("gsm8k_mini.jsonl"))
+                .with_ratio(Ratio::parse("1/4").unwrap()),
             SourceSpec::new("code", fixture("code_alpaca_mini.json")).with_count(50),
             SourceSpec::new("general", fixture("sharegpt_mini.json")),
         ],
@@ -269,7 +365,10 @@ fn counts_upsampling_and_order() {
     let m = compose(&fixture_spec(5)).unwrap();
     let st = m.source_stats();
     assert_eq!((st[0].available, st[0].selected), (40, 10));
-    assert_eq!((st[1].available, st[1].selected, st[1].unique_selected), (40, 50, 40));
+    assert_eq!(
+        (st[1].available, st[1].selected, st[1].unique_selected),
+        (40, 50, 40)
+    );
     assert_eq!(st[2].selected, 7);
     assert_eq!(m.len(), 67);
     let concat = compose(&fixture_spec(5).with_order(Order::Concatenated)).unwrap();
@@ -297,13 +396,23 @@ fn jsonl_and_parquet_round_trip() {
             assert_eq!(a.messages, b.messages);
             assert_eq!(a.tags, b.tags);
             // the input id becomes orig_id, unless the record already carried one (ShareGPT ids)
-            let want = a.metadata.get("orig_id").and_then(|v| v.as_str()).unwrap_or(a.id.as_str());
-            assert_eq!(b.metadata.get("orig_id").and_then(|v| v.as_str()), Some(want));
+            let want = a
+                .metadata
+                .get("orig_id")
+                .and_then(|v| v.as_str())
+                .unwrap_or(a.id.as_str());
+            assert_eq!(
+                b.metadata.get("orig_id").and_then(|v| v.as_str()),
+                Some(want)
+            );
         }
     }
     let text = std::fs::read_to_string(&jsonl).unwrap();
     let first = text.lines().next().unwrap();
-    assert!(first.starts_with("{\"id\":\""), "field order is id, source, messages, tags: {first}");
+    assert!(
+        first.starts_with("{\"id\":\""),
+        "field order is id, source, messages, tags: {first}"
+    );
     let line: serde_json::Value = serde_json::from_str(first).unwrap();
     for key in ["id", "source", "messages", "tags"] {
         assert!(line.get(key).is_some(), "missing {key}: {first}");
@@ -328,17 +437,36 @@ fn toml_spec_parses_resolves_paths_and_round_trips() {
     let m = compose(&spec).unwrap();
     assert_eq!(m.len(), 2);
     let text = spec.to_toml_string().unwrap();
-    assert_eq!(MixtureSpec::from_toml_str(&text, Path::new("x.toml")).unwrap(), spec);
+    assert_eq!(
+        MixtureSpec::from_toml_str(&text, Path::new("x.toml")).unwrap(),
+        spec
+    );
 
     std::fs::write(&spec_path, "format_version = 2\nseed = 1\nsources = []\n").unwrap();
-    assert!(matches!(MixtureSpec::from_path(&spec_path), Err(Error::UnsupportedFormatVersion { found: 2, .. })));
-    std::fs::write(&spec_path, "format_version = 1\nseed = 1\n[[sources]]\nname = \"a\"\npath = \"x\"\nratio = \"1/0\"\n").unwrap();
+    assert!(matches!(
+        MixtureSpec::from_path(&spec_path),
+        Err(Error::UnsupportedFormatVersion { found: 2, .. })
+    ));
+    std::fs::write(
+        &spec_path,
+        "format_version = 1\nseed = 1\n[[sources]]\nname = \"a\"\npath = \"x\"\nratio = \"1/0\"\n",
+    )
+    .unwrap();
     let err = MixtureSpec::from_path(&spec_path).unwrap_err().to_string();
-    assert!(err.contains("mix.toml") && err.contains("denominator"), "{err}");
+    assert!(
+        err.contains("mix.toml") && err.contains("denominator"),
+        "{err}"
+    );
     std::fs::write(&spec_path, "format_version = 1\nseed = 1\n[[sources]]\nname = \"a\"\npath = \"x\"\nratio = 1\ncount = 3\n").unwrap();
-    assert!(matches!(MixtureSpec::from_path(&spec_path), Err(Error::Spec(_))));
+    assert!(matches!(
+        MixtureSpec::from_path(&spec_path),
+        Err(Error::Spec(_))
+    ));
     std::fs::write(&spec_path, "format_version = 1\nseed = 1\n[[sources]]\nname = \"a\"\npath = \"x\"\nfilter = \"code |\"\n").unwrap();
-    assert!(matches!(MixtureSpec::from_path(&spec_path), Err(Error::FilterSyntax { offset: 6, .. })));
+    assert!(matches!(
+        MixtureSpec::from_path(&spec_path),
+        Err(Error::FilterSyntax { offset: 6, .. })
+    ));
 }
 
 #[test]
@@ -346,21 +474,30 @@ fn fixture_spec_file_composes() {
     let spec = MixtureSpec::from_path(&fixture("mix_mini.toml")).unwrap();
     let m = compose(&spec).unwrap();
     let st = m.source_stats();
-    assert_eq!((st[0].selected, st[1].selected, st[2].selected), (10, 10, 5));
+    assert_eq!(
+        (st[0].selected, st[1].selected, st[2].selected),
+        (10, 10, 5)
+    );
     assert_eq!(m.manifest().inputs.len(), 4);
 }
 
 #[test]
 fn ratio_parsing_is_exact() {
     assert_eq!(Ratio::parse("1/256").unwrap(), Ratio::new(1, 256).unwrap());
-    assert_eq!(Ratio::parse("0.015625").unwrap(), Ratio::new(1, 64).unwrap());
+    assert_eq!(
+        Ratio::parse("0.015625").unwrap(),
+        Ratio::new(1, 64).unwrap()
+    );
     assert_eq!(Ratio::parse("0.1").unwrap().count_of(30), 3); // f64 0.1·30 = 3.0000000000000004
     assert_eq!(Ratio::parse("0.3").unwrap().count_of(10), 3); // f64 0.3·10 floors to 3 only by luck
     assert_eq!(Ratio::parse("2/4").unwrap().to_string(), "1/2");
     assert_eq!(Ratio::parse("1/256").unwrap().count_of(100), 1);
     assert_eq!(Ratio::parse("0").unwrap().count_of(100), 0);
     for bad in ["", "-1", "1/0", "abc", "1e-3", "1//2"] {
-        assert!(matches!(Ratio::parse(bad), Err(Error::InvalidRatio { .. })), "{bad:?}");
+        assert!(
+            matches!(Ratio::parse(bad), Err(Error::InvalidRatio { .. })),
+            "{bad:?}"
+        );
     }
 }
 
@@ -370,11 +507,20 @@ fn ratio_parsing_is_exact() {
 fn real_sources_load_with_the_documented_counts() {
     let Some(r) = real() else { return };
     let mut catalog = Catalog::new();
-    let math = catalog.prepare(&SourceSpec::new("math", &r.math), false, false).unwrap();
-    let code = catalog.prepare(&SourceSpec::new("code", &r.code), false, false).unwrap();
-    let general = catalog.prepare(&SourceSpec::new("general", &r.general), false, false).unwrap();
+    let math = catalog
+        .prepare(&SourceSpec::new("math", &r.math), false, false)
+        .unwrap();
+    let code = catalog
+        .prepare(&SourceSpec::new("code", &r.code), false, false)
+        .unwrap();
+    let general = catalog
+        .prepare(&SourceSpec::new("general", &r.general), false, false)
+        .unwrap();
     assert_eq!(math.loaded.records.len(), 7473);
-    assert_eq!(math.loaded.sha256, "17f347dc51477c50d4efb83959dbb7c56297aba886e5544ee2aaed3024813465");
+    assert_eq!(
+        math.loaded.sha256,
+        "17f347dc51477c50d4efb83959dbb7c56297aba886e5544ee2aaed3024813465"
+    );
     assert_eq!(code.loaded.records.len(), 20022);
     assert_eq!(code.loaded.format, SourceFormat::Alpaca);
     assert_eq!(code.loaded.report.empty_messages, 6);
@@ -384,18 +530,28 @@ fn real_sources_load_with_the_documented_counts() {
     assert_eq!(g.skipped.get(&IssueKind::EmptyConversation), Some(&9));
     assert_eq!(g.leading_assistant_dropped, 333);
     assert_eq!(g.merged_turns, 1);
-    assert_eq!(math.loaded.report.duplicates + code.loaded.report.duplicates, 0);
+    assert_eq!(
+        math.loaded.report.duplicates + code.loaded.report.duplicates,
+        0
+    );
 }
 
 fn single(name: &str, path: &Path, den: u64, seed: u64) -> MixtureSpec {
-    MixtureSpec::new(seed, vec![SourceSpec::new(name, path).with_ratio(Ratio::new(1, den).unwrap())])
+    MixtureSpec::new(
+        seed,
+        vec![SourceSpec::new(name, path).with_ratio(Ratio::new(1, den).unwrap())],
+    )
 }
 
 #[test]
 fn real_counts_are_floored_and_subsets_nested() {
     let Some(r) = real() else { return };
     let mut catalog = Catalog::new();
-    for (name, path, n) in [("math", &r.math, 7473usize), ("code", &r.code, 20022), ("general", &r.general, 1002)] {
+    for (name, path, n) in [
+        ("math", &r.math, 7473usize),
+        ("code", &r.code, 20022),
+        ("general", &r.general, 1002),
+    ] {
         let mut previous: Option<BTreeSet<String>> = None;
         for den in DENOMS.iter().rev() {
             let m = compose_with(&single(name, path, *den, 42), &mut catalog).unwrap();
@@ -403,7 +559,11 @@ fn real_counts_are_floored_and_subsets_nested() {
             assert_eq!(m.len(), want, "{name} at 1/{den}");
             assert_eq!(m.source_stats()[0].requested, want);
             let ids: BTreeSet<String> = m.record_ids().map(str::to_string).collect();
-            assert_eq!(ids.len(), want, "{name} at 1/{den}: no repeats below ratio 1");
+            assert_eq!(
+                ids.len(),
+                want,
+                "{name} at 1/{den}: no repeats below ratio 1"
+            );
             if let Some(p) = &previous {
                 assert!(p.is_subset(&ids), "{name}: 1/{} ⊄ 1/{den}", den * 4);
             }
@@ -442,7 +602,11 @@ fn real_mixture_is_byte_reproducible_and_seed_sensitive() {
         m.write(&out).unwrap();
         m.write(&pq).unwrap();
         m.manifest().write(&man).unwrap();
-        (std::fs::read(out).unwrap(), std::fs::read(pq).unwrap(), std::fs::read(man).unwrap())
+        (
+            std::fs::read(out).unwrap(),
+            std::fs::read(pq).unwrap(),
+            std::fs::read(man).unwrap(),
+        )
     };
     let a = run("a", 42);
     let b = run("b", 42);
@@ -456,13 +620,32 @@ fn real_mixture_is_byte_reproducible_and_seed_sensitive() {
     assert_eq!(ma.total, 467 + 1251 + 62);
     let sa: BTreeSet<&String> = ma.record_ids.iter().collect();
     let sc: BTreeSet<&String> = mc.record_ids.iter().collect();
-    assert_ne!(sa, sc, "a different seed must select different records, not just reorder them");
-    assert_eq!(ma.inputs[0].sha256, "17f347dc51477c50d4efb83959dbb7c56297aba886e5544ee2aaed3024813465");
-    assert_eq!(ma.inputs[1].sha256, "fe2db387764bf8991a16d011f4e768ee18fe42483d65ca5fcc206bb467109175");
-    assert_eq!(ma.inputs[2].sha256, "3a25dc38a439d69dda8af19bdb798125a406f440db1faf6149620d2b7825a427");
-    let per: Vec<(usize, usize, usize)> = ma.sources.iter().map(|s| (s.available, s.requested, s.selected)).collect();
+    assert_ne!(
+        sa, sc,
+        "a different seed must select different records, not just reorder them"
+    );
+    assert_eq!(
+        ma.inputs[0].sha256,
+        "17f347dc51477c50d4efb83959dbb7c56297aba886e5544ee2aaed3024813465"
+    );
+    assert_eq!(
+        ma.inputs[1].sha256,
+        "fe2db387764bf8991a16d011f4e768ee18fe42483d65ca5fcc206bb467109175"
+    );
+    assert_eq!(
+        ma.inputs[2].sha256,
+        "3a25dc38a439d69dda8af19bdb798125a406f440db1faf6149620d2b7825a427"
+    );
+    let per: Vec<(usize, usize, usize)> = ma
+        .sources
+        .iter()
+        .map(|s| (s.available, s.requested, s.selected))
+        .collect();
     assert_eq!(per, [(7473, 467, 467), (20022, 1251, 1251), (1002, 62, 62)]);
-    assert_eq!(Manifest::read(&dir.path().join("a.manifest.json")).unwrap(), ma);
+    assert_eq!(
+        Manifest::read(&dir.path().join("a.manifest.json")).unwrap(),
+        ma
+    );
 }
 
 #[test]
@@ -470,27 +653,57 @@ fn real_k_helpers_match_hand_computed_values() {
     let Some(r) = real() else { return };
     let mut catalog = Catalog::new();
     let general = SourceSpec::new("general", &r.general);
-    let specialized = vec![SourceSpec::new("math", &r.math), SourceSpec::new("code", &r.code)];
+    let specialized = vec![
+        SourceSpec::new("math", &r.math),
+        SourceSpec::new("code", &r.code),
+    ];
     // specialized all = 7473 + 20022 = 27495, general all = 1002 (1011 minus 9 emptied).
     assert_eq!(normalized_k(27495, 1002, 27495, 1002), Some(1.0));
 
     // Set-up 1: full general + specialized at k = 1/4: 1868 + 5005 = 6873 specialized.
-    let spec = MixtureSpec::full_general_specialized_at_k(1, general.clone(), specialized.clone(), Ratio::new(1, 4).unwrap()).unwrap();
+    let spec = MixtureSpec::full_general_specialized_at_k(
+        1,
+        general.clone(),
+        specialized.clone(),
+        Ratio::new(1, 4).unwrap(),
+    )
+    .unwrap();
     let m = compose_with(&spec, &mut catalog).unwrap();
     let k = m.k().unwrap();
-    assert_eq!((k.specialized_selected, k.general_selected, k.specialized_available, k.general_available), (6873, 1002, 27495, 1002));
+    assert_eq!(
+        (
+            k.specialized_selected,
+            k.general_selected,
+            k.specialized_available,
+            k.general_available
+        ),
+        (6873, 1002, 27495, 1002)
+    );
     assert_eq!(k.k, Some(6873.0 / 27495.0));
     assert!((k.k.unwrap() - 0.249_972_722_313_147_85).abs() < 1e-15);
 
     // Set-up 2: full specialized + general at k = 16, i.e. general at 1/16 = floor(1002/16) = 62.
-    let spec = MixtureSpec::full_specialized_general_at_k(1, general.clone(), specialized.clone(), Ratio::new(16, 1).unwrap()).unwrap();
+    let spec = MixtureSpec::full_specialized_general_at_k(
+        1,
+        general.clone(),
+        specialized.clone(),
+        Ratio::new(16, 1).unwrap(),
+    )
+    .unwrap();
     let m = compose_with(&spec, &mut catalog).unwrap();
     let k = m.k().unwrap();
     assert_eq!((k.specialized_selected, k.general_selected), (27495, 62));
     assert!((k.k.unwrap() - 16.161_290_322_580_644).abs() < 1e-12); // 1002 / 62
 
     // Set-up 3: general at 1/64 (15) + specialized at k = 1/4, i.e. at 1/256: 29 + 78 = 107.
-    let spec = MixtureSpec::general_at_with_k(1, general, Ratio::new(1, 64).unwrap(), specialized, Ratio::new(1, 4).unwrap()).unwrap();
+    let spec = MixtureSpec::general_at_with_k(
+        1,
+        general,
+        Ratio::new(1, 64).unwrap(),
+        specialized,
+        Ratio::new(1, 4).unwrap(),
+    )
+    .unwrap();
     let m = compose_with(&spec, &mut catalog).unwrap();
     let k = m.k().unwrap();
     assert_eq!((k.specialized_selected, k.general_selected), (107, 15));
@@ -501,22 +714,41 @@ fn real_k_helpers_match_hand_computed_values() {
 fn real_heuristic_tagger_separates_math_and_code() {
     let Some(r) = real() else { return };
     let tagged = |name: &str, path: &Path| {
-        let s = SourceSpec::new(name, path).with_tags(TagsSpec { file: None, tagger: Some(TaggerName::Heuristic) });
+        let s = SourceSpec::new(name, path).with_tags(TagsSpec {
+            file: None,
+            tagger: Some(TaggerName::Heuristic),
+        });
         let m = compose(&MixtureSpec::new(0, vec![s])).unwrap();
         m.source_stats()[0].tagging.clone().unwrap()
     };
     let math = tagged("math", &r.math);
     let code = tagged("code", &r.code);
     let general = tagged("general", &r.general);
-    let share = |t: &sft_compose::TaggingStats, tag: &str| *t.per_tag.get(tag).unwrap_or(&0) as f64 / t.records as f64;
+    let share = |t: &sft_compose::TaggingStats, tag: &str| {
+        *t.per_tag.get(tag).unwrap_or(&0) as f64 / t.records as f64
+    };
     for (n, t) in [("math", &math), ("code", &code), ("general", &general)] {
-        eprintln!("{n}: {} records, per tag {:?}, per rule {:?}", t.records, t.per_tag, t.per_rule);
+        eprintln!(
+            "{n}: {} records, per tag {:?}, per rule {:?}",
+            t.records, t.per_tag, t.per_rule
+        );
     }
-    assert!(share(&math, "math") > 0.95, "GSM8K tagged math: {}", share(&math, "math"));
-    assert!(share(&code, "code") > 0.6, "Code Alpaca tagged code: {}", share(&code, "code"));
+    assert!(
+        share(&math, "math") > 0.95,
+        "GSM8K tagged math: {}",
+        share(&math, "math")
+    );
+    assert!(
+        share(&code, "code") > 0.6,
+        "Code Alpaca tagged code: {}",
+        share(&code, "code")
+    );
     let g_code = share(&general, "code");
     let g_math = share(&general, "math");
-    assert!(g_code > 0.05 && g_code < 0.8, "ShareGPT code share {g_code}");
+    assert!(
+        g_code > 0.05 && g_code < 0.8,
+        "ShareGPT code share {g_code}"
+    );
     assert!(g_math < 0.5, "ShareGPT math share {g_math}");
 }
 
@@ -525,14 +757,23 @@ fn real_heuristic_tagger_separates_math_and_code() {
 #[test]
 fn no_libtorch_in_the_dependency_graph() {
     // Walks Cargo.lock from sft-compose (normal, dev and build edges: a superset of `cargo tree`).
-    let lock: toml::Value = toml::from_str(&std::fs::read_to_string(workspace().join("Cargo.lock")).unwrap()).unwrap();
+    let lock: toml::Value =
+        toml::from_str(&std::fs::read_to_string(workspace().join("Cargo.lock")).unwrap()).unwrap();
     let packages = lock["package"].as_array().unwrap();
     let deps_of = |name: &str| -> Vec<String> {
         packages
             .iter()
             .filter(|p| p["name"].as_str() == Some(name))
-            .flat_map(|p| p.get("dependencies").and_then(|d| d.as_array()).cloned().unwrap_or_default())
-            .filter_map(|d| d.as_str().map(|s| s.split(' ').next().unwrap_or(s).to_string()))
+            .flat_map(|p| {
+                p.get("dependencies")
+                    .and_then(|d| d.as_array())
+                    .cloned()
+                    .unwrap_or_default()
+            })
+            .filter_map(|d| {
+                d.as_str()
+                    .map(|s| s.split(' ').next().unwrap_or(s).to_string())
+            })
             .collect()
     };
     let mut seen = BTreeSet::new();
@@ -542,8 +783,14 @@ fn no_libtorch_in_the_dependency_graph() {
             stack.extend(deps_of(&n));
         }
     }
-    assert!(seen.contains("parquet") && seen.contains("rand_chacha"), "walk did not find the known deps");
-    let torchy: Vec<&String> = seen.iter().filter(|n| n.contains("torch") || n.as_str() == "tch").collect();
+    assert!(
+        seen.contains("parquet") && seen.contains("rand_chacha"),
+        "walk did not find the known deps"
+    );
+    let torchy: Vec<&String> = seen
+        .iter()
+        .filter(|n| n.contains("torch") || n.as_str() == "tch")
+        .collect();
     assert!(torchy.is_empty(), "sft-compose depends on {torchy:?}");
 }
 
@@ -568,7 +815,10 @@ fn run_cli(bin: &Path, args: &[&str]) -> (bool, String) {
         .env("RUST_LOG", "warn")
         .output()
         .unwrap();
-    (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned())
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 #[test]
@@ -581,7 +831,10 @@ fn cli_composes_reproducibly_and_reports_errors() {
     let general = format!("general={}", fixture("sharegpt_mini.json").display());
     let out_a = d.join("a.jsonl");
     let out_b = d.join("b.jsonl");
-    let base = ["--source", &math, "--source", &code, "--source", &general, "--ratio", "math=1/4", "--count", "code=10", "--seed", "42"];
+    let base = [
+        "--source", &math, "--source", &code, "--source", &general, "--ratio", "math=1/4",
+        "--count", "code=10", "--seed", "42",
+    ];
     for out in [&out_a, &out_b] {
         let mut args: Vec<&str> = base.to_vec();
         let o = out.to_str().unwrap();
@@ -589,7 +842,10 @@ fn cli_composes_reproducibly_and_reports_errors() {
         let (ok, err) = run_cli(&bin, &args);
         assert!(ok, "{err}");
     }
-    assert_eq!(std::fs::read(&out_a).unwrap(), std::fs::read(&out_b).unwrap());
+    assert_eq!(
+        std::fs::read(&out_a).unwrap(),
+        std::fs::read(&out_b).unwrap()
+    );
     let ma = Manifest::read(&d.join("a.manifest.json")).unwrap();
     let mb = Manifest::read(&d.join("b.manifest.json")).unwrap();
     assert_eq!(ma.record_ids, mb.record_ids);
@@ -597,24 +853,100 @@ fn cli_composes_reproducibly_and_reports_errors() {
 
     // k flags: general at 1/2, specialized at k·1/2 = 1/4 → math 10, code 10.
     let pq = d.join("k.parquet");
-    let (ok, err) = run_cli(&bin, &["--source", &math, "--source", &code, "--source", &general, "--k", "1/2", "--general-ratio", "1/2", "--seed", "1", "--out", pq.to_str().unwrap()]);
+    let (ok, err) = run_cli(
+        &bin,
+        &[
+            "--source",
+            &math,
+            "--source",
+            &code,
+            "--source",
+            &general,
+            "--k",
+            "1/2",
+            "--general-ratio",
+            "1/2",
+            "--seed",
+            "1",
+            "--out",
+            pq.to_str().unwrap(),
+        ],
+    );
     assert!(ok, "{err}");
     let mk = Manifest::read(&d.join("k.manifest.json")).unwrap();
     let k = mk.k.unwrap();
-    assert_eq!((k.specialized_selected, k.general_selected, k.specialized_available, k.general_available), (20, 3, 80, 7));
-    assert_eq!(load_source("k", &pq, &LoadOptions::strict()).unwrap().records.len(), 23);
+    assert_eq!(
+        (
+            k.specialized_selected,
+            k.general_selected,
+            k.specialized_available,
+            k.general_available
+        ),
+        (20, 3, 80, 7)
+    );
+    assert_eq!(
+        load_source("k", &pq, &LoadOptions::strict())
+            .unwrap()
+            .records
+            .len(),
+        23
+    );
 
     // TOML spec
-    let (ok, err) = run_cli(&bin, &["--spec", fixture("mix_mini.toml").to_str().unwrap(), "--out", d.join("s.jsonl").to_str().unwrap()]);
+    let (ok, err) = run_cli(
+        &bin,
+        &[
+            "--spec",
+            fixture("mix_mini.toml").to_str().unwrap(),
+            "--out",
+            d.join("s.jsonl").to_str().unwrap(),
+        ],
+    );
     assert!(ok, "{err}");
 
     // errors
-    let (ok, err) = run_cli(&bin, &["--source", &math, "--ratio", "math=1/0", "--seed", "1", "--out", d.join("x.jsonl").to_str().unwrap()]);
+    let (ok, err) = run_cli(
+        &bin,
+        &[
+            "--source",
+            &math,
+            "--ratio",
+            "math=1/0",
+            "--seed",
+            "1",
+            "--out",
+            d.join("x.jsonl").to_str().unwrap(),
+        ],
+    );
     assert!(!ok && err.contains("denominator is zero"), "{err}");
     let bad = format!("m={}", fixture("malformed/mixed_bad.jsonl").display());
-    let (ok, err) = run_cli(&bin, &["--source", &bad, "--seed", "1", "--out", d.join("x.jsonl").to_str().unwrap()]);
-    assert!(!ok && err.contains("mixed_bad.jsonl:4: wrong_type"), "{err}");
-    let (ok, err) = run_cli(&bin, &["--source", &bad, "--lenient", "--seed", "1", "--out", d.join("x.jsonl").to_str().unwrap()]);
+    let (ok, err) = run_cli(
+        &bin,
+        &[
+            "--source",
+            &bad,
+            "--seed",
+            "1",
+            "--out",
+            d.join("x.jsonl").to_str().unwrap(),
+        ],
+    );
+    assert!(
+        !ok && err.contains("mixed_bad.jsonl:4: wrong_type"),
+        "{err}"
+    );
+    let (ok, err) = run_cli(
+        &bin,
+        &[
+            "--source",
+            &bad,
+            "--lenient",
+            "--seed",
+            "1",
+            "--out",
+            d.join("x.jsonl").to_str().unwrap(),
+        ],
+    );
     assert!(ok, "{err}");
     assert!(!d.join("x.jsonl.tmp").exists());
 }

@@ -50,7 +50,11 @@ pub struct TaggingStats {
 
 /// Runs `tagger` over `records`, adding its tags, and counts what happened.
 pub fn apply_tagger(tagger: &dyn Tagger, records: &mut [Record]) -> TaggingStats {
-    let mut stats = TaggingStats { tagger: tagger.name().to_string(), records: records.len(), ..Default::default() };
+    let mut stats = TaggingStats {
+        tagger: tagger.name().to_string(),
+        records: records.len(),
+        ..Default::default()
+    };
     for record in records.iter_mut() {
         let hits = tagger.tag(record);
         if hits.is_empty() {

@@ -46,8 +46,16 @@ pub struct Rule {
 impl Rule {
     /// A rule from a pattern string; an invalid pattern is a regex error.
     pub fn new(name: &str, tag: &str, scope: Scope, pattern: &str) -> Result<Rule, regex::Error> {
-        let pattern = RegexBuilder::new(pattern).case_insensitive(true).multi_line(true).build()?;
-        Ok(Rule { name: name.to_string(), tag: tag.to_string(), scope, pattern })
+        let pattern = RegexBuilder::new(pattern)
+            .case_insensitive(true)
+            .multi_line(true)
+            .build()?;
+        Ok(Rule {
+            name: name.to_string(),
+            tag: tag.to_string(),
+            scope,
+            pattern,
+        })
     }
 }
 
@@ -99,12 +107,18 @@ impl HeuristicTagger {
             .iter()
             .filter_map(|(name, tag, scope, pattern)| Rule::new(name, tag, *scope, pattern).ok())
             .collect();
-        HeuristicTagger { name: "heuristic-v1".to_string(), rules }
+        HeuristicTagger {
+            name: "heuristic-v1".to_string(),
+            rules,
+        }
     }
 
     /// A tagger with custom rules.
     pub fn with_rules(name: &str, rules: Vec<Rule>) -> Self {
-        HeuristicTagger { name: name.to_string(), rules }
+        HeuristicTagger {
+            name: name.to_string(),
+            rules,
+        }
     }
 
     /// The rules, in order.
@@ -128,10 +142,14 @@ impl Tagger for HeuristicTagger {
         let mut hits = Vec::new();
         for rule in &self.rules {
             let fired = record.messages.iter().any(|m| {
-                (rule.scope == Scope::Any || m.role == Role::User) && rule.pattern.is_match(&m.content)
+                (rule.scope == Scope::Any || m.role == Role::User)
+                    && rule.pattern.is_match(&m.content)
             });
             if fired {
-                hits.push(TagHit { tag: rule.tag.clone(), rule: rule.name.clone() });
+                hits.push(TagHit {
+                    tag: rule.tag.clone(),
+                    rule: rule.name.clone(),
+                });
             }
         }
         hits
@@ -147,14 +165,21 @@ mod tests {
         Record {
             id: "t:0".into(),
             source: "t".into(),
-            messages: vec![Message::new(Role::User, user), Message::new(Role::Assistant, assistant)],
+            messages: vec![
+                Message::new(Role::User, user),
+                Message::new(Role::Assistant, assistant),
+            ],
             tags: vec![],
             metadata: Default::default(),
         }
     }
 
     fn rules_for(user: &str, assistant: &str) -> Vec<String> {
-        HeuristicTagger::new().tag(&rec(user, assistant)).into_iter().map(|h| h.rule).collect()
+        HeuristicTagger::new()
+            .tag(&rec(user, assistant))
+            .into_iter()
+            .map(|h| h.rule)
+            .collect()
     }
 
     #[test]
@@ -164,18 +189,37 @@ mod tests {
 
     #[test]
     fn recognises_code() {
-        assert_eq!(rules_for("Write a Python function to reverse a list.", "def rev(xs):\n    return xs[::-1]"), ["code_syntax", "code_words"]);
+        assert_eq!(
+            rules_for(
+                "Write a Python function to reverse a list.",
+                "def rev(xs):\n    return xs[::-1]"
+            ),
+            ["code_syntax", "code_words"]
+        );
         assert_eq!(rules_for("hi", "```js\nx\n```"), ["code_fence"]);
-        assert!(rules_for("Create a SQL query", "SELECT name FROM users;").contains(&"code_syntax".to_string()));
+        assert!(rules_for("Create a SQL query", "SELECT name FROM users;")
+            .contains(&"code_syntax".to_string()));
     }
 
     #[test]
     fn recognises_math() {
-        let r = rules_for("Natalia sold 48 clips. How many?", "48/2 = <<48/2=24>>24\n#### 72");
+        let r = rules_for(
+            "Natalia sold 48 clips. How many?",
+            "48/2 = <<48/2=24>>24\n#### 72",
+        );
         assert_eq!(r, ["math_equation"]);
-        assert_eq!(rules_for("Solve the equation x^2 = 4", "x = 2"), ["math_words"]);
-        assert_eq!(rules_for("hi", "$x^2 + 1$ and \\frac{1}{2}"), ["math_latex"]);
-        assert!(rules_for("hi", "It costs $10 and then $20.").is_empty(), "prices are not LaTeX");
+        assert_eq!(
+            rules_for("Solve the equation x^2 = 4", "x = 2"),
+            ["math_words"]
+        );
+        assert_eq!(
+            rules_for("hi", "$x^2 + 1$ and \\frac{1}{2}"),
+            ["math_latex"]
+        );
+        assert!(
+            rules_for("hi", "It costs $10 and then $20.").is_empty(),
+            "prices are not LaTeX"
+        );
     }
 
     #[test]
