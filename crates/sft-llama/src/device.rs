@@ -25,6 +25,9 @@ pub enum DeviceError {
         /// What went wrong while enabling CUDA.
         why: String,
     },
+    /// The `--dtype` string is not one of f32, bf16, f16.
+    #[error("invalid dtype `{0}`: expected f32, bf16 or f16")]
+    DType(String),
     /// `cuda:N` with N beyond the visible devices.
     #[error("device cuda:{index} requested but only {count} CUDA device(s) are visible")]
     NoSuchGpu {
@@ -103,6 +106,50 @@ impl DeviceSpec {
                 }
                 Ok(tch::Device::Cuda(index))
             }
+        }
+    }
+}
+
+/// A model dtype as the user writes it (`--dtype f32|bf16|f16`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DType {
+    /// 32-bit float.
+    F32,
+    /// bfloat16.
+    Bf16,
+    /// IEEE half.
+    F16,
+}
+
+impl FromStr for DType {
+    type Err = DeviceError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "f32" | "fp32" | "float32" | "float" => Ok(Self::F32),
+            "bf16" | "bfloat16" => Ok(Self::Bf16),
+            "f16" | "fp16" | "float16" | "half" => Ok(Self::F16),
+            _ => Err(DeviceError::DType(s.to_string())),
+        }
+    }
+}
+
+impl fmt::Display for DType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::F32 => "f32",
+            Self::Bf16 => "bf16",
+            Self::F16 => "f16",
+        })
+    }
+}
+
+impl DType {
+    /// The libtorch element kind.
+    pub fn kind(self) -> tch::Kind {
+        match self {
+            Self::F32 => tch::Kind::Float,
+            Self::Bf16 => tch::Kind::BFloat16,
+            Self::F16 => tch::Kind::Half,
         }
     }
 }
@@ -320,6 +367,9 @@ mod tests {
         assert_eq!("cuda:3".parse::<DeviceSpec>().unwrap(), DeviceSpec::Cuda(3));
         assert!("cuda:x".parse::<DeviceSpec>().is_err());
         assert!("tpu".parse::<DeviceSpec>().is_err());
+        assert_eq!("BF16".parse::<DType>().unwrap().kind(), tch::Kind::BFloat16);
+        assert_eq!("fp16".parse::<DType>().unwrap(), DType::F16);
+        assert!("int8".parse::<DType>().unwrap_err().to_string().contains("int8"));
     }
 
     #[test]

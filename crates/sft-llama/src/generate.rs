@@ -1,0 +1,452 @@
+//! Batched generation with a KV cache: greedy or temperature / top-k / top-p sampling, EOS and
+//! stop strings, left padding with per-row positions and masks.
+//!
+//! Prompts are sorted by length and cut into batches of [`GenerationConfig::batch_size`], so
+//! padding stays small. Each batch is left-padded; pad keys are masked out and each row's
+//! positions count only its real tokens, so a prompt generates the same continuation alone or
+//! in a batch (up to floating-point noise). Sampling draws from a ChaCha8 stream seeded by
+//! `(seed, prompt index)` on the CPU, so results do not depend on batching or device.
+
+use std::time::Instant;
+
+use rand_chacha::ChaCha8Rng;
+use rand_core::{RngCore, SeedableRng};
+use tch::{Device, Kind, Tensor};
+
+use crate::error::{Error, Result};
+use crate::model::{KvCache, Llama, LogitsFor};
+
+/// Turns text into token ids and back. Implemented by the caller's tokenizer (see `sft-chat`).
+pub trait TextCodec {
+    /// Token ids of `text`, exactly as the model should see them (the caller decides about BOS
+    /// and chat templates before calling [`generate`]).
+    fn encode(&self, text: &str) -> std::result::Result<Vec<u32>, String>;
+    /// Text of `ids`, without special tokens.
+    fn decode(&self, ids: &[u32]) -> std::result::Result<String, String>;
+}
+
+/// A [`sft_chat::ChatTokenizer`] as a [`TextCodec`].
+///
+/// `add_special_tokens` is what transformers calls the same flag: true for raw text prompts
+/// (prepends BOS where the tokenizer is configured to), false for text rendered by a Jinja chat
+/// template, which writes BOS itself (see `sft_chat::ChatTemplate::adds_special_tokens`).
+#[derive(Debug, Clone, Copy)]
+pub struct TokenizerCodec<'a> {
+    /// The tokenizer.
+    pub tokenizer: &'a sft_chat::ChatTokenizer,
+    /// Run the post-processor when encoding.
+    pub add_special_tokens: bool,
+}
+
+impl TextCodec for TokenizerCodec<'_> {
+    fn encode(&self, text: &str) -> std::result::Result<Vec<u32>, String> {
+        self.tokenizer.encode(text, self.add_special_tokens).map_err(|e| e.to_string())
+    }
+    fn decode(&self, ids: &[u32]) -> std::result::Result<String, String> {
+        self.tokenizer.decode(ids, true).map_err(|e| e.to_string())
+    }
+}
+
+/// How the next token is chosen.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Sampling {
+    /// The most likely token.
+    Greedy,
+    /// Sample from `softmax(logits / temperature)` restricted to the `top_k` most likely tokens
+    /// (all when `None`) and then to the smallest set whose probability reaches `top_p`.
+    Sample {
+        /// Softmax temperature (> 0).
+        temperature: f64,
+        /// Nucleus mass in (0, 1].
+        top_p: f64,
+        /// Keep only this many candidates first.
+        top_k: Option<usize>,
+    },
+}
+
+/// Settings for [`generate`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct GenerationConfig {
+    /// Tokens to generate at most per prompt.
+    pub max_new_tokens: usize,
+    /// Greedy or sampled.
+    pub sampling: Sampling,
+    /// Seed of the sampling streams.
+    pub seed: u64,
+    /// Tokens that end a sequence; empty means the model config's `eos_token_ids`.
+    pub eos_token_ids: Vec<u32>,
+    /// Strings that end a sequence; the returned text is cut before the first one (needs a codec).
+    pub stop_strings: Vec<String>,
+    /// Prompts decoded together.
+    pub batch_size: usize,
+    /// Record the `top_logits` largest logits at each prompt's last position (0 = none).
+    pub top_logits: usize,
+    /// Draw a progress bar over the prompts.
+    pub progress: bool,
+}
+
+impl GenerationConfig {
+    /// Greedy decoding of up to `max_new_tokens`, batch size 8, no stop strings.
+    pub fn greedy(max_new_tokens: usize) -> Self {
+        Self {
+            max_new_tokens,
+            sampling: Sampling::Greedy,
+            seed: 0,
+            eos_token_ids: Vec::new(),
+            stop_strings: Vec::new(),
+            batch_size: 8,
+            top_logits: 0,
+            progress: false,
+        }
+    }
+
+    /// Nucleus sampling with the given temperature and `top_p`.
+    pub fn sampled(max_new_tokens: usize, temperature: f64, top_p: f64, seed: u64) -> Self {
+        Self { sampling: Sampling::Sample { temperature, top_p, top_k: None }, seed, ..Self::greedy(max_new_tokens) }
+    }
+
+    fn validate(&self) -> Result<()> {
+        if self.batch_size == 0 {
+            return Err(Error::Input("batch_size must be positive".into()));
+        }
+        if let Sampling::Sample { temperature, top_p, top_k } = self.sampling {
+            if !(temperature.is_finite() && temperature > 0.0) {
+                return Err(Error::Input(format!("temperature must be positive, got {temperature} (use Sampling::Greedy for 0)")));
+            }
+            if !(top_p > 0.0 && top_p <= 1.0) {
+                return Err(Error::Input(format!("top_p must be in (0, 1], got {top_p}")));
+            }
+            if top_k == Some(0) {
+                return Err(Error::Input("top_k must be positive".into()));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Why a sequence ended.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FinishReason {
+    /// An end-of-sequence token was generated (it is the last of `generated_ids`).
+    Eos,
+    /// A stop string appeared in the text.
+    Stop,
+    /// `max_new_tokens` were generated.
+    Length,
+}
+
+/// One prompt's result.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Generation {
+    /// The prompt's tokens.
+    pub prompt_ids: Vec<u32>,
+    /// Generated tokens, including a final EOS token when there was one.
+    pub generated_ids: Vec<u32>,
+    /// Decoded `generated_ids` (special tokens skipped), cut before the first stop string; empty
+    /// without a codec.
+    pub text: String,
+    /// Why generation ended.
+    pub finish_reason: FinishReason,
+    /// The largest logits at the last prompt position, most likely first
+    /// ([`GenerationConfig::top_logits`] of them).
+    pub top_ids: Vec<u32>,
+    /// Their values (f32, before temperature).
+    pub top_logits: Vec<f32>,
+}
+
+/// Throughput of one [`generate`] call.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+pub struct GenerationStats {
+    /// Prompts processed.
+    pub prompts: usize,
+    /// Real (unpadded) prompt tokens.
+    pub prompt_tokens: usize,
+    /// Tokens generated over all prompts.
+    pub generated_tokens: usize,
+    /// Seconds spent in prompt processing.
+    pub prefill_secs: f64,
+    /// Seconds spent decoding.
+    pub decode_secs: f64,
+    /// Wall-clock seconds for the whole call.
+    pub total_secs: f64,
+    /// `generated_tokens / total_secs`.
+    pub tokens_per_sec: f64,
+}
+
+/// Results in prompt order, and throughput.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct GenerationOutput {
+    /// One per prompt, in the order given.
+    pub generations: Vec<Generation>,
+    /// Throughput.
+    pub stats: GenerationStats,
+}
+
+/// Generate continuations of text prompts: encode with `codec`, run [`generate_ids`], decode.
+pub fn generate<S: AsRef<str>>(model: &Llama, codec: &dyn TextCodec, prompts: &[S], cfg: &GenerationConfig) -> Result<GenerationOutput> {
+    let ids = prompts
+        .iter()
+        .enumerate()
+        .map(|(i, p)| codec.encode(p.as_ref()).map_err(|e| Error::Tokenizer(format!("prompt {i}: {e}"))))
+        .collect::<Result<Vec<_>>>()?;
+    generate_ids(model, &ids, cfg, Some(codec))
+}
+
+/// Generate continuations of tokenized prompts on the model's device. `codec` is needed for
+/// stop strings and to fill [`Generation::text`].
+pub fn generate_ids(model: &Llama, prompts: &[Vec<u32>], cfg: &GenerationConfig, codec: Option<&dyn TextCodec>) -> Result<GenerationOutput> {
+    cfg.validate()?;
+    if !cfg.stop_strings.is_empty() && codec.is_none() {
+        return Err(Error::Input("stop strings need a tokenizer to decode with".into()));
+    }
+    if let Some(i) = prompts.iter().position(Vec::is_empty) {
+        return Err(Error::Input(format!("prompt {i} is empty (no tokens)")));
+    }
+    let vocab = model.config().vocab_size as u32;
+    for (i, p) in prompts.iter().enumerate() {
+        if let Some(&bad) = p.iter().find(|&&t| t >= vocab) {
+            return Err(Error::Input(format!("prompt {i} has token id {bad}, vocabulary size is {vocab}")));
+        }
+    }
+    let start = Instant::now();
+    let mut order: Vec<usize> = (0..prompts.len()).collect();
+    // Longest first: similar lengths share a batch, and running out of memory happens early.
+    order.sort_by_key(|&i| std::cmp::Reverse(prompts[i].len()));
+    let mut results: Vec<Option<Generation>> = vec![None; prompts.len()];
+    let mut stats = GenerationStats { prompts: prompts.len(), ..Default::default() };
+    let pb = if cfg.progress {
+        crate::weights::progress_bar(prompts.len() as u64, "generating")
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    let eos: Vec<u32> = if cfg.eos_token_ids.is_empty() { model.config().eos_token_ids.clone() } else { cfg.eos_token_ids.clone() };
+    for chunk in order.chunks(cfg.batch_size) {
+        let batch: Vec<&[u32]> = chunk.iter().map(|&i| prompts[i].as_slice()).collect();
+        let outs = generate_batch(model, &batch, chunk, cfg, &eos, codec, &mut stats)?;
+        for (&i, g) in chunk.iter().zip(outs) {
+            results[i] = Some(g);
+        }
+        pb.inc(chunk.len() as u64);
+        let secs = start.elapsed().as_secs_f64();
+        pb.set_message(format!("generating ({:.1} tok/s)", stats.generated_tokens as f64 / secs.max(1e-9)));
+    }
+    pb.finish_and_clear();
+    stats.total_secs = start.elapsed().as_secs_f64();
+    stats.tokens_per_sec = stats.generated_tokens as f64 / stats.total_secs.max(1e-9);
+    tracing::info!(
+        prompts = stats.prompts,
+        generated = stats.generated_tokens,
+        secs = format!("{:.2}", stats.total_secs),
+        tok_per_s = format!("{:.1}", stats.tokens_per_sec),
+        "generation done"
+    );
+    let generations = results.into_iter().map(|g| g.ok_or_else(|| Error::Input("internal: a prompt produced no result".into()))).collect::<Result<_>>()?;
+    Ok(GenerationOutput { generations, stats })
+}
+
+/// Per-row decoding state.
+struct Row {
+    generated: Vec<u32>,
+    finish: Option<FinishReason>,
+    rng: ChaCha8Rng,
+}
+
+fn generate_batch(
+    model: &Llama,
+    prompts: &[&[u32]],
+    indices: &[usize],
+    cfg: &GenerationConfig,
+    eos: &[u32],
+    codec: Option<&dyn TextCodec>,
+    stats: &mut GenerationStats,
+) -> Result<Vec<Generation>> {
+    tch::no_grad(|| {
+        let device = model.device();
+        let b = prompts.len() as i64;
+        let lens: Vec<i64> = prompts.iter().map(|p| p.len() as i64).collect();
+        let l = lens.iter().copied().max().unwrap_or(0);
+        let padded = lens.iter().any(|&n| n != l);
+        let cap = l + cfg.max_new_tokens as i64;
+        // Pad positions are masked out, so any id in the vocabulary will do.
+        let vocab = model.config().vocab_size as u32;
+        let pad_id = model.config().pad_token_id.into_iter().chain(eos.iter().copied()).find(|&t| t < vocab).unwrap_or(0) as i64;
+
+        // Left-padded ids, key validity over the whole cache, and per-row positions.
+        let mut ids = vec![pad_id; (b * l) as usize];
+        let mut valid = vec![true; (b * cap) as usize];
+        let mut pos = vec![0i64; (b * l) as usize];
+        for (r, p) in prompts.iter().enumerate() {
+            let off = (l - lens[r]) as usize;
+            let row = r * l as usize;
+            for (j, &t) in p.iter().enumerate() {
+                ids[row + off + j] = t as i64;
+                pos[row + off + j] = j as i64;
+            }
+            for v in &mut valid[r * cap as usize..r * cap as usize + off] {
+                *v = false;
+            }
+        }
+        let input = Tensor::f_from_slice(&ids)?.f_view([b, l])?.f_to_device(device)?;
+        let positions = Tensor::f_from_slice(&pos)?.f_view([b, l])?.f_to_device(device)?;
+        let key_valid = Tensor::f_from_slice(&valid)?.f_view([b, cap])?.f_to_device(device)?;
+        let prefill_mask = if padded {
+            let causal = Tensor::f_ones([l, l], (Kind::Bool, device))?.f_tril(0)?;
+            let keys = key_valid.f_narrow(1, 0, l)?.f_view([b, 1, 1, l])?;
+            // Pad rows attend to themselves so that no softmax row is empty (their outputs are unused).
+            let eye = Tensor::f_eye(l, (Kind::Bool, device))?;
+            Some(causal.f_logical_and(&keys)?.f_logical_or(&eye)?)
+        } else {
+            None
+        };
+
+        let mut cache = KvCache::new(model, b, cap)?;
+        let t0 = Instant::now();
+        let mut logits = model.forward_step(&input, Some(&positions), prefill_mask.as_ref(), &mut cache, LogitsFor::Last)?.f_to_kind(Kind::Float)?;
+        let (top_ids, top_logits) = if cfg.top_logits > 0 {
+            let k = cfg.top_logits.min(model.config().vocab_size) as i64;
+            let (vals, idx) = logits.f_topk(k, -1, true, true)?;
+            (to_vec_i64(&idx)?, to_vec_f32(&vals)?)
+        } else {
+            (Vec::new(), Vec::new())
+        };
+        sync(device);
+        stats.prefill_secs += t0.elapsed().as_secs_f64();
+        stats.prompt_tokens += lens.iter().sum::<i64>() as usize;
+
+        let t1 = Instant::now();
+        let mut rows: Vec<Row> = indices
+            .iter()
+            .map(|&i| Row {
+                generated: Vec::new(),
+                finish: None,
+                rng: ChaCha8Rng::seed_from_u64(cfg.seed ^ (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)),
+            })
+            .collect();
+        let mut next_pos = Tensor::f_from_slice(&lens)?.f_view([b, 1])?.f_to_device(device)?;
+        let max_stop = cfg.stop_strings.iter().map(String::len).max().unwrap_or(0);
+        for step in 0..cfg.max_new_tokens {
+            let next = choose(&logits, cfg.sampling, &mut rows)?;
+            for (row, &tok) in rows.iter_mut().zip(&next) {
+                if row.finish.is_some() {
+                    continue;
+                }
+                row.generated.push(tok as u32);
+                if eos.contains(&(tok as u32)) {
+                    row.finish = Some(FinishReason::Eos);
+                } else if max_stop > 0 {
+                    if let Some(codec) = codec {
+                        // A stop string ending in this token lies within the last `max_stop` tokens.
+                        let tail_start = row.generated.len().saturating_sub(max_stop + 1);
+                        let tail = codec.decode(&row.generated[tail_start..]).map_err(Error::Tokenizer)?;
+                        if cfg.stop_strings.iter().any(|s| tail.contains(s.as_str())) {
+                            row.finish = Some(FinishReason::Stop);
+                        }
+                    }
+                }
+                if row.finish.is_none() && row.generated.len() >= cfg.max_new_tokens {
+                    row.finish = Some(FinishReason::Length);
+                }
+            }
+            if rows.iter().all(|r| r.finish.is_some()) || step + 1 == cfg.max_new_tokens {
+                break;
+            }
+            let total = l + step as i64 + 1;
+            let input = Tensor::f_from_slice(&next)?.f_view([b, 1])?.f_to_device(device)?;
+            let mask = if padded { Some(key_valid.f_narrow(1, 0, total)?.f_view([b, 1, 1, total])?) } else { None };
+            logits = model
+                .forward_step(&input, Some(&next_pos), mask.as_ref(), &mut cache, LogitsFor::Last)?
+                .f_to_kind(Kind::Float)?;
+            next_pos = next_pos.f_add_scalar(1)?;
+        }
+        sync(device);
+        stats.decode_secs += t1.elapsed().as_secs_f64();
+
+        let mut out = Vec::with_capacity(rows.len());
+        for (r, row) in rows.into_iter().enumerate() {
+            stats.generated_tokens += row.generated.len();
+            let text = match codec {
+                Some(c) => {
+                    let mut text = c.decode(&row.generated).map_err(Error::Tokenizer)?;
+                    if row.finish == Some(FinishReason::Stop) {
+                        if let Some(at) = cfg.stop_strings.iter().filter_map(|s| text.find(s.as_str())).min() {
+                            text.truncate(at);
+                        }
+                    }
+                    text
+                }
+                None => String::new(),
+            };
+            let k = cfg.top_logits.min(model.config().vocab_size);
+            out.push(Generation {
+                prompt_ids: prompts[r].to_vec(),
+                generated_ids: row.generated,
+                text,
+                finish_reason: row.finish.unwrap_or(FinishReason::Length),
+                top_ids: top_ids.get(r * k..(r + 1) * k).unwrap_or(&[]).iter().map(|&x| x as u32).collect(),
+                top_logits: top_logits.get(r * k..(r + 1) * k).unwrap_or(&[]).to_vec(),
+            });
+        }
+        Ok(out)
+    })
+}
+
+/// Next token per row from f32 logits `[B, V]`.
+fn choose(logits: &Tensor, sampling: Sampling, rows: &mut [Row]) -> Result<Vec<i64>> {
+    match sampling {
+        Sampling::Greedy => to_vec_i64(&logits.f_argmax(-1, false)?),
+        Sampling::Sample { temperature, top_p, top_k } => {
+            let probs = logits.f_div_scalar(temperature)?.f_softmax(-1, Kind::Float)?;
+            let (mut sorted, mut idx) = probs.f_sort(-1, true)?;
+            if let Some(k) = top_k {
+                let k = (k as i64).min(sorted.size()[1]);
+                sorted = sorted.f_narrow(1, 0, k)?;
+                idx = idx.f_narrow(1, 0, k)?;
+            }
+            // Keep token i while the mass before it is below top_p (always keeps the first).
+            let before = sorted.f_cumsum(-1, Kind::Float)?.f_sub(&sorted)?;
+            let keep = before.f_lt(top_p)?;
+            let n_keep = keep.f_sum_dim_intlist(-1, false, Kind::Int64)?.f_max()?.f_int64_value(&[])?.max(1);
+            let sorted = sorted.f_narrow(1, 0, n_keep)?.f_mul(&keep.f_narrow(1, 0, n_keep)?.f_to_kind(Kind::Float)?)?;
+            let idx = to_vec_i64(&idx.f_narrow(1, 0, n_keep)?)?;
+            let probs = to_vec_f32(&sorted)?;
+            let n = n_keep as usize;
+            let mut out = Vec::with_capacity(rows.len());
+            for (r, row) in rows.iter_mut().enumerate() {
+                let p = &probs[r * n..(r + 1) * n];
+                let total: f64 = p.iter().map(|&x| x as f64).sum();
+                // 53 random bits → uniform in [0, 1).
+                let u = (row.rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64 * total;
+                let mut acc = 0.0;
+                let mut pick = 0;
+                for (j, &x) in p.iter().enumerate() {
+                    acc += x as f64;
+                    if x > 0.0 {
+                        pick = j;
+                    }
+                    if acc > u {
+                        break;
+                    }
+                }
+                out.push(idx[r * n + pick]);
+            }
+            Ok(out)
+        }
+    }
+}
+
+fn to_vec_i64(t: &Tensor) -> Result<Vec<i64>> {
+    let t = t.f_to_device(Device::Cpu)?.f_to_kind(Kind::Int64)?.f_contiguous()?.f_view([-1])?;
+    Ok(Vec::<i64>::try_from(&t)?)
+}
+
+fn to_vec_f32(t: &Tensor) -> Result<Vec<f32>> {
+    let t = t.f_to_device(Device::Cpu)?.f_to_kind(Kind::Float)?.f_contiguous()?.f_view([-1])?;
+    Ok(Vec::<f32>::try_from(&t)?)
+}
+
+fn sync(device: Device) {
+    if let Device::Cuda(i) = device {
+        tch::Cuda::synchronize(i as i64);
+    }
+}
