@@ -30,3 +30,28 @@ pub fn default_model() -> anyhow::Result<PathBuf> {
     anyhow::ensure!(p.exists(), "{} is missing: run `cargo xtask setup`", p.display());
     Ok(p)
 }
+
+/// Prompts from a JSONL file: each non-blank line is a JSON string or an object with a `prompt`
+/// (or `text`) field. Errors name the file and line.
+pub fn read_prompts_jsonl(path: &std::path::Path) -> anyhow::Result<Vec<String>> {
+    use anyhow::Context;
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let mut out = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let at = || format!("{}:{}", path.display(), i + 1);
+        let v: serde_json::Value = serde_json::from_str(line).with_context(|| format!("{}: invalid JSON", at()))?;
+        let prompt = match &v {
+            serde_json::Value::String(s) => s.clone(),
+            serde_json::Value::Object(o) => match o.get("prompt").or_else(|| o.get("text")) {
+                Some(serde_json::Value::String(s)) => s.clone(),
+                _ => anyhow::bail!("{}: object has no string `prompt` field", at()),
+            },
+            _ => anyhow::bail!("{}: expected a string or an object with `prompt`", at()),
+        };
+        out.push(prompt);
+    }
+    Ok(out)
+}
