@@ -597,3 +597,57 @@ fn random_conversations_mask_exactly_the_assistant_text() {
         }
     }
 }
+
+#[test]
+fn from_path_accepts_dirs_json_and_gguf_and_names_bad_files() {
+    let dir = fixtures().join("tiny");
+    let a = ChatTokenizer::from_path(&dir).unwrap();
+    let b = ChatTokenizer::from_path(dir.join("tokenizer.json")).unwrap();
+    assert_eq!(
+        b.eos().unwrap().text,
+        "</s>",
+        "tokenizer.json next to a tokenizer_config.json reads the config"
+    );
+    assert_eq!(
+        a.encode("Hello", true).unwrap(),
+        b.encode("Hello", true).unwrap()
+    );
+
+    let gguf = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/gguf/quants.gguf");
+    let err = ChatTokenizer::from_path(&gguf).unwrap_err();
+    assert!(err.to_string().contains("tokenizer.ggml.model"), "{err}");
+
+    let err = ChatTokenizer::from_path(dir.join("tokenizer_config.json")).unwrap_err();
+    assert!(matches!(err, ChatError::BadFile { .. }), "{err}");
+
+    // A config naming an eos token the vocabulary lacks: the error names the config file.
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        dir.join("tokenizer.json"),
+        tmp.path().join("tokenizer.json"),
+    )
+    .unwrap();
+    std::fs::write(
+        tmp.path().join("tokenizer_config.json"),
+        r#"{"eos_token": "<|nope|>"}"#,
+    )
+    .unwrap();
+    let err = ChatTokenizer::from_hf_dir(tmp.path()).unwrap_err();
+    assert!(
+        matches!(err, ChatError::BadFile { .. })
+            && err.to_string().contains("tokenizer_config.json")
+            && err.to_string().contains("<|nope|>"),
+        "{err}"
+    );
+    // Malformed JSON names the file.
+    std::fs::write(tmp.path().join("tokenizer_config.json"), "{not json").unwrap();
+    let err = ChatTokenizer::from_hf_dir(tmp.path()).unwrap_err();
+    assert!(err.to_string().contains("tokenizer_config.json"), "{err}");
+    // No template: `model` cannot resolve.
+    let bare = ChatTokenizer::from_tokenizer_json(dir.join("tokenizer.json")).unwrap();
+    assert!(matches!(
+        ChatTemplate::resolve("model", &bare),
+        Err(ChatError::Template(_))
+    ));
+    assert!(ChatTemplate::resolve("chatml", &bare).is_ok());
+}
