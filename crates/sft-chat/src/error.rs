@@ -36,7 +36,7 @@ pub enum ChatError {
     #[error("tokenizer: {0}")]
     Tokenizer(String),
     /// A template name that is not built in.
-    #[error("unknown chat template {name:?}; built-in templates: vicuna_v1.1, chatml (or use the model's own with ChatTemplate::jinja)")]
+    #[error("unknown chat template {name:?}; known: vicuna_v1.1, vicuna_v1.1+eos, chatml, model (the tokenizer's own Jinja template)")]
     UnknownTemplate {
         /// The name given.
         name: String,

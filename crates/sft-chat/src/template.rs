@@ -74,10 +74,20 @@ impl ChatTemplate {
         }
     }
 
-    /// A template by name, where `model` (or `jinja`) means the tokenizer's own Jinja template.
+    /// A template by name, where `model` (or `jinja`) means the tokenizer's own Jinja template
+    /// and `vicuna_v1.1+eos` is `vicuna_v1.1` with the tokenizer's EOS text as `sep2` (for models
+    /// whose EOS is not `</s>`, e.g. SmolLM2's `<|im_end|>`, so generation stops on the EOS id).
     pub fn resolve(name: &str, tokenizer: &ChatTokenizer) -> Result<Self> {
         match name {
             "model" | "jinja" => Self::from_tokenizer(tokenizer),
+            "vicuna_v1.1+eos" | "vicuna+eos" => {
+                let eos = tokenizer.eos().ok_or_else(|| {
+                    ChatError::Template("vicuna_v1.1+eos: the tokenizer has no eos token".into())
+                })?;
+                Ok(Self::VicunaV11 {
+                    sep2: eos.text.clone(),
+                })
+            }
             other => Self::named(other),
         }
     }
@@ -98,7 +108,8 @@ impl ChatTemplate {
     /// The template's name for logs and manifests.
     pub fn name(&self) -> &str {
         match self {
-            Self::VicunaV11 { .. } => "vicuna_v1.1",
+            Self::VicunaV11 { sep2 } if sep2 == "</s>" => "vicuna_v1.1",
+            Self::VicunaV11 { .. } => "vicuna_v1.1+eos",
             Self::ChatMl => "chatml",
             Self::Jinja(_) => "jinja",
         }

@@ -340,6 +340,16 @@ fn smollm2_template_masks_every_turn() {
             );
         }
     }
+    // vicuna_v1.1 with the model's EOS as sep2: every span ends with the EOS id.
+    let v = ChatTemplate::resolve("vicuna_v1.1+eos", &tok).unwrap();
+    assert_eq!(v.name(), "vicuna_v1.1+eos");
+    for conv in multi_turn() {
+        let enc = v.encode_with_mask(&tok, &conv).unwrap();
+        check_mask(&tok, &enc, &conv, "<|im_end|>", false);
+        for r in &enc.token_spans {
+            assert_eq!(enc.ids[r.end - 1], 2);
+        }
+    }
     // The generation prompt tokenizes as the training text's prefix does.
     let conv = &multi_turn()[0];
     let prompt_ids = t.encode_prompt(&tok, &conv[..1]).unwrap();
