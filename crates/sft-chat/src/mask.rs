@@ -117,6 +117,42 @@ impl ChatTemplate {
         })
     }
 
+    /// [`ChatTemplate::encode_with_mask`] for many conversations on `threads` OS threads
+    /// (`0` = all available cores), results in input order. Tokenizing a fine-tuning mix is
+    /// CPU-bound and embarrassingly parallel; one thread does about 0.3 M tokens/s.
+    pub fn encode_many_with_mask<C: AsRef<[ChatMessage]> + Sync>(
+        &self,
+        tokenizer: &ChatTokenizer,
+        conversations: &[C],
+        threads: usize,
+    ) -> Vec<Result<EncodedChat>> {
+        let threads = if threads == 0 {
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        } else {
+            threads
+        };
+        let chunk = conversations.len().div_ceil(threads.max(1)).max(1);
+        std::thread::scope(|scope| {
+            let handles: Vec<_> = conversations
+                .chunks(chunk)
+                .map(|part| {
+                    scope.spawn(move || {
+                        part.iter()
+                            .map(|c| self.encode_with_mask(tokenizer, c.as_ref()))
+                            .collect::<Vec<_>>()
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .flat_map(|h| match h.join() {
+                    Ok(results) => results,
+                    Err(panic) => std::panic::resume_unwind(panic),
+                })
+                .collect()
+        })
+    }
+
     /// Token ids of a generation prompt ([`ChatTemplate::render_prompt`], tokenized as
     /// [`ChatTemplate::encode_with_mask`] tokenizes).
     pub fn encode_prompt(

@@ -661,3 +661,22 @@ fn from_path_accepts_dirs_json_and_gguf_and_names_bad_files() {
     ));
     assert!(ChatTemplate::resolve("chatml", &bare).is_ok());
 }
+
+#[test]
+fn parallel_encoding_equals_sequential() {
+    let tok = tiny();
+    let t = ChatTemplate::named("vicuna_v1.1").unwrap();
+    let mut rng = XorShift(42);
+    let mut convs: Vec<Vec<ChatMessage>> = (0..40).map(|_| random_conversation(&mut rng)).collect();
+    convs.push(vec![ChatMessage::assistant("bad order")]);
+    let parallel = t.encode_many_with_mask(&tok, &convs, 3);
+    assert_eq!(parallel.len(), convs.len());
+    for (conv, got) in convs.iter().zip(&parallel) {
+        match (t.encode_with_mask(&tok, conv), got) {
+            (Ok(a), Ok(b)) => assert_eq!(&a, b),
+            (Err(a), Err(b)) => assert_eq!(a.to_string(), b.to_string()),
+            (a, b) => panic!("sequential {a:?} vs parallel {b:?}"),
+        }
+    }
+    assert!(parallel.last().unwrap().is_err());
+}
