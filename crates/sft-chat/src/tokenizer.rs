@@ -216,6 +216,40 @@ impl ChatTokenizer {
         }
     }
 
+    /// Write `tokenizer.json` and `tokenizer_config.json` (special tokens, chat template,
+    /// `tokenizer_class: PreTrainedTokenizerFast`) into `dir`, so that [`ChatTokenizer::from_hf_dir`]
+    /// and transformers' `AutoTokenizer.from_pretrained(dir)` load the same tokenizer. Makes a
+    /// checkpoint trained from a GGUF file self-contained.
+    pub fn save_hf_dir(&self, dir: impl AsRef<Path>) -> Result<()> {
+        let dir = dir.as_ref();
+        let io = |path: PathBuf| move |source| ChatError::Io { path, source };
+        std::fs::create_dir_all(dir).map_err(io(dir.to_path_buf()))?;
+        let tok_path = dir.join("tokenizer.json");
+        let json = self.inner.to_string(true).map_err(ChatError::tok)?;
+        std::fs::write(&tok_path, json).map_err(io(tok_path.clone()))?;
+        let mut cfg = serde_json::Map::new();
+        cfg.insert("tokenizer_class".into(), "PreTrainedTokenizerFast".into());
+        for (key, tok) in [
+            ("bos_token", &self.bos),
+            ("eos_token", &self.eos),
+            ("pad_token", &self.pad),
+            ("unk_token", &self.unk),
+        ] {
+            cfg.insert(
+                key.into(),
+                tok.as_ref()
+                    .map_or(Json::Null, |t| Json::String(t.text.clone())),
+            );
+        }
+        if let Some(t) = &self.chat_template {
+            cfg.insert("chat_template".into(), Json::String(t.clone()));
+        }
+        let cfg_path = dir.join("tokenizer_config.json");
+        let text = serde_json::to_string_pretty(&Json::Object(cfg)).map_err(ChatError::tok)?;
+        std::fs::write(&cfg_path, text + "\n").map_err(io(cfg_path.clone()))?;
+        Ok(())
+    }
+
     /// The underlying `tokenizers` tokenizer.
     pub fn inner(&self) -> &Tokenizer {
         &self.inner

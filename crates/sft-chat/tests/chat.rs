@@ -680,3 +680,48 @@ fn parallel_encoding_equals_sequential() {
     }
     assert!(parallel.last().unwrap().is_err());
 }
+
+#[test]
+fn saved_hf_dir_round_trips() {
+    let tmp = tempfile::tempdir().unwrap();
+    let tok = tiny();
+    tok.save_hf_dir(tmp.path()).unwrap();
+    let back = ChatTokenizer::from_hf_dir(tmp.path()).unwrap();
+    assert_eq!(back.bos(), tok.bos());
+    assert_eq!(back.eos(), tok.eos());
+    assert_eq!(back.chat_template(), tok.chat_template());
+    let r = reference();
+    for s in strings(&r) {
+        assert_eq!(
+            back.encode(&s, true).unwrap(),
+            tok.encode(&s, true).unwrap(),
+            "{s:?}"
+        );
+    }
+    let Some(file) = smollm2() else { return };
+    let tok = ChatTokenizer::from_gguf(&file).unwrap();
+    let dir = tmp.path().join("smollm2");
+    tok.save_hf_dir(&dir).unwrap();
+    let back = ChatTokenizer::from_hf_dir(&dir).unwrap();
+    assert_eq!(
+        (back.bos(), back.eos(), back.pad(), back.unk()),
+        (tok.bos(), tok.eos(), tok.pad(), tok.unk())
+    );
+    for (i, s) in strings(&r).iter().enumerate() {
+        assert_eq!(
+            back.encode(s, true).unwrap(),
+            ids(&r["smollm2_llamacpp"][i]),
+            "{s:?}"
+        );
+    }
+    let conv = &multi_turn()[1];
+    let a = ChatTemplate::from_tokenizer(&tok)
+        .unwrap()
+        .encode_with_mask(&tok, conv)
+        .unwrap();
+    let b = ChatTemplate::from_tokenizer(&back)
+        .unwrap()
+        .encode_with_mask(&back, conv)
+        .unwrap();
+    assert_eq!(a, b);
+}
