@@ -16,8 +16,10 @@ fn f16_at(b: &[u8], i: usize) -> f32 {
 
 /// Dequantize `n_elements` values of type `ggml_type` from `data` to `f32`.
 ///
-/// `what` names the tensor in errors. Fails with [`GgufError::BadDataLength`] when `data` does not hold exactly `n_elements`, and with
-/// [`GgufError::UnsupportedType`] for types outside [`GgmlType::can_dequantize`].
+/// `what` names the tensor in errors. Fails with [`GgufError::BadDataLength`] when `data` does
+/// not hold exactly `n_elements`, and with [`GgufError::UnsupportedType`] for types outside
+/// [`GgmlType::can_dequantize`]. Tensors of a million elements or more are decoded on all cores
+/// (whole blocks per thread, so the result is the same).
 pub fn dequantize(
     data: &[u8],
     ggml_type: GgmlType,
@@ -33,7 +35,37 @@ pub fn dequantize(
             n_elements,
         });
     }
+    if !ggml_type.can_dequantize() {
+        return Err(GgufError::UnsupportedType {
+            path: std::path::PathBuf::new(),
+            tensor: what.to_string(),
+            ggml_type,
+        });
+    }
     let mut out = vec![0f32; n_elements];
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if n_elements < PARALLEL_MIN_ELEMENTS || threads == 1 {
+        decode(data, ggml_type, &mut out);
+        return Ok(out);
+    }
+    let (block, bytes) = (ggml_type.block_size(), ggml_type.type_size());
+    let blocks_per_thread = (n_elements / block).div_ceil(threads);
+    std::thread::scope(|scope| {
+        for (src, dst) in data
+            .chunks(blocks_per_thread * bytes)
+            .zip(out.chunks_mut(blocks_per_thread * block))
+        {
+            scope.spawn(move || decode(src, ggml_type, dst));
+        }
+    });
+    Ok(out)
+}
+
+/// Tensors at least this large are decoded on all cores.
+const PARALLEL_MIN_ELEMENTS: usize = 1 << 20;
+
+/// Decode whole blocks of `data` into `out` (lengths checked and type supported by the caller).
+fn decode(data: &[u8], ggml_type: GgmlType, out: &mut [f32]) {
     let bs = ggml_type.type_size();
     let blocks = data.chunks_exact(bs);
     match ggml_type {
@@ -128,15 +160,9 @@ pub fn dequantize(
                 }
             }
         }
-        other => {
-            return Err(GgufError::UnsupportedType {
-                path: std::path::PathBuf::new(),
-                tensor: what.to_string(),
-                ggml_type: other,
-            });
-        }
+        // Refused by `dequantize` before decoding.
+        _ => {}
     }
-    Ok(out)
 }
 
 /// The 8 six-bit scales and mins packed into 12 bytes (Q4_K and Q5_K), as python `gguf`'s
