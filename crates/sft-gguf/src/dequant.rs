@@ -18,7 +18,7 @@ fn f16_at(b: &[u8], i: usize) -> f32 {
 ///
 /// `what` names the tensor in errors. Fails with [`GgufError::BadDataLength`] when `data` does
 /// not hold exactly `n_elements`, and with [`GgufError::UnsupportedType`] for types outside
-/// [`GgmlType::can_dequantize`]. Tensors of a million elements or more are decoded on all cores
+/// [`GgmlType::can_dequantize`]. Tensors of 2^18 elements or more are decoded on all cores
 /// (whole blocks per thread, so the result is the same).
 pub fn dequantize(
     data: &[u8],
@@ -62,7 +62,7 @@ pub fn dequantize(
 }
 
 /// Tensors at least this large are decoded on all cores.
-const PARALLEL_MIN_ELEMENTS: usize = 1 << 20;
+const PARALLEL_MIN_ELEMENTS: usize = 1 << 18;
 
 /// Decode whole blocks of `data` into `out` (lengths checked and type supported by the caller).
 fn decode(data: &[u8], ggml_type: GgmlType, out: &mut [f32]) {
