@@ -8,6 +8,7 @@
 //! xtask never links libtorch, so it builds in seconds on a bare machine.
 
 mod setup;
+mod sweep;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -37,6 +38,8 @@ enum Cmd {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Run an experiment sweep (sweeps/*.toml): every cell, resumable, then tables and plots.
+    Sweep(sweep::SweepArgs),
 }
 
 fn main() -> Result<()> {
@@ -52,6 +55,7 @@ fn main() -> Result<()> {
         }
         Cmd::Test { args } => setup::run_tests(&args)?,
         Cmd::Demo { args } => setup::run_demo(&args)?,
+        Cmd::Sweep(args) => sweep::sweep(args)?,
     }
     Ok(())
 }
