@@ -19,7 +19,12 @@ fn ids(v: &serde_json::Value) -> Vec<u32> {
 #[test]
 fn greedy_continuations_match_transformers_token_for_token() {
     let path = smollm2_gguf();
+    // CI runs on 2 shared cores: one intra-op thread avoids OpenMP spin-waiting under load
+    // (measured 210 s with the default vs 40 s with one thread on a loaded machine).
+    tch::set_num_threads(1);
+    let t = std::time::Instant::now();
     let loaded = load_model(&path, Device::Cpu, Kind::Float).unwrap();
+    eprintln!("loaded {} in {:.1} s", path.display(), t.elapsed().as_secs_f64());
     assert_eq!(loaded.source, ModelSource::Gguf(path.clone()));
     let cfg = loaded.model.config();
     assert_eq!(
@@ -37,6 +42,7 @@ fn greedy_continuations_match_transformers_token_for_token() {
     // One at a time, and all together (left padding, different lengths).
     for batch_size in [1, cases.len()] {
         let out = generate_ids(&loaded.model, &prompts, &GenerationConfig { batch_size, ..gen.clone() }, None).unwrap();
+        eprintln!("batch {batch_size}: {:?}", out.stats);
         for (c, g) in cases.iter().zip(&out.generations) {
             let what = format!("batch {batch_size}, prompt {:?} (min margin {})", c["prompt"], c["min_margin"]);
             assert_eq!(g.generated_ids, ids(&c["generated_ids"]), "{what}");
