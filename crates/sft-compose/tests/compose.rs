@@ -90,6 +90,17 @@ fn gsm8k_loads_as_user_assistant_pairs() {
 }
 
 #[test]
+fn rft_loads_query_response() {
+    let s = load_source("rft", &fixture("rft_mini.jsonl"), &LoadOptions::strict()).unwrap();
+    assert_eq!(s.format, SourceFormat::Rft);
+    assert_eq!(s.records.len(), 5);
+    let g = load_source("math", &fixture("gsm8k_mini.jsonl"), &LoadOptions::strict()).unwrap();
+    for (a, b) in s.records.iter().zip(&g.records) {
+        assert_eq!(a.messages, b.messages);
+    }
+}
+
+#[test]
 fn alpaca_input_follows_instruction_after_a_blank_line() {
     let s = load_source(
         "code",
