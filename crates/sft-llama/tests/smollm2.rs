@@ -5,7 +5,7 @@
 mod common;
 
 use common::{models_dir, smollm2_gguf};
-use sft_llama::{generate_ids, load_model, GenerationConfig, ModelSource};
+use sft_llama::{generate, generate_ids, load_model, GenerationConfig, ModelSource, TokenizerCodec};
 use tch::{Device, Kind};
 
 fn reference() -> serde_json::Value {
@@ -39,12 +39,10 @@ fn greedy_continuations_match_transformers_token_for_token() {
     let prompts: Vec<Vec<u32>> = cases.iter().map(|c| ids(&c["prompt_ids"])).collect();
     // No EOS stopping: transformers generated exactly `max_new` tokens (min_new_tokens).
     let gen = GenerationConfig { eos_token_ids: vec![u32::MAX], top_logits: 5, ..GenerationConfig::greedy(max_new) };
-    // One at a time, and all together (left padding, different lengths).
-    for batch_size in [1, cases.len()] {
-        let out = generate_ids(&loaded.model, &prompts, &GenerationConfig { batch_size, ..gen.clone() }, None).unwrap();
-        eprintln!("batch {batch_size}: {:?}", out.stats);
+    let check = |what: &str, out: &sft_llama::GenerationOutput| {
+        eprintln!("{what}: {:?}", out.stats);
         for (c, g) in cases.iter().zip(&out.generations) {
-            let what = format!("batch {batch_size}, prompt {:?} (min margin {})", c["prompt"], c["min_margin"]);
+            let what = format!("{what}, prompt {:?} (min margin {})", c["prompt"], c["min_margin"]);
             assert_eq!(g.generated_ids, ids(&c["generated_ids"]), "{what}");
             assert_eq!(g.top_ids, ids(&c["top5_ids"]), "{what}");
             for (a, b) in g.top_logits.iter().zip(c["top5_logits"].as_array().unwrap()) {
@@ -52,5 +50,18 @@ fn greedy_continuations_match_transformers_token_for_token() {
                 assert!((a - b).abs() < 2e-3, "{what}: top-5 logit {a} vs {b}");
             }
         }
+    };
+    // Token ids one prompt at a time.
+    check("ids, batch 1", &generate_ids(&loaded.model, &prompts, &GenerationConfig { batch_size: 1, ..gen.clone() }, None).unwrap());
+    // Text through sft-chat's GGUF tokenizer, all prompts in one left-padded batch: the same
+    // prompt ids, the same continuations, the same decoded text as transformers.
+    let tok = sft_chat::ChatTokenizer::from_gguf_path(&path).unwrap();
+    let codec = TokenizerCodec { tokenizer: &tok, add_special_tokens: false };
+    let texts: Vec<&str> = cases.iter().map(|c| c["rendered"].as_str().unwrap()).collect();
+    let out = generate(&loaded.model, &codec, &texts, &GenerationConfig { batch_size: cases.len(), ..gen }).unwrap();
+    for (c, g) in cases.iter().zip(&out.generations) {
+        assert_eq!(g.prompt_ids, ids(&c["prompt_ids"]), "tokenization of {:?}", c["rendered"]);
+        assert_eq!(g.text, c["text"].as_str().unwrap());
     }
+    check("text, batch 6", &out);
 }
