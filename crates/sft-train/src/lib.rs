@@ -1,1 +1,48 @@
-//! `sft-train`: see the crate description; documentation grows with the implementation.
+//! `sft-train`: supervised fine-tuning of LLaMA-architecture models on libtorch.
+//!
+//! Every grid cell of the paper is an SFT run, so the trainer has to be right, fast and safe to
+//! interrupt. The pipeline:
+//!
+//! ```text
+//! records (chat JSONL) ─ChatEncoder─▶ Example {input_ids, labels}   (data)
+//!   ─epoch_plan(seed, epoch)─▶ StepPlan [micro-batches]            (batch)
+//!   ─collate─▶ tensors (+ block-diagonal mask when packing)
+//!   ─CausalLm::forward─▶ token losses ─Σ / targets of the global batch─▶ backward
+//!   ─clip (pre-clip norm reported)─▶ AdamW(lr from schedule)        (optim, schedule)
+//!   ─▶ metrics.jsonl, checkpoints/step-N (atomic), final/ (HF)      (trainer, checkpoint)
+//! ```
+//!
+//! Key decisions:
+//! - **Exact masks or nothing.** Labels come from the template's per-token trained flags;
+//!   a mask that cannot be computed is an error or a counted skip ([`data::tokenize`]).
+//! - **Token-normalised loss.** The step loss is the sum of token losses over the whole global
+//!   batch divided by its target tokens, so the micro-batch split does not change it.
+//! - **Own AdamW.** Written in tensor ops after `torch.optim.AdamW` so its moments can be
+//!   checkpointed; resume is bit-identical on CPU because the data order is a pure function of
+//!   `(seed, epoch)` and every piece of state is saved.
+//! - **Atomic checkpoints** with a hashed manifest as commit marker ([`checkpoint`]).
+//! - The device is always an argument; binaries pick it.
+
+#![deny(missing_docs)]
+
+pub mod batch;
+pub mod chat;
+pub mod checkpoint;
+pub mod config;
+pub mod data;
+pub mod dump;
+mod error;
+pub mod llama;
+pub mod loss;
+pub mod model;
+pub mod optim;
+mod run;
+pub mod schedule;
+pub mod trainer;
+
+pub use config::{Dtype, MaskErrorPolicy, NanPolicy, Overlong, Schedule, TrainConfig};
+pub use data::{read_jsonl, tokenize, ChatEncoder, DataReport, EncodedChat, Example, TrainRecord, Turn, IGNORE};
+pub use error::{Error, Result};
+pub use model::CausalLm;
+pub use run::{eval_loss_at, train, ModelInput};
+pub use trainer::{eval_loss, install_stop_handler, per_example_losses, train_model, EvalLoss, Resume, RunOptions, StepMetrics, TrainOutcome};

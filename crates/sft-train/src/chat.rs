@@ -1,0 +1,90 @@
+//! [`ChatEncoder`] over `sft-chat`: a tokenizer plus a named chat template.
+
+use std::path::{Path, PathBuf};
+
+use crate::data::{ChatEncoder, EncodedChat, Turn};
+use crate::error::{Error, Result};
+
+/// File written next to trained weights that points at the tokenizer they were trained with,
+/// so a later stage can start from `final/` without naming the tokenizer again.
+pub const TOKENIZER_SOURCE: &str = "tokenizer_source.json";
+
+/// A tokenizer and chat template that produce ids with an exact assistant-only mask.
+pub struct TemplateEncoder {
+    tokenizer: sft_chat::ChatTokenizer,
+    template: sft_chat::ChatTemplate,
+    /// Where the tokenizer was loaded from.
+    pub tokenizer_path: PathBuf,
+}
+
+impl std::fmt::Debug for TemplateEncoder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TemplateEncoder").field("template", &self.template.name()).field("tokenizer", &self.tokenizer_path).finish()
+    }
+}
+
+/// Where to find the tokenizer for a model path: the path itself when it is a `.gguf` file or a
+/// directory with `tokenizer.json`, else the path recorded in its [`TOKENIZER_SOURCE`].
+pub fn tokenizer_path_for(model: &Path) -> Result<PathBuf> {
+    if model.is_file() || model.join("tokenizer.json").exists() {
+        return Ok(model.to_path_buf());
+    }
+    let src = model.join(TOKENIZER_SOURCE);
+    let text = std::fs::read(&src).map_err(|e| {
+        Error::Model(format!(
+            "{}: no tokenizer.json and no readable {TOKENIZER_SOURCE} ({e}); pass --tokenizer",
+            model.display()
+        ))
+    })?;
+    let v: serde_json::Value =
+        serde_json::from_slice(&text).map_err(|e| Error::Parse { path: src.clone(), message: e.to_string() })?;
+    v["path"]
+        .as_str()
+        .map(PathBuf::from)
+        .ok_or_else(|| Error::Parse { path: src, message: "no string `path`".into() })
+}
+
+impl TemplateEncoder {
+    /// Loads the tokenizer at `tokenizer` (a `.gguf`, an HF directory or a `tokenizer.json`)
+    /// and resolves `template` (`vicuna_v1.1`, `chatml`, or `model` for its own Jinja template).
+    pub fn new(tokenizer: &Path, template: &str) -> Result<Self> {
+        let tok = sft_chat::ChatTokenizer::from_path(tokenizer)
+            .map_err(|e| Error::Model(format!("tokenizer {}: {e}", tokenizer.display())))?;
+        let tpl = sft_chat::ChatTemplate::resolve(template, &tok).map_err(|e| Error::Config(format!("template `{template}`: {e}")))?;
+        let abs = std::fs::canonicalize(tokenizer).unwrap_or_else(|_| tokenizer.to_path_buf());
+        Ok(TemplateEncoder { tokenizer: tok, template: tpl, tokenizer_path: abs })
+    }
+
+    /// The template's name.
+    pub fn template_name(&self) -> &str {
+        self.template.name()
+    }
+}
+
+fn to_chat(messages: &[Turn]) -> std::result::Result<Vec<sft_chat::ChatMessage>, String> {
+    messages
+        .iter()
+        .map(|m| {
+            let role = match m.role.as_str() {
+                "system" => sft_chat::Role::System,
+                "user" => sft_chat::Role::User,
+                "assistant" => sft_chat::Role::Assistant,
+                other => return Err(format!("unknown role `{other}`")),
+            };
+            Ok(sft_chat::ChatMessage::new(role, m.content.clone()))
+        })
+        .collect()
+}
+
+impl ChatEncoder for TemplateEncoder {
+    fn encode(&self, messages: &[Turn]) -> std::result::Result<EncodedChat, String> {
+        let msgs = to_chat(messages)?;
+        let enc = self.template.encode_with_mask(&self.tokenizer, &msgs).map_err(|e| e.to_string())?;
+        Ok(EncodedChat { ids: enc.ids.iter().map(|&i| i64::from(i)).collect(), trained: enc.labels_mask })
+    }
+
+    fn decode(&self, ids: &[i64]) -> String {
+        let ids: Vec<u32> = ids.iter().map(|&i| i as u32).collect();
+        self.tokenizer.decode(&ids, false).unwrap_or_else(|e| format!("<undecodable: {e}>"))
+    }
+}

@@ -1,0 +1,249 @@
+//! AdamW written in tensor ops, so that its state can be checkpointed and restored exactly.
+//!
+//! tch's built-in optimizer keeps its moments inside libtorch where we cannot save them, and
+//! exact resume needs them. This implementation follows `torch.optim.AdamW` (single-tensor path)
+//! operation by operation: decoupled decay `p *= 1 - lr·wd`, `m.lerp_(g, 1-β1)`,
+//! `v = v·β2 + (1-β2)·g·g`, `p -= lr/(1-β1^t) · m / (sqrt(v)/sqrt(1-β2^t) + ε)`.
+//! Weight decay is never applied to norms, biases or other 1-D parameters (HF's grouping).
+//!
+//! Mixed precision: when a parameter is not f32 (bf16 on CUDA), the optimizer keeps an f32
+//! master copy, updates that with the f32-cast gradient, and writes it back rounded. The master
+//! copy is what checkpoints store.
+
+use tch::nn::VarStore;
+use tch::{Kind, Tensor};
+
+use crate::error::{Error, Result};
+
+/// One optimised parameter.
+#[derive(Debug)]
+struct Param {
+    name: String,
+    /// The model's variable (shares storage with the VarStore).
+    var: Tensor,
+    /// f32 master weights when `var` is lower precision.
+    master: Option<Tensor>,
+    decay: bool,
+    exp_avg: Tensor,
+    exp_avg_sq: Tensor,
+}
+
+/// Hyperparameters that do not change during a run (the learning rate comes per step).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AdamWParams {
+    /// β1.
+    pub beta1: f64,
+    /// β2.
+    pub beta2: f64,
+    /// ε.
+    pub eps: f64,
+    /// Decoupled weight decay for ≥2-D, non-norm, non-bias parameters.
+    pub weight_decay: f64,
+}
+
+/// AdamW over the trainable variables of a [`VarStore`].
+#[derive(Debug)]
+pub struct AdamW {
+    params: Vec<Param>,
+    hp: AdamWParams,
+    step: u64,
+}
+
+/// Whether HF's trainer would decay this parameter (not a norm, not a bias, at least 2-D).
+pub fn decays(name: &str, dims: usize) -> bool {
+    dims >= 2 && !name.ends_with(".bias") && !name.contains("norm")
+}
+
+impl AdamW {
+    /// Optimises every variable of `vs` that requires grad, in name order. With `master`, f32
+    /// master copies are taken now (call before lowering the store's precision); parameters that
+    /// are not f32 always get one.
+    pub fn new(vs: &VarStore, hp: AdamWParams, master: bool) -> Result<Self> {
+        let mut vars: Vec<(String, Tensor)> =
+            vs.variables().into_iter().filter(|(_, t)| t.requires_grad()).collect();
+        vars.sort_by(|a, b| a.0.cmp(&b.0));
+        if vars.is_empty() {
+            return Err(Error::Config("the model has no trainable parameters".into()));
+        }
+        let mut params = Vec::with_capacity(vars.len());
+        for (name, var) in vars {
+            let master = if var.kind() == Kind::Float && !master {
+                None
+            } else {
+                Some(tch::no_grad(|| var.f_to_kind(Kind::Float)?.f_detach_copy())?)
+            };
+            let exp_avg = Tensor::f_zeros(var.size(), (Kind::Float, var.device()))?;
+            let exp_avg_sq = Tensor::f_zeros(var.size(), (Kind::Float, var.device()))?;
+            let decay = decays(&name, var.dim());
+            params.push(Param { name, var, master, decay, exp_avg, exp_avg_sq });
+        }
+        Ok(AdamW { params, hp, step: 0 })
+    }
+
+    /// Updates done so far.
+    pub fn step_count(&self) -> u64 {
+        self.step
+    }
+
+    /// Names of the parameters that get weight decay.
+    pub fn decayed_names(&self) -> Vec<&str> {
+        self.params.iter().filter(|p| p.decay).map(|p| p.name.as_str()).collect()
+    }
+
+    /// Sets every gradient to zero (dropping them).
+    pub fn zero_grad(&mut self) {
+        for p in &mut self.params {
+            p.var.zero_grad();
+        }
+    }
+
+    fn grads(&self) -> Vec<Tensor> {
+        self.params.iter().map(|p| p.var.grad()).filter(|g| g.defined()).collect()
+    }
+
+    /// Global L2 norm of all gradients (as `torch.nn.utils.clip_grad_norm_` computes it).
+    pub fn grad_norm(&self) -> Result<f64> {
+        let grads = self.grads();
+        if grads.is_empty() {
+            return Ok(0.0);
+        }
+        let norms = tch::no_grad(|| -> Result<Tensor> {
+            let per: Vec<Tensor> = grads
+                .iter()
+                .map(|g| g.f_to_kind(Kind::Float)?.f_norm())
+                .collect::<Result<_, tch::TchError>>()?;
+            Ok(Tensor::f_stack(&per, 0)?.f_norm()?)
+        })?;
+        Ok(norms.f_double_value(&[])?)
+    }
+
+    /// Scales gradients so their global norm is at most `max_norm` (torch's formula:
+    /// `coef = min(1, max_norm / (norm + 1e-6))`). `max_norm = 0` disables clipping.
+    pub fn clip(&mut self, max_norm: f64, norm: f64) -> Result<()> {
+        if max_norm <= 0.0 {
+            return Ok(());
+        }
+        let coef = (max_norm / (norm + 1e-6)).min(1.0);
+        if coef >= 1.0 {
+            return Ok(());
+        }
+        tch::no_grad(|| -> Result<()> {
+            for mut g in self.grads() {
+                let _ = g.f_mul_scalar_(coef)?;
+            }
+            Ok(())
+        })
+    }
+
+    /// One AdamW update at learning rate `lr`.
+    pub fn step(&mut self, lr: f64) -> Result<()> {
+        self.step += 1;
+        let t = self.step as i32;
+        let AdamWParams { beta1, beta2, eps, weight_decay } = self.hp;
+        let bc1 = 1.0 - beta1.powi(t);
+        let bc2_sqrt = (1.0 - beta2.powi(t)).sqrt();
+        let step_size = lr / bc1;
+        tch::no_grad(|| -> Result<()> {
+            for p in &mut self.params {
+                let g = p.var.grad();
+                if !g.defined() {
+                    continue;
+                }
+                let g = if g.kind() == Kind::Float { g } else { g.f_to_kind(Kind::Float)? };
+                let mut w = match &p.master {
+                    Some(m) => m.shallow_clone(),
+                    None => p.var.shallow_clone(),
+                };
+                if p.decay && weight_decay != 0.0 {
+                    let _ = w.f_mul_scalar_(1.0 - lr * weight_decay)?;
+                }
+                let _ = p.exp_avg.f_lerp_(&g, 1.0 - beta1)?;
+                let _ = p.exp_avg_sq.f_mul_scalar_(beta2)?;
+                let _ = p.exp_avg_sq.f_addcmul_(&g.f_mul_scalar(1.0 - beta2)?, &g)?;
+                let mut denom = p.exp_avg_sq.f_sqrt()?.f_div_scalar(bc2_sqrt)?;
+                let _ = denom.f_add_scalar_(eps)?;
+                let _ = w.f_addcdiv_(&p.exp_avg.f_mul_scalar(-step_size)?, &denom)?;
+                if p.master.is_some() {
+                    let _ = p.var.f_copy_(&w)?;
+                }
+            }
+            Ok(())
+        })
+    }
+
+    /// The f32 weights (master copies where they exist) by parameter name.
+    pub fn weights(&self) -> Vec<(String, Tensor)> {
+        self.params
+            .iter()
+            .map(|p| (p.name.clone(), p.master.as_ref().unwrap_or(&p.var).shallow_clone()))
+            .collect()
+    }
+
+    /// State tensors for a checkpoint: `exp_avg.<name>` and `exp_avg_sq.<name>`.
+    pub fn state_tensors(&self) -> Vec<(String, Tensor)> {
+        let mut out = Vec::with_capacity(self.params.len() * 2);
+        for p in &self.params {
+            out.push((format!("exp_avg.{}", p.name), p.exp_avg.shallow_clone()));
+            out.push((format!("exp_avg_sq.{}", p.name), p.exp_avg_sq.shallow_clone()));
+        }
+        out
+    }
+
+    /// Restores moments and the step count; every parameter must be present with its shape.
+    pub fn load_state(&mut self, step: u64, tensors: &[(String, Tensor)]) -> Result<()> {
+        let map: std::collections::HashMap<&str, &Tensor> =
+            tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
+        let get = |key: String, like: &Tensor| -> Result<Tensor> {
+            let t = map.get(key.as_str()).ok_or_else(|| {
+                Error::Config(format!("optimizer state lacks `{key}`"))
+            })?;
+            if t.size() != like.size() {
+                return Err(Error::Config(format!(
+                    "optimizer state `{key}` has shape {:?}, parameter has {:?}",
+                    t.size(),
+                    like.size()
+                )));
+            }
+            Ok(t.f_to_kind(Kind::Float)?.f_to_device(like.device())?)
+        };
+        for p in &mut self.params {
+            p.exp_avg = get(format!("exp_avg.{}", p.name), &p.var)?;
+            p.exp_avg_sq = get(format!("exp_avg_sq.{}", p.name), &p.var)?;
+        }
+        if map.len() != self.params.len() * 2 {
+            return Err(Error::Config(format!(
+                "optimizer state has {} tensors, expected {}",
+                map.len(),
+                self.params.len() * 2
+            )));
+        }
+        self.step = step;
+        Ok(())
+    }
+
+    /// Loads f32 weights into the parameters (and their master copies).
+    pub fn load_weights(&mut self, tensors: &[(String, Tensor)]) -> Result<()> {
+        let map: std::collections::HashMap<&str, &Tensor> =
+            tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
+        tch::no_grad(|| -> Result<()> {
+            for p in &mut self.params {
+                let src = map
+                    .get(p.name.as_str())
+                    .ok_or_else(|| Error::Config(format!("weights lack `{}`", p.name)))?;
+                if src.size() != p.var.size() {
+                    return Err(Error::Config(format!(
+                        "weight `{}` has shape {:?}, model has {:?}",
+                        p.name,
+                        src.size(),
+                        p.var.size()
+                    )));
+                }
+                if let Some(m) = &mut p.master {
+                    let _ = m.f_copy_(src)?;
+                }
+                let _ = p.var.f_copy_(src)?;
+            }
+            Ok(())
+        })
+    }
+}

@@ -1,0 +1,75 @@
+//! [`train`]: the one call a runner needs — load weights, tokenizer and data, train, save.
+
+use std::path::Path;
+
+use tch::Device;
+
+use crate::chat::{tokenizer_path_for, TemplateEncoder, TOKENIZER_SOURCE};
+use crate::config::TrainConfig;
+use crate::data::{read_jsonl, tokenize};
+use crate::error::{Error, Result};
+use crate::trainer::{pretty, train_model, RunOptions, TrainOutcome};
+
+/// Where the starting weights and the tokenizer come from.
+#[derive(Debug, Clone, Copy)]
+pub struct ModelInput<'a> {
+    /// An HF directory (a previous stage's `final/` or `checkpoints/step-N/` works) or a `.gguf`.
+    pub model: &'a Path,
+    /// Tokenizer (`.gguf`, HF dir or `tokenizer.json`); `None` = found from `model`
+    /// ([`crate::chat::tokenizer_path_for`]).
+    pub tokenizer: Option<&'a Path>,
+}
+
+/// Trains `input.model` on the chat JSONL at `data` with `cfg`, writing everything under
+/// `out_dir` (see [`crate::trainer::train_model`]); `out_dir/final/` also gets
+/// `tokenizer_source.json` so the next stage can start from it.
+pub fn train(input: ModelInput<'_>, data: &Path, cfg: &TrainConfig, out_dir: &Path, device: Device, opts: &RunOptions) -> Result<TrainOutcome> {
+    cfg.validate()?;
+    let tok_path = match input.tokenizer {
+        Some(p) => p.to_path_buf(),
+        None => tokenizer_path_for(input.model)?,
+    };
+    let encoder = TemplateEncoder::new(&tok_path, &cfg.template)?;
+    let records = match data.extension().and_then(|e| e.to_str()) {
+        Some("jsonl") | Some("json") => read_jsonl(data)?,
+        _ => {
+            return Err(Error::Config(format!(
+                "{}: only chat JSONL is read (sft-compose writes it with `--format jsonl`)",
+                data.display()
+            )))
+        }
+    };
+    let (examples, report) = tokenize(&records, &encoder, cfg.max_len, cfg.overlong, cfg.on_mask_error)?;
+    tracing::info!(
+        records = report.records,
+        kept = report.kept,
+        truncated = report.truncated,
+        dropped_overlong = report.dropped_overlong,
+        dropped_no_target = report.dropped_no_target,
+        mask_errors = report.mask_errors.len(),
+        target_tokens = report.target_tokens,
+        template = encoder.template_name(),
+        "tokenized"
+    );
+    let mut loaded = crate::llama::load_model(input.model, device)?;
+    let outcome = train_model(&loaded.model, &mut loaded.vs, &examples, &report, &encoder, cfg, out_dir, opts)?;
+    if let Some(dir) = &outcome.final_dir {
+        let v = serde_json::json!({ "path": encoder.tokenizer_path, "template": encoder.template_name() });
+        crate::checkpoint::write_atomic(&dir.join(TOKENIZER_SOURCE), pretty(&v)?.as_bytes())?;
+    }
+    Ok(outcome)
+}
+
+/// Held-out loss of the model at `model` on the chat JSONL at `data` (mean per target token),
+/// tokenized like training with `cfg`'s template, `max_len` and policies.
+pub fn eval_loss_at(input: ModelInput<'_>, data: &Path, cfg: &TrainConfig, device: Device) -> Result<crate::trainer::EvalLoss> {
+    let tok_path = match input.tokenizer {
+        Some(p) => p.to_path_buf(),
+        None => tokenizer_path_for(input.model)?,
+    };
+    let encoder = TemplateEncoder::new(&tok_path, &cfg.template)?;
+    let records = read_jsonl(data)?;
+    let (examples, _) = tokenize(&records, &encoder, cfg.max_len, cfg.overlong, cfg.on_mask_error)?;
+    let loaded = crate::llama::load_model(input.model, device)?;
+    crate::trainer::eval_loss(&loaded.model, &examples, cfg.micro_batch_size, device)
+}

@@ -1,0 +1,607 @@
+//! The training loop: accumulation with token-normalised loss, clipping, AdamW, metrics,
+//! checkpoints, resume, fault policies and graceful stop.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+use tch::nn::VarStore;
+use tch::{Kind, Tensor};
+
+use crate::batch::{collate, epoch_plan, Collated, StepPlan};
+use crate::checkpoint::{self, PendingCheckpoint};
+use crate::config::{NanPolicy, TrainConfig};
+use crate::data::{ChatEncoder, DataReport, Example, IGNORE};
+use crate::error::{Error, Result};
+use crate::loss::token_losses;
+use crate::model::CausalLm;
+use crate::optim::{AdamW, AdamWParams};
+use crate::schedule::LrSchedule;
+
+/// Whether to continue from `out_dir/checkpoints/`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Resume {
+    /// Resume when a checkpoint exists, else start fresh.
+    #[default]
+    Auto,
+    /// A complete checkpoint must exist (`--resume`); otherwise an error.
+    Require,
+    /// Refuse to run when checkpoints exist (a fresh run must not overwrite them).
+    Never,
+}
+
+/// Run-time options that are not hyperparameters.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    /// Resume behaviour.
+    pub resume: Resume,
+    /// Write the first `cfg.dump_batches` global batches here as JSON + readable text.
+    pub dump_batches: Option<PathBuf>,
+    /// When set (by a signal handler), finish the current step, checkpoint and return.
+    pub stop: Option<Arc<AtomicBool>>,
+    /// Show a progress bar on stderr.
+    pub progress: bool,
+    /// Stop (checkpointing) after this many total steps, as if interrupted; for tests and
+    /// time-boxed jobs. The schedule still spans the whole run.
+    pub stop_after: Option<u64>,
+    /// Fault injection for tests: make the loss NaN at this (1-based) step.
+    pub inject_nan_at: Option<u64>,
+}
+
+/// What a run did.
+#[derive(Debug, Clone, Serialize)]
+pub struct TrainOutcome {
+    /// Optimizer steps completed (including skipped ones) when the run returned.
+    pub steps: u64,
+    /// Steps the schedule spans.
+    pub total_steps: u64,
+    /// Loss of the last completed step.
+    pub last_loss: Option<f64>,
+    /// Step the run resumed from, if it resumed.
+    pub resumed_from: Option<u64>,
+    /// Steps skipped for non-finite values (`nan_policy = skip`).
+    pub skipped_steps: u64,
+    /// Non-pad tokens processed in this invocation.
+    pub tokens: u64,
+    /// HF-format weights of the finished run (`None` when stopped early).
+    pub final_dir: Option<PathBuf>,
+    /// Whether the run stopped early (signal or `stop_after`) after checkpointing.
+    pub interrupted: bool,
+}
+
+/// One line of `metrics.jsonl`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StepMetrics {
+    /// 1-based optimizer step.
+    pub step: u64,
+    /// 0-based epoch.
+    pub epoch: u32,
+    /// Mean loss per target token over the global batch.
+    pub loss: f64,
+    /// The same, per source.
+    pub per_source_loss: BTreeMap<String, f64>,
+    /// Global gradient norm before clipping.
+    pub grad_norm: f64,
+    /// Learning rate used by this step.
+    pub lr: f64,
+    /// Non-pad tokens in the global batch.
+    pub tokens: u64,
+    /// Tokens that carried loss.
+    pub target_tokens: u64,
+    /// Throughput of this step (tokens / wall seconds).
+    pub tokens_per_s: f64,
+    /// Whether the update was skipped for non-finite values.
+    pub skipped: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct TrainerState {
+    format_version: u32,
+    step: u64,
+    total_steps: u64,
+    skipped_steps: u64,
+    consecutive_skips: u32,
+    optimizer_steps: u64,
+    fingerprint: BTreeMap<String, String>,
+    examples: usize,
+    /// No randomness besides the data order (derived from seed and epoch) enters training:
+    /// the model has no dropout, so the libtorch RNG is not part of the state.
+    rng: String,
+}
+
+fn fingerprint(cfg: &TrainConfig, examples: &[Example]) -> BTreeMap<String, String> {
+    let mut m: BTreeMap<String, String> =
+        cfg.resume_fingerprint().into_iter().map(|(k, v)| (k.to_string(), v)).collect();
+    // A cheap digest of the data: ids and lengths in order.
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for ex in examples {
+        for b in ex.record_id.bytes().chain((ex.input_ids.len() as u64).to_le_bytes()) {
+            h = (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3);
+        }
+    }
+    m.insert("data".into(), format!("{h:016x}"));
+    m
+}
+
+/// Locates global step `s` (0-based) in the per-epoch plans.
+fn locate(plans: &[Vec<StepPlan>], mut s: u64) -> Option<(u32, &StepPlan)> {
+    for (e, p) in plans.iter().enumerate() {
+        if s < p.len() as u64 {
+            return Some((e as u32, &p[s as usize]));
+        }
+        s -= p.len() as u64;
+    }
+    None
+}
+
+struct StepResult {
+    loss_sum: f64,
+    per_source: BTreeMap<String, (f64, u64)>,
+    tokens: u64,
+    targets: u64,
+}
+
+/// Forward + backward of one global batch; returns summed token losses (gradients are of
+/// `sum / targets`, so a token weighs the same whatever the micro-batch split).
+fn accumulate(
+    model: &dyn CausalLm,
+    examples: &[Example],
+    step: &StepPlan,
+    cfg: &TrainConfig,
+    device: tch::Device,
+    nan: bool,
+) -> Result<StepResult> {
+    let batches: Vec<Collated> =
+        step.micro.iter().map(|m| collate(examples, m, cfg.packing, device)).collect::<Result<_>>()?;
+    let targets: usize = batches.iter().map(|b| b.target_tokens).sum();
+    let mut out = StepResult { loss_sum: 0.0, per_source: BTreeMap::new(), tokens: 0, targets: targets as u64 };
+    for c in &batches {
+        let logits = model.forward(&c.input_ids, c.position_ids.as_ref(), c.attn_mask.as_ref())?;
+        let tl = token_losses(&logits, &c.labels)?;
+        let mut loss = tl.f_sum(Kind::Float)?.f_div_scalar(targets.max(1) as f64)?;
+        if nan {
+            loss = loss.f_mul_scalar(f64::NAN)?;
+        }
+        loss.f_backward()?;
+        let sum = tl.f_sum(Kind::Double)?.f_double_value(&[])?;
+        out.loss_sum += if nan { f64::NAN } else { sum };
+        out.tokens += c.tokens as u64;
+        // Per-source sums on the CPU from the detached token losses.
+        let t1 = tl.size()[1] as usize;
+        let host: Vec<f32> = Vec::<f32>::try_from(tl.f_detach()?.f_to_device(tch::Device::Cpu)?.f_flatten(0, -1)?)?;
+        for s in &c.segments {
+            let ex = &examples[s.example];
+            let mut acc = 0.0f64;
+            let mut n = 0u64;
+            for j in 1..s.len {
+                if ex.labels[j] != IGNORE {
+                    acc += f64::from(host[s.row * t1 + s.start + j - 1]);
+                    n += 1;
+                }
+            }
+            let e = out.per_source.entry(ex.source.clone()).or_insert((0.0, 0));
+            e.0 += acc;
+            e.1 += n;
+        }
+    }
+    Ok(out)
+}
+
+/// Trains `model` (whose parameters are the trainable variables of `vs`) on `examples`.
+///
+/// Writes `out_dir/{train_config.json,data_report.json,metrics.jsonl}`, checkpoints under
+/// `out_dir/checkpoints/`, and the final HF-format weights (`model.safetensors` +
+/// `config.json`) under `out_dir/final/`. Resumes from the newest complete checkpoint
+/// according to `opts.resume`.
+#[allow(clippy::too_many_arguments)]
+pub fn train_model(
+    model: &dyn CausalLm,
+    vs: &mut VarStore,
+    examples: &[Example],
+    data_report: &DataReport,
+    encoder: &dyn ChatEncoder,
+    cfg: &TrainConfig,
+    out_dir: &Path,
+    opts: &RunOptions,
+) -> Result<TrainOutcome> {
+    cfg.validate()?;
+    if examples.is_empty() {
+        return Err(Error::NoData("empty example list".into()));
+    }
+    let device = vs.device();
+    std::fs::create_dir_all(out_dir).map_err(|e| Error::io("create", out_dir, e))?;
+    checkpoint::write_atomic(&out_dir.join("train_config.json"), pretty(cfg)?.as_bytes())?;
+    checkpoint::write_atomic(&out_dir.join("data_report.json"), pretty(data_report)?.as_bytes())?;
+
+    let epochs = cfg.epochs.max(1);
+    let plans: Vec<Vec<StepPlan>> = (0..epochs).map(|e| epoch_plan(examples, cfg, e)).collect();
+    let planned: u64 = plans.iter().map(|p| p.len() as u64).sum();
+    let total = cfg.max_steps.map_or(planned, |m| m.min(planned));
+    let sched = LrSchedule::new(cfg.schedule, cfg.lr, cfg.warmup_ratio, total);
+    let hp = AdamWParams {
+        beta1: cfg.adam_beta1,
+        beta2: cfg.adam_beta2,
+        eps: cfg.adam_eps,
+        weight_decay: cfg.weight_decay,
+    };
+    let mixed = cfg.dtype == crate::config::Dtype::Bf16;
+    let mut opt = AdamW::new(vs, hp, mixed)?;
+    if mixed {
+        if device == tch::Device::Cpu {
+            tracing::warn!("bf16 compute on the CPU is slow; it is meant for CUDA");
+        }
+        vs.set_kind(Kind::BFloat16);
+    }
+    let vs: &VarStore = vs;
+    let fp = fingerprint(cfg, examples);
+    let ckpt_root = out_dir.join("checkpoints");
+    let metrics_path = out_dir.join("metrics.jsonl");
+
+    // Resume.
+    let mut start = 0u64;
+    let mut skipped = 0u64;
+    let mut consecutive = 0u32;
+    let mut resumed_from = None;
+    let found = checkpoint::latest_complete(&ckpt_root)?;
+    match (opts.resume, found) {
+        (Resume::Require, None) => {
+            return Err(Error::ckpt(&ckpt_root, "--resume given but there is no checkpoint"))
+        }
+        (Resume::Never, Some((dir, _))) => {
+            return Err(Error::ckpt(dir, "checkpoints exist but resuming is disabled; use another --out"))
+        }
+        (_, Some((dir, m))) => {
+            let state_path = dir.join("trainer_state.json");
+            let text = std::fs::read(&state_path).map_err(|e| Error::io("read", &state_path, e))?;
+            let st: TrainerState = serde_json::from_slice(&text)
+                .map_err(|e| Error::Parse { path: state_path.clone(), message: e.to_string() })?;
+            for (k, v) in &fp {
+                let old = st.fingerprint.get(k).map(String::as_str).unwrap_or("<missing>");
+                if old != v {
+                    return Err(Error::ckpt(&dir, format!("cannot resume: `{k}` was {old}, now {v}")));
+                }
+            }
+            opt.load_weights(&checkpoint::read_safetensors(&dir.join("model.safetensors"))?)?;
+            opt.load_state(st.optimizer_steps, &checkpoint::read_safetensors(&dir.join("optimizer.safetensors"))?)?;
+            start = m.step;
+            skipped = st.skipped_steps;
+            consecutive = st.consecutive_skips;
+            resumed_from = Some(start);
+            truncate_metrics(&metrics_path, start)?;
+            tracing::info!(step = start, dir = %dir.display(), "resumed from checkpoint");
+        }
+        (_, None) => {
+            if metrics_path.exists() {
+                std::fs::remove_file(&metrics_path).map_err(|e| Error::io("remove", &metrics_path, e))?;
+            }
+        }
+    }
+    tch::manual_seed(cfg.seed as i64);
+
+    if let (Some(dir), 0) = (&opts.dump_batches, start) {
+        crate::dump::dump_batches(dir, examples, &plans, cfg, encoder)?;
+    }
+
+    let pb = if opts.progress {
+        indicatif::ProgressBar::new(total)
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    pb.set_style(
+        indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} steps  {msg}  [{elapsed} < {eta}]")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    pb.set_position(start);
+    tracing::info!(total_steps = total, start, examples = examples.len(), "training");
+
+    let mut metrics = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&metrics_path)
+        .map_err(|e| Error::io("open", &metrics_path, e))?;
+    let mut last_loss = None;
+    let mut tokens_total = 0u64;
+    let mut step = start;
+    let mut interrupted = false;
+    let mut saved_at = resumed_from;
+    let save = |step: u64, opt: &AdamW, skipped: u64, consecutive: u32| -> Result<PathBuf> {
+        let st = TrainerState {
+            format_version: checkpoint::FORMAT_VERSION,
+            step,
+            total_steps: total,
+            skipped_steps: skipped,
+            consecutive_skips: consecutive,
+            optimizer_steps: opt.step_count(),
+            fingerprint: fp.clone(),
+            examples: examples.len(),
+            rng: "data order = f(seed, epoch); no other randomness".into(),
+        };
+        let files = vec![
+            ("model.safetensors".to_string(), model_bytes(vs, opt)?),
+            ("optimizer.safetensors".to_string(), checkpoint::safetensors_bytes(&opt.state_tensors())?),
+            ("trainer_state.json".to_string(), pretty(&st)?.into_bytes()),
+            ("config.json".to_string(), pretty(&model.hf_config())?.into_bytes()),
+        ];
+        let dir = checkpoint::commit(&ckpt_root, &PendingCheckpoint { step, files }, cfg.keep_last)?;
+        tracing::info!(step, dir = %dir.display(), "checkpoint committed");
+        Ok(dir)
+    };
+
+    while step < total {
+        if opts.stop.as_ref().is_some_and(|s| s.load(Ordering::SeqCst)) || opts.stop_after.is_some_and(|k| step >= k) {
+            interrupted = true;
+            break;
+        }
+        let (epoch, plan) = locate(&plans, step).ok_or_else(|| Error::Config("step beyond plan".into()))?;
+        let t0 = Instant::now();
+        let nan = opts.inject_nan_at == Some(step + 1);
+        let r = accumulate(model, examples, plan, cfg, device, nan)?;
+        let loss = r.loss_sum / r.targets.max(1) as f64;
+        let grad_norm = if loss.is_finite() { opt.grad_norm()? } else { f64::NAN };
+        let lr = sched.lr(step);
+        let bad = if !loss.is_finite() {
+            Some("loss")
+        } else if !grad_norm.is_finite() {
+            Some("gradient")
+        } else {
+            None
+        };
+        let mut skipped_now = false;
+        if let Some(what) = bad {
+            let ids: Vec<&str> = plan.example_indices().map(|i| examples[i].record_id.as_str()).collect();
+            let err = Error::NonFinite { what, step: step + 1, record_ids: ids.join(",") };
+            opt.zero_grad();
+            consecutive += 1;
+            match cfg.nan_policy {
+                NanPolicy::Abort => return Err(err),
+                NanPolicy::Skip if consecutive > cfg.max_consecutive_skips => return Err(err),
+                NanPolicy::Skip => {
+                    tracing::warn!(%err, "skipping step");
+                    skipped += 1;
+                    skipped_now = true;
+                }
+            }
+        } else {
+            consecutive = 0;
+            opt.clip(cfg.max_grad_norm, grad_norm)?;
+            opt.step(lr)?;
+            opt.zero_grad();
+        }
+        step += 1;
+        tokens_total += r.tokens;
+        let secs = t0.elapsed().as_secs_f64();
+        let m = StepMetrics {
+            step,
+            epoch,
+            loss,
+            per_source_loss: r
+                .per_source
+                .iter()
+                .filter(|(_, v)| v.1 > 0)
+                .map(|(k, v)| (k.clone(), v.0 / v.1 as f64))
+                .collect(),
+            grad_norm,
+            lr,
+            tokens: r.tokens,
+            target_tokens: r.targets,
+            tokens_per_s: r.tokens as f64 / secs.max(1e-9),
+            skipped: skipped_now,
+        };
+        let line = serde_json::to_string(&m).map_err(|e| Error::Config(e.to_string()))?;
+        writeln!(metrics, "{line}").map_err(|e| Error::io("write", &metrics_path, e))?;
+        metrics.flush().map_err(|e| Error::io("write", &metrics_path, e))?;
+        if !skipped_now {
+            last_loss = Some(loss);
+        }
+        tracing::debug!(step, loss, grad_norm, lr, tokens_per_s = m.tokens_per_s, "step");
+        pb.set_message(format!("loss {loss:.4}  {:.0} tok/s", m.tokens_per_s));
+        pb.set_position(step);
+        if cfg.save_every > 0 && step % cfg.save_every == 0 && step < total {
+            save(step, &opt, skipped, consecutive)?;
+            saved_at = Some(step);
+        }
+    }
+    pb.finish_and_clear();
+
+    if saved_at != Some(step) {
+        save(step, &opt, skipped, consecutive)?;
+    }
+    if interrupted {
+        tracing::info!(step, "stopped early after checkpointing");
+        return Ok(TrainOutcome {
+            steps: step,
+            total_steps: total,
+            last_loss,
+            resumed_from,
+            skipped_steps: skipped,
+            tokens: tokens_total,
+            final_dir: None,
+            interrupted: true,
+        });
+    }
+    let final_dir = out_dir.join("final");
+    write_hf_dir(&final_dir, model_bytes(vs, &opt)?, pretty(&model.hf_config())?)?;
+    Ok(TrainOutcome {
+        steps: step,
+        total_steps: total,
+        last_loss,
+        resumed_from,
+        skipped_steps: skipped,
+        tokens: tokens_total,
+        final_dir: Some(final_dir),
+        interrupted: false,
+    })
+}
+
+/// Every variable of `vs`, with the optimizer's f32 master copies where they exist.
+fn model_bytes(vs: &VarStore, opt: &AdamW) -> Result<Vec<u8>> {
+    let mut all: BTreeMap<String, Tensor> = vs.variables().into_iter().collect();
+    for (name, w) in opt.weights() {
+        all.insert(name, w);
+    }
+    let list: Vec<(String, Tensor)> = all.into_iter().collect();
+    checkpoint::safetensors_bytes(&list)
+}
+
+/// Writes an HF-style weights directory atomically (temp dir, fsync, rename).
+fn write_hf_dir(dir: &Path, weights: Vec<u8>, config: String) -> Result<()> {
+    let parent = dir.parent().unwrap_or(Path::new("."));
+    let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let tmp = parent.join(format!(".{name}.tmp"));
+    if tmp.exists() {
+        std::fs::remove_dir_all(&tmp).map_err(|e| Error::io("remove", &tmp, e))?;
+    }
+    std::fs::create_dir_all(&tmp).map_err(|e| Error::io("create", &tmp, e))?;
+    checkpoint::write_atomic(&tmp.join("model.safetensors"), &weights)?;
+    checkpoint::write_atomic(&tmp.join("config.json"), config.as_bytes())?;
+    if dir.exists() {
+        std::fs::remove_dir_all(dir).map_err(|e| Error::io("remove", dir, e))?;
+    }
+    std::fs::rename(&tmp, dir).map_err(|e| Error::io("rename", &tmp, e))?;
+    let f = std::fs::File::open(parent).map_err(|e| Error::io("open", parent, e))?;
+    f.sync_all().map_err(|e| Error::io("fsync", parent, e))
+}
+
+/// Drops metrics lines of steps after `step` (they are redone after a resume).
+fn truncate_metrics(path: &Path, step: u64) -> Result<()> {
+    let Ok(text) = std::fs::read_to_string(path) else { return Ok(()) };
+    let kept: Vec<&str> = text
+        .lines()
+        .filter(|l| {
+            serde_json::from_str::<StepMetrics>(l).map(|m| m.step <= step).unwrap_or(false)
+        })
+        .collect();
+    let mut body = kept.join("\n");
+    if !body.is_empty() {
+        body.push('\n');
+    }
+    checkpoint::write_atomic(path, body.as_bytes())
+}
+
+/// Mean loss per target token of the model on `examples` (no gradients), plus per source.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct EvalLoss {
+    /// Sum of token losses / target tokens.
+    pub mean: f64,
+    /// Target tokens scored.
+    pub target_tokens: u64,
+    /// Per-source mean.
+    pub per_source: BTreeMap<String, f64>,
+}
+
+/// Held-out loss: mean cross entropy per target token, padded batches of `micro_batch_size`.
+pub fn eval_loss(model: &dyn CausalLm, examples: &[Example], micro_batch_size: usize, device: tch::Device) -> Result<EvalLoss> {
+    if examples.is_empty() {
+        return Err(Error::NoData("eval_loss on an empty example list".into()));
+    }
+    let cfg = TrainConfig {
+        micro_batch_size: micro_batch_size.max(1),
+        grad_accum: 1,
+        packing: false,
+        group_by_length: false,
+        ..TrainConfig::default()
+    };
+    let mut order: Vec<usize> = (0..examples.len()).collect();
+    order.sort_by_key(|&i| examples[i].input_ids.len());
+    let mut sum = 0.0;
+    let mut n = 0u64;
+    let mut per: BTreeMap<String, (f64, u64)> = BTreeMap::new();
+    tch::no_grad(|| -> Result<()> {
+        for chunk in order.chunks(cfg.micro_batch_size) {
+            let plan = StepPlan { micro: vec![crate::batch::MicroBatch { rows: chunk.iter().map(|&i| vec![i]).collect() }] };
+            let r = accumulate_eval(model, examples, &plan, device)?;
+            sum += r.loss_sum;
+            n += r.targets;
+            for (k, (s, c)) in r.per_source {
+                let e = per.entry(k).or_insert((0.0, 0));
+                e.0 += s;
+                e.1 += c;
+            }
+        }
+        Ok(())
+    })?;
+    Ok(EvalLoss {
+        mean: sum / n.max(1) as f64,
+        target_tokens: n,
+        per_source: per.into_iter().filter(|(_, (_, c))| *c > 0).map(|(k, (s, c))| (k, s / c as f64)).collect(),
+    })
+}
+
+fn accumulate_eval(model: &dyn CausalLm, examples: &[Example], plan: &StepPlan, device: tch::Device) -> Result<StepResult> {
+    let mut out = StepResult { loss_sum: 0.0, per_source: BTreeMap::new(), tokens: 0, targets: 0 };
+    for mb in &plan.micro {
+        let c = collate(examples, mb, false, device)?;
+        let logits = model.forward(&c.input_ids, None, None)?;
+        let tl = token_losses(&logits, &c.labels)?;
+        out.loss_sum += tl.f_sum(Kind::Double)?.f_double_value(&[])?;
+        out.targets += c.target_tokens as u64;
+        out.tokens += c.tokens as u64;
+        let t1 = tl.size()[1] as usize;
+        let host: Vec<f32> = Vec::<f32>::try_from(tl.f_to_device(tch::Device::Cpu)?.f_flatten(0, -1)?)?;
+        for s in &c.segments {
+            let ex = &examples[s.example];
+            let e = out.per_source.entry(ex.source.clone()).or_insert((0.0, 0));
+            for j in 1..s.len {
+                if ex.labels[j] != IGNORE {
+                    e.0 += f64::from(host[s.row * t1 + s.start + j - 1]);
+                    e.1 += 1;
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Per-example mean losses (sum of its token losses / its target tokens) of one micro-batch;
+/// used to check that packing does not leak between conversations.
+pub fn per_example_losses(
+    model: &dyn CausalLm,
+    examples: &[Example],
+    mb: &crate::batch::MicroBatch,
+    packed: bool,
+    device: tch::Device,
+) -> Result<Vec<(usize, f64)>> {
+    tch::no_grad(|| -> Result<Vec<(usize, f64)>> {
+        let c = collate(examples, mb, packed, device)?;
+        let logits = model.forward(&c.input_ids, c.position_ids.as_ref(), c.attn_mask.as_ref())?;
+        let tl = token_losses(&logits, &c.labels)?;
+        let t1 = tl.size()[1] as usize;
+        let host: Vec<f32> = Vec::<f32>::try_from(tl.f_to_device(tch::Device::Cpu)?.f_flatten(0, -1)?)?;
+        Ok(c.segments
+            .iter()
+            .map(|s| {
+                let ex = &examples[s.example];
+                let (mut acc, mut n) = (0.0, 0u64);
+                for j in 1..s.len {
+                    if ex.labels[j] != IGNORE {
+                        acc += f64::from(host[s.row * t1 + s.start + j - 1]);
+                        n += 1;
+                    }
+                }
+                (s.example, acc / n.max(1) as f64)
+            })
+            .collect())
+    })
+}
+
+/// Pretty JSON of a serialisable value.
+pub(crate) fn pretty<T: Serialize + ?Sized>(v: &T) -> Result<String> {
+    serde_json::to_string_pretty(v).map_err(|e| Error::Config(format!("serialising JSON: {e}")))
+}
+
+/// Installs SIGINT/SIGTERM handlers and returns the flag they set, for [`RunOptions::stop`]:
+/// the first signal lets the current step finish, checkpoints and returns; a second one exits
+/// the process at once (code 1), leaving the previous checkpoint intact.
+pub fn install_stop_handler() -> Result<Arc<AtomicBool>> {
+    let flag = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register_conditional_shutdown(sig, 1, Arc::clone(&flag))
+            .and_then(|_| signal_hook::flag::register(sig, Arc::clone(&flag)))
+            .map_err(|e| Error::io("install signal handler", "", e))?;
+    }
+    Ok(flag)
+}

@@ -1,0 +1,76 @@
+//! Shared helpers: a byte-level toy chat encoder (vocab 64) and the tiny LLaMA fixture.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+
+use sft_train::{ChatEncoder, EncodedChat, TrainRecord, Turn};
+
+/// Renders `<role-token> content <eot>` per message; ids are `4 + byte % 60`.
+/// Trained: assistant content and its end-of-turn token.
+pub struct ToyEncoder;
+
+pub const BOS: i64 = 1;
+pub const EOT: i64 = 2;
+pub const USER: i64 = 3;
+
+impl ChatEncoder for ToyEncoder {
+    fn encode(&self, messages: &[Turn]) -> Result<EncodedChat, String> {
+        let mut ids = vec![BOS];
+        let mut trained = vec![false];
+        for m in messages {
+            let assistant = m.role == "assistant";
+            ids.push(if assistant { 0 } else { USER });
+            trained.push(false);
+            for b in m.content.bytes() {
+                ids.push(4 + i64::from(b % 60));
+                trained.push(assistant);
+            }
+            ids.push(EOT);
+            trained.push(assistant);
+        }
+        Ok(EncodedChat { ids, trained })
+    }
+    fn decode(&self, ids: &[i64]) -> String {
+        ids.iter()
+            .map(|&i| match i {
+                0 => "<A>".to_string(),
+                1 => "<s>".to_string(),
+                2 => "<eot>".to_string(),
+                3 => "<U>".to_string(),
+                x => char::from(b'0' + ((x - 4) % 60) as u8).to_string(),
+            })
+            .collect()
+    }
+}
+
+pub fn record(id: &str, source: &str, turns: &[(&str, &str)]) -> TrainRecord {
+    TrainRecord {
+        id: id.to_string(),
+        source: source.to_string(),
+        messages: turns.iter().map(|(r, c)| Turn { role: r.to_string(), content: c.to_string() }).collect(),
+    }
+}
+
+/// A small synthetic data set: arithmetic-looking Q/A pairs from two sources, some multi-turn.
+pub fn toy_records(n: usize) -> Vec<TrainRecord> {
+    (0..n)
+        .map(|i| {
+            let src = if i % 3 == 0 { "code" } else { "math" };
+            let q = format!("q{} plus {}", i % 7, i % 5);
+            let a = format!("is {}", i % 7 + i % 5);
+            if i % 4 == 0 {
+                record(&format!("{src}:{i}"), src, &[("user", &q), ("assistant", &a), ("user", "again"), ("assistant", &a)])
+            } else {
+                record(&format!("{src}:{i}"), src, &[("system", "be brief"), ("user", &q), ("assistant", &a)])
+            }
+        })
+        .collect()
+}
+
+pub fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+pub fn tiny_llama_dir() -> PathBuf {
+    workspace().join("fixtures/train/tiny-llama")
+}
