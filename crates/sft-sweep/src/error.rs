@@ -49,7 +49,7 @@ pub enum Error {
         cell: String,
         /// The planner's error.
         #[source]
-        source: sft_schedule::Error,
+        source: Box<sft_schedule::Error>,
     },
     /// A cell's `results.json` or `status.json` is malformed.
     #[error("{path}: {message}")]

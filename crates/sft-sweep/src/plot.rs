@@ -74,6 +74,9 @@ struct Series {
     points: Vec<(f64, f64, f64, f64)>,
 }
 
+/// x index → (value, ci low, ci high) of every seed.
+type ByX = BTreeMap<usize, Vec<(f64, f64, f64)>>;
+
 #[derive(Debug, Clone)]
 struct Panel {
     title: String,
@@ -189,7 +192,7 @@ fn figure(spec: &SweepSpec, table: &ResultsTable, k_scan: bool) -> Option<Figure
             let (name, pct, higher) = metric_info(metric);
             let scale = if pct { 100.0 } else { 1.0 };
             // label -> x index -> rows (seeds)
-            let mut acc: BTreeMap<String, BTreeMap<usize, Vec<(f64, f64, f64)>>> = BTreeMap::new();
+            let mut acc: BTreeMap<String, ByX> = BTreeMap::new();
             let mut order: Vec<String> = Vec::new();
             for (grid, cell, x) in points.iter().filter(|p| p.1.model == *model) {
                 let xi = xs.iter().position(|v| v == x).unwrap_or(0);

@@ -189,7 +189,7 @@ impl Cell {
         self.plan.to_toml_string().map_err(|source| Error::Plan {
             path: PathBuf::from("<cell>"),
             cell: self.id.clone(),
-            source,
+            source: Box::new(source),
         })
     }
 
@@ -376,7 +376,7 @@ impl SweepSpec {
                             let st = Strategy::dmt(*k).map_err(|source| Error::Plan {
                                 path: path.to_path_buf(),
                                 cell: grid.name.clone(),
-                                source,
+                                source: Box::new(source),
                             })?;
                             variants.push((st, Some(*k)));
                         }
@@ -450,7 +450,8 @@ impl SweepSpec {
         seed_at: (&str, &str),
     ) -> Result<Cell> {
         let template = strategy.plan();
-        let plan_err = |source| Error::Plan { path: path.to_path_buf(), cell: grid.name.clone(), source };
+        let plan_err =
+            |source| Error::Plan { path: path.to_path_buf(), cell: grid.name.clone(), source: Box::new(source) };
         let mut stages = template.to_spec().stages;
         for stage in &mut stages {
             for (source, r) in stage.mixture.iter_mut() {
