@@ -80,11 +80,14 @@ pub struct StepMetrics {
     pub step: u64,
     /// 0-based epoch.
     pub epoch: u32,
-    /// Mean loss per target token over the global batch.
+    /// Mean loss per target token over the global batch (NaN for a skipped step; written as
+    /// `null` in JSON and read back as NaN).
+    #[serde(deserialize_with = "null_as_nan")]
     pub loss: f64,
     /// The same, per source.
     pub per_source_loss: BTreeMap<String, f64>,
-    /// Global gradient norm before clipping.
+    /// Global gradient norm before clipping (NaN when it could not be computed).
+    #[serde(deserialize_with = "null_as_nan")]
     pub grad_norm: f64,
     /// Learning rate used by this step.
     pub lr: f64,
@@ -96,6 +99,10 @@ pub struct StepMetrics {
     pub tokens_per_s: f64,
     /// Whether the update was skipped for non-finite values.
     pub skipped: bool,
+}
+
+fn null_as_nan<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<f64, D::Error> {
+    Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::NAN))
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -170,7 +170,7 @@ fn kill_during_save_then_resume() {
     // Events 1..10 write train_config.json and data_report.json; each checkpoint save is 19
     // file events (create-dir, 3 per file x 5 files, 2 fsync-dir, rename). Cover every event of
     // the first save and a spread over later ones.
-    let points: Vec<u64> = (11..=30).chain([35, 44, 48, 49, 50, 63, 68]).collect();
+    let points: Vec<u64> = (11..=29).chain([30, 48]).collect();
     for k in points {
         let dir = tempfile::tempdir().unwrap();
         let status = std::process::Command::new(&exe)
@@ -208,6 +208,7 @@ fn nan_loss_aborts_before_the_update_or_is_skipped() {
     assert_eq!(o.skipped_steps, 1);
     let m = metrics(out.path());
     assert!(m[1].skipped && !m[0].skipped && !m[2].skipped);
+    assert!(m[1].loss.is_nan() && m[0].loss.is_finite());
     assert!(o.last_loss.unwrap().is_finite());
 }
 
