@@ -42,6 +42,15 @@ fn peak_rss_kib() -> Option<u64> {
     line.split_whitespace().nth(1)?.parse().ok()
 }
 
+/// User + system CPU seconds of this process so far (from /proc/self/stat, 100 Hz ticks).
+fn cpu_s() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let after = stat.rsplit_once(')').map(|(_, a)| a).unwrap_or("");
+    let f: Vec<&str> = after.split_whitespace().collect();
+    let tick = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    (tick(11) + tick(12)) / 100.0
+}
+
 fn grid(data: &std::path::Path) -> Result<Vec<(String, MixtureSpec)>> {
     let math = SourceSpec::new("math", data.join("gsm8k/train.jsonl"));
     let code = SourceSpec::new("code", data.join("code_alpaca/code_alpaca_20k.json"));
@@ -102,6 +111,7 @@ fn main() -> Result<()> {
     let mut bytes_written = 0u64;
     for _ in 0..args.repeat.max(1) {
         let t0 = Instant::now();
+        let c0 = cpu_s();
         let mut catalog = Catalog::new();
         let mut load_s = 0.0;
         let mut compose_s = 0.0;
@@ -126,7 +136,7 @@ fn main() -> Result<()> {
             records_written += m.len();
             bytes_written += std::fs::metadata(&out)?.len();
         }
-        runs.push((t0.elapsed().as_secs_f64(), load_s, compose_s, write_s));
+        runs.push((t0.elapsed().as_secs_f64(), load_s, compose_s, write_s, cpu_s() - c0));
     }
     runs.sort_by(|a, b| a.0.total_cmp(&b.0));
     let best = runs[0];
@@ -172,12 +182,14 @@ fn main() -> Result<()> {
     let mut parsed_records = 0;
     for _ in 0..3 {
         let t = Instant::now();
+        let c = cpu_s();
         let s = load_source("big", &big, &LoadOptions::strict())?;
-        parse_runs.push(t.elapsed().as_secs_f64());
+        parse_runs.push((t.elapsed().as_secs_f64(), cpu_s() - c));
         parsed_records = s.records.len();
     }
-    parse_runs.sort_by(f64::total_cmp);
-    let mb_s = size as f64 / 1e6 / parse_runs[0];
+    parse_runs.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let mb_s = size as f64 / 1e6 / parse_runs[0].0;
+    let mb_cpu_s = size as f64 / 1e6 / parse_runs[0].1.max(0.01);
 
     let report = serde_json::json!({
         "grid": {
@@ -189,17 +201,21 @@ fn main() -> Result<()> {
             "best_load_s": best.1,
             "best_compose_s": best.2,
             "best_write_s": best.3,
+            "best_run_cpu_s": best.4,
             "median_wall_s": median.0,
             "peak_rss_mib": grid_peak.map(|k| k as f64 / 1024.0),
         },
         "parse": {
             "file_bytes": size,
             "records": parsed_records,
-            "best_s": parse_runs[0],
+            "best_s": parse_runs[0].0,
+            "best_cpu_s": parse_runs[0].1,
             "mb_per_s": mb_s,
+            "mb_per_cpu_s": mb_cpu_s,
         },
         "peak_rss_mib_after_parse": peak_rss_kib().map(|k| k as f64 / 1024.0),
         "cores_available": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+        "loadavg_at_end": std::fs::read_to_string("/proc/loadavg").unwrap_or_default().trim(),
     });
     let text = serde_json::to_string_pretty(&report)?;
     println!("{text}");
