@@ -4,9 +4,10 @@
     python hf_generate.py MODEL.gguf PROMPTS.json [device] [dtype] [max_new] [batch sizes...]
 
 Greedy, `min_new_tokens = max_new_tokens`, left padding for batches, intra-op threads equal to
-libtorch's default (`torch.get_num_threads()`, the same rule tch uses). One JSON line per batch size.
+libtorch's default (`torch.get_num_threads()`, the same rule tch uses) or BENCH_THREADS. One JSON line per batch size.
 """
 import json
+import os
 import pathlib
 import sys
 import time
@@ -17,6 +18,8 @@ from transformers import AutoModelForCausalLM
 
 
 def main():
+    if os.environ.get("BENCH_THREADS"):
+        torch.set_num_threads(int(os.environ["BENCH_THREADS"]))
     a = sys.argv[1:]
     model_path = pathlib.Path(a[0])
     doc = json.loads(pathlib.Path(a[1]).read_text())

@@ -3,6 +3,7 @@
 //! ```text
 //! cargo run --release -p sft-llama --example bench_generate -- MODEL.gguf PROMPTS.json [device] [dtype] [max_new] [batch sizes...]
 //! ```
+//! `BENCH_THREADS=N` sets libtorch's intra-op threads (default: libtorch's own choice).
 //! `PROMPTS.json` is `fixtures/models/smollm2-reference.json` (its `cases[].prompt_ids`); prompts are
 //! cycled to fill each batch. Greedy, no EOS stopping, so every prompt gets exactly `max_new` tokens.
 //! `crates/sft-llama/bench/run.sh` runs this and transformers' `generate` on the same prompts.
@@ -20,6 +21,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let max_new: usize = args.get(5).map_or(Ok(64), |s| s.parse())?;
     let batches: Vec<usize> = if args.len() > 6 { args[6..].iter().map(|s| s.parse()).collect::<Result<_, _>>()? } else { vec![1, 16] };
 
+    if let Some(n) = std::env::var("BENCH_THREADS").ok().and_then(|s| s.parse().ok()) {
+        tch::set_num_threads(n);
+    }
     let doc: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(prompts_path)?)?;
     let base: Vec<Vec<u32>> = doc["cases"]
         .as_array()
