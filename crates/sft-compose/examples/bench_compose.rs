@@ -136,7 +136,13 @@ fn main() -> Result<()> {
             records_written += m.len();
             bytes_written += std::fs::metadata(&out)?.len();
         }
-        runs.push((t0.elapsed().as_secs_f64(), load_s, compose_s, write_s, cpu_s() - c0));
+        runs.push((
+            t0.elapsed().as_secs_f64(),
+            load_s,
+            compose_s,
+            write_s,
+            cpu_s() - c0,
+        ));
     }
     runs.sort_by(|a, b| a.0.total_cmp(&b.0));
     let best = runs[0];

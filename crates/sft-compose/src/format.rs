@@ -141,8 +141,7 @@ impl Container {
         let first = head
             .iter()
             .copied()
-            .skip_while(|b| b.is_ascii_whitespace() || *b == 0xEF || *b == 0xBB || *b == 0xBF)
-            .next();
+            .find(|b| !(b.is_ascii_whitespace() || *b == 0xEF || *b == 0xBB || *b == 0xBF));
         match first {
             Some(b'[') => Ok(Container::JsonArray),
             Some(b'{') => Ok(Container::Jsonl),

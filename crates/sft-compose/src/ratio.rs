@@ -131,7 +131,7 @@ impl Ratio {
     }
 
     /// `self · other`, exact.
-    pub fn mul(self, other: Ratio) -> Result<Ratio> {
+    pub fn checked_mul(self, other: Ratio) -> Result<Ratio> {
         let n = (self.num as u128) * (other.num as u128);
         let d = (self.den as u128) * (other.den as u128);
         Ratio::from_u128(n, d).ok_or_else(|| Error::InvalidRatio {

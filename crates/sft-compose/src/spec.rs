@@ -312,7 +312,7 @@ impl MixtureSpec {
         specialized: Vec<SourceSpec>,
         k: Ratio,
     ) -> Result<MixtureSpec> {
-        let specialized_ratio = k.mul(general_ratio)?;
+        let specialized_ratio = k.checked_mul(general_ratio)?;
         let mut sources = Vec::with_capacity(specialized.len() + 1);
         for s in specialized {
             sources.push(
