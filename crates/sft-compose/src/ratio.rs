@@ -140,6 +140,12 @@ impl Ratio {
         })
     }
 
+    /// `self · other`, exact; the same as [`Ratio::checked_mul`] (kept because other crates call it).
+    #[allow(clippy::should_implement_trait)]
+    pub fn mul(self, other: Ratio) -> Result<Ratio> {
+        self.checked_mul(other)
+    }
+
     /// `1/self`; an error for zero.
     pub fn recip(self) -> Result<Ratio> {
         Ratio::new(self.den, self.num)

@@ -20,8 +20,16 @@ fn fixture(name: &str) -> PathBuf {
 
 /// The shared data directory, or `None` (after a loud line) when `SFT_SKIP_SHARED_DATA=1`.
 fn shared_data() -> Option<PathBuf> {
+    // A relative SFT_DATA_DIR is taken relative to the workspace root (tests run in the crate dir).
     let dir = std::env::var_os("SFT_DATA_DIR")
         .map(PathBuf::from)
+        .map(|d| {
+            if d.is_relative() {
+                workspace().join(d)
+            } else {
+                d
+            }
+        })
         .unwrap_or_else(|| workspace().join("../shared/data"));
     if dir.join("gsm8k/train.jsonl").is_file() {
         return Some(dir);
