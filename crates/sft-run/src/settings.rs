@@ -1,0 +1,211 @@
+//! Runner settings: the plan file's `[run]` table (data pools, evaluation sizes, seed, model),
+//! overridable from the command line.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use sft_compose::SourceFormat;
+use sft_schedule::{CODE, GENERAL, MATH};
+
+use crate::error::{Error, Result};
+
+/// Everything about a run that is not the plan's stages.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunSettings {
+    /// The base model: a GGUF file or an HF directory (`config.json` + safetensors + tokenizer).
+    /// Relative paths resolve against the plan file's directory. Flags override it.
+    #[serde(default)]
+    pub model: Option<PathBuf>,
+    /// The seed of data selection (pools, held-out split, stage mixtures) and of the trainer.
+    #[serde(default = "default_seed")]
+    pub seed: u64,
+    /// The data sources and how much of each the plan's proportions refer to.
+    #[serde(default)]
+    pub data: DataSettings,
+    /// What to evaluate, and how much.
+    #[serde(default)]
+    pub eval: EvalSettings,
+}
+
+fn default_seed() -> u64 {
+    42
+}
+
+impl Default for RunSettings {
+    fn default() -> Self {
+        RunSettings { model: None, seed: default_seed(), data: DataSettings::default(), eval: EvalSettings::default() }
+    }
+}
+
+/// One source: a file and the size of its pool.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceSettings {
+    /// The file, relative to the data directory (or absolute).
+    pub path: PathBuf,
+    /// Its format; detected when absent.
+    #[serde(default)]
+    pub format: Option<SourceFormat>,
+    /// How many records form the pool that the plan's proportions refer to: a seeded sample of
+    /// the file (every stage's selection is a prefix of the same permutation, so a stage taking
+    /// 1/4 of the pool takes records the full-pool stage also saw). `None` = the whole file
+    /// (minus the held-out records, for the general source).
+    #[serde(default)]
+    pub pool: Option<usize>,
+    /// The pool as a proportion of the file instead (`"1/64"`): `floor(n · r)` records, at least 1.
+    #[serde(default)]
+    pub pool_ratio: Option<sft_compose::Ratio>,
+}
+
+/// The sources and the held-out split.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataSettings {
+    /// Source name → file and pool. Default: the three sources of `../shared/data`.
+    #[serde(default = "default_sources")]
+    pub sources: BTreeMap<String, SourceSettings>,
+    /// The source whose held-out conversations measure general ability (never trained on).
+    #[serde(default = "default_general")]
+    pub general_source: String,
+    /// How many held-out general conversations to score the loss on (0 = skip).
+    #[serde(default = "default_heldout")]
+    pub general_heldout: usize,
+}
+
+fn default_general() -> String {
+    GENERAL.to_string()
+}
+
+fn default_heldout() -> usize {
+    16
+}
+
+/// The three sources of the shared data directory (see `/work/shared/data/README.md`).
+pub fn default_sources() -> BTreeMap<String, SourceSettings> {
+    let s = |p: &str, f: SourceFormat| SourceSettings { path: PathBuf::from(p), format: Some(f), pool: None, pool_ratio: None };
+    BTreeMap::from([
+        (CODE.to_string(), s("code_alpaca/code_alpaca_20k.json", SourceFormat::Alpaca)),
+        (MATH.to_string(), s("gsm8k/train.jsonl", SourceFormat::Gsm8k)),
+        (GENERAL.to_string(), s("sharegpt/sharegpt_v3_sample_1011.json", SourceFormat::ShareGpt)),
+    ])
+}
+
+impl Default for DataSettings {
+    fn default() -> Self {
+        DataSettings { sources: default_sources(), general_source: default_general(), general_heldout: default_heldout() }
+    }
+}
+
+/// Evaluation sizes and generation limits.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EvalSettings {
+    /// GSM8K test file, relative to the data directory.
+    #[serde(default = "default_gsm8k_path")]
+    pub gsm8k_path: PathBuf,
+    /// How many GSM8K test questions (the first n; 0 = skip; the paper uses all 1,319).
+    #[serde(default = "default_gsm8k_n")]
+    pub gsm8k: usize,
+    /// New-token limit for GSM8K answers.
+    #[serde(default = "default_gsm8k_tokens")]
+    pub gsm8k_max_new_tokens: usize,
+    /// HumanEval problems file (`.jsonl` or `.jsonl.gz`), relative to the data directory.
+    #[serde(default = "default_humaneval_path")]
+    pub humaneval_path: PathBuf,
+    /// How many HumanEval problems (the first n; 0 = skip; the paper uses all 164).
+    #[serde(default = "default_humaneval_n")]
+    pub humaneval: usize,
+    /// New-token limit for HumanEval completions.
+    #[serde(default = "default_humaneval_tokens")]
+    pub humaneval_max_new_tokens: usize,
+    /// Prompts per generation batch.
+    #[serde(default = "default_batch")]
+    pub batch_size: usize,
+}
+
+fn default_gsm8k_path() -> PathBuf {
+    PathBuf::from("gsm8k/test.jsonl")
+}
+fn default_gsm8k_n() -> usize {
+    50
+}
+fn default_gsm8k_tokens() -> usize {
+    256
+}
+fn default_humaneval_path() -> PathBuf {
+    PathBuf::from("humaneval/HumanEval.jsonl.gz")
+}
+fn default_humaneval_n() -> usize {
+    20
+}
+fn default_humaneval_tokens() -> usize {
+    256
+}
+fn default_batch() -> usize {
+    8
+}
+
+impl Default for EvalSettings {
+    fn default() -> Self {
+        EvalSettings {
+            gsm8k_path: default_gsm8k_path(),
+            gsm8k: default_gsm8k_n(),
+            gsm8k_max_new_tokens: default_gsm8k_tokens(),
+            humaneval_path: default_humaneval_path(),
+            humaneval: default_humaneval_n(),
+            humaneval_max_new_tokens: default_humaneval_tokens(),
+            batch_size: default_batch(),
+        }
+    }
+}
+
+impl RunSettings {
+    /// Reads the plan's opaque `[run]` table (absent = defaults).
+    pub fn from_plan_value(value: Option<&serde_json::Value>, origin: &Path) -> Result<RunSettings> {
+        match value {
+            None => Ok(RunSettings::default()),
+            Some(v) => serde_json::from_value(v.clone())
+                .map_err(|e| Error::Parse { path: origin.to_path_buf(), message: format!("[run] table: {e}") }),
+        }
+    }
+
+    /// The names of the configured sources, sorted.
+    pub fn source_names(&self) -> Vec<&str> {
+        self.data.sources.keys().map(String::as_str).collect()
+    }
+
+    /// Resolves `p` against `data_dir` unless it is absolute.
+    pub fn data_path(data_dir: &Path, p: &Path) -> PathBuf {
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            data_dir.join(p)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn run_table_overrides_defaults_and_rejects_typos() {
+        let v: serde_json::Value = toml::from_str::<toml::Value>(
+            "seed = 7\n[data.sources.math]\npath = \"m.jsonl\"\npool = 10\n[eval]\ngsm8k = 4\n",
+        )
+        .map(|t| serde_json::to_value(t).unwrap())
+        .unwrap();
+        let s = RunSettings::from_plan_value(Some(&v), Path::new("p.toml")).unwrap();
+        assert_eq!(s.seed, 7);
+        assert_eq!(s.data.sources["math"].pool, Some(10));
+        assert_eq!(s.data.sources.len(), 1, "an explicit source table replaces the defaults");
+        assert_eq!(s.eval.gsm8k, 4);
+        assert_eq!(s.eval.humaneval, 20);
+
+        let bad = serde_json::json!({"eval": {"gsm8kk": 3}});
+        let msg = RunSettings::from_plan_value(Some(&bad), Path::new("p.toml")).unwrap_err().to_string();
+        assert!(msg.contains("p.toml") && msg.contains("gsm8kk"), "{msg}");
+    }
+}

@@ -1,0 +1,76 @@
+//! Runs one training plan end to end into a run directory (the contract in `docs/formats.md`).
+//!
+//! ```text
+//! cargo run --release --example run_plan -- --plan fixtures/plans/two-stage-tiny.toml \
+//!     --run-dir runs/two-stage-tiny --data-dir fixtures/demo --model fixtures/run/tiny-bytes
+//! ```
+//!
+//! Rerunning the same command resumes: finished stages (in the shared stage store) and finished
+//! evaluations are reused. Exit code 0 only when `RUN_DIR/status.json` says `done`.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Parser;
+use sft_examples::DeviceSpec;
+use sft_run::{LocalBackend, LocalOptions, RunOptions};
+
+#[derive(Parser)]
+#[command(about = "Run a training plan: compose, train every stage, evaluate, record")]
+struct Args {
+    /// The plan file (TOML; see docs/strategies.md).
+    #[arg(long)]
+    plan: PathBuf,
+    /// The run directory.
+    #[arg(long)]
+    run_dir: PathBuf,
+    /// Data directory the plan's sources resolve against (default: $SFT_DATA_DIR, else ../shared/data).
+    #[arg(long, env = "SFT_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// Base model (GGUF file or HF directory); overrides the plan's `[run] model`.
+    #[arg(long)]
+    model: Option<PathBuf>,
+    /// The shared stage store (default: RUN_DIR/../stages).
+    #[arg(long)]
+    stage_store: Option<PathBuf>,
+    /// cpu, cuda, cuda:N or auto.
+    #[arg(long, default_value = "auto")]
+    device: DeviceSpec,
+    /// No progress bars.
+    #[arg(long)]
+    quiet: bool,
+}
+
+fn main() -> anyhow::Result<()> {
+    sft_examples::init_logging();
+    let args = Args::parse();
+    let (plan, settings) = sft_run::load_plan_file(&args.plan)?;
+    let plan_dir = args.plan.parent().map(PathBuf::from).unwrap_or_default();
+    let model = match (&args.model, &settings.model) {
+        (Some(m), _) => m.clone(),
+        (None, Some(m)) => plan_dir.join(m),
+        (None, None) => sft_examples::default_model()?,
+    };
+    let data_dir = match args.data_dir {
+        Some(d) => d,
+        None => sft_examples::workspace_dir().join("../shared/data"),
+    };
+    let device = args.device.resolve()?;
+    let mut local = LocalOptions::new(device, &model);
+    local.progress = !args.quiet;
+    local.stop = Some(sft_examples::stop_flag());
+    let backend = LocalBackend::new(local)?;
+    let opts = RunOptions {
+        run_dir: args.run_dir.clone(),
+        stage_store: args.stage_store,
+        data_dir,
+        base_model: model,
+        provenance: sft_examples::run_provenance(),
+    };
+    let results = sft_run::run_plan(&plan, &settings, &opts, &backend)
+        .with_context(|| format!("plan {} failed; see {}/status.json", plan.name, args.run_dir.display()))?;
+    let rows = [sft_run::table::Row { label: plan.name.clone(), results: &results }];
+    print!("{}", sft_run::table::render(&rows));
+    println!("run directory: {}", args.run_dir.display());
+    Ok(())
+}
