@@ -81,7 +81,12 @@ const WHEELS: &[Wheel] = &[
 
 /// Debian packages later steps need: bubblewrap is the HumanEval sandbox, and the sandboxed
 /// code runs with the system's `/usr/bin/python3`, which an unprivileged uid can reach.
-const DEBIAN_PACKAGES: &[(&str, &str)] = &[("bwrap", "bubblewrap"), ("/usr/bin/python3", "python3")];
+/// The sweep plots need a TrueType font (`plotters` draws text with ab_glyph from this file).
+const DEBIAN_PACKAGES: &[(&str, &str)] = &[
+    ("bwrap", "bubblewrap"),
+    ("/usr/bin/python3", "python3"),
+    ("/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf", "fonts-dejavu-core"),
+];
 
 /// What set-up resolved; saved as `<cache>/env.json`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
