@@ -1,0 +1,139 @@
+//! Supervised fine-tuning of a LLaMA-architecture model on a chat JSONL mixture.
+//!
+//! ```text
+//! cargo run --release --example train -- --model $SFT_ASSETS/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf \
+//!     --data mix.jsonl --out runs/sft1 --template chatml --max-steps 20 --device cpu
+//! ```
+//!
+//! Hyperparameters come from `--config FILE.toml` (any `TrainConfig` field), then flags override.
+//! Re-running with the same `--out` resumes from the newest complete checkpoint; `--resume`
+//! makes a missing checkpoint an error, `--fresh` refuses to touch existing ones.
+//! SIGINT/SIGTERM finish the current step, checkpoint and exit 0; a second signal exits at once.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Parser;
+use sft_train::{Dtype, ModelInput, Overlong, Resume, RunOptions, Schedule, TrainConfig};
+
+#[derive(Parser, Debug)]
+#[command(about = "Supervised fine-tuning with assistant-only loss (sft-train)")]
+struct Args {
+    /// Starting weights: HF directory (config.json + safetensors) or .gguf file.
+    #[arg(long)]
+    model: PathBuf,
+    /// Tokenizer (.gguf, HF dir or tokenizer.json); default: found from --model.
+    #[arg(long)]
+    tokenizer: Option<PathBuf>,
+    /// Training data: chat JSONL ({"id","source","messages":[{role,content}]}).
+    #[arg(long)]
+    data: PathBuf,
+    /// Output directory (metrics.jsonl, checkpoints/, final/).
+    #[arg(long)]
+    out: PathBuf,
+    /// TOML file with TrainConfig fields; flags override it.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Chat template: vicuna_v1.1, chatml, or model (the tokenizer's Jinja template).
+    #[arg(long)]
+    template: Option<String>,
+    #[arg(long)]
+    lr: Option<f64>,
+    #[arg(long)]
+    epochs: Option<u32>,
+    #[arg(long)]
+    max_steps: Option<u64>,
+    #[arg(long)]
+    micro_batch_size: Option<usize>,
+    #[arg(long)]
+    grad_accum: Option<usize>,
+    #[arg(long)]
+    warmup_ratio: Option<f64>,
+    /// cosine, linear or constant.
+    #[arg(long)]
+    schedule: Option<Schedule>,
+    #[arg(long)]
+    weight_decay: Option<f64>,
+    /// 0 disables clipping (the pre-clip norm is logged either way).
+    #[arg(long)]
+    max_grad_norm: Option<f64>,
+    #[arg(long)]
+    max_len: Option<usize>,
+    /// truncate or drop over-long conversations.
+    #[arg(long, value_parser = parse_overlong)]
+    overlong: Option<Overlong>,
+    /// Pack conversations into rows (block-diagonal attention).
+    #[arg(long)]
+    packing: Option<bool>,
+    #[arg(long)]
+    seed: Option<u64>,
+    /// f32 or bf16 (bf16: CUDA compute with f32 master weights).
+    #[arg(long, value_parser = parse_dtype)]
+    dtype: Option<Dtype>,
+    /// Checkpoint every N steps (0: only at the end and on interrupt).
+    #[arg(long)]
+    save_every: Option<u64>,
+    #[arg(long)]
+    keep_last: Option<usize>,
+    /// auto, cpu, cuda or cuda:N.
+    #[arg(long, default_value = "auto")]
+    device: String,
+    /// Require a checkpoint in --out to resume from.
+    #[arg(long, conflicts_with = "fresh")]
+    resume: bool,
+    /// Refuse to run if --out already has checkpoints.
+    #[arg(long)]
+    fresh: bool,
+    /// Write the first batches (JSON + readable masking view) to this directory.
+    #[arg(long)]
+    dump_batches: Option<PathBuf>,
+    /// Stop (with a checkpoint) after this many steps without shortening the schedule.
+    #[arg(long)]
+    stop_after: Option<u64>,
+}
+
+fn parse_overlong(s: &str) -> Result<Overlong, String> {
+    match s {
+        "truncate" => Ok(Overlong::Truncate),
+        "drop" => Ok(Overlong::Drop),
+        _ => Err(format!("`{s}`: expected truncate or drop")),
+    }
+}
+
+fn parse_dtype(s: &str) -> Result<Dtype, String> {
+    match s {
+        "f32" | "float32" => Ok(Dtype::F32),
+        "bf16" | "bfloat16" => Ok(Dtype::Bf16),
+        _ => Err(format!("`{s}`: expected f32 or bf16")),
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    sft_examples::init_logging();
+    let a = Args::parse();
+    let mut cfg = match &a.config {
+        Some(p) => TrainConfig::from_toml_file(p)?,
+        None => TrainConfig::default(),
+    };
+    macro_rules! set {
+        ($($f:ident),*) => { $( if let Some(v) = a.$f.clone() { cfg.$f = v; } )* };
+    }
+    set!(template, lr, epochs, micro_batch_size, grad_accum, warmup_ratio, schedule, weight_decay, max_grad_norm, max_len, overlong, packing, seed, dtype, save_every, keep_last);
+    if a.max_steps.is_some() {
+        cfg.max_steps = a.max_steps;
+    }
+    cfg.validate()?;
+    let device = a.device.parse::<sft_examples::DeviceSpec>()?.resolve()?;
+    let opts = RunOptions {
+        resume: if a.resume { Resume::Require } else if a.fresh { Resume::Never } else { Resume::Auto },
+        dump_batches: a.dump_batches.clone(),
+        stop: Some(sft_train::install_stop_handler()?),
+        progress: true,
+        stop_after: a.stop_after,
+        inject_nan_at: None,
+    };
+    let input = ModelInput { model: &a.model, tokenizer: a.tokenizer.as_deref() };
+    let outcome = sft_train::train(input, &a.data, &cfg, &a.out, device, &opts).with_context(|| format!("training {}", a.model.display()))?;
+    println!("{}", serde_json::to_string_pretty(&outcome)?);
+    Ok(())
+}
