@@ -138,7 +138,7 @@ fn settings(args: &Args, data_dir: &Path) -> anyhow::Result<RunSettings> {
     if !data_dir.join("gsm8k/train.jsonl").exists() {
         anyhow::ensure!(data_dir.join("code.json").exists(), "{} holds neither the shared data nor fixtures/demo", data_dir.display());
         let src = |p: &str, f: &str| -> anyhow::Result<SourceSettings> {
-            Ok(SourceSettings { path: p.into(), format: Some(f.parse()?), pool: None, pool_ratio: None })
+            Ok(SourceSettings { path: p.into(), format: Some(f.parse().map_err(|e: String| anyhow::anyhow!(e))?), pool: None, pool_ratio: None })
         };
         s.data.sources = [
             ("code".to_string(), src("code.json", "alpaca")?),
