@@ -439,6 +439,14 @@ fn cargo() -> String {
 pub fn run_tests(extra: &[String]) -> Result<()> {
     let env = setup()?;
     let root = workspace_root();
+    // The sweep's end-to-end test drives the real `run_plan` binary, which `cargo test
+    // --all-targets` only builds under a hashed test name: build the plain binary first.
+    let mut build = Command::new(cargo());
+    build.current_dir(&root).args(["build", "-p", "sft-examples", "--example", "run_plan"]);
+    for (k, v) in env.vars() {
+        build.env(k, v);
+    }
+    run(&mut build, "building the run_plan example")?;
     let mut cmd = Command::new(cargo());
     cmd.current_dir(&root).args(["test", "--workspace", "--all-targets"]);
     // The real datasets live in ../shared/data beside a checkout; tests read them from SFT_DATA_DIR.
