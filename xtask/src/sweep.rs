@@ -7,8 +7,8 @@ use std::process::Command;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use sft_sweep::{
-    collect, plot_all, prepare, run_cells, slurm_script, table1, write_tables, Layout, RunOptions, SlurmOptions,
-    SweepSpec,
+    collect, plot_all, prepare, run_cells, slurm_script, table1, write_tables, Layout, RunOptions,
+    SlurmOptions, SweepSpec,
 };
 
 use crate::setup;
@@ -50,7 +50,10 @@ pub struct SweepArgs {
 fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("RUST_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
 }
 
 /// Runs the subcommand.
@@ -59,7 +62,10 @@ pub fn sweep(args: SweepArgs) -> Result<()> {
     let spec = SweepSpec::from_path(&args.spec)?;
     let cells = spec.expand(&args.spec)?;
     let root = setup::workspace_root();
-    let out = args.out.clone().unwrap_or_else(|| root.join("target/sweeps").join(&spec.name));
+    let out = args
+        .out
+        .clone()
+        .unwrap_or_else(|| root.join("target/sweeps").join(&spec.name));
     let layout = Layout::new(&out);
     let grid_points: usize = cells.iter().map(|c| c.grids.len()).sum();
     eprintln!(
@@ -95,12 +101,31 @@ pub fn sweep(args: SweepArgs) -> Result<()> {
             let path = layout.slurm_dir().join("sweep.sbatch");
             std::fs::create_dir_all(layout.slurm_dir().join("logs"))?;
             std::fs::write(&path, script).with_context(|| format!("writing {}", path.display()))?;
-            println!("wrote {} ({} array tasks)\nsubmit: sbatch {}", path.display(), cells.len(), path.display());
-            println!("afterwards: cargo xtask sweep {} --out {} --collect-only", args.spec.display(), out.display());
+            println!(
+                "wrote {} ({} array tasks)\nsubmit: sbatch {}",
+                path.display(),
+                cells.len(),
+                path.display()
+            );
+            println!(
+                "afterwards: cargo xtask sweep {} --out {} --collect-only",
+                args.spec.display(),
+                out.display()
+            );
             return Ok(());
         }
         let jobs = args.jobs.unwrap_or(args.devices.len().max(1));
-        let summary = run_cells(&cells, &layout, &RunOptions { runner, jobs, devices: args.devices.clone(), data_dir, env })?;
+        let summary = run_cells(
+            &cells,
+            &layout,
+            &RunOptions {
+                runner,
+                jobs,
+                devices: args.devices.clone(),
+                data_dir,
+                env,
+            },
+        )?;
         eprintln!(
             "[sweep] {} skipped (done), {} run: {} succeeded, {} failed",
             summary.skipped,
@@ -124,7 +149,12 @@ pub fn sweep(args: SweepArgs) -> Result<()> {
     for p in plots.png.iter().chain(&plots.svg) {
         println!("{}", p.display());
     }
-    let failed: Vec<&str> = table.cells.iter().filter(|(_, s, _)| s == "failed").map(|(c, _, _)| c.id.as_str()).collect();
+    let failed: Vec<&str> = table
+        .cells
+        .iter()
+        .filter(|(_, s, _)| s == "failed")
+        .map(|(c, _, _)| c.id.as_str())
+        .collect();
     let unfinished = table.cells.iter().filter(|(_, s, _)| s != "done").count();
     if !failed.is_empty() {
         bail!(
@@ -143,13 +173,19 @@ pub fn sweep(args: SweepArgs) -> Result<()> {
 
 /// The runner argv and its environment: `--runner`, else the spec's `runner`, else the release
 /// `run_plan` example, built here with set-up's libtorch environment.
-fn runner_command(args: &SweepArgs, spec: &SweepSpec, root: &Path) -> Result<(Vec<String>, Vec<(String, String)>)> {
+fn runner_command(
+    args: &SweepArgs,
+    spec: &SweepSpec,
+    root: &Path,
+) -> Result<(Vec<String>, Vec<(String, String)>)> {
     if let Some(r) = &args.runner {
         // Relative paths that exist become absolute, so Slurm tasks find them from any directory.
         let argv = r
             .split_whitespace()
             .map(|a| match Path::new(a) {
-                p if p.is_relative() && p.exists() => std::path::absolute(p).map_or(a.to_string(), |p| p.display().to_string()),
+                p if p.is_relative() && p.exists() => {
+                    std::path::absolute(p).map_or(a.to_string(), |p| p.display().to_string())
+                }
                 _ => a.to_string(),
             })
             .collect();
@@ -166,18 +202,29 @@ fn runner_command(args: &SweepArgs, spec: &SweepSpec, root: &Path) -> Result<(Ve
         .filter_map(|l| l.split_once('='))
         .map(|(k, v)| (k.to_string(), v.trim_matches('\'').to_string()))
         .collect();
-    eprintln!("[sweep] building run_plan (cargo build --release -p sft-examples --example run_plan)");
+    eprintln!(
+        "[sweep] building run_plan (cargo build --release -p sft-examples --example run_plan)"
+    );
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let status = Command::new(cargo)
         .current_dir(root)
-        .args(["build", "--release", "-p", "sft-examples", "--example", "run_plan"])
+        .args([
+            "build",
+            "--release",
+            "-p",
+            "sft-examples",
+            "--example",
+            "run_plan",
+        ])
         .envs(vars.iter().map(|(k, v)| (k.as_str(), v.as_str())))
         .status()
         .context("running cargo build")?;
     if !status.success() {
         bail!("building run_plan failed ({status})");
     }
-    let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| root.join("target"));
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("target"));
     let bin = target.join("release/examples/run_plan");
     if !bin.is_file() {
         bail!("{} is missing after the build", bin.display());

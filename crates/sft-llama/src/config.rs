@@ -169,26 +169,45 @@ impl HfConfigSpec {
     /// Validate into a [`LlamaConfig`]; `path` only labels errors.
     pub fn resolve(self, path: Option<&Path>) -> Result<LlamaConfig> {
         let model_type = self.model_type.clone().unwrap_or_default();
-        let is_llama = model_type == "llama" || self.architectures.iter().any(|a| a == "LlamaForCausalLM");
+        let is_llama =
+            model_type == "llama" || self.architectures.iter().any(|a| a == "LlamaForCausalLM");
         if !is_llama {
-            let found = if model_type.is_empty() { self.architectures.join(",") } else { model_type };
-            return Err(Error::UnsupportedArchitecture { path: path.map(Into::into), found });
+            let found = if model_type.is_empty() {
+                self.architectures.join(",")
+            } else {
+                model_type
+            };
+            return Err(Error::UnsupportedArchitecture {
+                path: path.map(Into::into),
+                found,
+            });
         }
         let need = |v: Option<usize>, name: &str| {
-            v.filter(|&x| x > 0).ok_or_else(|| Error::config(path, format!("`{name}` is missing or zero")))
+            v.filter(|&x| x > 0)
+                .ok_or_else(|| Error::config(path, format!("`{name}` is missing or zero")))
         };
         let hidden_size = need(self.hidden_size, "hidden_size")?;
         let num_attention_heads = need(self.num_attention_heads, "num_attention_heads")?;
         if let Some(act) = &self.hidden_act {
             if act != "silu" {
-                return Err(Error::config(path, format!("hidden_act `{act}` is not supported (only silu)")));
+                return Err(Error::config(
+                    path,
+                    format!("hidden_act `{act}` is not supported (only silu)"),
+                ));
             }
         }
         if self.attention_bias == Some(true) || self.mlp_bias == Some(true) {
-            return Err(Error::config(path, "attention_bias / mlp_bias are not supported"));
+            return Err(Error::config(
+                path,
+                "attention_bias / mlp_bias are not supported",
+            ));
         }
         // transformers 5 puts the RoPE base inside `rope_parameters`; older files keep it at the top.
-        let rope = self.rope_scaling.clone().or(self.rope_parameters.clone()).unwrap_or_default();
+        let rope = self
+            .rope_scaling
+            .clone()
+            .or(self.rope_parameters.clone())
+            .unwrap_or_default();
         let rope_theta = rope
             .rope_theta
             .or(self.rope_theta)
@@ -196,7 +215,9 @@ impl HfConfigSpec {
             .unwrap_or(10000.0);
         let max_position_embeddings = self.max_position_embeddings.unwrap_or(2048);
         let rope_scaling = rope.resolve(max_position_embeddings, path)?;
-        let head_dim = self.head_dim.unwrap_or(hidden_size / num_attention_heads.max(1));
+        let head_dim = self
+            .head_dim
+            .unwrap_or(hidden_size / num_attention_heads.max(1));
         let cfg = LlamaConfig {
             vocab_size: need(self.vocab_size, "vocab_size")?,
             hidden_size,
@@ -226,27 +247,43 @@ impl HfConfigSpec {
 
 impl RopeSpec {
     fn resolve(&self, max_pos: usize, path: Option<&Path>) -> Result<Option<RopeScaling>> {
-        let kind = self.rope_type.as_deref().or(self.legacy_type.as_deref()).unwrap_or("default");
+        let kind = self
+            .rope_type
+            .as_deref()
+            .or(self.legacy_type.as_deref())
+            .unwrap_or("default");
         let factor = || {
             self.factor
                 .filter(|f| f.is_finite() && *f > 0.0)
-                .ok_or_else(|| Error::config(path, format!("rope scaling `{kind}` needs a positive `factor`")))
+                .ok_or_else(|| {
+                    Error::config(
+                        path,
+                        format!("rope scaling `{kind}` needs a positive `factor`"),
+                    )
+                })
         };
         match kind {
             "default" => Ok(None),
             "linear" => Ok(Some(RopeScaling::Linear { factor: factor()? })),
             "llama3" => {
                 let get = |v: Option<f64>, name: &str| {
-                    v.ok_or_else(|| Error::config(path, format!("rope scaling llama3 needs `{name}`")))
+                    v.ok_or_else(|| {
+                        Error::config(path, format!("rope scaling llama3 needs `{name}`"))
+                    })
                 };
                 Ok(Some(RopeScaling::Llama3 {
                     factor: factor()?,
                     low_freq_factor: get(self.low_freq_factor, "low_freq_factor")?,
                     high_freq_factor: get(self.high_freq_factor, "high_freq_factor")?,
-                    original_max_position_embeddings: self.original_max_position_embeddings.unwrap_or(max_pos as f64),
+                    original_max_position_embeddings: self
+                        .original_max_position_embeddings
+                        .unwrap_or(max_pos as f64),
                 }))
             }
-            other => Err(Error::UnsupportedRopeScaling { path: path.map(Into::into), found: other.to_string() }),
+            other => Err(Error::UnsupportedRopeScaling {
+                path: path.map(Into::into),
+                found: other.to_string(),
+            }),
         }
     }
 }
@@ -259,8 +296,10 @@ impl LlamaConfig {
             path = path.join("config.json");
         }
         let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
-        let spec: HfConfigSpec =
-            serde_json::from_str(&text).map_err(|source| Error::Json { path: path.clone(), source })?;
+        let spec: HfConfigSpec = serde_json::from_str(&text).map_err(|source| Error::Json {
+            path: path.clone(),
+            source,
+        })?;
         spec.resolve(Some(&path))
     }
 
@@ -271,12 +310,22 @@ impl LlamaConfig {
         let path = gguf.path().to_path_buf();
         let hp = sft_gguf::LlamaHparams::from_gguf(gguf).map_err(|source| match source {
             sft_gguf::GgufError::UnsupportedArchitecture { path, found } => {
-                Error::UnsupportedArchitecture { path: Some(path), found }
+                Error::UnsupportedArchitecture {
+                    path: Some(path),
+                    found,
+                }
             }
-            source => Error::Gguf { path: path.clone(), source },
+            source => Error::Gguf {
+                path: path.clone(),
+                source,
+            },
         })?;
-        let spec: HfConfigSpec = serde_json::from_value(hp.to_hf_config())
-            .map_err(|e| Error::config(Some(&path), format!("GGUF hyperparameters do not form a LLaMA config: {e}")))?;
+        let spec: HfConfigSpec = serde_json::from_value(hp.to_hf_config()).map_err(|e| {
+            Error::config(
+                Some(&path),
+                format!("GGUF hyperparameters do not form a LLaMA config: {e}"),
+            )
+        })?;
         spec.resolve(Some(&path))
     }
 
@@ -303,13 +352,22 @@ impl LlamaConfig {
             ));
         }
         if self.head_dim % 2 != 0 {
-            return bad(format!("head_dim ({}) must be even for RoPE", self.head_dim));
+            return bad(format!(
+                "head_dim ({}) must be even for RoPE",
+                self.head_dim
+            ));
         }
         if !(self.rms_norm_eps.is_finite() && self.rms_norm_eps > 0.0) {
-            return bad(format!("rms_norm_eps ({}) must be positive", self.rms_norm_eps));
+            return bad(format!(
+                "rms_norm_eps ({}) must be positive",
+                self.rms_norm_eps
+            ));
         }
         if !(self.rope_theta.is_finite() && self.rope_theta > 1.0) {
-            return bad(format!("rope_theta ({}) must be greater than 1", self.rope_theta));
+            return bad(format!(
+                "rope_theta ({}) must be greater than 1",
+                self.rope_theta
+            ));
         }
         Ok(())
     }
@@ -320,7 +378,11 @@ impl LlamaConfig {
         let q = self.num_attention_heads * self.head_dim;
         let kv = self.num_key_value_heads * self.head_dim;
         let layer = h * q + 2 * h * kv + q * h + 3 * h * self.intermediate_size + 2 * h;
-        let head = if self.tie_word_embeddings { 0 } else { self.vocab_size * h };
+        let head = if self.tie_word_embeddings {
+            0
+        } else {
+            self.vocab_size * h
+        };
         self.vocab_size * h + self.num_hidden_layers * layer + h + head
     }
 
@@ -331,13 +393,20 @@ impl LlamaConfig {
         if let Some(d) = dtype {
             cfg.torch_dtype = Some(d.to_string());
         }
-        let text = serde_json::to_string_pretty(&cfg).map_err(|source| Error::Json { path: path.clone(), source })?;
+        let text = serde_json::to_string_pretty(&cfg).map_err(|source| Error::Json {
+            path: path.clone(),
+            source,
+        })?;
         std::fs::write(&path, text + "\n").map_err(|e| Error::io(&path, e))
     }
 
     fn to_hf_spec(&self) -> HfConfigSpec {
         let rope = match self.rope_scaling {
-            None => RopeSpec { rope_type: Some("default".into()), rope_theta: Some(self.rope_theta), ..Default::default() },
+            None => RopeSpec {
+                rope_type: Some("default".into()),
+                rope_theta: Some(self.rope_theta),
+                ..Default::default()
+            },
             Some(RopeScaling::Linear { factor }) => RopeSpec {
                 rope_type: Some("linear".into()),
                 legacy_type: Some("linear".into()),
@@ -345,17 +414,20 @@ impl LlamaConfig {
                 factor: Some(factor),
                 ..Default::default()
             },
-            Some(RopeScaling::Llama3 { factor, low_freq_factor, high_freq_factor, original_max_position_embeddings }) => {
-                RopeSpec {
-                    rope_type: Some("llama3".into()),
-                    legacy_type: Some("llama3".into()),
-                    rope_theta: Some(self.rope_theta),
-                    factor: Some(factor),
-                    low_freq_factor: Some(low_freq_factor),
-                    high_freq_factor: Some(high_freq_factor),
-                    original_max_position_embeddings: Some(original_max_position_embeddings),
-                }
-            }
+            Some(RopeScaling::Llama3 {
+                factor,
+                low_freq_factor,
+                high_freq_factor,
+                original_max_position_embeddings,
+            }) => RopeSpec {
+                rope_type: Some("llama3".into()),
+                legacy_type: Some("llama3".into()),
+                rope_theta: Some(self.rope_theta),
+                factor: Some(factor),
+                low_freq_factor: Some(low_freq_factor),
+                high_freq_factor: Some(high_freq_factor),
+                original_max_position_embeddings: Some(original_max_position_embeddings),
+            },
         };
         HfConfigSpec {
             architectures: vec!["LlamaForCausalLM".into()],
@@ -373,7 +445,10 @@ impl LlamaConfig {
             // `rope_scaling` when present and otherwise `rope_parameters`. Write all three.
             rope_theta: Some(self.rope_theta),
             rope_scaling: self.rope_scaling.map(|_| rope.clone()),
-            rope_parameters: Some(RopeSpec { legacy_type: None, ..rope }),
+            rope_parameters: Some(RopeSpec {
+                legacy_type: None,
+                ..rope
+            }),
             max_position_embeddings: Some(self.max_position_embeddings),
             tie_word_embeddings: Some(self.tie_word_embeddings),
             bos_token_id: self.bos_token_id,
@@ -413,7 +488,9 @@ mod tests {
         assert_eq!(a.rope_theta, 500000.0);
         assert_eq!(a.head_dim, 4);
         assert_eq!(a.eos_token_ids, vec![1, 2]);
-        assert!(matches!(a.rope_scaling, Some(RopeScaling::Llama3 { factor, .. }) if factor == 8.0));
+        assert!(
+            matches!(a.rope_scaling, Some(RopeScaling::Llama3 { factor, .. }) if factor == 8.0)
+        );
         // Serializing and reading back is the identity.
         let again: LlamaConfig = serde_json::from_str(&serde_json::to_string(&a).unwrap()).unwrap();
         assert_eq!(again, a);
@@ -422,24 +499,41 @@ mod tests {
     #[test]
     fn rejects_other_architectures_and_rope_types() {
         let qwen = r#"{"model_type":"qwen2","vocab_size":10,"hidden_size":8,"intermediate_size":16,"num_hidden_layers":1,"num_attention_heads":2}"#;
-        let e = serde_json::from_str::<LlamaConfig>(qwen).unwrap_err().to_string();
+        let e = serde_json::from_str::<LlamaConfig>(qwen)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("unsupported architecture `qwen2`"), "{e}");
         let yarn = r#"{"model_type":"llama","vocab_size":10,"hidden_size":8,"intermediate_size":16,"num_hidden_layers":1,"num_attention_heads":2,"rope_scaling":{"rope_type":"yarn","factor":2.0}}"#;
-        let e = serde_json::from_str::<LlamaConfig>(yarn).unwrap_err().to_string();
+        let e = serde_json::from_str::<LlamaConfig>(yarn)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("unsupported rope_scaling type `yarn`"), "{e}");
         let gqa = r#"{"model_type":"llama","vocab_size":10,"hidden_size":8,"intermediate_size":16,"num_hidden_layers":1,"num_attention_heads":3,"num_key_value_heads":2,"head_dim":4}"#;
-        let e = serde_json::from_str::<LlamaConfig>(gqa).unwrap_err().to_string();
+        let e = serde_json::from_str::<LlamaConfig>(gqa)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("not a multiple"), "{e}");
     }
 
     #[test]
     fn errors_name_the_file() {
         let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("config.json"), r#"{"model_type":"llama","hidden_size":8}"#).unwrap();
-        let e = LlamaConfig::from_hf_file(dir.path()).unwrap_err().to_string();
-        assert!(e.contains("config.json") && e.contains("num_attention_heads"), "{e}");
+        std::fs::write(
+            dir.path().join("config.json"),
+            r#"{"model_type":"llama","hidden_size":8}"#,
+        )
+        .unwrap();
+        let e = LlamaConfig::from_hf_file(dir.path())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("config.json") && e.contains("num_attention_heads"),
+            "{e}"
+        );
         std::fs::write(dir.path().join("config.json"), "{ nope").unwrap();
-        let e = LlamaConfig::from_hf_file(dir.path()).unwrap_err().to_string();
+        let e = LlamaConfig::from_hf_file(dir.path())
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("config.json") && e.contains("line 1"), "{e}");
     }
 }

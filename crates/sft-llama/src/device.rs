@@ -267,7 +267,11 @@ impl EnvReport {
     pub fn probe() -> Self {
         let cuda_library = enable_cuda();
         let cuda_available = tch::Cuda::is_available();
-        let count = if cuda_available { tch::Cuda::device_count().max(0) as usize } else { 0 };
+        let count = if cuda_available {
+            tch::Cuda::device_count().max(0) as usize
+        } else {
+            0
+        };
         Self {
             libtorch_version: libtorch_version(),
             libtorch_lib_dir: libtorch_lib_dir(),
@@ -283,9 +287,21 @@ impl EnvReport {
 
 impl fmt::Display for EnvReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(f, "libtorch version : {}", self.libtorch_version.as_deref().unwrap_or("unknown"))?;
-        writeln!(f, "libtorch lib dir : {}", self.libtorch_lib_dir.as_deref().unwrap_or("unknown"))?;
-        writeln!(f, "LD_LIBRARY_PATH  : {}", self.ld_library_path.as_deref().unwrap_or("(unset)"))?;
+        writeln!(
+            f,
+            "libtorch version : {}",
+            self.libtorch_version.as_deref().unwrap_or("unknown")
+        )?;
+        writeln!(
+            f,
+            "libtorch lib dir : {}",
+            self.libtorch_lib_dir.as_deref().unwrap_or("unknown")
+        )?;
+        writeln!(
+            f,
+            "LD_LIBRARY_PATH  : {}",
+            self.ld_library_path.as_deref().unwrap_or("(unset)")
+        )?;
         writeln!(f, "cpu threads      : {}", self.num_threads)?;
         match &self.cuda_library {
             Ok(()) => writeln!(f, "libtorch_cuda    : loaded")?,
@@ -337,7 +353,9 @@ fn gpu_info(index: usize) -> Option<GpuInfo> {
         }
         let mut buf = [0 as std::os::raw::c_char; 256];
         name_fn(buf.as_mut_ptr(), buf.len() as i32, dev);
-        let name = std::ffi::CStr::from_ptr(buf.as_ptr()).to_string_lossy().into_owned();
+        let name = std::ffi::CStr::from_ptr(buf.as_ptr())
+            .to_string_lossy()
+            .into_owned();
         let mut mem = 0usize;
         mem_fn(&mut mem, dev);
         let (mut major, mut minor) = (0i32, 0i32);
@@ -369,7 +387,11 @@ mod tests {
         assert!("tpu".parse::<DeviceSpec>().is_err());
         assert_eq!("BF16".parse::<DType>().unwrap().kind(), tch::Kind::BFloat16);
         assert_eq!("fp16".parse::<DType>().unwrap(), DType::F16);
-        assert!("int8".parse::<DType>().unwrap_err().to_string().contains("int8"));
+        assert!("int8"
+            .parse::<DType>()
+            .unwrap_err()
+            .to_string()
+            .contains("int8"));
     }
 
     #[test]

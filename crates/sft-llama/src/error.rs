@@ -123,9 +123,15 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
     pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        Self::Io { path: path.into(), source }
+        Self::Io {
+            path: path.into(),
+            source,
+        }
     }
     pub(crate) fn config(path: Option<&std::path::Path>, message: impl Into<String>) -> Self {
-        Self::Config { path: path.map(Into::into), message: message.into() }
+        Self::Config {
+            path: path.map(Into::into),
+            message: message.into(),
+        }
     }
 }

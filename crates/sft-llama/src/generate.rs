@@ -40,7 +40,9 @@ pub struct TokenizerCodec<'a> {
 
 impl TextCodec for TokenizerCodec<'_> {
     fn encode(&self, text: &str) -> std::result::Result<Vec<u32>, String> {
-        self.tokenizer.encode(text, self.add_special_tokens).map_err(|e| e.to_string())
+        self.tokenizer
+            .encode(text, self.add_special_tokens)
+            .map_err(|e| e.to_string())
     }
     fn decode(&self, ids: &[u32]) -> std::result::Result<String, String> {
         self.tokenizer.decode(ids, true).map_err(|e| e.to_string())
@@ -102,19 +104,36 @@ impl GenerationConfig {
 
     /// Nucleus sampling with the given temperature and `top_p`.
     pub fn sampled(max_new_tokens: usize, temperature: f64, top_p: f64, seed: u64) -> Self {
-        Self { sampling: Sampling::Sample { temperature, top_p, top_k: None }, seed, ..Self::greedy(max_new_tokens) }
+        Self {
+            sampling: Sampling::Sample {
+                temperature,
+                top_p,
+                top_k: None,
+            },
+            seed,
+            ..Self::greedy(max_new_tokens)
+        }
     }
 
     fn validate(&self) -> Result<()> {
         if self.batch_size == 0 {
             return Err(Error::Input("batch_size must be positive".into()));
         }
-        if let Sampling::Sample { temperature, top_p, top_k } = self.sampling {
+        if let Sampling::Sample {
+            temperature,
+            top_p,
+            top_k,
+        } = self.sampling
+        {
             if !(temperature.is_finite() && temperature > 0.0) {
-                return Err(Error::Input(format!("temperature must be positive, got {temperature} (use Sampling::Greedy for 0)")));
+                return Err(Error::Input(format!(
+                    "temperature must be positive, got {temperature} (use Sampling::Greedy for 0)"
+                )));
             }
             if !(top_p > 0.0 && top_p <= 1.0) {
-                return Err(Error::Input(format!("top_p must be in (0, 1], got {top_p}")));
+                return Err(Error::Input(format!(
+                    "top_p must be in (0, 1], got {top_p}"
+                )));
             }
             if top_k == Some(0) {
                 return Err(Error::Input("top_k must be positive".into()));
@@ -184,21 +203,37 @@ pub struct GenerationOutput {
 }
 
 /// Generate continuations of text prompts: encode with `codec`, run [`generate_ids`], decode.
-pub fn generate<S: AsRef<str>>(model: &Llama, codec: &dyn TextCodec, prompts: &[S], cfg: &GenerationConfig) -> Result<GenerationOutput> {
+pub fn generate<S: AsRef<str>>(
+    model: &Llama,
+    codec: &dyn TextCodec,
+    prompts: &[S],
+    cfg: &GenerationConfig,
+) -> Result<GenerationOutput> {
     let ids = prompts
         .iter()
         .enumerate()
-        .map(|(i, p)| codec.encode(p.as_ref()).map_err(|e| Error::Tokenizer(format!("prompt {i}: {e}"))))
+        .map(|(i, p)| {
+            codec
+                .encode(p.as_ref())
+                .map_err(|e| Error::Tokenizer(format!("prompt {i}: {e}")))
+        })
         .collect::<Result<Vec<_>>>()?;
     generate_ids(model, &ids, cfg, Some(codec))
 }
 
 /// Generate continuations of tokenized prompts on the model's device. `codec` is needed for
 /// stop strings and to fill [`Generation::text`].
-pub fn generate_ids(model: &Llama, prompts: &[Vec<u32>], cfg: &GenerationConfig, codec: Option<&dyn TextCodec>) -> Result<GenerationOutput> {
+pub fn generate_ids(
+    model: &Llama,
+    prompts: &[Vec<u32>],
+    cfg: &GenerationConfig,
+    codec: Option<&dyn TextCodec>,
+) -> Result<GenerationOutput> {
     cfg.validate()?;
     if !cfg.stop_strings.is_empty() && codec.is_none() {
-        return Err(Error::Input("stop strings need a tokenizer to decode with".into()));
+        return Err(Error::Input(
+            "stop strings need a tokenizer to decode with".into(),
+        ));
     }
     if let Some(i) = prompts.iter().position(Vec::is_empty) {
         return Err(Error::Input(format!("prompt {i} is empty (no tokens)")));
@@ -206,7 +241,9 @@ pub fn generate_ids(model: &Llama, prompts: &[Vec<u32>], cfg: &GenerationConfig,
     let vocab = model.config().vocab_size as u32;
     for (i, p) in prompts.iter().enumerate() {
         if let Some(&bad) = p.iter().find(|&&t| t >= vocab) {
-            return Err(Error::Input(format!("prompt {i} has token id {bad}, vocabulary size is {vocab}")));
+            return Err(Error::Input(format!(
+                "prompt {i} has token id {bad}, vocabulary size is {vocab}"
+            )));
         }
     }
     let start = Instant::now();
@@ -214,13 +251,20 @@ pub fn generate_ids(model: &Llama, prompts: &[Vec<u32>], cfg: &GenerationConfig,
     // Longest first: similar lengths share a batch, and running out of memory happens early.
     order.sort_by_key(|&i| std::cmp::Reverse(prompts[i].len()));
     let mut results: Vec<Option<Generation>> = vec![None; prompts.len()];
-    let mut stats = GenerationStats { prompts: prompts.len(), ..Default::default() };
+    let mut stats = GenerationStats {
+        prompts: prompts.len(),
+        ..Default::default()
+    };
     let pb = if cfg.progress {
         crate::weights::progress_bar(prompts.len() as u64, "generating")
     } else {
         indicatif::ProgressBar::hidden()
     };
-    let eos: Vec<u32> = if cfg.eos_token_ids.is_empty() { model.config().eos_token_ids.clone() } else { cfg.eos_token_ids.clone() };
+    let eos: Vec<u32> = if cfg.eos_token_ids.is_empty() {
+        model.config().eos_token_ids.clone()
+    } else {
+        cfg.eos_token_ids.clone()
+    };
     for chunk in order.chunks(cfg.batch_size) {
         let batch: Vec<&[u32]> = chunk.iter().map(|&i| prompts[i].as_slice()).collect();
         let outs = generate_batch(model, &batch, chunk, cfg, &eos, codec, &mut stats)?;
@@ -229,7 +273,10 @@ pub fn generate_ids(model: &Llama, prompts: &[Vec<u32>], cfg: &GenerationConfig,
         }
         pb.inc(chunk.len() as u64);
         let secs = start.elapsed().as_secs_f64();
-        pb.set_message(format!("generating ({:.1} tok/s)", stats.generated_tokens as f64 / secs.max(1e-9)));
+        pb.set_message(format!(
+            "generating ({:.1} tok/s)",
+            stats.generated_tokens as f64 / secs.max(1e-9)
+        ));
     }
     pb.finish_and_clear();
     stats.total_secs = start.elapsed().as_secs_f64();
@@ -241,7 +288,10 @@ pub fn generate_ids(model: &Llama, prompts: &[Vec<u32>], cfg: &GenerationConfig,
         tok_per_s = format!("{:.1}", stats.tokens_per_sec),
         "generation done"
     );
-    let generations = results.into_iter().map(|g| g.ok_or_else(|| Error::Input("internal: a prompt produced no result".into()))).collect::<Result<_>>()?;
+    let generations = results
+        .into_iter()
+        .map(|g| g.ok_or_else(|| Error::Input("internal: a prompt produced no result".into())))
+        .collect::<Result<_>>()?;
     Ok(GenerationOutput { generations, stats })
 }
 
@@ -270,7 +320,13 @@ fn generate_batch(
         let cap = l + cfg.max_new_tokens as i64;
         // Pad positions are masked out, so any id in the vocabulary will do.
         let vocab = model.config().vocab_size as u32;
-        let pad_id = model.config().pad_token_id.into_iter().chain(eos.iter().copied()).find(|&t| t < vocab).unwrap_or(0) as i64;
+        let pad_id = model
+            .config()
+            .pad_token_id
+            .into_iter()
+            .chain(eos.iter().copied())
+            .find(|&t| t < vocab)
+            .unwrap_or(0) as i64;
 
         // Left-padded ids, key validity over the whole cache, and per-row positions.
         let mut ids = vec![pad_id; (b * l) as usize];
@@ -287,9 +343,15 @@ fn generate_batch(
                 *v = false;
             }
         }
-        let input = Tensor::f_from_slice(&ids)?.f_view([b, l])?.f_to_device(device)?;
-        let positions = Tensor::f_from_slice(&pos)?.f_view([b, l])?.f_to_device(device)?;
-        let key_valid = Tensor::f_from_slice(&valid)?.f_view([b, cap])?.f_to_device(device)?;
+        let input = Tensor::f_from_slice(&ids)?
+            .f_view([b, l])?
+            .f_to_device(device)?;
+        let positions = Tensor::f_from_slice(&pos)?
+            .f_view([b, l])?
+            .f_to_device(device)?;
+        let key_valid = Tensor::f_from_slice(&valid)?
+            .f_view([b, cap])?
+            .f_to_device(device)?;
         let prefill_mask = if padded {
             let causal = Tensor::f_ones([l, l], (Kind::Bool, device))?.f_tril(0)?;
             let keys = key_valid.f_narrow(1, 0, l)?.f_view([b, 1, 1, l])?;
@@ -302,7 +364,15 @@ fn generate_batch(
 
         let mut cache = KvCache::new(model, b, cap)?;
         let t0 = Instant::now();
-        let mut logits = model.forward_step(&input, Some(&positions), prefill_mask.as_ref(), &mut cache, LogitsFor::Last)?.f_to_kind(Kind::Float)?;
+        let mut logits = model
+            .forward_step(
+                &input,
+                Some(&positions),
+                prefill_mask.as_ref(),
+                &mut cache,
+                LogitsFor::Last,
+            )?
+            .f_to_kind(Kind::Float)?;
         let (top_ids, top_logits) = if cfg.top_logits > 0 {
             let k = cfg.top_logits.min(model.config().vocab_size) as i64;
             let (vals, idx) = logits.f_topk(k, -1, true, true)?;
@@ -320,10 +390,14 @@ fn generate_batch(
             .map(|&i| Row {
                 generated: Vec::new(),
                 finish: None,
-                rng: ChaCha8Rng::seed_from_u64(cfg.seed ^ (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)),
+                rng: ChaCha8Rng::seed_from_u64(
+                    cfg.seed ^ (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15),
+                ),
             })
             .collect();
-        let mut next_pos = Tensor::f_from_slice(&lens)?.f_view([b, 1])?.f_to_device(device)?;
+        let mut next_pos = Tensor::f_from_slice(&lens)?
+            .f_view([b, 1])?
+            .f_to_device(device)?;
         let max_stop = cfg.stop_strings.iter().map(String::len).max().unwrap_or(0);
         for step in 0..cfg.max_new_tokens {
             let next = choose(&logits, cfg.sampling, &mut rows)?;
@@ -338,7 +412,9 @@ fn generate_batch(
                     if let Some(codec) = codec {
                         // A stop string ending in this token lies within the last `max_stop` tokens.
                         let tail_start = row.generated.len().saturating_sub(max_stop + 1);
-                        let tail = codec.decode(&row.generated[tail_start..]).map_err(Error::Tokenizer)?;
+                        let tail = codec
+                            .decode(&row.generated[tail_start..])
+                            .map_err(Error::Tokenizer)?;
                         if cfg.stop_strings.iter().any(|s| tail.contains(s.as_str())) {
                             row.finish = Some(FinishReason::Stop);
                         }
@@ -352,10 +428,22 @@ fn generate_batch(
                 break;
             }
             let total = l + step as i64 + 1;
-            let input = Tensor::f_from_slice(&next)?.f_view([b, 1])?.f_to_device(device)?;
-            let mask = if padded { Some(key_valid.f_narrow(1, 0, total)?.f_view([b, 1, 1, total])?) } else { None };
+            let input = Tensor::f_from_slice(&next)?
+                .f_view([b, 1])?
+                .f_to_device(device)?;
+            let mask = if padded {
+                Some(key_valid.f_narrow(1, 0, total)?.f_view([b, 1, 1, total])?)
+            } else {
+                None
+            };
             logits = model
-                .forward_step(&input, Some(&next_pos), mask.as_ref(), &mut cache, LogitsFor::Last)?
+                .forward_step(
+                    &input,
+                    Some(&next_pos),
+                    mask.as_ref(),
+                    &mut cache,
+                    LogitsFor::Last,
+                )?
                 .f_to_kind(Kind::Float)?;
             next_pos = next_pos.f_add_scalar(1)?;
         }
@@ -369,7 +457,12 @@ fn generate_batch(
                 Some(c) => {
                     let mut text = c.decode(&row.generated).map_err(Error::Tokenizer)?;
                     if row.finish == Some(FinishReason::Stop) {
-                        if let Some(at) = cfg.stop_strings.iter().filter_map(|s| text.find(s.as_str())).min() {
+                        if let Some(at) = cfg
+                            .stop_strings
+                            .iter()
+                            .filter_map(|s| text.find(s.as_str()))
+                            .min()
+                        {
                             text.truncate(at);
                         }
                     }
@@ -383,7 +476,12 @@ fn generate_batch(
                 generated_ids: row.generated,
                 text,
                 finish_reason: row.finish.unwrap_or(FinishReason::Length),
-                top_ids: top_ids.get(r * k..(r + 1) * k).unwrap_or(&[]).iter().map(|&x| x as u32).collect(),
+                top_ids: top_ids
+                    .get(r * k..(r + 1) * k)
+                    .unwrap_or(&[])
+                    .iter()
+                    .map(|&x| x as u32)
+                    .collect(),
                 top_logits: top_logits.get(r * k..(r + 1) * k).unwrap_or(&[]).to_vec(),
             });
         }
@@ -395,8 +493,14 @@ fn generate_batch(
 fn choose(logits: &Tensor, sampling: Sampling, rows: &mut [Row]) -> Result<Vec<i64>> {
     match sampling {
         Sampling::Greedy => to_vec_i64(&logits.f_argmax(-1, false)?),
-        Sampling::Sample { temperature, top_p, top_k } => {
-            let probs = logits.f_div_scalar(temperature)?.f_softmax(-1, Kind::Float)?;
+        Sampling::Sample {
+            temperature,
+            top_p,
+            top_k,
+        } => {
+            let probs = logits
+                .f_div_scalar(temperature)?
+                .f_softmax(-1, Kind::Float)?;
             let (mut sorted, mut idx) = probs.f_sort(-1, true)?;
             if let Some(k) = top_k {
                 let k = (k as i64).min(sorted.size()[1]);
@@ -406,8 +510,14 @@ fn choose(logits: &Tensor, sampling: Sampling, rows: &mut [Row]) -> Result<Vec<i
             // Keep token i while the mass before it is below top_p (always keeps the first).
             let before = sorted.f_cumsum(-1, Kind::Float)?.f_sub(&sorted)?;
             let keep = before.f_lt(top_p)?;
-            let n_keep = keep.f_sum_dim_intlist(-1, false, Kind::Int64)?.f_max()?.f_int64_value(&[])?.max(1);
-            let sorted = sorted.f_narrow(1, 0, n_keep)?.f_mul(&keep.f_narrow(1, 0, n_keep)?.f_to_kind(Kind::Float)?)?;
+            let n_keep = keep
+                .f_sum_dim_intlist(-1, false, Kind::Int64)?
+                .f_max()?
+                .f_int64_value(&[])?
+                .max(1);
+            let sorted = sorted
+                .f_narrow(1, 0, n_keep)?
+                .f_mul(&keep.f_narrow(1, 0, n_keep)?.f_to_kind(Kind::Float)?)?;
             let idx = to_vec_i64(&idx.f_narrow(1, 0, n_keep)?)?;
             let probs = to_vec_f32(&sorted)?;
             let n = n_keep as usize;
@@ -436,12 +546,20 @@ fn choose(logits: &Tensor, sampling: Sampling, rows: &mut [Row]) -> Result<Vec<i
 }
 
 fn to_vec_i64(t: &Tensor) -> Result<Vec<i64>> {
-    let t = t.f_to_device(Device::Cpu)?.f_to_kind(Kind::Int64)?.f_contiguous()?.f_view([-1])?;
+    let t = t
+        .f_to_device(Device::Cpu)?
+        .f_to_kind(Kind::Int64)?
+        .f_contiguous()?
+        .f_view([-1])?;
     Ok(Vec::<i64>::try_from(&t)?)
 }
 
 fn to_vec_f32(t: &Tensor) -> Result<Vec<f32>> {
-    let t = t.f_to_device(Device::Cpu)?.f_to_kind(Kind::Float)?.f_contiguous()?.f_view([-1])?;
+    let t = t
+        .f_to_device(Device::Cpu)?
+        .f_to_kind(Kind::Float)?
+        .f_contiguous()?
+        .f_view([-1])?;
     Ok(Vec::<f32>::try_from(&t)?)
 }
 

@@ -27,8 +27,10 @@ pub mod weights;
 pub use config::{HfConfigSpec, LlamaConfig, RopeScaling};
 pub use error::{Error, Result};
 pub use generate::{
-    generate, generate_ids, FinishReason, Generation, GenerationConfig, GenerationOutput, GenerationStats, Sampling, TextCodec,
-    TokenizerCodec,
+    generate, generate_ids, FinishReason, Generation, GenerationConfig, GenerationOutput,
+    GenerationStats, Sampling, TextCodec, TokenizerCodec,
 };
 pub use model::{ForwardOutput, KvCache, Llama, LogitsFor};
-pub use weights::{load_gguf, load_model, load_safetensors, save_safetensors, LoadReport, LoadedModel, ModelSource};
+pub use weights::{
+    load_gguf, load_model, load_safetensors, save_safetensors, LoadReport, LoadedModel, ModelSource,
+};

@@ -54,7 +54,10 @@ pub fn safetensors_files(path: impl AsRef<Path>) -> Result<Vec<PathBuf>> {
         weight_map: BTreeMap<String, String>,
     }
     let text = std::fs::read_to_string(&index).map_err(|e| Error::io(&index, e))?;
-    let parsed: Index = serde_json::from_str(&text).map_err(|source| Error::Json { path: index.clone(), source })?;
+    let parsed: Index = serde_json::from_str(&text).map_err(|source| Error::Json {
+        path: index.clone(),
+        source,
+    })?;
     let dir = index.parent().unwrap_or(Path::new("."));
     let mut files: Vec<PathBuf> = parsed.weight_map.values().map(|f| dir.join(f)).collect();
     files.sort();
@@ -77,15 +80,20 @@ fn kind_of(dtype: safetensors::Dtype) -> Option<Kind> {
 pub fn load_safetensors(vs: &VarStore, path: impl AsRef<Path>) -> Result<LoadReport> {
     let files = safetensors_files(path.as_ref())?;
     let mut vars = vs.variables();
-    let mut report = LoadReport { files: files.clone(), ..Default::default() };
+    let mut report = LoadReport {
+        files: files.clone(),
+        ..Default::default()
+    };
     for file in &files {
         let f = std::fs::File::open(file).map_err(|e| Error::io(file, e))?;
         // SAFETY: the file is opened read-only and not modified while mapped (a checkpoint
         // rewritten underneath a running load is outside what we guard against).
         #[allow(unsafe_code)]
         let mmap = unsafe { memmap2::Mmap::map(&f) }.map_err(|e| Error::io(file, e))?;
-        let st = safetensors::SafeTensors::deserialize(&mmap)
-            .map_err(|e| Error::Safetensors { path: file.clone(), message: e.to_string() })?;
+        let st = safetensors::SafeTensors::deserialize(&mmap).map_err(|e| Error::Safetensors {
+            path: file.clone(),
+            message: e.to_string(),
+        })?;
         let mut names: Vec<String> = st.names().into_iter().map(str::to_string).collect();
         names.sort();
         for name in names {
@@ -93,7 +101,10 @@ pub fn load_safetensors(vs: &VarStore, path: impl AsRef<Path>) -> Result<LoadRep
                 report.unused.push(name);
                 continue;
             };
-            let view = st.tensor(&name).map_err(|e| Error::Safetensors { path: file.clone(), message: e.to_string() })?;
+            let view = st.tensor(&name).map_err(|e| Error::Safetensors {
+                path: file.clone(),
+                message: e.to_string(),
+            })?;
             let kind = kind_of(view.dtype()).ok_or_else(|| Error::UnsupportedDtype {
                 path: file.clone(),
                 name: name.clone(),
@@ -101,7 +112,12 @@ pub fn load_safetensors(vs: &VarStore, path: impl AsRef<Path>) -> Result<LoadRep
             })?;
             let shape: Vec<i64> = view.shape().iter().map(|&d| d as i64).collect();
             if shape != var.size() {
-                return Err(Error::ShapeMismatch { path: file.clone(), name, expected: var.size(), found: shape });
+                return Err(Error::ShapeMismatch {
+                    path: file.clone(),
+                    name,
+                    expected: var.size(),
+                    found: shape,
+                });
             }
             let src = Tensor::f_from_data_size(view.data(), &shape, kind)?;
             copy_into(&var, &src)?;
@@ -109,14 +125,25 @@ pub fn load_safetensors(vs: &VarStore, path: impl AsRef<Path>) -> Result<LoadRep
         }
     }
     if let Some(name) = vars.keys().min() {
-        let path = if files.len() == 1 { files[0].clone() } else { path.as_ref().to_path_buf() };
-        return Err(Error::MissingTensor { path, name: name.clone() });
+        let path = if files.len() == 1 {
+            files[0].clone()
+        } else {
+            path.as_ref().to_path_buf()
+        };
+        return Err(Error::MissingTensor {
+            path,
+            name: name.clone(),
+        });
     }
     report.unused.sort();
     if !report.unused.is_empty() {
         tracing::warn!(unused = ?report.unused, "checkpoint tensors the model does not use");
     }
-    tracing::info!(tensors = report.loaded, files = files.len(), "loaded safetensors");
+    tracing::info!(
+        tensors = report.loaded,
+        files = files.len(),
+        "loaded safetensors"
+    );
     Ok(report)
 }
 
@@ -165,7 +192,11 @@ impl safetensors::View for &Owned {
 /// `{"format": "pt"}` metadata) and `dir/config.json`, a checkpoint transformers'
 /// `AutoModelForCausalLM.from_pretrained(dir)` loads unchanged. Tied embeddings are written once
 /// (no `lm_head.weight`), as transformers does.
-pub fn save_safetensors(vs: &VarStore, cfg: &LlamaConfig, dir: impl AsRef<Path>) -> Result<PathBuf> {
+pub fn save_safetensors(
+    vs: &VarStore,
+    cfg: &LlamaConfig,
+    dir: impl AsRef<Path>,
+) -> Result<PathBuf> {
     let dir = dir.as_ref();
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     let mut tensors: Vec<(String, Owned)> = Vec::new();
@@ -180,7 +211,11 @@ pub fn save_safetensors(vs: &VarStore, cfg: &LlamaConfig, dir: impl AsRef<Path>)
             Kind::Half => safetensors::Dtype::F16,
             Kind::Double => safetensors::Dtype::F64,
             other => {
-                return Err(Error::UnsupportedDtype { path: dir.to_path_buf(), name, dtype: format!("{other:?}") })
+                return Err(Error::UnsupportedDtype {
+                    path: dir.to_path_buf(),
+                    name,
+                    dtype: format!("{other:?}"),
+                })
             }
         };
         kinds.insert(hf_dtype_name(kind).unwrap_or("float32"));
@@ -192,9 +227,20 @@ pub fn save_safetensors(vs: &VarStore, cfg: &LlamaConfig, dir: impl AsRef<Path>)
     }
     let file = dir.join("model.safetensors");
     let meta = HashMap::from([("format".to_string(), "pt".to_string())]);
-    safetensors::serialize_to_file(tensors.iter().map(|(n, o)| (n.as_str(), o)), Some(meta), &file)
-        .map_err(|e| Error::Safetensors { path: file.clone(), message: e.to_string() })?;
-    let dtype = if kinds.len() == 1 { kinds.first().copied() } else { None };
+    safetensors::serialize_to_file(
+        tensors.iter().map(|(n, o)| (n.as_str(), o)),
+        Some(meta),
+        &file,
+    )
+    .map_err(|e| Error::Safetensors {
+        path: file.clone(),
+        message: e.to_string(),
+    })?;
+    let dtype = if kinds.len() == 1 {
+        kinds.first().copied()
+    } else {
+        None
+    };
     cfg.write_hf(dir, dtype)?;
     tracing::info!(path = %file.display(), tensors = tensors.len(), "saved safetensors");
     Ok(file)
@@ -203,9 +249,16 @@ pub fn save_safetensors(vs: &VarStore, cfg: &LlamaConfig, dir: impl AsRef<Path>)
 /// Fill every variable of `vs` from a GGUF file: tensors are dequantized (F32, F16, BF16, Q8_0,
 /// Q4_0, Q4_1, Q4_K, Q5_K, Q6_K) through `sft-gguf`, renamed to HF names, and llama.cpp's row
 /// permutation of `attn_q` / `attn_k` is undone so that HF's `rotate_half` RoPE applies.
-pub fn load_gguf(vs: &VarStore, cfg: &LlamaConfig, gguf: &sft_gguf::GgufFile) -> Result<LoadReport> {
+pub fn load_gguf(
+    vs: &VarStore,
+    cfg: &LlamaConfig,
+    gguf: &sft_gguf::GgufFile,
+) -> Result<LoadReport> {
     let path = gguf.path().to_path_buf();
-    let gerr = |source| Error::Gguf { path: path.clone(), source };
+    let gerr = |source| Error::Gguf {
+        path: path.clone(),
+        source,
+    };
     if gguf.has_tensor("rope_freqs.weight") {
         return Err(Error::config(
             Some(&path),
@@ -214,7 +267,10 @@ pub fn load_gguf(vs: &VarStore, cfg: &LlamaConfig, gguf: &sft_gguf::GgufFile) ->
         ));
     }
     let mut vars = vs.variables();
-    let mut report = LoadReport { files: vec![path.clone()], ..Default::default() };
+    let mut report = LoadReport {
+        files: vec![path.clone()],
+        ..Default::default()
+    };
     let pb = progress_bar(gguf.tensors().len() as u64, "dequantizing GGUF");
     for info in gguf.tensors() {
         pb.inc(1);
@@ -228,13 +284,26 @@ pub fn load_gguf(vs: &VarStore, cfg: &LlamaConfig, gguf: &sft_gguf::GgufFile) ->
         };
         let shape: Vec<i64> = info.shape().iter().map(|&d| d as i64).collect();
         if shape != var.size() {
-            return Err(Error::ShapeMismatch { path: path.clone(), name: format!("{} ({hf})", info.name), expected: var.size(), found: shape });
+            return Err(Error::ShapeMismatch {
+                path: path.clone(),
+                name: format!("{} ({hf})", info.name),
+                expected: var.size(),
+                found: shape,
+            });
         }
         let mut data = gguf.dequantize_f32(&info.name).map_err(gerr)?;
         if let Some(is_q) = sft_gguf::qk_kind(&info.name) {
-            let n_head = if is_q { cfg.num_attention_heads } else { cfg.num_key_value_heads };
+            let n_head = if is_q {
+                cfg.num_attention_heads
+            } else {
+                cfg.num_key_value_heads
+            };
             let rows = shape[0] as usize;
-            let cols = if shape.len() > 1 { shape[1] as usize } else { 1 };
+            let cols = if shape.len() > 1 {
+                shape[1] as usize
+            } else {
+                1
+            };
             data = sft_gguf::unpermute_qk(&data, n_head, rows, cols).map_err(gerr)?;
         }
         let src = Tensor::f_from_slice(&data)?.f_view(shape.as_slice())?;
@@ -244,7 +313,10 @@ pub fn load_gguf(vs: &VarStore, cfg: &LlamaConfig, gguf: &sft_gguf::GgufFile) ->
     pb.finish_and_clear();
     if let Some(name) = vars.keys().min() {
         let gguf_name = sft_gguf::hf_to_gguf_name(name).unwrap_or_default();
-        return Err(Error::MissingTensor { path, name: format!("{gguf_name} ({name})") });
+        return Err(Error::MissingTensor {
+            path,
+            name: format!("{gguf_name} ({name})"),
+        });
     }
     if !report.unused.is_empty() {
         tracing::warn!(unused = ?report.unused, "GGUF tensors the model does not use");
@@ -284,7 +356,10 @@ pub struct LoadedModel {
 
 impl std::fmt::Debug for LoadedModel {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LoadedModel").field("model", &self.model).field("source", &self.source).finish()
+        f.debug_struct("LoadedModel")
+            .field("model", &self.model)
+            .field("source", &self.source)
+            .finish()
     }
 }
 
@@ -292,27 +367,53 @@ impl std::fmt::Debug for LoadedModel {
 /// `device` in `kind` (`Kind::Float`, `Kind::BFloat16` or `Kind::Half`).
 pub fn load_model(path: impl AsRef<Path>, device: Device, kind: Kind) -> Result<LoadedModel> {
     let path = path.as_ref();
-    if !matches!(kind, Kind::Float | Kind::BFloat16 | Kind::Half | Kind::Double) {
-        return Err(Error::Input(format!("model dtype must be f32, bf16 or f16, got {kind:?}")));
+    if !matches!(
+        kind,
+        Kind::Float | Kind::BFloat16 | Kind::Half | Kind::Double
+    ) {
+        return Err(Error::Input(format!(
+            "model dtype must be f32, bf16 or f16, got {kind:?}"
+        )));
     }
     if !path.exists() {
-        return Err(Error::io(path, std::io::Error::new(std::io::ErrorKind::NotFound, "no such file or directory")));
+        return Err(Error::io(
+            path,
+            std::io::Error::new(std::io::ErrorKind::NotFound, "no such file or directory"),
+        ));
     }
-    let is_gguf = path.is_file() && path.extension().is_some_and(|e| e.eq_ignore_ascii_case("gguf"));
+    let is_gguf = path.is_file()
+        && path
+            .extension()
+            .is_some_and(|e| e.eq_ignore_ascii_case("gguf"));
     let mut vs = VarStore::new(device);
     if is_gguf {
-        let gguf = sft_gguf::GgufFile::open(path).map_err(|source| Error::Gguf { path: path.to_path_buf(), source })?;
+        let gguf = sft_gguf::GgufFile::open(path).map_err(|source| Error::Gguf {
+            path: path.to_path_buf(),
+            source,
+        })?;
         let cfg = LlamaConfig::from_gguf(&gguf)?;
         let model = Llama::new(&vs.root(), &cfg)?;
         vs.set_kind(kind);
         load_gguf(&vs, &cfg, &gguf)?;
-        Ok(LoadedModel { vs, model, source: ModelSource::Gguf(path.to_path_buf()) })
+        Ok(LoadedModel {
+            vs,
+            model,
+            source: ModelSource::Gguf(path.to_path_buf()),
+        })
     } else {
-        let dir = if path.is_dir() { path.to_path_buf() } else { path.parent().unwrap_or(Path::new(".")).to_path_buf() };
+        let dir = if path.is_dir() {
+            path.to_path_buf()
+        } else {
+            path.parent().unwrap_or(Path::new(".")).to_path_buf()
+        };
         let cfg = LlamaConfig::from_hf_file(&dir)?;
         let model = Llama::new(&vs.root(), &cfg)?;
         vs.set_kind(kind);
         load_safetensors(&vs, &dir)?;
-        Ok(LoadedModel { vs, model, source: ModelSource::HfDir(dir) })
+        Ok(LoadedModel {
+            vs,
+            model,
+            source: ModelSource::HfDir(dir),
+        })
     }
 }

@@ -15,7 +15,9 @@ fn logits_and_hidden_states_match_transformers_in_f32() {
     for name in VARIANTS {
         let (_vs, model, dir) = tiny(name, Kind::Float);
         let r = reference(&dir);
-        let out = model.forward_with_hidden_states(&r["input_ids"], Some(&r["position_ids"]), None).unwrap();
+        let out = model
+            .forward_with_hidden_states(&r["input_ids"], Some(&r["position_ids"]), None)
+            .unwrap();
         let e = rel_err(&out.logits, &r["logits"]);
         assert!(e <= 1e-4, "{name}: logits relative error {e:e}");
         let n = model.config().num_hidden_layers + 1;
@@ -25,7 +27,9 @@ fn logits_and_hidden_states_match_transformers_in_f32() {
             assert!(e <= 1e-4, "{name}: hidden_states[{k}] relative error {e:e}");
         }
         // The plain forward is the same computation.
-        let logits = model.forward(&r["input_ids"], Some(&r["position_ids"]), None).unwrap();
+        let logits = model
+            .forward(&r["input_ids"], Some(&r["position_ids"]), None)
+            .unwrap();
         assert_eq!(rel_err(&logits, &out.logits), 0.0, "{name}");
     }
 }
@@ -40,7 +44,9 @@ fn rope_scaling_changes_the_result() {
     let plain = sft_llama::Llama::new(&vs2.root(), &cfg).unwrap();
     sft_llama::load_safetensors(&vs2, &dir).unwrap();
     let r = reference(&dir);
-    let logits = plain.forward(&r["input_ids"], Some(&r["position_ids"]), None).unwrap();
+    let logits = plain
+        .forward(&r["input_ids"], Some(&r["position_ids"]), None)
+        .unwrap();
     assert!(rel_err(&logits, &r["logits"]) > 1e-3);
 }
 
@@ -52,16 +58,33 @@ fn kv_cache_steps_equal_the_full_forward() {
         let full = model.forward(&ids, None, None).unwrap();
         let mut cache = KvCache::new(&model, 2, 16).unwrap();
         // A 5-token prefill, a 3-token chunk, then single tokens.
-        let mut got = vec![model.forward_step(&ids.narrow(1, 0, 5), None, None, &mut cache, LogitsFor::All).unwrap()];
-        got.push(model.forward_step(&ids.narrow(1, 5, 3), None, None, &mut cache, LogitsFor::All).unwrap());
+        let mut got = vec![model
+            .forward_step(&ids.narrow(1, 0, 5), None, None, &mut cache, LogitsFor::All)
+            .unwrap()];
+        got.push(
+            model
+                .forward_step(&ids.narrow(1, 5, 3), None, None, &mut cache, LogitsFor::All)
+                .unwrap(),
+        );
         for t in 8..12 {
-            let last = model.forward_step(&ids.narrow(1, t, 1), None, None, &mut cache, LogitsFor::Last).unwrap();
+            let last = model
+                .forward_step(
+                    &ids.narrow(1, t, 1),
+                    None,
+                    None,
+                    &mut cache,
+                    LogitsFor::Last,
+                )
+                .unwrap();
             got.push(last.unsqueeze(1));
         }
         assert_eq!(cache.len(), 12);
         let stepped = Tensor::cat(&got, 1);
         let e = rel_err(&stepped, &full);
-        assert!(e <= 1e-5, "{name}: cached decoding differs from the full forward by {e:e}");
+        assert!(
+            e <= 1e-5,
+            "{name}: cached decoding differs from the full forward by {e:e}"
+        );
     }
 }
 
@@ -72,8 +95,21 @@ fn packed_sequences_with_block_mask_equal_separate_forwards() {
     let a = ids.get(0).narrow(0, 0, 7);
     let b = ids.get(1).narrow(0, 0, 5);
     let packed = Tensor::cat(&[&a, &b], 0).unsqueeze(0);
-    let pos = Tensor::cat(&[Tensor::arange(7, (Kind::Int64, Device::Cpu)), Tensor::arange(5, (Kind::Int64, Device::Cpu))], 0).unsqueeze(0);
-    let seg = Tensor::cat(&[Tensor::zeros([7], (Kind::Int64, Device::Cpu)), Tensor::ones([5], (Kind::Int64, Device::Cpu))], 0);
+    let pos = Tensor::cat(
+        &[
+            Tensor::arange(7, (Kind::Int64, Device::Cpu)),
+            Tensor::arange(5, (Kind::Int64, Device::Cpu)),
+        ],
+        0,
+    )
+    .unsqueeze(0);
+    let seg = Tensor::cat(
+        &[
+            Tensor::zeros([7], (Kind::Int64, Device::Cpu)),
+            Tensor::ones([5], (Kind::Int64, Device::Cpu)),
+        ],
+        0,
+    );
     let same = seg.unsqueeze(1).eq_tensor(&seg.unsqueeze(0));
     let causal = Tensor::ones([12, 12], (Kind::Bool, Device::Cpu)).tril(0);
     let mask = same.logical_and(&causal).view([1, 1, 12, 12]);
@@ -91,15 +127,27 @@ fn packed_sequences_with_block_mask_equal_separate_forwards() {
 fn bad_inputs_are_errors_not_panics() {
     let (_vs, model, _dir) = tiny("tiny-llama-gqa", Kind::Float);
     let ids = Tensor::zeros([1, 4], (Kind::Int64, Device::Cpu));
-    let e = model.forward(&ids.to_kind(Kind::Float), None, None).unwrap_err().to_string();
+    let e = model
+        .forward(&ids.to_kind(Kind::Float), None, None)
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("int64"), "{e}");
-    let e = model.forward(&ids.view([4]), None, None).unwrap_err().to_string();
+    let e = model
+        .forward(&ids.view([4]), None, None)
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("[B, T]"), "{e}");
     let bad_mask = Tensor::ones([1, 1, 4, 5], (Kind::Bool, Device::Cpu));
-    let e = model.forward(&ids, None, Some(&bad_mask)).unwrap_err().to_string();
+    let e = model
+        .forward(&ids, None, Some(&bad_mask))
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("attn_mask must be bool [1, 1, 4, 4]"), "{e}");
     let mut cache = KvCache::new(&model, 1, 3).unwrap();
-    let e = model.forward_step(&ids, None, None, &mut cache, LogitsFor::Last).unwrap_err().to_string();
+    let e = model
+        .forward_step(&ids, None, None, &mut cache, LogitsFor::Last)
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("KV cache holds 3 positions"), "{e}");
 }
 
@@ -107,11 +155,15 @@ fn bad_inputs_are_errors_not_panics() {
 fn bf16_and_f16_forward_stay_close_to_f32() {
     let (_vs, model32, dir) = tiny("tiny-llama-gqa", Kind::Float);
     let r = reference(&dir);
-    let ref_logits = model32.forward(&r["input_ids"], Some(&r["position_ids"]), None).unwrap();
+    let ref_logits = model32
+        .forward(&r["input_ids"], Some(&r["position_ids"]), None)
+        .unwrap();
     for kind in [Kind::BFloat16, Kind::Half] {
         let (_vs, model, _) = tiny("tiny-llama-gqa", kind);
         assert_eq!(model.kind(), kind);
-        let logits = model.forward(&r["input_ids"], Some(&r["position_ids"]), None).unwrap();
+        let logits = model
+            .forward(&r["input_ids"], Some(&r["position_ids"]), None)
+            .unwrap();
         assert_eq!(logits.kind(), kind);
         let e = rel_err(&logits, &ref_logits);
         assert!(e < 5e-2, "{kind:?}: relative error {e:e}");
@@ -127,6 +179,9 @@ fn gradients_reach_every_parameter() {
     loss.backward();
     for (name, v) in vs.variables() {
         let g = v.grad();
-        assert!(g.defined() && g.abs().sum(Kind::Float).double_value(&[]) > 0.0, "no gradient for {name}");
+        assert!(
+            g.defined() && g.abs().sum(Kind::Float).double_value(&[]) > 0.0,
+            "no gradient for {name}"
+        );
     }
 }

@@ -58,20 +58,33 @@ fn loads_sharded_checkpoints_through_the_index() {
     let vars = vs.variables();
     let (first, second) = names.split_at(names.len() / 2);
     let mut map = serde_json::Map::new();
-    for (file, part) in [("model-00001-of-00002.safetensors", first), ("model-00002-of-00002.safetensors", second)] {
-        let tensors: Vec<(&str, Tensor)> = part.iter().map(|n| (n.as_str(), vars[n].detach())).collect();
+    for (file, part) in [
+        ("model-00001-of-00002.safetensors", first),
+        ("model-00002-of-00002.safetensors", second),
+    ] {
+        let tensors: Vec<(&str, Tensor)> = part
+            .iter()
+            .map(|n| (n.as_str(), vars[n].detach()))
+            .collect();
         Tensor::write_safetensors(&tensors, out.path().join(file)).unwrap();
         for n in part {
             map.insert(n.clone(), file.into());
         }
     }
     let index = serde_json::json!({"metadata": {}, "weight_map": map});
-    std::fs::write(out.path().join("model.safetensors.index.json"), index.to_string()).unwrap();
+    std::fs::write(
+        out.path().join("model.safetensors.index.json"),
+        index.to_string(),
+    )
+    .unwrap();
     std::fs::copy(dir.join("config.json"), out.path().join("config.json")).unwrap();
     let loaded = sft_llama::load_model(out.path(), Device::Cpu, Kind::Float).unwrap();
     assert_same_vars(&vs, &loaded.vs);
     let r = reference(&dir);
-    let logits = loaded.model.forward(&r["input_ids"], Some(&r["position_ids"]), None).unwrap();
+    let logits = loaded
+        .model
+        .forward(&r["input_ids"], Some(&r["position_ids"]), None)
+        .unwrap();
     assert!(rel_err(&logits, &r["logits"]) <= 1e-4);
     let _ = model;
 }
@@ -84,22 +97,37 @@ fn broken_checkpoints_give_named_errors() {
     let file = out.path().join("model.safetensors");
 
     // A missing tensor is named.
-    let tensors: Vec<(&str, Tensor)> =
-        vars.iter().filter(|(n, _)| n.as_str() != "model.layers.1.mlp.up_proj.weight").map(|(n, t)| (n.as_str(), t.detach())).collect();
+    let tensors: Vec<(&str, Tensor)> = vars
+        .iter()
+        .filter(|(n, _)| n.as_str() != "model.layers.1.mlp.up_proj.weight")
+        .map(|(n, t)| (n.as_str(), t.detach()))
+        .collect();
     Tensor::write_safetensors(&tensors, &file).unwrap();
     let (vs2, _) = fresh(model.config());
     let e = load_safetensors(&vs2, &file).unwrap_err().to_string();
-    assert!(e.contains("missing tensor `model.layers.1.mlp.up_proj.weight`") && e.contains("model.safetensors"), "{e}");
+    assert!(
+        e.contains("missing tensor `model.layers.1.mlp.up_proj.weight`")
+            && e.contains("model.safetensors"),
+        "{e}"
+    );
 
     // A wrong shape names the tensor, the expected and the found shape.
     let mut cfg = model.config().clone();
     cfg.intermediate_size = 40;
     let (vs3, _) = fresh(&cfg);
-    let e = load_safetensors(&vs3, models_dir().join("tiny-llama-gqa")).unwrap_err().to_string();
-    assert!(e.contains("`model.layers.0.mlp.down_proj.weight` has shape [32, 48], the model expects [32, 40]"), "{e}");
+    let e = load_safetensors(&vs3, models_dir().join("tiny-llama-gqa"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains(
+            "`model.layers.0.mlp.down_proj.weight` has shape [32, 48], the model expects [32, 40]"
+        ),
+        "{e}"
+    );
 
     // An integer tensor under a parameter's name is refused.
-    let mut tensors: Vec<(&str, Tensor)> = vars.iter().map(|(n, t)| (n.as_str(), t.detach())).collect();
+    let mut tensors: Vec<(&str, Tensor)> =
+        vars.iter().map(|(n, t)| (n.as_str(), t.detach())).collect();
     for (n, t) in tensors.iter_mut() {
         if *n == "model.norm.weight" {
             *t = t.to_kind(Kind::Int64);
@@ -107,11 +135,16 @@ fn broken_checkpoints_give_named_errors() {
     }
     Tensor::write_safetensors(&tensors, &file).unwrap();
     let e = load_safetensors(&vs2, &file).unwrap_err().to_string();
-    assert!(e.contains("`model.norm.weight` has unsupported dtype I64"), "{e}");
+    assert!(
+        e.contains("`model.norm.weight` has unsupported dtype I64"),
+        "{e}"
+    );
 
     // A directory without weights, and garbage instead of a file.
     let empty = tempfile::tempdir().unwrap();
-    let e = load_safetensors(&vs2, empty.path()).unwrap_err().to_string();
+    let e = load_safetensors(&vs2, empty.path())
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("model.safetensors"), "{e}");
     std::fs::write(&file, b"not a safetensors file").unwrap();
     let e = load_safetensors(&vs2, &file).unwrap_err().to_string();
@@ -127,7 +160,10 @@ fn broken_checkpoints_give_named_errors() {
 #[test]
 fn saved_checkpoint_is_the_one_transformers_accepted() {
     let record = models_dir().join("saved-checkpoint-check.json");
-    let cases = [("tiny-llama-gqa", Kind::Float, "float32"), ("tiny-llama-llama3", Kind::BFloat16, "bfloat16")];
+    let cases = [
+        ("tiny-llama-gqa", Kind::Float, "float32"),
+        ("tiny-llama-llama3", Kind::BFloat16, "bfloat16"),
+    ];
     let tmp = tempfile::tempdir().unwrap();
     let mut args = Vec::new();
     for (name, kind, dtype) in cases {
@@ -146,17 +182,29 @@ fn saved_checkpoint_is_the_one_transformers_accepted() {
             .args(&args)
             .output()
             .unwrap();
-        assert!(out.status.success(), "check script failed: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "check script failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let live: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
         check_cases(&live);
         if recording {
             std::fs::write(&record, serde_json::to_string_pretty(&live).unwrap() + "\n").unwrap();
         }
     } else {
-        assert!(!recording, "SFT_RECORD_SAVE_CHECK needs the Python venv at {}", python.display());
-        eprintln!("note: {} not found; checking against the committed record only", python.display());
+        assert!(
+            !recording,
+            "SFT_RECORD_SAVE_CHECK needs the Python venv at {}",
+            python.display()
+        );
+        eprintln!(
+            "note: {} not found; checking against the committed record only",
+            python.display()
+        );
     }
-    let committed: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&record).unwrap()).unwrap();
+    let committed: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&record).unwrap()).unwrap();
     check_cases(&committed);
     for ((name, _, dtype), arg) in cases.iter().zip(&args) {
         let dir = Path::new(arg.split(':').next().unwrap());
@@ -178,8 +226,17 @@ fn saved_checkpoint_is_the_one_transformers_accepted() {
 
 fn check_cases(doc: &serde_json::Value) {
     for case in doc["cases"].as_array().unwrap() {
-        assert!(case["max_abs_logit_diff"].as_f64().unwrap() <= case["tolerance"].as_f64().unwrap(), "{case}");
-        assert!(case["unexpected_or_missing_keys"].as_array().unwrap().is_empty(), "{case}");
+        assert!(
+            case["max_abs_logit_diff"].as_f64().unwrap() <= case["tolerance"].as_f64().unwrap(),
+            "{case}"
+        );
+        assert!(
+            case["unexpected_or_missing_keys"]
+                .as_array()
+                .unwrap()
+                .is_empty(),
+            "{case}"
+        );
         assert_eq!(case["loaded_dtype"], case["dtype"], "{case}");
     }
 }

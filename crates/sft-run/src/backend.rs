@@ -64,7 +64,12 @@ pub enum Task {
 
 impl Task {
     /// Every task, in report order.
-    pub const ALL: [Task; 4] = [Task::Gsm8k, Task::HumanEval, Task::GeneralHeldoutLoss, Task::MtBench];
+    pub const ALL: [Task; 4] = [
+        Task::Gsm8k,
+        Task::HumanEval,
+        Task::GeneralHeldoutLoss,
+        Task::MtBench,
+    ];
 
     /// The metric name in `results.json` (see `docs/formats.md`).
     pub fn metric_name(self) -> &'static str {
@@ -110,7 +115,12 @@ impl Metric {
     /// A proportion `k / n` with its 95% Wilson score interval.
     pub fn wilson(k: usize, n: usize) -> Metric {
         if n == 0 {
-            return Metric { value: 0.0, ci_low: 0.0, ci_high: 1.0, n };
+            return Metric {
+                value: 0.0,
+                ci_low: 0.0,
+                ci_high: 1.0,
+                n,
+            };
         }
         let z = 1.959_963_984_540_054_f64;
         let nf = n as f64;
@@ -118,19 +128,38 @@ impl Metric {
         let denom = 1.0 + z * z / nf;
         let centre = (p + z * z / (2.0 * nf)) / denom;
         let half = z * (p * (1.0 - p) / nf + z * z / (4.0 * nf * nf)).sqrt() / denom;
-        Metric { value: p, ci_low: (centre - half).max(0.0), ci_high: (centre + half).min(1.0), n }
+        Metric {
+            value: p,
+            ci_low: (centre - half).max(0.0),
+            ci_high: (centre + half).min(1.0),
+            n,
+        }
     }
 
     /// The mean of `values` with mean ± 1.96 standard errors.
     pub fn mean_normal(values: &[f64]) -> Metric {
         let n = values.len();
         if n == 0 {
-            return Metric { value: f64::NAN, ci_low: f64::NAN, ci_high: f64::NAN, n };
+            return Metric {
+                value: f64::NAN,
+                ci_low: f64::NAN,
+                ci_high: f64::NAN,
+                n,
+            };
         }
         let mean = values.iter().sum::<f64>() / n as f64;
-        let var = if n > 1 { values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n as f64 - 1.0) } else { 0.0 };
+        let var = if n > 1 {
+            values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n as f64 - 1.0)
+        } else {
+            0.0
+        };
         let half = 1.96 * (var / n as f64).sqrt();
-        Metric { value: mean, ci_low: mean - half, ci_high: mean + half, n }
+        Metric {
+            value: mean,
+            ci_low: mean - half,
+            ci_high: mean + half,
+            n,
+        }
     }
 }
 

@@ -36,8 +36,15 @@ pub struct Pool {
 impl Pool {
     /// The fingerprint that enters stage keys: file hash, format, pool size and seed.
     pub fn fingerprint(&self, seed: u64, heldout: usize) -> String {
-        let format = self.spec.format.map(|f| f.as_str().to_string()).unwrap_or_else(|| "auto".into());
-        format!("sha256={};format={format};pool={};seed={seed};heldout={heldout}", self.sha256, self.size)
+        let format = self
+            .spec
+            .format
+            .map(|f| f.as_str().to_string())
+            .unwrap_or_else(|| "auto".into());
+        format!(
+            "sha256={};format={format};pool={};seed={seed};heldout={heldout}",
+            self.sha256, self.size
+        )
     }
 }
 
@@ -84,7 +91,9 @@ impl Pools {
             })?;
             let pool_size = match (src.pool, src.pool_ratio) {
                 (Some(_), Some(_)) => {
-                    return Err(Error::Settings(format!("source {name:?}: give either `pool` or `pool_ratio`, not both")))
+                    return Err(Error::Settings(format!(
+                        "source {name:?}: give either `pool` or `pool_ratio`, not both"
+                    )))
                 }
                 (Some(p), None) => Some(p),
                 (None, Some(r)) => Some(r.count_of(available).min(max_pool)),
@@ -95,13 +104,23 @@ impl Pools {
                 Some(p) if p > max_pool => {
                     return Err(Error::Settings(format!(
                         "source {name:?}: pool = {p} but only {max_pool} records are available{}",
-                        if reserve > 0 { format!(" after {reserve} held-out ones") } else { String::new() }
+                        if reserve > 0 {
+                            format!(" after {reserve} held-out ones")
+                        } else {
+                            String::new()
+                        }
                     )))
                 }
                 Some(p) => p,
                 None => max_pool,
             };
-            let pool = Pool { name: name.clone(), spec, available, size, sha256: prepared.loaded.sha256.clone() };
+            let pool = Pool {
+                name: name.clone(),
+                spec,
+                available,
+                size,
+                sha256: prepared.loaded.sha256.clone(),
+            };
             if *name == general && heldout_n > 0 {
                 heldout = heldout_records(&pool, heldout_n, settings.seed, &mut catalog)?;
             }
@@ -113,7 +132,14 @@ impl Pools {
                 settings.source_names().join(", ")
             )));
         }
-        Ok(Pools { pools, heldout, seed: settings.seed, catalog, heldout_n, general })
+        Ok(Pools {
+            pools,
+            heldout,
+            seed: settings.seed,
+            catalog,
+            heldout_n,
+            general,
+        })
     }
 
     /// Source name → fingerprint, for stage keys.
@@ -121,7 +147,11 @@ impl Pools {
         self.pools
             .iter()
             .map(|(n, p)| {
-                let h = if *n == self.general { self.heldout_n } else { 0 };
+                let h = if *n == self.general {
+                    self.heldout_n
+                } else {
+                    0
+                };
                 (n.clone(), p.fingerprint(self.seed, h))
             })
             .collect()
@@ -137,7 +167,10 @@ impl Pools {
         let mut sources = Vec::new();
         for (name, ratio) in &stage.mixture {
             let pool = self.pools.get(name).ok_or_else(|| {
-                Error::Settings(format!("stage {:?} reads source {name:?}, which is not configured", stage.name))
+                Error::Settings(format!(
+                    "stage {:?} reads source {name:?}, which is not configured",
+                    stage.name
+                ))
             })?;
             let count = ratio.count_of(pool.size);
             sources.push(pool.spec.clone().with_count(count as u64));
@@ -156,12 +189,20 @@ impl Pools {
 /// minus the pool's records.
 fn heldout_records(pool: &Pool, n: usize, seed: u64, catalog: &mut Catalog) -> Result<Vec<Record>> {
     let ids = |count: usize, catalog: &mut Catalog| -> Result<Mixture> {
-        let spec = MixtureSpec::new(seed, vec![pool.spec.clone().with_count(count as u64)]).with_order(Order::Concatenated);
+        let spec = MixtureSpec::new(seed, vec![pool.spec.clone().with_count(count as u64)])
+            .with_order(Order::Concatenated);
         Ok(compose_with(&spec, catalog)?)
     };
-    let in_pool: BTreeSet<String> = ids(pool.size, catalog)?.record_ids().map(str::to_string).collect();
+    let in_pool: BTreeSet<String> = ids(pool.size, catalog)?
+        .record_ids()
+        .map(str::to_string)
+        .collect();
     let wider = ids(pool.size + n, catalog)?;
-    let out: Vec<Record> = wider.records().filter(|r| !in_pool.contains(&r.id)).cloned().collect();
+    let out: Vec<Record> = wider
+        .records()
+        .filter(|r| !in_pool.contains(&r.id))
+        .cloned()
+        .collect();
     if out.len() != n {
         return Err(Error::Settings(format!(
             "source {:?}: expected {n} held-out records, found {} (duplicate records in the file?)",

@@ -13,7 +13,10 @@ use crate::error::{Error, Result};
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).map_err(Error::io("create", dir))?;
-    let name = path.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().to_string())
+        .unwrap_or_default();
     let tmp = dir.join(format!(".{name}.tmp.{}", std::process::id()));
     {
         let mut f = std::fs::File::create(&tmp).map_err(Error::io("create", &tmp))?;
@@ -26,8 +29,10 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 
 /// Pretty JSON of `value`, written atomically.
 pub fn write_json<T: Serialize + ?Sized>(path: &Path, value: &T) -> Result<()> {
-    let mut text = serde_json::to_string_pretty(value)
-        .map_err(|e| Error::Parse { path: path.to_path_buf(), message: format!("serializing: {e}") })?;
+    let mut text = serde_json::to_string_pretty(value).map_err(|e| Error::Parse {
+        path: path.to_path_buf(),
+        message: format!("serializing: {e}"),
+    })?;
     text.push('\n');
     write_atomic(path, text.as_bytes())
 }
@@ -35,7 +40,10 @@ pub fn write_json<T: Serialize + ?Sized>(path: &Path, value: &T) -> Result<()> {
 /// Reads and parses a JSON file.
 pub fn read_json<T: DeserializeOwned>(path: &Path) -> Result<T> {
     let text = std::fs::read_to_string(path).map_err(Error::io("read", path))?;
-    serde_json::from_str(&text).map_err(|e| Error::Parse { path: path.to_path_buf(), message: e.to_string() })
+    serde_json::from_str(&text).map_err(|e| Error::Parse {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })
 }
 
 /// Hex SHA-256 of a file's bytes.
@@ -59,11 +67,17 @@ pub fn fingerprint_model(path: &Path) -> Result<String> {
         .collect();
     names.sort();
     if names.is_empty() {
-        return Err(Error::Settings(format!("model {} is an empty directory", path.display())));
+        return Err(Error::Settings(format!(
+            "model {} is an empty directory",
+            path.display()
+        )));
     }
     let mut h = Sha256::new();
     for p in names {
-        let name = p.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+        let name = p
+            .file_name()
+            .map(|n| n.to_string_lossy().to_string())
+            .unwrap_or_default();
         if name.starts_with('.') {
             continue;
         }
@@ -88,16 +102,28 @@ impl DirLock {
         std::fs::create_dir_all(dir).map_err(Error::io("create", dir))?;
         let path = dir.join("lock");
         for _ in 0..2 {
-            match std::fs::OpenOptions::new().write(true).create_new(true).open(&path) {
+            match std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&path)
+            {
                 Ok(mut f) => {
                     let me = std::process::id();
-                    f.write_all(me.to_string().as_bytes()).map_err(Error::io("write", &path))?;
+                    f.write_all(me.to_string().as_bytes())
+                        .map_err(Error::io("write", &path))?;
                     return Ok(DirLock { path });
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                    let owner = std::fs::read_to_string(&path).unwrap_or_default().trim().parse::<u32>().ok();
+                    let owner = std::fs::read_to_string(&path)
+                        .unwrap_or_default()
+                        .trim()
+                        .parse::<u32>()
+                        .ok();
                     match owner {
-                        Some(pid) if pid != std::process::id() && Path::new(&format!("/proc/{pid}")).exists() => {
+                        Some(pid)
+                            if pid != std::process::id()
+                                && Path::new(&format!("/proc/{pid}")).exists() =>
+                        {
                             return Err(Error::Locked { path, pid });
                         }
                         _ => {
@@ -109,7 +135,10 @@ impl DirLock {
                 Err(e) => return Err(Error::io("create", &path)(e)),
             }
         }
-        Err(Error::Settings(format!("{}: could not take the lock", path.display())))
+        Err(Error::Settings(format!(
+            "{}: could not take the lock",
+            path.display()
+        )))
     }
 }
 
@@ -132,7 +161,10 @@ mod tests {
         assert!(!dir.path().join("lock").exists());
         // pid 1 is alive on any Linux machine.
         std::fs::write(dir.path().join("lock"), "1").unwrap();
-        assert!(matches!(DirLock::acquire(dir.path()), Err(Error::Locked { pid: 1, .. })));
+        assert!(matches!(
+            DirLock::acquire(dir.path()),
+            Err(Error::Locked { pid: 1, .. })
+        ));
         // A pid that cannot exist.
         std::fs::write(dir.path().join("lock"), "4294967295").unwrap();
         let _l = DirLock::acquire(dir.path()).unwrap();
@@ -146,8 +178,14 @@ mod tests {
             std::fs::write(d.join("config.json"), "{}").unwrap();
             std::fs::write(d.join("model.safetensors"), "weights").unwrap();
         }
-        assert_eq!(fingerprint_model(a.path()).unwrap(), fingerprint_model(b.path()).unwrap());
+        assert_eq!(
+            fingerprint_model(a.path()).unwrap(),
+            fingerprint_model(b.path()).unwrap()
+        );
         std::fs::write(b.path().join("model.safetensors"), "weightz").unwrap();
-        assert_ne!(fingerprint_model(a.path()).unwrap(), fingerprint_model(b.path()).unwrap());
+        assert_ne!(
+            fingerprint_model(a.path()).unwrap(),
+            fingerprint_model(b.path()).unwrap()
+        );
     }
 }

@@ -36,7 +36,9 @@ pub mod table;
 pub use backend::{Backend, EvalRequest, Metric, Task, TrainReport, TrainRequest};
 pub use error::{Error, Result};
 pub use local::{LocalBackend, LocalOptions};
-pub use runner::{run_plan, RunOptions, RunResults, StageDone, StageResult, Status, RESULTS_FORMAT_VERSION};
+pub use runner::{
+    run_plan, RunOptions, RunResults, StageDone, StageResult, Status, RESULTS_FORMAT_VERSION,
+};
 pub use settings::{default_sources, DataSettings, EvalSettings, RunSettings, SourceSettings};
 
 use std::path::Path;
@@ -46,7 +48,11 @@ use sft_schedule::{Plan, PlanSpec};
 /// Reads a plan file: the plan (validated against the sources its `[run]` table configures) and
 /// the runner settings.
 pub fn load_plan_file(path: &Path) -> Result<(Plan, RunSettings)> {
-    let text = std::fs::read_to_string(path).map_err(|e| Error::Io { action: "read", path: path.to_path_buf(), source: e })?;
+    let text = std::fs::read_to_string(path).map_err(|e| Error::Io {
+        action: "read",
+        path: path.to_path_buf(),
+        source: e,
+    })?;
     let spec = PlanSpec::from_toml_str(&text, &path.display().to_string())?;
     let settings = RunSettings::from_plan_value(spec.run.as_ref(), path)?;
     let plan = spec.resolve(&settings.source_names())?;

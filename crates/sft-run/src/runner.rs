@@ -38,7 +38,11 @@ impl RunOptions {
     pub fn store(&self) -> PathBuf {
         match &self.stage_store {
             Some(s) => s.clone(),
-            None => self.run_dir.parent().map(|p| p.join("stages")).unwrap_or_else(|| PathBuf::from("stages")),
+            None => self
+                .run_dir
+                .parent()
+                .map(|p| p.join("stages"))
+                .unwrap_or_else(|| PathBuf::from("stages")),
         }
     }
 }
@@ -123,17 +127,30 @@ struct CachedMetric {
 }
 
 fn now_unix() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 fn write_status(run_dir: &Path, state: &str, error: Option<String>) -> Result<()> {
-    let status = Status { format_version: RESULTS_FORMAT_VERSION, state: state.into(), error, updated_unix: now_unix() };
+    let status = Status {
+        format_version: RESULTS_FORMAT_VERSION,
+        state: state.into(),
+        error,
+        updated_unix: now_unix(),
+    };
     write_json(&run_dir.join("status.json"), &status)
 }
 
 /// Runs `plan` with `status.json` kept up to date: `running` at the start, then `done` with
 /// `results.json`, or `failed` with the error (which is also returned).
-pub fn run_plan(plan: &Plan, settings: &RunSettings, opts: &RunOptions, backend: &dyn Backend) -> Result<RunResults> {
+pub fn run_plan(
+    plan: &Plan,
+    settings: &RunSettings,
+    opts: &RunOptions,
+    backend: &dyn Backend,
+) -> Result<RunResults> {
     std::fs::create_dir_all(&opts.run_dir).map_err(Error::io("create", &opts.run_dir))?;
     let _lock = DirLock::acquire(&opts.run_dir)?;
     write_status(&opts.run_dir, "running", None)?;
@@ -151,7 +168,12 @@ pub fn run_plan(plan: &Plan, settings: &RunSettings, opts: &RunOptions, backend:
     }
 }
 
-fn run_inner(plan: &Plan, settings: &RunSettings, opts: &RunOptions, backend: &dyn Backend) -> Result<RunResults> {
+fn run_inner(
+    plan: &Plan,
+    settings: &RunSettings,
+    opts: &RunOptions,
+    backend: &dyn Backend,
+) -> Result<RunResults> {
     let started = now_unix();
     let run_dir = &opts.run_dir;
     let store = opts.store();
@@ -160,10 +182,16 @@ fn run_inner(plan: &Plan, settings: &RunSettings, opts: &RunOptions, backend: &d
     let mut pools = Pools::open(settings, &opts.data_dir)?;
     plan.check_sources(&pools.names())?;
     if !opts.base_model.exists() {
-        return Err(Error::Settings(format!("base model {} does not exist", opts.base_model.display())));
+        return Err(Error::Settings(format!(
+            "base model {} does not exist",
+            opts.base_model.display()
+        )));
     }
     let base_fp = fingerprint_model(&opts.base_model)?;
-    let ctx = KeyContext { base_model: base_fp.clone(), sources: pools.fingerprints() };
+    let ctx = KeyContext {
+        base_model: base_fp.clone(),
+        sources: pools.fingerprints(),
+    };
     let keys = plan.stage_keys(&ctx)?;
 
     write_json(
@@ -195,22 +223,41 @@ fn run_inner(plan: &Plan, settings: &RunSettings, opts: &RunOptions, backend: &d
     for (stage, key) in plan.stages.iter().zip(&keys) {
         let dir = store.join(&key.key);
         let short = key.key[..12].to_string();
-        let span = tracing::info_span!("stage", index = stage.index, name = %stage.name, key = %short);
+        let span =
+            tracing::info_span!("stage", index = stage.index, name = %stage.name, key = %short);
         let _guard = span.enter();
         let done_path = dir.join("done.json");
         let mut reused = done_path.exists();
         if reused {
-            tracing::info!("stage {} ({}) already trained: reusing {}", stage.index, stage.name, dir.display());
+            tracing::info!(
+                "stage {} ({}) already trained: reusing {}",
+                stage.index,
+                stage.name,
+                dir.display()
+            );
         } else {
             let _stage_lock = DirLock::acquire(&dir)?;
             reused = done_path.exists();
             if !reused {
-                train_stage(stage, &key.key, &key.material, &dir, &prev_model, prev_train.as_deref(), &mut pools, settings, backend)?;
+                train_stage(
+                    stage,
+                    &key.key,
+                    &key.material,
+                    &dir,
+                    &prev_model,
+                    prev_train.as_deref(),
+                    &mut pools,
+                    settings,
+                    backend,
+                )?;
             }
         }
         let done: StageDone = read_json(&done_path)?;
         if done.key != key.key {
-            return Err(Error::Parse { path: done_path, message: format!("holds key {}, expected {}", done.key, key.key) });
+            return Err(Error::Parse {
+                path: done_path,
+                message: format!("holds key {}, expected {}", done.key, key.key),
+            });
         }
         let result = StageResult {
             index: stage.index,
@@ -222,7 +269,10 @@ fn run_inner(plan: &Plan, settings: &RunSettings, opts: &RunOptions, backend: &d
             final_train_loss: done.final_train_loss,
             store_dir: dir.clone(),
         };
-        write_json(&run_dir.join("stages").join(format!("{}.json", stage.index)), &result)?;
+        write_json(
+            &run_dir.join("stages").join(format!("{}.json", stage.index)),
+            &result,
+        )?;
         stages.push(result);
         prev_model = dir.join("model");
         prev_train = Some(dir.join("train"));
@@ -241,11 +291,18 @@ fn run_inner(plan: &Plan, settings: &RunSettings, opts: &RunOptions, backend: &d
         final_stage_train: None,
     };
     let final_train = plan.stages.last().map(|s| s.train.to_value());
-    let req = EvalRequest { final_stage_train: final_train.as_ref(), ..req };
+    let req = EvalRequest {
+        final_stage_train: final_train.as_ref(),
+        ..req
+    };
     let eval_settings = json!({"eval": settings.eval, "heldout": pools.heldout.iter().map(|r| r.id.clone()).collect::<Vec<_>>()});
     for task in Task::ALL {
         let cache_path = eval_dir.join(format!("{}.metric.json", task.file_name()));
-        let cached: Option<CachedMetric> = if cache_path.exists() { read_json(&cache_path).ok() } else { None };
+        let cached: Option<CachedMetric> = if cache_path.exists() {
+            read_json(&cache_path).ok()
+        } else {
+            None
+        };
         let metric = match cached {
             Some(c) if c.model_key == final_key && c.settings == eval_settings => {
                 tracing::info!(%task, "evaluation already done for this model: reusing");
@@ -255,7 +312,14 @@ fn run_inner(plan: &Plan, settings: &RunSettings, opts: &RunOptions, backend: &d
                 let t0 = Instant::now();
                 let m = backend.evaluate(task, &req)?;
                 tracing::info!(%task, seconds = t0.elapsed().as_secs_f64(), metric = ?m, "evaluated");
-                write_json(&cache_path, &CachedMetric { model_key: final_key.clone(), settings: eval_settings.clone(), metric: m })?;
+                write_json(
+                    &cache_path,
+                    &CachedMetric {
+                        model_key: final_key.clone(),
+                        settings: eval_settings.clone(),
+                        metric: m,
+                    },
+                )?;
                 m
             }
         };
@@ -265,7 +329,13 @@ fn run_inner(plan: &Plan, settings: &RunSettings, opts: &RunOptions, backend: &d
     }
     provenance.insert("finished_unix".into(), json!(now_unix()));
     write_json(&run_dir.join("provenance.json"), &provenance)?;
-    Ok(RunResults { format_version: RESULTS_FORMAT_VERSION, plan: plan.name.clone(), metrics, stages, provenance })
+    Ok(RunResults {
+        format_version: RESULTS_FORMAT_VERSION,
+        plan: plan.name.clone(),
+        metrics,
+        stages,
+        provenance,
+    })
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -287,7 +357,11 @@ fn train_stage(
     std::fs::create_dir_all(dir.join("data")).map_err(Error::io("create", dir.join("data")))?;
     mixture.write_jsonl(&data)?;
     mixture.manifest().write(&dir.join("data/manifest.json"))?;
-    let counts: Vec<String> = mixture.source_stats().iter().map(|s| format!("{}={}", s.name, s.selected)).collect();
+    let counts: Vec<String> = mixture
+        .source_stats()
+        .iter()
+        .map(|s| format!("{}={}", s.name, s.selected))
+        .collect();
     tracing::info!(
         "training stage {} ({}): {} records ({})",
         stage.index,

@@ -35,7 +35,12 @@ fn default_seed() -> u64 {
 
 impl Default for RunSettings {
     fn default() -> Self {
-        RunSettings { model: None, seed: default_seed(), data: DataSettings::default(), eval: EvalSettings::default() }
+        RunSettings {
+            model: None,
+            seed: default_seed(),
+            data: DataSettings::default(),
+            eval: EvalSettings::default(),
+        }
     }
 }
 
@@ -84,17 +89,38 @@ fn default_heldout() -> usize {
 
 /// The three sources of the shared data directory (see `/work/shared/data/README.md`).
 pub fn default_sources() -> BTreeMap<String, SourceSettings> {
-    let s = |p: &str, f: SourceFormat| SourceSettings { path: PathBuf::from(p), format: Some(f), pool: None, pool_ratio: None };
+    let s = |p: &str, f: SourceFormat| SourceSettings {
+        path: PathBuf::from(p),
+        format: Some(f),
+        pool: None,
+        pool_ratio: None,
+    };
     BTreeMap::from([
-        (CODE.to_string(), s("code_alpaca/code_alpaca_20k.json", SourceFormat::Alpaca)),
-        (MATH.to_string(), s("gsm8k/train.jsonl", SourceFormat::Gsm8k)),
-        (GENERAL.to_string(), s("sharegpt/sharegpt_v3_sample_1011.json", SourceFormat::ShareGpt)),
+        (
+            CODE.to_string(),
+            s("code_alpaca/code_alpaca_20k.json", SourceFormat::Alpaca),
+        ),
+        (
+            MATH.to_string(),
+            s("gsm8k/train.jsonl", SourceFormat::Gsm8k),
+        ),
+        (
+            GENERAL.to_string(),
+            s(
+                "sharegpt/sharegpt_v3_sample_1011.json",
+                SourceFormat::ShareGpt,
+            ),
+        ),
     ])
 }
 
 impl Default for DataSettings {
     fn default() -> Self {
-        DataSettings { sources: default_sources(), general_source: default_general(), general_heldout: default_heldout() }
+        DataSettings {
+            sources: default_sources(),
+            general_source: default_general(),
+            general_heldout: default_heldout(),
+        }
     }
 }
 
@@ -163,11 +189,16 @@ impl Default for EvalSettings {
 
 impl RunSettings {
     /// Reads the plan's opaque `[run]` table (absent = defaults).
-    pub fn from_plan_value(value: Option<&serde_json::Value>, origin: &Path) -> Result<RunSettings> {
+    pub fn from_plan_value(
+        value: Option<&serde_json::Value>,
+        origin: &Path,
+    ) -> Result<RunSettings> {
         match value {
             None => Ok(RunSettings::default()),
-            Some(v) => serde_json::from_value(v.clone())
-                .map_err(|e| Error::Parse { path: origin.to_path_buf(), message: format!("[run] table: {e}") }),
+            Some(v) => serde_json::from_value(v.clone()).map_err(|e| Error::Parse {
+                path: origin.to_path_buf(),
+                message: format!("[run] table: {e}"),
+            }),
         }
     }
 
@@ -200,12 +231,18 @@ mod tests {
         let s = RunSettings::from_plan_value(Some(&v), Path::new("p.toml")).unwrap();
         assert_eq!(s.seed, 7);
         assert_eq!(s.data.sources["math"].pool, Some(10));
-        assert_eq!(s.data.sources.len(), 1, "an explicit source table replaces the defaults");
+        assert_eq!(
+            s.data.sources.len(),
+            1,
+            "an explicit source table replaces the defaults"
+        );
         assert_eq!(s.eval.gsm8k, 4);
         assert_eq!(s.eval.humaneval, 20);
 
         let bad = serde_json::json!({"eval": {"gsm8kk": 3}});
-        let msg = RunSettings::from_plan_value(Some(&bad), Path::new("p.toml")).unwrap_err().to_string();
+        let msg = RunSettings::from_plan_value(Some(&bad), Path::new("p.toml"))
+            .unwrap_err()
+            .to_string();
         assert!(msg.contains("p.toml") && msg.contains("gsm8kk"), "{msg}");
     }
 }

@@ -41,7 +41,8 @@ fn mtime(p: &Path) -> std::time::SystemTime {
 #[test]
 fn two_stage_plan_trains_evaluates_reuses_and_resumes() {
     tch::manual_seed(0);
-    let (plan, settings) = sft_run::load_plan_file(&workspace().join("fixtures/plans/two-stage-tiny.toml")).unwrap();
+    let (plan, settings) =
+        sft_run::load_plan_file(&workspace().join("fixtures/plans/two-stage-tiny.toml")).unwrap();
     let tmp = tempfile::tempdir().unwrap();
 
     // 1. A full run.
@@ -50,8 +51,19 @@ fn two_stage_plan_trains_evaluates_reuses_and_resumes() {
     assert_eq!(r.stages.len(), 2);
     assert!(r.stages.iter().all(|s| !s.reused));
     for s in &r.stages {
-        for f in ["model/model.safetensors", "model/config.json", "model/tokenizer.json", "data/train.jsonl", "data/manifest.json", "done.json"] {
-            assert!(s.store_dir.join(f).exists(), "stage {}: {f} missing", s.name);
+        for f in [
+            "model/model.safetensors",
+            "model/config.json",
+            "model/tokenizer.json",
+            "data/train.jsonl",
+            "data/manifest.json",
+            "done.json",
+        ] {
+            assert!(
+                s.store_dir.join(f).exists(),
+                "stage {}: {f} missing",
+                s.name
+            );
         }
         assert!(s.final_train_loss.is_some_and(f64::is_finite));
     }
@@ -69,9 +81,18 @@ fn two_stage_plan_trains_evaluates_reuses_and_resumes() {
     assert_eq!(r.metrics["humaneval_pass@1"].n, 2);
     let loss = r.metrics["general_heldout_loss"];
     assert_eq!(loss.n, 4);
-    assert!(loss.value.is_finite() && loss.value > 0.0 && loss.ci_low <= loss.value && loss.value <= loss.ci_high);
+    assert!(
+        loss.value.is_finite()
+            && loss.value > 0.0
+            && loss.ci_low <= loss.value
+            && loss.value <= loss.ci_high
+    );
     assert!(!r.metrics.contains_key("mtbench_score"));
-    for f in ["eval/gsm8k.report.json", "eval/humaneval.report.json", "eval/general_heldout_loss.report.json"] {
+    for f in [
+        "eval/gsm8k.report.json",
+        "eval/humaneval.report.json",
+        "eval/general_heldout_loss.report.json",
+    ] {
         assert!(o.run_dir.join(f).exists(), "{f} missing");
     }
 
@@ -80,7 +101,10 @@ fn two_stage_plan_trains_evaluates_reuses_and_resumes() {
     let r2 = run_plan(&plan, &settings, &o, &backend(None)).unwrap();
     assert!(r2.stages.iter().all(|s| s.reused));
     assert_eq!(r2.metrics, r.metrics);
-    assert_eq!(mtime(&r2.stages[1].store_dir.join("model/model.safetensors")), before);
+    assert_eq!(
+        mtime(&r2.stages[1].store_dir.join("model/model.safetensors")),
+        before
+    );
 
     // 3. Another store: the run is interrupted after 2 steps of the second stage (the trainer
     //    checkpoints and returns, as on Ctrl-C), then rerun.
@@ -89,20 +113,36 @@ fn two_stage_plan_trains_evaluates_reuses_and_resumes() {
     let mut first_stage_only = plan.clone();
     first_stage_only.stages.truncate(1);
     run_plan(&first_stage_only, &settings, &o2, &backend(None)).unwrap();
-    let s1_weights = o2.store().join(&r.stages[0].key).join("model/model.safetensors");
+    let s1_weights = o2
+        .store()
+        .join(&r.stages[0].key)
+        .join("model/model.safetensors");
     let s1_time = mtime(&s1_weights);
-    let err = run_plan(&plan, &settings, &o2, &backend(Some(2))).unwrap_err().to_string();
+    let err = run_plan(&plan, &settings, &o2, &backend(Some(2)))
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("interrupted at step 2"), "{err}");
     let status: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(o2.run_dir.join("status.json")).unwrap()).unwrap();
+        serde_json::from_str(&std::fs::read_to_string(o2.run_dir.join("status.json")).unwrap())
+            .unwrap();
     assert_eq!(status["state"], "failed");
 
     let r3 = run_plan(&plan, &settings, &o2, &backend(None)).unwrap();
-    assert!(r3.stages[0].reused, "the finished first stage is not retrained");
+    assert!(
+        r3.stages[0].reused,
+        "the finished first stage is not retrained"
+    );
     assert!(!r3.stages[1].reused);
     assert_eq!(mtime(&s1_weights), s1_time);
-    assert_eq!(done(&r3.stages[1].store_dir).resumed_from, Some(2), "the second stage resumed from its checkpoint");
+    assert_eq!(
+        done(&r3.stages[1].store_dir).resumed_from,
+        Some(2),
+        "the second stage resumed from its checkpoint"
+    );
     // Same keys as the uninterrupted run, and (on CPU) bit-identical final weights.
     assert_eq!(r3.stages[1].key, r.stages[1].key);
-    assert_eq!(bytes(r3.stages[1].store_dir.join("model/model.safetensors")), w2);
+    assert_eq!(
+        bytes(r3.stages[1].store_dir.join("model/model.safetensors")),
+        w2
+    );
 }

@@ -52,7 +52,10 @@ mod tests {
     #[test]
     fn keys_are_sorted_at_every_depth() {
         let v = json!({"b": 1, "a": {"y": [2, {"d": null, "c": "x"}], "x": 1.5}});
-        assert_eq!(canonical_json(&v), r#"{"a":{"x":1.5,"y":[2,{"c":"x","d":null}]},"b":1}"#);
+        assert_eq!(
+            canonical_json(&v),
+            r#"{"a":{"x":1.5,"y":[2,{"c":"x","d":null}]},"b":1}"#
+        );
     }
 
     #[test]

@@ -30,7 +30,8 @@ mod strategy;
 pub use canonical::canonical_json;
 pub use error::{Error, Result};
 pub use plan::{
-    KeyContext, OptimizerState, Plan, PlanSpec, Stage, StageKey, StageSpec, TrainSettings, FORMAT_VERSION,
+    KeyContext, OptimizerState, Plan, PlanSpec, Stage, StageKey, StageSpec, TrainSettings,
+    FORMAT_VERSION,
 };
 pub use sft_compose::Ratio;
 pub use strategy::{Strategy, CODE, DMT_K_GRID, GENERAL, MATH, STANDARD_SOURCES};

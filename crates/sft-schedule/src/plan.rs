@@ -124,8 +124,10 @@ pub struct PlanSpec {
 impl PlanSpec {
     /// Parses a plan file's text; `origin` (usually the path) prefixes every error.
     pub fn from_toml_str(text: &str, origin: &str) -> Result<PlanSpec> {
-        let spec: PlanSpec =
-            toml::from_str(text).map_err(|e| Error::Toml { origin: origin.to_string(), source: Box::new(e) })?;
+        let spec: PlanSpec = toml::from_str(text).map_err(|e| Error::Toml {
+            origin: origin.to_string(),
+            source: Box::new(e),
+        })?;
         if spec.format_version != FORMAT_VERSION {
             return Err(Error::UnsupportedFormatVersion {
                 origin: origin.to_string(),
@@ -256,7 +258,10 @@ impl Plan {
     pub fn new(name: impl Into<String>, mut stages: Vec<Stage>) -> Result<Plan> {
         let name = name.into();
         if name.trim().is_empty() {
-            return Err(Error::Invalid { plan: name, detail: "the plan name is empty".into() });
+            return Err(Error::Invalid {
+                plan: name,
+                detail: "the plan name is empty".into(),
+            });
         }
         if stages.is_empty() {
             return Err(Error::NoStages { plan: name });
@@ -265,19 +270,31 @@ impl Plan {
         for (i, stage) in stages.iter_mut().enumerate() {
             stage.index = i;
             if stage.name.trim().is_empty() {
-                return Err(Error::Invalid { plan: name, detail: format!("stage {i} has an empty name") });
+                return Err(Error::Invalid {
+                    plan: name,
+                    detail: format!("stage {i} has an empty name"),
+                });
             }
             if !seen.insert(stage.name.clone()) {
-                return Err(Error::Invalid { plan: name, detail: format!("two stages are named {:?}", stage.name) });
+                return Err(Error::Invalid {
+                    plan: name,
+                    detail: format!("two stages are named {:?}", stage.name),
+                });
             }
             stage.mixture.retain(|_, r| !r.is_zero());
             if stage.mixture.is_empty() {
-                return Err(Error::EmptyStage { plan: name, stage: stage.name.clone() });
+                return Err(Error::EmptyStage {
+                    plan: name,
+                    stage: stage.name.clone(),
+                });
             }
             if i == 0 && stage.optimizer_state == OptimizerState::Carry {
                 return Err(Error::Invalid {
                     plan: name,
-                    detail: format!("stage {:?} is first, so it has no optimizer state to carry", stage.name),
+                    detail: format!(
+                        "stage {:?} is first, so it has no optimizer state to carry",
+                        stage.name
+                    ),
                 });
             }
         }
@@ -286,7 +303,10 @@ impl Plan {
 
     /// Every source some stage reads, sorted.
     pub fn sources(&self) -> BTreeSet<&str> {
-        self.stages.iter().flat_map(|s| s.mixture.keys().map(String::as_str)).collect()
+        self.stages
+            .iter()
+            .flat_map(|s| s.mixture.keys().map(String::as_str))
+            .collect()
     }
 
     /// Fails with [`Error::UnknownSource`] on the first source not in `known`.
@@ -328,12 +348,18 @@ impl Plan {
             for name in stage.mixture.keys() {
                 let fp = ctx.sources.get(name).ok_or_else(|| Error::Invalid {
                     plan: self.name.clone(),
-                    detail: format!("no fingerprint for source {name:?} read by stage {:?}", stage.name),
+                    detail: format!(
+                        "no fingerprint for source {name:?} read by stage {:?}",
+                        stage.name
+                    ),
                 })?;
                 sources.insert(name.clone(), Value::String(fp.clone()));
             }
-            let mixture: serde_json::Map<String, Value> =
-                stage.mixture.iter().map(|(k, r)| (k.clone(), Value::String(r.to_string()))).collect();
+            let mixture: serde_json::Map<String, Value> = stage
+                .mixture
+                .iter()
+                .map(|(k, r)| (k.clone(), Value::String(r.to_string())))
+                .collect();
             let material = json!({
                 "format_version": FORMAT_VERSION,
                 "mixture": mixture,
@@ -344,7 +370,11 @@ impl Plan {
                 "sources": sources,
             });
             let key = hex::encode(Sha256::digest(canonical_json(&material).as_bytes()));
-            keys.push(StageKey { key, parent, material });
+            keys.push(StageKey {
+                key,
+                parent,
+                material,
+            });
         }
         Ok(keys)
     }
@@ -380,7 +410,10 @@ mod tests {
     fn ctx() -> KeyContext {
         KeyContext {
             base_model: "model-sha".into(),
-            sources: STANDARD_SOURCES.iter().map(|s| (s.to_string(), format!("{s}-fp"))).collect(),
+            sources: STANDARD_SOURCES
+                .iter()
+                .map(|s| (s.to_string(), format!("{s}-fp")))
+                .collect(),
         }
     }
 
@@ -404,28 +437,46 @@ train = { lr = 1e-5 }
         let plan = spec.resolve(&STANDARD_SOURCES).unwrap();
         assert_eq!(plan.stages.len(), 2);
         assert_eq!(plan.stages[1].take("math"), Some(Ratio::new(1, 4).unwrap()));
-        assert_eq!(plan.stages[1].take("code"), Some(Ratio::new(1, 16).unwrap()));
+        assert_eq!(
+            plan.stages[1].take("code"),
+            Some(Ratio::new(1, 16).unwrap())
+        );
         assert_eq!(plan.stages[0].train.0["epochs"], json!(2));
         assert_eq!(plan.stages[1].train.0["lr"], json!(1e-5));
         assert_eq!(plan.stages[1].train.0["epochs"], json!(2));
-        let again = PlanSpec::from_toml_str(&plan.to_spec().to_toml_string().unwrap(), "again").unwrap();
+        let again =
+            PlanSpec::from_toml_str(&plan.to_spec().to_toml_string().unwrap(), "again").unwrap();
         assert_eq!(again.resolve(&STANDARD_SOURCES).unwrap(), plan);
     }
 
     #[test]
     fn unknown_source_is_named() {
-        let text = "format_version = 1\nname = \"p\"\n[[stages]]\nname = \"s\"\nmixture = { cod = 1 }\n";
-        let err = PlanSpec::from_toml_str(text, "p.toml").unwrap().resolve(&STANDARD_SOURCES).unwrap_err();
+        let text =
+            "format_version = 1\nname = \"p\"\n[[stages]]\nname = \"s\"\nmixture = { cod = 1 }\n";
+        let err = PlanSpec::from_toml_str(text, "p.toml")
+            .unwrap()
+            .resolve(&STANDARD_SOURCES)
+            .unwrap_err();
         let msg = err.to_string();
         assert!(matches!(err, Error::UnknownSource { .. }), "{msg}");
-        assert!(msg.contains("\"cod\"") && msg.contains("stage \"s\"") && msg.contains("code, general, math"), "{msg}");
+        assert!(
+            msg.contains("\"cod\"")
+                && msg.contains("stage \"s\"")
+                && msg.contains("code, general, math"),
+            "{msg}"
+        );
     }
 
     #[test]
     fn empty_stage_is_rejected() {
         for mixture in ["{}", "{ code = 0 }"] {
-            let text = format!("format_version = 1\nname = \"p\"\n[[stages]]\nname = \"s\"\nmixture = {mixture}\n");
-            let err = PlanSpec::from_toml_str(&text, "p.toml").unwrap().resolve(&STANDARD_SOURCES).unwrap_err();
+            let text = format!(
+                "format_version = 1\nname = \"p\"\n[[stages]]\nname = \"s\"\nmixture = {mixture}\n"
+            );
+            let err = PlanSpec::from_toml_str(&text, "p.toml")
+                .unwrap()
+                .resolve(&STANDARD_SOURCES)
+                .unwrap_err();
             assert!(matches!(err, Error::EmptyStage { .. }), "{err}");
         }
         let err = PlanSpec::from_toml_str("format_version = 1\nname = \"p\"\n", "p.toml")
@@ -437,33 +488,62 @@ train = { lr = 1e-5 }
 
     #[test]
     fn bad_files_fail_with_origin_and_line() {
-        let err = PlanSpec::from_toml_str("format_version = 1\nnmae = \"x\"\n", "plans/x.toml").unwrap_err();
+        let err = PlanSpec::from_toml_str("format_version = 1\nnmae = \"x\"\n", "plans/x.toml")
+            .unwrap_err();
         let msg = err.to_string();
-        assert!(msg.starts_with("plans/x.toml:") && msg.contains("line 2") && msg.contains("nmae"), "{msg}");
-        let err = PlanSpec::from_toml_str("format_version = 2\nstrategy = \"sequential\"\n", "v2.toml").unwrap_err();
-        assert!(matches!(err, Error::UnsupportedFormatVersion { found: 2, .. }), "{err}");
+        assert!(
+            msg.starts_with("plans/x.toml:") && msg.contains("line 2") && msg.contains("nmae"),
+            "{msg}"
+        );
+        let err =
+            PlanSpec::from_toml_str("format_version = 2\nstrategy = \"sequential\"\n", "v2.toml")
+                .unwrap_err();
+        assert!(
+            matches!(err, Error::UnsupportedFormatVersion { found: 2, .. }),
+            "{err}"
+        );
         let text = "format_version = 1\nname = \"p\"\n[[stages]]\nname = \"s\"\nmixture = { code = \"1/0\" }\n";
-        let msg = PlanSpec::from_toml_str(text, "r.toml").unwrap_err().to_string();
-        assert!(msg.contains("r.toml") && msg.contains("denominator"), "{msg}");
+        let msg = PlanSpec::from_toml_str(text, "r.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            msg.contains("r.toml") && msg.contains("denominator"),
+            "{msg}"
+        );
     }
 
     #[test]
     fn duplicate_names_strategy_and_stages_and_first_carry_are_rejected() {
         let dup = "format_version = 1\nname = \"p\"\n[[stages]]\nname = \"s\"\nmixture = { code = 1 }\n[[stages]]\nname = \"s\"\nmixture = { math = 1 }\n";
-        let msg = PlanSpec::from_toml_str(dup, "d").unwrap().resolve(&STANDARD_SOURCES).unwrap_err().to_string();
+        let msg = PlanSpec::from_toml_str(dup, "d")
+            .unwrap()
+            .resolve(&STANDARD_SOURCES)
+            .unwrap_err()
+            .to_string();
         assert!(msg.contains("two stages are named \"s\""), "{msg}");
         let both = "format_version = 1\nstrategy = \"sequential\"\n[[stages]]\nname = \"s\"\nmixture = { code = 1 }\n";
-        let msg = PlanSpec::from_toml_str(both, "b").unwrap().resolve(&STANDARD_SOURCES).unwrap_err().to_string();
+        let msg = PlanSpec::from_toml_str(both, "b")
+            .unwrap()
+            .resolve(&STANDARD_SOURCES)
+            .unwrap_err()
+            .to_string();
         assert!(msg.contains("not both"), "{msg}");
         let carry = "format_version = 1\nname = \"p\"\noptimizer_state = \"carry\"\n[[stages]]\nname = \"s\"\nmixture = { code = 1 }\n";
-        let msg = PlanSpec::from_toml_str(carry, "c").unwrap().resolve(&STANDARD_SOURCES).unwrap_err().to_string();
+        let msg = PlanSpec::from_toml_str(carry, "c")
+            .unwrap()
+            .resolve(&STANDARD_SOURCES)
+            .unwrap_err()
+            .to_string();
         assert!(msg.contains("no optimizer state to carry"), "{msg}");
     }
 
     #[test]
     fn builtin_from_toml_takes_name_train_and_optimizer_policy() {
         let text = "format_version = 1\nstrategy = \"dmt:1/4\"\noptimizer_state = \"carry\"\n[train]\nepochs = 3\n";
-        let plan = PlanSpec::from_toml_str(text, "t").unwrap().resolve(&STANDARD_SOURCES).unwrap();
+        let plan = PlanSpec::from_toml_str(text, "t")
+            .unwrap()
+            .resolve(&STANDARD_SOURCES)
+            .unwrap();
         assert_eq!(plan.name, "dmt-k1_4");
         assert_eq!(plan.stages[0].optimizer_state, OptimizerState::Restart);
         assert_eq!(plan.stages[1].optimizer_state, OptimizerState::Carry);
@@ -501,19 +581,27 @@ train = { lr = 1e-5 }
         assert_eq!(k[0].key, base[0].key);
         assert_ne!(k[1].key, base[1].key);
 
-        let trained = plan.clone().with_train_defaults(&TrainSettings::new().with("epochs", 2));
+        let trained = plan
+            .clone()
+            .with_train_defaults(&TrainSettings::new().with("epochs", 2));
         let k = trained.stage_keys(&ctx()).unwrap();
         assert_ne!(k[0].key, base[0].key);
 
         // Changing stage 1 changes stage 2 through the parent key.
         let mut p = plan.clone();
-        p.stages[0].mixture.insert("code".into(), Ratio::new(1, 2).unwrap());
+        p.stages[0]
+            .mixture
+            .insert("code".into(), Ratio::new(1, 2).unwrap());
         let k = p.stage_keys(&ctx()).unwrap();
         assert_ne!(k[0].key, base[0].key);
         assert_ne!(k[1].key, base[1].key);
 
         let mut c = ctx();
         c.sources.remove("code");
-        assert!(plan.stage_keys(&c).unwrap_err().to_string().contains("no fingerprint for source \"code\""));
+        assert!(plan
+            .stage_keys(&c)
+            .unwrap_err()
+            .to_string()
+            .contains("no fingerprint for source \"code\""));
     }
 }

@@ -18,7 +18,16 @@ pub const GENERAL: &str = "general";
 pub const STANDARD_SOURCES: [&str; 3] = [CODE, GENERAL, MATH];
 
 /// The values of DMT's `k` the paper scans (§4.3, Figure 5), as `(numerator, denominator)`.
-pub const DMT_K_GRID: [(u64, u64); 8] = [(1, 1), (1, 2), (1, 4), (1, 8), (1, 16), (1, 32), (1, 64), (1, 256)];
+pub const DMT_K_GRID: [(u64, u64); 8] = [
+    (1, 1),
+    (1, 2),
+    (1, 4),
+    (1, 8),
+    (1, 16),
+    (1, 32),
+    (1, 64),
+    (1, 256),
+];
 
 /// A built-in training strategy.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -53,17 +62,26 @@ impl Strategy {
     /// Underscores may replace hyphens, and `code-only`-style names select an individual source.
     pub fn parse(text: &str) -> Result<Strategy> {
         let t = text.trim().to_ascii_lowercase().replace('_', "-");
-        let unknown = || Error::UnknownStrategy { text: text.to_string() };
+        let unknown = || Error::UnknownStrategy {
+            text: text.to_string(),
+        };
         if let Some(rest) = t.strip_prefix("dmt") {
             let k = match rest.strip_prefix(':').or_else(|| rest.strip_prefix("-k")) {
                 Some(k) => k.replace('-', "/"),
                 None if rest.is_empty() => "1/256".to_string(),
                 None => return Err(unknown()),
             };
-            let k = Ratio::parse(&k).map_err(|source| Error::Ratio { context: format!("strategy {text:?}"), source })?;
+            let k = Ratio::parse(&k).map_err(|source| Error::Ratio {
+                context: format!("strategy {text:?}"),
+                source,
+            })?;
             return Strategy::dmt(k);
         }
-        if let Some(source) = t.strip_prefix("individual:").or_else(|| t.strip_prefix("individual-")).or_else(|| t.strip_suffix("-only")) {
+        if let Some(source) = t
+            .strip_prefix("individual:")
+            .or_else(|| t.strip_prefix("individual-"))
+            .or_else(|| t.strip_suffix("-only"))
+        {
             if source.is_empty() {
                 return Err(unknown());
             }
@@ -111,21 +129,37 @@ impl Strategy {
         let stage = |name: &str, mixture: &[(&str, Ratio)]| Stage {
             index: 0,
             name: name.to_string(),
-            mixture: mixture.iter().map(|(s, r)| (s.to_string(), *r)).collect::<BTreeMap<_, _>>(),
+            mixture: mixture
+                .iter()
+                .map(|(s, r)| (s.to_string(), *r))
+                .collect::<BTreeMap<_, _>>(),
             train: TrainSettings::new(),
             optimizer_state: OptimizerState::Restart,
         };
         let stages = match self {
             Strategy::Individual(s) => vec![stage(s, &[(s, one)])],
-            Strategy::MultiTask => vec![stage("multi-task", &[(CODE, one), (MATH, one), (GENERAL, one)])],
+            Strategy::MultiTask => vec![stage(
+                "multi-task",
+                &[(CODE, one), (MATH, one), (GENERAL, one)],
+            )],
             Strategy::Sequential => {
-                vec![stage(CODE, &[(CODE, one)]), stage(MATH, &[(MATH, one)]), stage(GENERAL, &[(GENERAL, one)])]
+                vec![
+                    stage(CODE, &[(CODE, one)]),
+                    stage(MATH, &[(MATH, one)]),
+                    stage(GENERAL, &[(GENERAL, one)]),
+                ]
             }
             Strategy::MixedSequential => {
-                vec![stage("specialized", &[(CODE, one), (MATH, one)]), stage(GENERAL, &[(GENERAL, one)])]
+                vec![
+                    stage("specialized", &[(CODE, one), (MATH, one)]),
+                    stage(GENERAL, &[(GENERAL, one)]),
+                ]
             }
             Strategy::Dmt { k } if k.is_zero() => {
-                vec![stage("specialized", &[(CODE, one), (MATH, one)]), stage(GENERAL, &[(GENERAL, one)])]
+                vec![
+                    stage("specialized", &[(CODE, one), (MATH, one)]),
+                    stage(GENERAL, &[(GENERAL, one)]),
+                ]
             }
             Strategy::Dmt { k } => vec![
                 stage("specialized", &[(CODE, one), (MATH, one)]),
@@ -135,7 +169,10 @@ impl Strategy {
         // Every built-in has named, non-empty stages with unique names; `Plan::new` only renumbers.
         match Plan::new(self.name(), stages.clone()) {
             Ok(plan) => plan,
-            Err(_) => Plan { name: self.name(), stages },
+            Err(_) => Plan {
+                name: self.name(),
+                stages,
+            },
         }
     }
 }
@@ -160,11 +197,17 @@ mod tests {
     }
 
     fn mix(stage: &Stage) -> Vec<(String, String)> {
-        stage.mixture.iter().map(|(k, v)| (k.clone(), v.to_string())).collect()
+        stage
+            .mixture
+            .iter()
+            .map(|(k, v)| (k.clone(), v.to_string()))
+            .collect()
     }
 
     fn pairs(p: &[(&str, &str)]) -> Vec<(String, String)> {
-        p.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect()
+        p.iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect()
     }
 
     #[test]
@@ -174,7 +217,10 @@ mod tests {
             assert_eq!(plan.stages.len(), 1);
             assert_eq!(mix(&plan.stages[0]), pairs(&[(s, "1")]));
         }
-        assert_eq!(Strategy::parse("math_only").unwrap(), Strategy::Individual("math".into()));
+        assert_eq!(
+            Strategy::parse("math_only").unwrap(),
+            Strategy::Individual("math".into())
+        );
         assert_eq!(Strategy::Individual("math".into()).label(), "Math only");
     }
 
@@ -182,16 +228,32 @@ mod tests {
     fn multi_task_is_one_stage_of_all_three_sources() {
         let plan = Strategy::parse("multi-task").unwrap().plan();
         assert_eq!(plan.stages.len(), 1);
-        assert_eq!(mix(&plan.stages[0]), pairs(&[("code", "1"), ("general", "1"), ("math", "1")]));
+        assert_eq!(
+            mix(&plan.stages[0]),
+            pairs(&[("code", "1"), ("general", "1"), ("math", "1")])
+        );
     }
 
     #[test]
     fn sequential_is_code_then_math_then_general() {
         let plan = Strategy::parse("sequential").unwrap().plan();
         let order: Vec<Vec<(String, String)>> = plan.stages.iter().map(mix).collect();
-        assert_eq!(order, vec![pairs(&[("code", "1")]), pairs(&[("math", "1")]), pairs(&[("general", "1")])]);
-        assert!(plan.stages.iter().all(|s| s.optimizer_state == OptimizerState::Restart));
-        assert_eq!(plan.stages.iter().map(|s| s.index).collect::<Vec<_>>(), vec![0, 1, 2]);
+        assert_eq!(
+            order,
+            vec![
+                pairs(&[("code", "1")]),
+                pairs(&[("math", "1")]),
+                pairs(&[("general", "1")])
+            ]
+        );
+        assert!(plan
+            .stages
+            .iter()
+            .all(|s| s.optimizer_state == OptimizerState::Restart));
+        assert_eq!(
+            plan.stages.iter().map(|s| s.index).collect::<Vec<_>>(),
+            vec![0, 1, 2]
+        );
     }
 
     #[test]
@@ -224,7 +286,10 @@ mod tests {
     fn dmt_k_zero_is_mixed_sequential_and_k_above_one_is_refused() {
         let ctx = KeyContext {
             base_model: "m".into(),
-            sources: STANDARD_SOURCES.iter().map(|s| (s.to_string(), s.to_string())).collect(),
+            sources: STANDARD_SOURCES
+                .iter()
+                .map(|s| (s.to_string(), s.to_string()))
+                .collect(),
         };
         let dmt0 = Strategy::parse("dmt:0").unwrap().plan();
         let ms = Strategy::MixedSequential.plan();
@@ -234,38 +299,68 @@ mod tests {
         assert!(matches!(err, Error::KOutOfRange { .. }), "{err}");
         assert!(err.to_string().contains("0 ≤ k ≤ 1"));
         assert!(Strategy::parse("dmt:-1").is_err());
-        assert!(Strategy::parse("dmt:abc").unwrap_err().to_string().contains("dmt:abc"));
+        assert!(Strategy::parse("dmt:abc")
+            .unwrap_err()
+            .to_string()
+            .contains("dmt:abc"));
     }
 
     #[test]
     fn dmt_and_mixed_sequential_share_their_first_stage() {
         let ctx = KeyContext {
             base_model: "m".into(),
-            sources: STANDARD_SOURCES.iter().map(|s| (s.to_string(), s.to_string())).collect(),
+            sources: STANDARD_SOURCES
+                .iter()
+                .map(|s| (s.to_string(), s.to_string()))
+                .collect(),
         };
         let ms = Strategy::MixedSequential.plan().stage_keys(&ctx).unwrap();
         let mut second = Vec::new();
         for (n, d) in DMT_K_GRID {
-            let keys = Strategy::dmt(r(n, d)).unwrap().plan().stage_keys(&ctx).unwrap();
+            let keys = Strategy::dmt(r(n, d))
+                .unwrap()
+                .plan()
+                .stage_keys(&ctx)
+                .unwrap();
             assert_eq!(keys[0].key, ms[0].key);
             second.push(keys[1].key.clone());
         }
         second.push(ms[1].key.clone());
         second.sort();
         second.dedup();
-        assert_eq!(second.len(), DMT_K_GRID.len() + 1, "every k has its own second stage");
+        assert_eq!(
+            second.len(),
+            DMT_K_GRID.len() + 1,
+            "every k has its own second stage"
+        );
     }
 
     #[test]
     fn names_and_labels_round_trip() {
-        for text in ["individual:code", "multi-task", "sequential", "mixed-sequential", "dmt:1/256", "dmt:1/2"] {
+        for text in [
+            "individual:code",
+            "multi-task",
+            "sequential",
+            "mixed-sequential",
+            "dmt:1/256",
+            "dmt:1/2",
+        ] {
             let s = Strategy::parse(text).unwrap();
             assert_eq!(s.to_string(), text);
             assert_eq!(Strategy::parse(&s.name()).unwrap(), s, "{}", s.name());
         }
-        assert_eq!(Strategy::parse("dmt").unwrap(), Strategy::dmt(r(1, 256)).unwrap());
-        assert_eq!(Strategy::parse("dmt:1/256").unwrap().label(), "DMT (k=1/256)");
+        assert_eq!(
+            Strategy::parse("dmt").unwrap(),
+            Strategy::dmt(r(1, 256)).unwrap()
+        );
+        assert_eq!(
+            Strategy::parse("dmt:1/256").unwrap().label(),
+            "DMT (k=1/256)"
+        );
         assert_eq!(Strategy::parse("dmt:0.25").unwrap().name(), "dmt-k1_4");
-        assert!(matches!(Strategy::parse("round-robin"), Err(Error::UnknownStrategy { .. })));
+        assert!(matches!(
+            Strategy::parse("round-robin"),
+            Err(Error::UnknownStrategy { .. })
+        ));
     }
 }

@@ -14,18 +14,27 @@ fn data_dir() -> Option<PathBuf> {
         return Some(dir);
     }
     if std::env::var("SFT_SKIP_SHARED_DATA").as_deref() == Ok("1") {
-        eprintln!("SKIPPED (no shared data): {} has no gsm8k/train.jsonl", dir.display());
+        eprintln!(
+            "SKIPPED (no shared data): {} has no gsm8k/train.jsonl",
+            dir.display()
+        );
         return None;
     }
-    panic!("shared data not found at {} (set SFT_DATA_DIR, or SFT_SKIP_SHARED_DATA=1 to skip)", dir.display());
+    panic!(
+        "shared data not found at {} (set SFT_DATA_DIR, or SFT_SKIP_SHARED_DATA=1 to skip)",
+        dir.display()
+    );
 }
 
 /// Record counts of the three real sources: (code, math, general).
 fn source_sizes(dir: &std::path::Path) -> (usize, usize, usize) {
     let json_len = |p: PathBuf| -> usize {
         let text = std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
-        let v: serde_json::Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
-        v.as_array().unwrap_or_else(|| panic!("{} is not a JSON array", p.display())).len()
+        let v: serde_json::Value =
+            serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+        v.as_array()
+            .unwrap_or_else(|| panic!("{} is not a JSON array", p.display()))
+            .len()
     };
     let math_path = dir.join("gsm8k/train.jsonl");
     let math = std::fs::read_to_string(&math_path)
@@ -44,13 +53,26 @@ fn source_sizes(dir: &std::path::Path) -> (usize, usize, usize) {
 fn dmt_stage_two_holds_all_general_and_floor_k_n_of_each_specialized_source() {
     let Some(dir) = data_dir() else { return };
     let (code, math, general) = source_sizes(&dir);
-    assert_eq!((code, math, general), (20_022, 7_473, 1_011), "the README's record counts");
+    assert_eq!(
+        (code, math, general),
+        (20_022, 7_473, 1_011),
+        "the README's record counts"
+    );
     for (num, den) in DMT_K_GRID {
         let k = Ratio::new(num, den).unwrap();
         let plan = Strategy::dmt(k).unwrap().plan();
-        let [s1, s2] = &plan.stages[..] else { panic!("DMT has two stages") };
+        let [s1, s2] = &plan.stages[..] else {
+            panic!("DMT has two stages")
+        };
         // Stage 1 = the whole specialized data, no general data.
-        assert_eq!((s1.count_of(CODE, code), s1.count_of(MATH, math), s1.count_of(GENERAL, general)), (code, math, 0));
+        assert_eq!(
+            (
+                s1.count_of(CODE, code),
+                s1.count_of(MATH, math),
+                s1.count_of(GENERAL, general)
+            ),
+            (code, math, 0)
+        );
         // Stage 2 = all general data + floor(k·n) of code and of math.
         let expect = |n: usize| ((n as u64 * num) / den) as usize;
         assert_eq!(s2.count_of(GENERAL, general), general, "k={k}");
@@ -73,16 +95,34 @@ fn every_builtin_strategy_uses_each_record_as_the_paper_says() {
             .plan()
             .stages
             .iter()
-            .map(|st| (st.count_of(CODE, code), st.count_of(MATH, math), st.count_of(GENERAL, general)))
+            .map(|st| {
+                (
+                    st.count_of(CODE, code),
+                    st.count_of(MATH, math),
+                    st.count_of(GENERAL, general),
+                )
+            })
             .collect()
     };
     assert_eq!(counts("individual:code"), vec![(code, 0, 0)]);
     assert_eq!(counts("individual:math"), vec![(0, math, 0)]);
     assert_eq!(counts("individual:general"), vec![(0, 0, general)]);
     assert_eq!(counts("multi-task"), vec![(code, math, general)]);
-    assert_eq!(counts("sequential"), vec![(code, 0, 0), (0, math, 0), (0, 0, general)]);
-    assert_eq!(counts("mixed-sequential"), vec![(code, math, 0), (0, 0, general)]);
+    assert_eq!(
+        counts("sequential"),
+        vec![(code, 0, 0), (0, math, 0), (0, 0, general)]
+    );
+    assert_eq!(
+        counts("mixed-sequential"),
+        vec![(code, math, 0), (0, 0, general)]
+    );
     assert_eq!(counts("dmt:0"), counts("mixed-sequential"));
-    assert_eq!(counts("dmt:1/256"), vec![(code, math, 0), (code / 256, math / 256, general)]);
-    assert_eq!(counts("dmt:1"), vec![(code, math, 0), (code, math, general)]);
+    assert_eq!(
+        counts("dmt:1/256"),
+        vec![(code, math, 0), (code / 256, math / 256, general)]
+    );
+    assert_eq!(
+        counts("dmt:1"),
+        vec![(code, math, 0), (code, math, general)]
+    );
 }

@@ -31,7 +31,9 @@ pub enum Error {
         message: String,
     },
     /// The spec's `format_version` is not one this crate reads.
-    #[error("{path}: sweep spec format_version {found} is not supported (this build reads {supported})")]
+    #[error(
+        "{path}: sweep spec format_version {found} is not supported (this build reads {supported})"
+    )]
     UnsupportedFormatVersion {
         /// The spec file.
         path: PathBuf,

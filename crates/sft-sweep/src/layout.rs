@@ -30,7 +30,9 @@ impl Layout {
     /// paths, so they work from any directory).
     pub fn new(out: impl Into<PathBuf>) -> Layout {
         let out = out.into();
-        Layout { out: std::path::absolute(&out).unwrap_or(out) }
+        Layout {
+            out: std::path::absolute(&out).unwrap_or(out),
+        }
     }
 
     /// The output directory.

@@ -101,20 +101,37 @@ pub fn plot_all(spec: &SweepSpec, table: &ResultsTable, dir: &Path) -> Result<Pl
     std::fs::create_dir_all(dir).map_err(io(dir))?;
     let mut files = PlotFiles::default();
     for k_scan in [false, true] {
-        let Some(fig) = figure(spec, table, k_scan) else { continue };
+        let Some(fig) = figure(spec, table, k_scan) else {
+            continue;
+        };
         let png = dir.join(format!("{}.png", fig.name));
         let svg = dir.join(format!("{}.svg", fig.name));
         let cols = fig.rows.iter().map(Vec::len).max().unwrap_or(1) as u32;
-        let size = ((cols * 430).max(860), 70 + fig.rows.len() as u32 * 400 + legend_height(&fig, cols * 430));
+        let size = (
+            (cols * 430).max(860),
+            70 + fig.rows.len() as u32 * 400 + legend_height(&fig, cols * 430),
+        );
         {
             let root = BitMapBackend::new(&png, size).into_drawing_area();
-            draw(&root, &fig).map_err(|message| Error::Plot { path: png.clone(), message })?;
-            root.present().map_err(|e| Error::Plot { path: png.clone(), message: e.to_string() })?;
+            draw(&root, &fig).map_err(|message| Error::Plot {
+                path: png.clone(),
+                message,
+            })?;
+            root.present().map_err(|e| Error::Plot {
+                path: png.clone(),
+                message: e.to_string(),
+            })?;
         }
         {
             let root = SVGBackend::new(&svg, size).into_drawing_area();
-            draw(&root, &fig).map_err(|message| Error::Plot { path: svg.clone(), message })?;
-            root.present().map_err(|e| Error::Plot { path: svg.clone(), message: e.to_string() })?;
+            draw(&root, &fig).map_err(|message| Error::Plot {
+                path: svg.clone(),
+                message,
+            })?;
+            root.present().map_err(|e| Error::Plot {
+                path: svg.clone(),
+                message: e.to_string(),
+            })?;
         }
         tracing::info!(png = %png.display(), "plot");
         files.png.push(png);
@@ -125,7 +142,11 @@ pub fn plot_all(spec: &SweepSpec, table: &ResultsTable, dir: &Path) -> Result<Pl
 
 fn figure(spec: &SweepSpec, table: &ResultsTable, k_scan: bool) -> Option<Figure> {
     let label_of = |grid: &str| {
-        spec.grid.iter().find(|g| g.name == grid).and_then(|g| g.label.clone()).unwrap_or_else(|| grid.to_string())
+        spec.grid
+            .iter()
+            .find(|g| g.name == grid)
+            .and_then(|g| g.label.clone())
+            .unwrap_or_else(|| grid.to_string())
     };
     // (grid, cell id) pairs on this figure with their x value.
     let mut points: Vec<(String, &crate::spec::Cell, sft_schedule::Ratio)> = Vec::new();
@@ -161,7 +182,11 @@ fn figure(spec: &SweepSpec, table: &ResultsTable, k_scan: bool) -> Option<Figure
         m
     };
     let one_strategy_per_grid = grids.iter().all(|g| {
-        let mut s: Vec<&str> = points.iter().filter(|p| &p.0 == g).map(|p| p.1.strategy_label.as_str()).collect();
+        let mut s: Vec<&str> = points
+            .iter()
+            .filter(|p| &p.0 == g)
+            .map(|p| p.1.strategy_label.as_str())
+            .collect();
         s.sort();
         s.dedup();
         s.len() <= 1
@@ -171,7 +196,11 @@ fn figure(spec: &SweepSpec, table: &ResultsTable, k_scan: bool) -> Option<Figure
         if grids.len() > 1 {
             parts.push(label_of(grid));
         }
-        let strategy = if k_scan && cell.strategy.starts_with("dmt") { "DMT".to_string() } else { cell.strategy_label.clone() };
+        let strategy = if k_scan && cell.strategy.starts_with("dmt") {
+            "DMT".to_string()
+        } else {
+            cell.strategy_label.clone()
+        };
         if parts.is_empty() || !one_strategy_per_grid {
             parts.push(strategy);
         }
@@ -183,7 +212,12 @@ fn figure(spec: &SweepSpec, table: &ResultsTable, k_scan: bool) -> Option<Figure
             metric_keys.push(r.metric.clone());
         }
     }
-    metric_keys.sort_by_key(|m| METRICS.iter().position(|x| x.0 == m.as_str()).unwrap_or(METRICS.len()));
+    metric_keys.sort_by_key(|m| {
+        METRICS
+            .iter()
+            .position(|x| x.0 == m.as_str())
+            .unwrap_or(METRICS.len())
+    });
     let mut legend: Vec<String> = Vec::new();
     let mut rows = Vec::new();
     for model in &models {
@@ -196,12 +230,20 @@ fn figure(spec: &SweepSpec, table: &ResultsTable, k_scan: bool) -> Option<Figure
             let mut order: Vec<String> = Vec::new();
             for (grid, cell, x) in points.iter().filter(|p| p.1.model == *model) {
                 let xi = xs.iter().position(|v| v == x).unwrap_or(0);
-                for r in table.rows.iter().filter(|r| r.cell == cell.id && &r.metric == metric) {
+                for r in table
+                    .rows
+                    .iter()
+                    .filter(|r| r.cell == cell.id && &r.metric == metric)
+                {
                     let label = series_label(grid, cell);
                     if !order.contains(&label) {
                         order.push(label.clone());
                     }
-                    acc.entry(label).or_default().entry(xi).or_default().push((r.value, r.ci_low, r.ci_high));
+                    acc.entry(label)
+                        .or_default()
+                        .entry(xi)
+                        .or_default()
+                        .push((r.value, r.ci_low, r.ci_high));
                 }
             }
             if acc.is_empty() {
@@ -216,16 +258,26 @@ fn figure(spec: &SweepSpec, table: &ResultsTable, k_scan: bool) -> Option<Figure
                     .iter()
                     .map(|(xi, v)| {
                         let n = v.len() as f64;
-                        let m = |f: fn(&(f64, f64, f64)) -> f64| v.iter().map(f).sum::<f64>() / n * scale;
+                        let m = |f: fn(&(f64, f64, f64)) -> f64| {
+                            v.iter().map(f).sum::<f64>() / n * scale
+                        };
                         (*xi as f64, m(|t| t.0), m(|t| t.1), m(|t| t.2))
                     })
                     .collect();
                 series.push(Series { label, points: pts });
             }
-            let title = if models.len() > 1 { format!("{name} · {model}") } else { name.clone() };
+            let title = if models.len() > 1 {
+                format!("{name} · {model}")
+            } else {
+                name.clone()
+            };
             panels.push(Panel {
                 title,
-                y_desc: format!("{name}{}{}", if pct { " (%)" } else { "" }, if higher { "" } else { ", lower is better" }),
+                y_desc: format!(
+                    "{name}{}{}",
+                    if pct { " (%)" } else { "" },
+                    if higher { "" } else { ", lower is better" }
+                ),
                 series,
             });
         }
@@ -237,9 +289,17 @@ fn figure(spec: &SweepSpec, table: &ResultsTable, k_scan: bool) -> Option<Figure
         return None;
     }
     let (suffix, what, x_desc) = if k_scan {
-        ("k-scan", "DMT k scan", "k (code and math added to stage 2)".to_string())
+        (
+            "k-scan",
+            "DMT k scan",
+            "k (code and math added to stage 2)".to_string(),
+        )
     } else {
-        ("curves", "scaling with data amount", "proportion of the varied data".to_string())
+        (
+            "curves",
+            "scaling with data amount",
+            "proportion of the varied data".to_string(),
+        )
     };
     Some(Figure {
         name: format!("{}-{suffix}", spec.name),
@@ -270,7 +330,12 @@ fn color(i: usize) -> RGBColor {
 const LEGEND_FONT: u32 = 16;
 
 fn legend_columns(fig: &Figure, width: u32) -> (usize, u32) {
-    let longest = fig.legend.iter().map(|l| l.chars().count()).max().unwrap_or(1) as u32;
+    let longest = fig
+        .legend
+        .iter()
+        .map(|l| l.chars().count())
+        .max()
+        .unwrap_or(1) as u32;
     // DejaVu Sans averages about 0.55 em per character.
     let col_w = 48 + longest * LEGEND_FONT * 56 / 100;
     (((width.saturating_sub(40)) / col_w).max(1) as usize, col_w)
@@ -290,14 +355,22 @@ fn y_format(lo: f64, hi: f64) -> impl Fn(&f64) -> String {
     move |y: &f64| format!("{y:.digits$}")
 }
 
-fn draw<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, fig: &Figure) -> std::result::Result<(), String> {
+fn draw<DB: DrawingBackend>(
+    root: &DrawingArea<DB, Shift>,
+    fig: &Figure,
+) -> std::result::Result<(), String> {
     let e = |e: &dyn std::fmt::Display| e.to_string();
     root.fill(&WHITE).map_err(|x| e(&x))?;
     let (w, h) = root.dim_in_pixel();
     let legend_h = legend_height(fig, w);
     let (top, rest) = root.split_vertically(50);
     let (body, legend_area) = rest.split_vertically(h - 50 - legend_h);
-    top.draw_text(&fig.title, &("sans-serif", 26).into_font().color(&BLACK), (16, 12)).map_err(|x| e(&x))?;
+    top.draw_text(
+        &fig.title,
+        &("sans-serif", 26).into_font().color(&BLACK),
+        (16, 12),
+    )
+    .map_err(|x| e(&x))?;
     let n = fig.x_labels.len();
     let cols = fig.rows.iter().map(Vec::len).max().unwrap_or(1);
     let areas = body.split_evenly((fig.rows.len(), cols));
@@ -350,13 +423,22 @@ fn draw<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, fig: &Figure) -> std:
                 let ci = fig.legend.iter().position(|l| *l == s.label).unwrap_or(0);
                 let c = color(ci);
                 chart
-                    .draw_series(LineSeries::new(s.points.iter().map(|p| (p.0, p.1)), c.stroke_width(2)))
+                    .draw_series(LineSeries::new(
+                        s.points.iter().map(|p| (p.0, p.1)),
+                        c.stroke_width(2),
+                    ))
                     .map_err(|x| e(&x))?;
                 chart
-                    .draw_series(s.points.iter().map(|p| ErrorBar::new_vertical(p.0, p.2, p.1, p.3, c.mix(0.6).stroke_width(1), 8)))
+                    .draw_series(s.points.iter().map(|p| {
+                        ErrorBar::new_vertical(p.0, p.2, p.1, p.3, c.mix(0.6).stroke_width(1), 8)
+                    }))
                     .map_err(|x| e(&x))?;
                 chart
-                    .draw_series(s.points.iter().map(|p| Circle::new((p.0, p.1), 4, c.filled())))
+                    .draw_series(
+                        s.points
+                            .iter()
+                            .map(|p| Circle::new((p.0, p.1), 4, c.filled())),
+                    )
                     .map_err(|x| e(&x))?;
             }
         }
@@ -369,11 +451,20 @@ fn draw<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, fig: &Figure) -> std:
         let y = 8 + row as i32 * 26;
         let c = color(i);
         legend_area
-            .draw(&PathElement::new(vec![(x, y + 10), (x + 30, y + 10)], c.stroke_width(3)))
+            .draw(&PathElement::new(
+                vec![(x, y + 10), (x + 30, y + 10)],
+                c.stroke_width(3),
+            ))
             .map_err(|x| e(&x))?;
-        legend_area.draw(&Circle::new((x + 15, y + 10), 4, c.filled())).map_err(|x| e(&x))?;
         legend_area
-            .draw_text(label, &("sans-serif", LEGEND_FONT).into_font().color(&BLACK), (x + 38, y + 1))
+            .draw(&Circle::new((x + 15, y + 10), 4, c.filled()))
+            .map_err(|x| e(&x))?;
+        legend_area
+            .draw_text(
+                label,
+                &("sans-serif", LEGEND_FONT).into_font().color(&BLACK),
+                (x + 38, y + 1),
+            )
             .map_err(|x| e(&x))?;
     }
     Ok(())

@@ -21,7 +21,12 @@ pub const METRICS: [(&str, &str, bool, bool); 4] = [
     ("gsm8k_acc", "GSM8K", true, true),
     ("humaneval_pass@1", "HumanEval", true, true),
     ("mtbench_score", "MT-Bench", false, true),
-    ("general_heldout_loss", "General held-out loss", false, false),
+    (
+        "general_heldout_loss",
+        "General held-out loss",
+        false,
+        false,
+    ),
 ];
 
 /// How a metric is shown: its display name, and whether values are fractions shown in percent.
@@ -88,9 +93,16 @@ pub fn collect(cells: &[Cell], layout: &Layout) -> Result<ResultsTable> {
             _ => None,
         };
         states.push((cell.clone(), state.name().to_string(), error));
-        let CellState::Done(results) = state else { continue };
+        let CellState::Done(results) = state else {
+            continue;
+        };
         let mut metrics: Vec<(&String, &crate::state::Metric)> = results.metrics.iter().collect();
-        let order = |k: &str| METRICS.iter().position(|m| m.0 == k).unwrap_or(METRICS.len());
+        let order = |k: &str| {
+            METRICS
+                .iter()
+                .position(|m| m.0 == k)
+                .unwrap_or(METRICS.len())
+        };
         metrics.sort_by_key(|(k, _)| (order(k), (*k).clone()));
         for (key, m) in metrics {
             rows.push(ResultRow {
@@ -103,7 +115,12 @@ pub fn collect(cells: &[Cell], layout: &Layout) -> Result<ResultsTable> {
                 model: cell.model.clone(),
                 seed: cell.seed,
                 k: cell.k.map(|k| k.to_string()),
-                proportions: cell.proportions.iter().map(|(s, r)| format!("{s}={r}")).collect::<Vec<_>>().join(";"),
+                proportions: cell
+                    .proportions
+                    .iter()
+                    .map(|(s, r)| format!("{s}={r}"))
+                    .collect::<Vec<_>>()
+                    .join(";"),
                 metric: key.clone(),
                 value: m.value,
                 ci_low: m.ci_low,
@@ -112,12 +129,28 @@ pub fn collect(cells: &[Cell], layout: &Layout) -> Result<ResultsTable> {
             });
         }
     }
-    Ok(ResultsTable { rows, cells: states })
+    Ok(ResultsTable {
+        rows,
+        cells: states,
+    })
 }
 
 const COLUMNS: [&str; 15] = [
-    "sweep", "cell", "index", "grids", "strategy", "strategy_label", "model", "seed", "k", "proportions", "metric",
-    "value", "ci_low", "ci_high", "n",
+    "sweep",
+    "cell",
+    "index",
+    "grids",
+    "strategy",
+    "strategy_label",
+    "model",
+    "seed",
+    "k",
+    "proportions",
+    "metric",
+    "value",
+    "ci_low",
+    "ci_high",
+    "n",
 ];
 
 fn row_strings(r: &ResultRow) -> [String; 15] {
@@ -155,13 +188,21 @@ pub fn write_tables(table: &ResultsTable, dir: &Path) -> Result<Vec<PathBuf>> {
     let csv_path = dir.join("results.csv");
     let mut csv = COLUMNS.join(",") + "\n";
     for r in &table.rows {
-        csv.push_str(&row_strings(r).iter().map(|f| csv_field(f)).collect::<Vec<_>>().join(","));
+        csv.push_str(
+            &row_strings(r)
+                .iter()
+                .map(|f| csv_field(f))
+                .collect::<Vec<_>>()
+                .join(","),
+        );
         csv.push('\n');
     }
     std::fs::write(&csv_path, csv).map_err(io(&csv_path))?;
 
     let md_path = dir.join("results.md");
-    let mut md = String::from("| cell | strategy | model | proportions | k | seed | metric | value | 95% CI | n |\n");
+    let mut md = String::from(
+        "| cell | strategy | model | proportions | k | seed | metric | value | 95% CI | n |\n",
+    );
     md.push_str("|---|---|---|---|---|---|---|---:|---|---:|\n");
     for r in &table.rows {
         md.push_str(&format!(
@@ -184,9 +225,20 @@ pub fn write_tables(table: &ResultsTable, dir: &Path) -> Result<Vec<PathBuf>> {
     let cells_path = dir.join("cells.md");
     let mut cm = String::from("| # | cell | grids | state | error |\n|---:|---|---|---|---|\n");
     for (cell, state, error) in &table.cells {
-        let err = error.as_deref().unwrap_or("").replace('\n', " ").replace('|', "\\|");
+        let err = error
+            .as_deref()
+            .unwrap_or("")
+            .replace('\n', " ")
+            .replace('|', "\\|");
         let err: String = err.chars().take(300).collect();
-        cm.push_str(&format!("| {} | `{}` | {} | {} | {} |\n", cell.index, cell.id, cell.grids.join(", "), state, err));
+        cm.push_str(&format!(
+            "| {} | `{}` | {} | {} | {} |\n",
+            cell.index,
+            cell.id,
+            cell.grids.join(", "),
+            state,
+            err
+        ));
     }
     std::fs::write(&cells_path, cm).map_err(io(&cells_path))?;
 
@@ -196,11 +248,20 @@ pub fn write_tables(table: &ResultsTable, dir: &Path) -> Result<Vec<PathBuf>> {
 }
 
 fn write_parquet(table: &ResultsTable, path: &Path) -> Result<()> {
-    let pq = |e: &dyn std::fmt::Display| Error::Parquet { path: path.to_path_buf(), message: e.to_string() };
+    let pq = |e: &dyn std::fmt::Display| Error::Parquet {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    };
     let rows = &table.rows;
-    let s = |f: fn(&ResultRow) -> String| -> ArrayRef { Arc::new(StringArray::from(rows.iter().map(f).collect::<Vec<_>>())) };
-    let u = |f: fn(&ResultRow) -> u64| -> ArrayRef { Arc::new(UInt64Array::from(rows.iter().map(f).collect::<Vec<_>>())) };
-    let fl = |f: fn(&ResultRow) -> f64| -> ArrayRef { Arc::new(Float64Array::from(rows.iter().map(f).collect::<Vec<_>>())) };
+    let s = |f: fn(&ResultRow) -> String| -> ArrayRef {
+        Arc::new(StringArray::from(rows.iter().map(f).collect::<Vec<_>>()))
+    };
+    let u = |f: fn(&ResultRow) -> u64| -> ArrayRef {
+        Arc::new(UInt64Array::from(rows.iter().map(f).collect::<Vec<_>>()))
+    };
+    let fl = |f: fn(&ResultRow) -> f64| -> ArrayRef {
+        Arc::new(Float64Array::from(rows.iter().map(f).collect::<Vec<_>>()))
+    };
     let columns: Vec<ArrayRef> = vec![
         s(|r| r.sweep.clone()),
         s(|r| r.cell.clone()),
@@ -210,7 +271,11 @@ fn write_parquet(table: &ResultsTable, path: &Path) -> Result<()> {
         s(|r| r.strategy_label.clone()),
         s(|r| r.model.clone()),
         u(|r| r.seed),
-        Arc::new(StringArray::from(rows.iter().map(|r| r.k.clone()).collect::<Vec<Option<String>>>())),
+        Arc::new(StringArray::from(
+            rows.iter()
+                .map(|r| r.k.clone())
+                .collect::<Vec<Option<String>>>(),
+        )),
         s(|r| r.proportions.clone()),
         s(|r| r.metric.clone()),
         fl(|r| r.value),
@@ -223,7 +288,10 @@ fn write_parquet(table: &ResultsTable, path: &Path) -> Result<()> {
         .zip(&columns)
         .map(|(name, col)| Field::new(*name, col.data_type().clone(), *name == "k"))
         .collect();
-    debug_assert!(fields.iter().all(|f| matches!(f.data_type(), DataType::Utf8 | DataType::UInt64 | DataType::Float64)));
+    debug_assert!(fields.iter().all(|f| matches!(
+        f.data_type(),
+        DataType::Utf8 | DataType::UInt64 | DataType::Float64
+    )));
     let schema = Arc::new(Schema::new(fields));
     let batch = RecordBatch::try_new(schema.clone(), columns).map_err(|e| pq(&e))?;
     let file = File::create(path).map_err(io(path))?;
@@ -243,7 +311,11 @@ pub fn table1(table: &ResultsTable) -> Option<String> {
         .filter(|(c, _, _)| c.proportions.values().all(|r| r.numer() == r.denom()))
         .map(|(c, _, _)| c.id.as_str())
         .collect();
-    let rows: Vec<&ResultRow> = table.rows.iter().filter(|r| full.contains(r.cell.as_str())).collect();
+    let rows: Vec<&ResultRow> = table
+        .rows
+        .iter()
+        .filter(|r| full.contains(r.cell.as_str()))
+        .collect();
     if rows.is_empty() {
         return None;
     }
@@ -277,13 +349,25 @@ pub fn table1(table: &ResultsTable) -> Option<String> {
         if !metrics.contains(&r.metric) {
             metrics.push(r.metric.clone());
         }
-        cells.entry((label, r.model.clone(), r.metric.clone())).or_default().push(r);
+        cells
+            .entry((label, r.model.clone(), r.metric.clone()))
+            .or_default()
+            .push(r);
     }
     labels.sort_by(|a, b| {
-        let kv = |k: &str| sft_schedule::Ratio::parse(k).map(|r| r.as_f64()).unwrap_or(0.0);
+        let kv = |k: &str| {
+            sft_schedule::Ratio::parse(k)
+                .map(|r| r.as_f64())
+                .unwrap_or(0.0)
+        };
         (a.0, kv(&a.2).to_bits(), &a.1).cmp(&(b.0, kv(&b.2).to_bits(), &b.1))
     });
-    let metric_rank = |m: &str| METRICS.iter().position(|x| x.0 == m).unwrap_or(METRICS.len());
+    let metric_rank = |m: &str| {
+        METRICS
+            .iter()
+            .position(|x| x.0 == m)
+            .unwrap_or(METRICS.len())
+    };
     metrics.sort_by_key(|m| metric_rank(m));
     let mut out = String::from("| Method |");
     let mut sep = String::from("|---|");
@@ -291,7 +375,10 @@ pub fn table1(table: &ResultsTable) -> Option<String> {
         for m in &metrics {
             let (name, pct, higher) = metric_info(m);
             let arrow = if higher { "" } else { " ↓" };
-            out.push_str(&format!(" {model} {name}{}{arrow} |", if pct { " (%)" } else { "" }));
+            out.push_str(&format!(
+                " {model} {name}{}{arrow} |",
+                if pct { " (%)" } else { "" }
+            ));
             sep.push_str("---:|");
         }
     }
@@ -307,7 +394,9 @@ pub fn table1(table: &ResultsTable) -> Option<String> {
                 match cells.get(&(label.clone(), model.clone(), m.clone())) {
                     Some(v) if !v.is_empty() => {
                         let n = v.len() as f64;
-                        let mean = |f: fn(&ResultRow) -> f64| v.iter().map(|r| f(r)).sum::<f64>() / n * scale;
+                        let mean = |f: fn(&ResultRow) -> f64| {
+                            v.iter().map(|r| f(r)).sum::<f64>() / n * scale
+                        };
                         out.push_str(&format!(
                             " {:.2} [{:.2}, {:.2}] |",
                             mean(|r| r.value),

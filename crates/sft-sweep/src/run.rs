@@ -56,8 +56,10 @@ pub fn prepare(cells: &[Cell], layout: &Layout) -> Result<()> {
     for cell in cells {
         let plan = cell.plan_toml()?;
         write_if_changed(&layout.plan_path(&cell.id), plan.as_bytes())?;
-        let json = serde_json::to_string_pretty(cell)
-            .map_err(|e| Error::CellFile { path: layout.cell_json(&cell.id), message: e.to_string() })?;
+        let json = serde_json::to_string_pretty(cell).map_err(|e| Error::CellFile {
+            path: layout.cell_json(&cell.id),
+            message: e.to_string(),
+        })?;
         write_if_changed(&layout.cell_json(&cell.id), json.as_bytes())?;
         let line = serde_json::json!({
             "index": cell.index, "id": cell.id, "grids": cell.grids, "strategy": cell.strategy,
@@ -88,7 +90,10 @@ fn write_if_changed(path: &Path, bytes: &[u8]) -> Result<()> {
 
 /// The state of every cell, in order.
 pub fn states(cells: &[Cell], layout: &Layout) -> Result<Vec<CellState>> {
-    cells.iter().map(|c| read_state(&layout.run_dir(&c.id))).collect()
+    cells
+        .iter()
+        .map(|c| read_state(&layout.run_dir(&c.id)))
+        .collect()
 }
 
 struct Sched {
@@ -136,11 +141,22 @@ pub fn run_cells(cells: &[Cell], layout: &Layout, opts: &RunOptions) -> Result<R
         }
     }
     let to_run = pending.len();
-    tracing::info!(total = cells.len(), skipped, to_run, jobs = opts.jobs, "sweep");
+    tracing::info!(
+        total = cells.len(),
+        skipped,
+        to_run,
+        jobs = opts.jobs,
+        "sweep"
+    );
     let free_devices: Vec<Option<String>> = if opts.devices.is_empty() {
         vec![None; opts.jobs]
     } else {
-        opts.devices.iter().take(opts.jobs).cloned().map(Some).collect()
+        opts.devices
+            .iter()
+            .take(opts.jobs)
+            .cloned()
+            .map(Some)
+            .collect()
     };
     let state = Arc::new((
         Mutex::new(Sched {
@@ -148,7 +164,11 @@ pub fn run_cells(cells: &[Cell], layout: &Layout, opts: &RunOptions) -> Result<R
             running: Vec::new(),
             trained,
             free_devices,
-            summary: RunSummary { total: cells.len(), skipped, ..Default::default() },
+            summary: RunSummary {
+                total: cells.len(),
+                skipped,
+                ..Default::default()
+            },
         }),
         Condvar::new(),
     ));
@@ -170,7 +190,10 @@ pub fn run_cells(cells: &[Cell], layout: &Layout, opts: &RunOptions) -> Result<R
                     // A stage prefix shared with a running cell and not trained yet would be
                     // trained twice at once: wait for the running cell to finish it.
                     let pos = s.pending.iter().position(|&i| {
-                        !s.running.iter().any(|r| r.iter().any(|k| prefixes[i].contains(k) && !s.trained.contains(k)))
+                        !s.running.iter().any(|r| {
+                            r.iter()
+                                .any(|k| prefixes[i].contains(k) && !s.trained.contains(k))
+                        })
                     });
                     if let Some(pos) = pos.filter(|_| !s.free_devices.is_empty()) {
                         let device = s.free_devices.remove(0);
@@ -222,7 +245,9 @@ pub fn run_cells(cells: &[Cell], layout: &Layout, opts: &RunOptions) -> Result<R
         return Err(e);
     }
     let (lock, _) = &*state;
-    let s = lock.lock().map_err(|_| Error::Options("a worker thread panicked".into()))?;
+    let s = lock
+        .lock()
+        .map_err(|_| Error::Options("a worker thread panicked".into()))?;
     let summary = s.summary.clone();
     tracing::info!(
         executed = summary.executed.len(),
@@ -237,7 +262,12 @@ pub fn run_cells(cells: &[Cell], layout: &Layout, opts: &RunOptions) -> Result<R
 }
 
 /// The runner command line for one cell (what a local run and a Slurm task execute).
-pub fn runner_args(cell: &Cell, layout: &Layout, data_dir: Option<&Path>, device: Option<&str>) -> Vec<String> {
+pub fn runner_args(
+    cell: &Cell,
+    layout: &Layout,
+    data_dir: Option<&Path>,
+    device: Option<&str>,
+) -> Vec<String> {
     let mut args = vec![
         "--plan".to_string(),
         layout.plan_path(&cell.id).display().to_string(),
@@ -257,31 +287,57 @@ pub fn runner_args(cell: &Cell, layout: &Layout, data_dir: Option<&Path>, device
     args
 }
 
-fn run_one(cell: &Cell, layout: &Layout, opts: &RunOptions, device: Option<&str>) -> Result<Attempt> {
+fn run_one(
+    cell: &Cell,
+    layout: &Layout,
+    opts: &RunOptions,
+    device: Option<&str>,
+) -> Result<Attempt> {
     let t0 = Instant::now();
     let run_dir = layout.run_dir(&cell.id);
     std::fs::create_dir_all(&run_dir).map_err(io(&run_dir))?;
     let log_path = layout.log_path(&cell.id);
-    let mut log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path).map_err(io(&log_path))?;
+    let mut log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)
+        .map_err(io(&log_path))?;
     let args = runner_args(cell, layout, opts.data_dir.as_deref(), device);
-    let _ = writeln!(log, "==== sweep: {} {}", opts.runner.join(" "), args.join(" "));
+    let _ = writeln!(
+        log,
+        "==== sweep: {} {}",
+        opts.runner.join(" "),
+        args.join(" ")
+    );
     let err_log = log.try_clone().map_err(io(&log_path))?;
     tracing::info!(cell = %cell.id, device = device.unwrap_or("-"), "starting");
     let mut cmd = Command::new(&opts.runner[0]);
-    cmd.args(&opts.runner[1..]).args(&args).stdin(Stdio::null()).stdout(log).stderr(err_log);
+    cmd.args(&opts.runner[1..])
+        .args(&args)
+        .stdin(Stdio::null())
+        .stdout(log)
+        .stderr(err_log);
     for (k, v) in &opts.env {
         cmd.env(k, v);
     }
     let status = cmd.status();
     let (exit_code, spawn_error) = match status {
         Ok(s) => (s.code(), None),
-        Err(e) => (None, Some(format!("cannot start {:?}: {e}", opts.runner[0]))),
+        Err(e) => (
+            None,
+            Some(format!("cannot start {:?}: {e}", opts.runner[0])),
+        ),
     };
     let state = read_state(&run_dir);
     let (done, error) = match (&spawn_error, state) {
         (Some(e), _) => (false, Some(e.clone())),
         (None, Ok(CellState::Done(_))) if exit_code == Some(0) => (true, None),
-        (None, Ok(CellState::Done(_))) => (false, Some(format!("status is done but the runner exited with {exit_code:?}"))),
+        (None, Ok(CellState::Done(_))) => (
+            false,
+            Some(format!(
+                "status is done but the runner exited with {exit_code:?}"
+            )),
+        ),
         (None, Ok(CellState::Failed(msg))) => (false, Some(msg)),
         (None, Ok(other)) => (
             false,
@@ -306,8 +362,10 @@ fn run_one(cell: &Cell, layout: &Layout, opts: &RunOptions, device: Option<&str>
         seconds: t0.elapsed().as_secs_f64(),
         log: log_path,
     };
-    let json = serde_json::to_string_pretty(&attempt)
-        .map_err(|e| Error::CellFile { path: layout.attempt_path(&cell.id), message: e.to_string() })?;
+    let json = serde_json::to_string_pretty(&attempt).map_err(|e| Error::CellFile {
+        path: layout.attempt_path(&cell.id),
+        message: e.to_string(),
+    })?;
     write_atomic(&layout.attempt_path(&cell.id), json.as_bytes())?;
     if done {
         tracing::info!(cell = %cell.id, seconds = attempt.seconds, "done");

@@ -30,7 +30,10 @@ pub struct SlurmOptions {
 }
 
 fn quote(s: &str) -> String {
-    if !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || "-_./:=,@+%".contains(c)) {
+    if !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_./:=,@+%".contains(c))
+    {
         s.to_string()
     } else {
         format!("'{}'", s.replace('\'', r"'\''"))
@@ -46,16 +49,31 @@ pub fn slurm_script(cells: &[Cell], layout: &Layout, opts: &SlurmOptions) -> Res
     if opts.runner.is_empty() {
         return Err(Error::Options("the runner command is empty".into()));
     }
-    let abs = |p: &Path| -> String { std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf()).display().to_string() };
+    let abs = |p: &Path| -> String {
+        std::path::absolute(p)
+            .unwrap_or_else(|_| p.to_path_buf())
+            .display()
+            .to_string()
+    };
     let logs = layout.slurm_dir().join("logs");
     let mut s = String::new();
     s.push_str("#!/bin/bash\n");
     s.push_str(&format!("#SBATCH --job-name={}\n", quote(&opts.job_name)));
-    let throttle = opts.spec.max_parallel.map(|m| format!("%{m}")).unwrap_or_default();
-    s.push_str(&format!("#SBATCH --array=0-{}{throttle}\n", cells.len() - 1));
+    let throttle = opts
+        .spec
+        .max_parallel
+        .map(|m| format!("%{m}"))
+        .unwrap_or_default();
+    s.push_str(&format!(
+        "#SBATCH --array=0-{}{throttle}\n",
+        cells.len() - 1
+    ));
     s.push_str(&format!("#SBATCH --output={}/%A_%a.out\n", abs(&logs)));
     s.push_str("#SBATCH --ntasks=1\n");
-    s.push_str(&format!("#SBATCH --gres={}\n", opts.spec.gres.as_deref().unwrap_or("gpu:1")));
+    s.push_str(&format!(
+        "#SBATCH --gres={}\n",
+        opts.spec.gres.as_deref().unwrap_or("gpu:1")
+    ));
     if let Some(p) = &opts.spec.partition {
         s.push_str(&format!("#SBATCH --partition={p}\n"));
     }
@@ -81,8 +99,14 @@ pub fn slurm_script(cells: &[Cell], layout: &Layout, opts: &SlurmOptions) -> Res
     for (k, v) in &opts.env {
         s.push_str(&format!("export {k}={}\n", quote(v)));
     }
-    s.push_str(&format!("MANIFEST={}\n", quote(&abs(&layout.manifest_tsv()))));
-    s.push_str(&format!("STAGE_STORE={}\n", quote(&abs(&layout.stage_store()))));
+    s.push_str(&format!(
+        "MANIFEST={}\n",
+        quote(&abs(&layout.manifest_tsv()))
+    ));
+    s.push_str(&format!(
+        "STAGE_STORE={}\n",
+        quote(&abs(&layout.stage_store()))
+    ));
     s.push_str(
         "TASK=\"${SLURM_ARRAY_TASK_ID:?SLURM_ARRAY_TASK_ID is not set: submit with sbatch}\"\n\
          LINE=$(sed -n \"$((TASK + 2))p\" \"$MANIFEST\")\n\
@@ -95,7 +119,17 @@ pub fn slurm_script(cells: &[Cell], layout: &Layout, opts: &SlurmOptions) -> Res
          echo \"task $TASK: cell $ID\"\n",
     );
     let mut cmd: Vec<String> = opts.runner.iter().map(|a| quote(a)).collect();
-    cmd.extend(["--plan", "\"$PLAN\"", "--run-dir", "\"$RUN_DIR\"", "--stage-store", "\"$STAGE_STORE\""].map(String::from));
+    cmd.extend(
+        [
+            "--plan",
+            "\"$PLAN\"",
+            "--run-dir",
+            "\"$RUN_DIR\"",
+            "--stage-store",
+            "\"$STAGE_STORE\"",
+        ]
+        .map(String::from),
+    );
     if let Some(d) = &opts.data_dir {
         cmd.push("--data-dir".into());
         cmd.push(quote(&abs(d)));

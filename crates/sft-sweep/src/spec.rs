@@ -11,8 +11,10 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use sft_schedule::{
+    canonical_json, PlanSpec, Ratio, Strategy, TrainSettings, FORMAT_VERSION as PLAN_FORMAT_VERSION,
+};
 use sha2::{Digest, Sha256};
-use sft_schedule::{canonical_json, PlanSpec, Ratio, Strategy, TrainSettings, FORMAT_VERSION as PLAN_FORMAT_VERSION};
 
 use crate::error::{io, Error, Result};
 
@@ -201,11 +203,16 @@ impl Cell {
         let mut stages: Vec<Value> = Vec::new();
         for stage in &self.plan.stages {
             let train = self.plan.train.merged(&stage.train);
-            let mixture: serde_json::Map<String, Value> =
-                stage.mixture.iter().map(|(k, r)| (k.clone(), Value::String(r.to_string()))).collect();
+            let mixture: serde_json::Map<String, Value> = stage
+                .mixture
+                .iter()
+                .map(|(k, r)| (k.clone(), Value::String(r.to_string())))
+                .collect();
             stages.push(serde_json::json!({"mixture": mixture, "train": train.to_value(), "opt": stage.optimizer_state}));
             let material = serde_json::json!({"run": run, "stages": stages});
-            out.push(hex::encode(Sha256::digest(canonical_json(&material).as_bytes())));
+            out.push(hex::encode(Sha256::digest(
+                canonical_json(&material).as_bytes(),
+            )));
         }
         out
     }
@@ -224,7 +231,10 @@ impl SweepSpec {
         struct Version {
             format_version: Option<u32>,
         }
-        let syntax = |e: toml::de::Error| Error::SpecSyntax { path: path.to_path_buf(), message: e.to_string() };
+        let syntax = |e: toml::de::Error| Error::SpecSyntax {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        };
         let v: Version = toml::from_str(text).map_err(syntax)?;
         match v.format_version {
             Some(SPEC_FORMAT_VERSION) => {}
@@ -255,7 +265,14 @@ impl SweepSpec {
 
     fn groups(&self) -> BTreeMap<String, Vec<String>> {
         let mut g = BTreeMap::new();
-        g.insert("specialized".to_string(), self.sources.iter().filter(|s| *s != "general").cloned().collect());
+        g.insert(
+            "specialized".to_string(),
+            self.sources
+                .iter()
+                .filter(|s| *s != "general")
+                .cloned()
+                .collect(),
+        );
         g.insert("general".to_string(), vec!["general".to_string()]);
         g.extend(self.groups.clone());
         g
@@ -265,7 +282,10 @@ impl SweepSpec {
     ///
     /// `path` names the spec in errors.
     pub fn expand(&self, path: &Path) -> Result<Vec<Cell>> {
-        let invalid = |message: String| Error::SpecInvalid { path: path.to_path_buf(), message };
+        let invalid = |message: String| Error::SpecInvalid {
+            path: path.to_path_buf(),
+            message,
+        };
         if self.models.is_empty() {
             return Err(invalid("no [[models]]".into()));
         }
@@ -278,7 +298,12 @@ impl SweepSpec {
         }
         let (seed_table, seed_key) = match self.seed_field.split_once('.') {
             Some((t @ ("train" | "run"), k)) if !k.is_empty() => (t, k),
-            _ => return Err(invalid(format!("seed_field {:?} must be train.<field> or run.<field>", self.seed_field))),
+            _ => {
+                return Err(invalid(format!(
+                    "seed_field {:?} must be train.<field> or run.<field>",
+                    self.seed_field
+                )))
+            }
         };
         let groups = self.groups();
         let mut grid_names = BTreeSet::new();
@@ -304,8 +329,10 @@ impl SweepSpec {
                     axis_of.insert(s.clone(), "proportion".into());
                 }
             }
-            let (group_keys, source_keys): (Vec<_>, Vec<_>) =
-                grid.proportion.keys().partition(|k| groups.contains_key(*k) && !self.sources.contains(*k));
+            let (group_keys, source_keys): (Vec<_>, Vec<_>) = grid
+                .proportion
+                .keys()
+                .partition(|k| groups.contains_key(*k) && !self.sources.contains(*k));
             for key in group_keys.into_iter().chain(source_keys) {
                 let values = &grid.proportion[key];
                 if values.is_empty() {
@@ -338,7 +365,10 @@ impl SweepSpec {
                 Some(names) => names
                     .iter()
                     .map(|n| {
-                        self.models.iter().find(|m| &m.name == n).ok_or_else(|| gerr(format!("unknown model {n:?}")))
+                        self.models
+                            .iter()
+                            .find(|m| &m.name == n)
+                            .ok_or_else(|| gerr(format!("unknown model {n:?}")))
                     })
                     .collect::<Result<_>>()?,
             };
@@ -350,12 +380,18 @@ impl SweepSpec {
             if grid.k.is_some() && !has_dmt {
                 return Err(gerr("`k` is given but no strategy is `dmt`".into()));
             }
-            let ks: Vec<Ratio> = grid.k.clone().unwrap_or_else(|| vec![Ratio::new(1, 256).unwrap_or(Ratio::ONE)]);
+            let ks: Vec<Ratio> = grid
+                .k
+                .clone()
+                .unwrap_or_else(|| vec![Ratio::new(1, 256).unwrap_or(Ratio::ONE)]);
             // The axis plots draw along: k if it varies, else the first varying proportion axis.
             let x_axis: Option<String> = if ks.len() > 1 && has_dmt {
                 Some("k".into())
             } else {
-                axes.iter().find(|(_, v)| v.len() > 1).or(axes.first()).map(|(a, _)| a.clone())
+                axes.iter()
+                    .find(|(_, v)| v.len() > 1)
+                    .or(axes.first())
+                    .map(|(a, _)| a.clone())
             };
 
             // Strategy variants: (strategy, k) pairs.
@@ -366,7 +402,10 @@ impl SweepSpec {
                         let srcs = grid.sources.clone().unwrap_or_else(|| self.sources.clone());
                         for src in srcs {
                             if !self.sources.contains(&src) {
-                                return Err(gerr(format!("unknown source {src:?} (sources: {})", self.sources.join(", "))));
+                                return Err(gerr(format!(
+                                    "unknown source {src:?} (sources: {})",
+                                    self.sources.join(", ")
+                                )));
                             }
                             variants.push((Strategy::Individual(src), None));
                         }
@@ -401,7 +440,10 @@ impl SweepSpec {
                     for point in product(&axis_values) {
                         for &seed in &seeds {
                             let axis_value = |axis: &str| -> Ratio {
-                                axes.iter().position(|(a, _)| a == axis).map(|i| point[i]).unwrap_or(Ratio::ONE)
+                                axes.iter()
+                                    .position(|(a, _)| a == axis)
+                                    .map(|i| point[i])
+                                    .unwrap_or(Ratio::ONE)
                             };
                             let mut proportions = BTreeMap::new();
                             for s in &self.sources {
@@ -409,13 +451,27 @@ impl SweepSpec {
                                 proportions.insert(s.clone(), p);
                             }
                             let x = x_axis.as_ref().map(|a| {
-                                let v = if a == "k" { k.unwrap_or(Ratio::ONE) } else { axis_value(a) };
+                                let v = if a == "k" {
+                                    k.unwrap_or(Ratio::ONE)
+                                } else {
+                                    axis_value(a)
+                                };
                                 (a.clone(), v)
                             });
                             let cell = self.make_cell(
-                                path, grid, model, strategy, *k, &proportions, seed, (seed_table, seed_key),
+                                path,
+                                grid,
+                                model,
+                                strategy,
+                                *k,
+                                &proportions,
+                                seed,
+                                (seed_table, seed_key),
                             )?;
-                            let cell = Cell { x: x.into_iter().map(|x| (grid.name.clone(), x)).collect(), ..cell };
+                            let cell = Cell {
+                                x: x.into_iter().map(|x| (grid.name.clone(), x)).collect(),
+                                ..cell
+                            };
                             match by_id.get(&cell.id) {
                                 Some(&i) => {
                                     let c = &mut cells[i];
@@ -426,7 +482,10 @@ impl SweepSpec {
                                 }
                                 None => {
                                     by_id.insert(cell.id.clone(), cells.len());
-                                    cells.push(Cell { index: cells.len(), ..cell });
+                                    cells.push(Cell {
+                                        index: cells.len(),
+                                        ..cell
+                                    });
                                 }
                             }
                         }
@@ -450,8 +509,11 @@ impl SweepSpec {
         seed_at: (&str, &str),
     ) -> Result<Cell> {
         let template = strategy.plan();
-        let plan_err =
-            |source| Error::Plan { path: path.to_path_buf(), cell: grid.name.clone(), source: Box::new(source) };
+        let plan_err = |source| Error::Plan {
+            path: path.to_path_buf(),
+            cell: grid.name.clone(),
+            source: Box::new(source),
+        };
         let mut stages = template.to_spec().stages;
         for stage in &mut stages {
             for (source, r) in stage.mixture.iter_mut() {
@@ -465,10 +527,11 @@ impl SweepSpec {
         }
         let mut train = merge(&merge(&self.train, &model.train), &grid.train);
         let mut run = merge(&self.run, &model.run);
-        let seed_value = toml::Value::Integer(i64::try_from(seed).map_err(|_| Error::SpecInvalid {
-            path: path.to_path_buf(),
-            message: format!("seed {seed} is larger than TOML's integer range"),
-        })?);
+        let seed_value =
+            toml::Value::Integer(i64::try_from(seed).map_err(|_| Error::SpecInvalid {
+                path: path.to_path_buf(),
+                message: format!("seed {seed} is larger than TOML's integer range"),
+            })?);
         match seed_at.0 {
             "train" => train.insert(seed_at.1.to_string(), seed_value),
             _ => run.insert(seed_at.1.to_string(), seed_value),
@@ -478,24 +541,46 @@ impl SweepSpec {
                 .into_iter()
                 .map(|(k, v)| serde_json::to_value(v).map(|v| (k, v)))
                 .collect::<std::result::Result<_, _>>()
-                .map_err(|e| Error::SpecInvalid { path: path.to_path_buf(), message: format!("[train]: {e}") })?,
+                .map_err(|e| Error::SpecInvalid {
+                    path: path.to_path_buf(),
+                    message: format!("[train]: {e}"),
+                })?,
         );
-        let run = serde_json::to_value(&run)
-            .map_err(|e| Error::SpecInvalid { path: path.to_path_buf(), message: format!("[run]: {e}") })?;
+        let run = serde_json::to_value(&run).map_err(|e| Error::SpecInvalid {
+            path: path.to_path_buf(),
+            message: format!("[run]: {e}"),
+        })?;
         let used: BTreeMap<String, Ratio> = template
             .sources()
             .into_iter()
-            .map(|s| (s.to_string(), proportions.get(s).copied().unwrap_or(Ratio::ONE)))
+            .map(|s| {
+                (
+                    s.to_string(),
+                    proportions.get(s).copied().unwrap_or(Ratio::ONE),
+                )
+            })
             .collect();
         let props_slug = {
             let distinct: BTreeSet<String> = used.values().map(|r| r.to_string()).collect();
             if distinct.len() == 1 {
-                format!("p{}", slug(&used.values().next().copied().unwrap_or(Ratio::ONE)))
+                format!(
+                    "p{}",
+                    slug(&used.values().next().copied().unwrap_or(Ratio::ONE))
+                )
             } else {
-                used.iter().map(|(s, r)| format!("{s}{}", slug(r))).collect::<Vec<_>>().join("-")
+                used.iter()
+                    .map(|(s, r)| format!("{s}{}", slug(r)))
+                    .collect::<Vec<_>>()
+                    .join("-")
             }
         };
-        let readable = format!("{}-{}-{}-s{}", strategy.name(), model.name, props_slug, seed);
+        let readable = format!(
+            "{}-{}-{}-s{}",
+            strategy.name(),
+            model.name,
+            props_slug,
+            seed
+        );
         let mut plan = PlanSpec {
             format_version: PLAN_FORMAT_VERSION,
             name: None,
@@ -503,10 +588,16 @@ impl SweepSpec {
             stages,
             train,
             optimizer_state: Default::default(),
-            run: if run.as_object().is_some_and(|o| o.is_empty()) { None } else { Some(run) },
+            run: if run.as_object().is_some_and(|o| o.is_empty()) {
+                None
+            } else {
+                Some(run)
+            },
         };
-        let content = serde_json::to_value(&plan)
-            .map_err(|e| Error::SpecInvalid { path: path.to_path_buf(), message: format!("cell {readable}: {e}") })?;
+        let content = serde_json::to_value(&plan).map_err(|e| Error::SpecInvalid {
+            path: path.to_path_buf(),
+            message: format!("cell {readable}: {e}"),
+        })?;
         let hash = hex::encode(Sha256::digest(canonical_json(&content).as_bytes()));
         let id = format!("{readable}-{}", &hash[..12]);
         plan.name = Some(id.clone());
@@ -519,7 +610,10 @@ impl SweepSpec {
                 if p.is_relative() {
                     let base = path.parent().unwrap_or(Path::new("."));
                     let joined = base.join(p);
-                    *m = std::path::absolute(&joined).unwrap_or(joined).display().to_string();
+                    *m = std::path::absolute(&joined)
+                        .unwrap_or(joined)
+                        .display()
+                        .to_string();
                 }
             }
         }

@@ -82,17 +82,24 @@ pub fn read_state(dir: &Path) -> Result<CellState> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(CellState::Pending),
         Err(e) => return Err(io(&status_path)(e)),
     };
-    let status: Status = serde_json::from_str(&text)
-        .map_err(|e| Error::CellFile { path: status_path.clone(), message: e.to_string() })?;
+    let status: Status = serde_json::from_str(&text).map_err(|e| Error::CellFile {
+        path: status_path.clone(),
+        message: e.to_string(),
+    })?;
     check_version(&status_path, status.format_version)?;
     match status.state.as_str() {
         "running" => Ok(CellState::Running),
-        "failed" => Ok(CellState::Failed(status.error.unwrap_or_else(|| "failed (no message)".into()))),
+        "failed" => Ok(CellState::Failed(
+            status.error.unwrap_or_else(|| "failed (no message)".into()),
+        )),
         "done" => {
             let path = dir.join("results.json");
             let text = std::fs::read_to_string(&path).map_err(io(&path))?;
             let results: CellResults =
-                serde_json::from_str(&text).map_err(|e| Error::CellFile { path: path.clone(), message: e.to_string() })?;
+                serde_json::from_str(&text).map_err(|e| Error::CellFile {
+                    path: path.clone(),
+                    message: e.to_string(),
+                })?;
             check_version(&path, Some(results.format_version))?;
             Ok(CellState::Done(Box::new(results)))
         }
@@ -108,7 +115,9 @@ fn check_version(path: &Path, v: Option<u32>) -> Result<()> {
         None | Some(RUN_FORMAT_VERSION) => Ok(()),
         Some(found) => Err(Error::CellFile {
             path: path.to_path_buf(),
-            message: format!("format_version {found} is not supported (this build reads {RUN_FORMAT_VERSION})"),
+            message: format!(
+                "format_version {found} is not supported (this build reads {RUN_FORMAT_VERSION})"
+            ),
         }),
     }
 }
@@ -138,7 +147,10 @@ impl Attempt {
         match std::fs::read_to_string(path) {
             Ok(t) => serde_json::from_str(&t)
                 .map(Some)
-                .map_err(|e| Error::CellFile { path: path.to_path_buf(), message: e.to_string() }),
+                .map_err(|e| Error::CellFile {
+                    path: path.to_path_buf(),
+                    message: e.to_string(),
+                }),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(io(path)(e)),
         }

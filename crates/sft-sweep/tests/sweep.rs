@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 
 use sft_schedule::{PlanSpec, Ratio, STANDARD_SOURCES};
 use sft_sweep::{
-    collect, plot_all, prepare, read_state, run_cells, slurm_script, table1, write_tables, CellState, Layout,
-    RunOptions, SlurmOptions, SweepSpec,
+    collect, plot_all, prepare, read_state, run_cells, slurm_script, table1, write_tables,
+    CellState, Layout, RunOptions, SlurmOptions, SweepSpec,
 };
 
 fn root() -> PathBuf {
@@ -35,9 +35,19 @@ fn r(s: &str) -> Ratio {
 
 fn fake_runner() -> Vec<String> {
     let py = std::env::var("PYTHON3").unwrap_or_else(|_| "python3".into());
-    let ok = Command::new(&py).args(["-c", "import tomllib"]).status().map(|s| s.success()).unwrap_or(false);
+    let ok = Command::new(&py)
+        .args(["-c", "import tomllib"])
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
     assert!(ok, "the fake runner needs Python >= 3.11 (tomllib) as `{py}` (set PYTHON3 to another interpreter)");
-    vec![py, root().join("fixtures/sweep/fake_runner.py").display().to_string()]
+    vec![
+        py,
+        root()
+            .join("fixtures/sweep/fake_runner.py")
+            .display()
+            .to_string(),
+    ]
 }
 
 fn opts(runner: Vec<String>, jobs: usize, env: &[(&str, &str)]) -> RunOptions {
@@ -46,7 +56,10 @@ fn opts(runner: Vec<String>, jobs: usize, env: &[(&str, &str)]) -> RunOptions {
         jobs,
         devices: Vec::new(),
         data_dir: None,
-        env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+        env: env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
     }
 }
 
@@ -77,21 +90,34 @@ fn builtin_specs_expand_to_the_papers_grids() {
         .filter(|n| n.ends_with(".toml"))
         .collect();
     let tested: BTreeSet<String> = expected.iter().map(|e| e.0.to_string()).collect();
-    assert_eq!(on_disk, tested, "every built-in spec has an expected cell count here");
+    assert_eq!(
+        on_disk, tested,
+        "every built-in spec has an expected cell count here"
+    );
     for (file, n_cells, n_points) in expected {
         let (_, cells) = load(file);
         assert_eq!(cells.len(), n_cells, "{file}");
-        assert_eq!(cells.iter().map(|c| c.grids.len()).sum::<usize>(), n_points, "{file}");
+        assert_eq!(
+            cells.iter().map(|c| c.grids.len()).sum::<usize>(),
+            n_points,
+            "{file}"
+        );
         let ids: BTreeSet<&str> = cells.iter().map(|c| c.id.as_str()).collect();
         assert_eq!(ids.len(), cells.len(), "{file}: ids are unique");
         // Stable: a second expansion gives the same ids, in the same order.
         let (_, again) = load(file);
-        assert_eq!(cells.iter().map(|c| &c.id).collect::<Vec<_>>(), again.iter().map(|c| &c.id).collect::<Vec<_>>());
+        assert_eq!(
+            cells.iter().map(|c| &c.id).collect::<Vec<_>>(),
+            again.iter().map(|c| &c.id).collect::<Vec<_>>()
+        );
         for (i, cell) in cells.iter().enumerate() {
             assert_eq!(cell.index, i);
             // Every plan round-trips through the planner's own parser and validates.
             let text = cell.plan_toml().unwrap();
-            let plan = PlanSpec::from_toml_str(&text, &cell.id).unwrap().resolve(&STANDARD_SOURCES).unwrap();
+            let plan = PlanSpec::from_toml_str(&text, &cell.id)
+                .unwrap()
+                .resolve(&STANDARD_SOURCES)
+                .unwrap();
             assert_eq!(plan.name, cell.id);
         }
     }
@@ -100,61 +126,133 @@ fn builtin_specs_expand_to_the_papers_grids() {
     let (_, rq1) = load("rq1.toml");
     let math_1_64: Vec<_> = rq1
         .iter()
-        .filter(|c| c.strategy == "individual:math" && c.model == "llama-13b" && c.proportions["math"] == r("1/64"))
+        .filter(|c| {
+            c.strategy == "individual:math"
+                && c.model == "llama-13b"
+                && c.proportions["math"] == r("1/64")
+        })
         .collect();
     assert_eq!(math_1_64.len(), 1);
     assert_eq!(math_1_64[0].plan.stages.len(), 1);
-    assert_eq!(math_1_64[0].plan.stages[0].mixture, BTreeMap::from([("math".to_string(), r("1/64"))]));
-    assert!(math_1_64[0].id.starts_with("individual-math-llama-13b-p1_64-s42-"), "{}", math_1_64[0].id);
+    assert_eq!(
+        math_1_64[0].plan.stages[0].mixture,
+        BTreeMap::from([("math".to_string(), r("1/64"))])
+    );
+    assert!(
+        math_1_64[0]
+            .id
+            .starts_with("individual-math-llama-13b-p1_64-s42-"),
+        "{}",
+        math_1_64[0].id
+    );
 
     // RQ2's individual cells are RQ1's: the same ids.
     let (_, rq2) = load("rq2.toml");
     let rq1_ids: BTreeSet<&str> = rq1.iter().map(|c| c.id.as_str()).collect();
-    assert_eq!(rq2.iter().filter(|c| rq1_ids.contains(c.id.as_str())).count(), 45);
-    let mixed = rq2.iter().find(|c| c.strategy == "multi-task" && c.proportions["code"] == r("1/16")).unwrap();
+    assert_eq!(
+        rq2.iter()
+            .filter(|c| rq1_ids.contains(c.id.as_str()))
+            .count(),
+        45
+    );
+    let mixed = rq2
+        .iter()
+        .find(|c| c.strategy == "multi-task" && c.proportions["code"] == r("1/16"))
+        .unwrap();
     let mix = &mixed.plan.stages[0].mixture;
-    assert_eq!((mix["code"], mix["math"], mix["general"]), (r("1/16"), r("1/16"), r("1/16")));
+    assert_eq!(
+        (mix["code"], mix["math"], mix["general"]),
+        (r("1/16"), r("1/16"), r("1/16"))
+    );
 
     // RQ3 set-up 1: full general + specialized at 1/4.
     let (_, rq3) = load("rq3.toml");
     let c = rq3
         .iter()
-        .find(|c| c.grids.contains(&"general-full".to_string()) && c.proportions["code"] == r("1/4"))
+        .find(|c| {
+            c.grids.contains(&"general-full".to_string()) && c.proportions["code"] == r("1/4")
+        })
         .unwrap();
     let mix = &c.plan.stages[0].mixture;
-    assert_eq!((mix["general"], mix["code"], mix["math"]), (r("1"), r("1/4"), r("1/4")));
+    assert_eq!(
+        (mix["general"], mix["code"], mix["math"]),
+        (r("1"), r("1/4"), r("1/4"))
+    );
     // The all-full cell belongs to set-ups 1 and 2; general 1/64 + full specialized to 2 and 3.
-    let full = rq3.iter().filter(|c| c.proportions.values().all(|p| *p == Ratio::ONE)).collect::<Vec<_>>();
+    let full = rq3
+        .iter()
+        .filter(|c| c.proportions.values().all(|p| *p == Ratio::ONE))
+        .collect::<Vec<_>>();
     assert_eq!(full.len(), 3);
-    assert!(full.iter().all(|c| c.grids == ["general-full", "specialized-full"]));
-    assert_eq!(full[0].x["specialized-full"], ("proportion.general".to_string(), Ratio::ONE));
+    assert!(full
+        .iter()
+        .all(|c| c.grids == ["general-full", "specialized-full"]));
+    assert_eq!(
+        full[0].x["specialized-full"],
+        ("proportion.general".to_string(), Ratio::ONE)
+    );
 
     // RQ4: the seven rows of Table 1 per model, DMT at k = 1/256.
     let (_, rq4) = load("rq4.toml");
     let labels: BTreeSet<&str> = rq4.iter().map(|c| c.strategy_label.as_str()).collect();
-    let want: BTreeSet<&str> = ["General only", "Math only", "Code only", "Multi-task", "Sequential", "Mixed sequential", "DMT (k=1/256)"].into();
+    let want: BTreeSet<&str> = [
+        "General only",
+        "Math only",
+        "Code only",
+        "Multi-task",
+        "Sequential",
+        "Mixed sequential",
+        "DMT (k=1/256)",
+    ]
+    .into();
     assert_eq!(labels, want);
     let seq = rq4.iter().find(|c| c.strategy == "sequential").unwrap();
-    let order: Vec<Vec<&str>> = seq.plan.stages.iter().map(|s| s.mixture.keys().map(String::as_str).collect()).collect();
+    let order: Vec<Vec<&str>> = seq
+        .plan
+        .stages
+        .iter()
+        .map(|s| s.mixture.keys().map(String::as_str).collect())
+        .collect();
     assert_eq!(order, vec![vec!["code"], vec!["math"], vec!["general"]]);
 
     // k scan: stage 2 holds all general data and k of each specialized source; k = 0 has none.
     let (_, ks) = load("k_scan.toml");
-    let k4 = ks.iter().find(|c| c.k == Some(r("1/4")) && c.model == "llama-7b").unwrap();
+    let k4 = ks
+        .iter()
+        .find(|c| c.k == Some(r("1/4")) && c.model == "llama-7b")
+        .unwrap();
     let s2 = &k4.plan.stages[1].mixture;
-    assert_eq!((s2["general"], s2["code"], s2["math"]), (r("1"), r("1/4"), r("1/4")));
-    let k0 = ks.iter().find(|c| c.k == Some(Ratio::parse("0").unwrap()) && c.model == "llama-7b").unwrap();
-    assert_eq!(k0.plan.stages[1].mixture.keys().collect::<Vec<_>>(), vec!["general"]);
+    assert_eq!(
+        (s2["general"], s2["code"], s2["math"]),
+        (r("1"), r("1/4"), r("1/4"))
+    );
+    let k0 = ks
+        .iter()
+        .find(|c| c.k == Some(Ratio::parse("0").unwrap()) && c.model == "llama-7b")
+        .unwrap();
+    assert_eq!(
+        k0.plan.stages[1].mixture.keys().collect::<Vec<_>>(),
+        vec!["general"]
+    );
     // All DMT cells of one model share stage 1, so the driver trains it once.
-    let first: BTreeSet<String> =
-        ks.iter().filter(|c| c.model == "llama-7b").map(|c| c.stage_prefix_keys()[0].clone()).collect();
+    let first: BTreeSet<String> = ks
+        .iter()
+        .filter(|c| c.model == "llama-7b")
+        .map(|c| c.stage_prefix_keys()[0].clone())
+        .collect();
     assert_eq!(first.len(), 1);
 
     // The ablation reads the filtered general file.
     let (_, abl) = load("ablation_no_code_math.toml");
     let run = abl[0].plan.run.as_ref().unwrap();
-    assert_eq!(run["data"]["sources"]["general"]["path"], "sharegpt/sharegpt_no_code_math.jsonl");
-    assert!(abl.iter().all(|c| !rq2.iter().any(|d| d.id == c.id)), "ablation cells differ from RQ2's");
+    assert_eq!(
+        run["data"]["sources"]["general"]["path"],
+        "sharegpt/sharegpt_no_code_math.jsonl"
+    );
+    assert!(
+        abl.iter().all(|c| !rq2.iter().any(|d| d.id == c.id)),
+        "ablation cells differ from RQ2's"
+    );
 }
 
 #[test]
@@ -173,14 +271,25 @@ fn spec_errors_name_the_file_and_grid() {
     for (grid, want) in cases {
         let spec = SweepSpec::from_toml_str(&format!("{base}{grid}"), path).unwrap();
         let err = spec.expand(path).unwrap_err().to_string();
-        assert!(err.contains("specs/bad.toml") && err.contains(want), "{err}");
+        assert!(
+            err.contains("specs/bad.toml") && err.contains(want),
+            "{err}"
+        );
     }
-    let err = SweepSpec::from_toml_str("format_version = 2\nname = \"t\"\n", path).unwrap_err().to_string();
-    assert!(err.contains("format_version 2"), "{err}");
-    let err = SweepSpec::from_toml_str(&format!("{base}[[grid]]\nname = \"g\"\nstrategy = \"x\"\n"), path)
+    let err = SweepSpec::from_toml_str("format_version = 2\nname = \"t\"\n", path)
         .unwrap_err()
         .to_string();
-    assert!(err.contains("specs/bad.toml") && err.contains("strategy"), "{err}");
+    assert!(err.contains("format_version 2"), "{err}");
+    let err = SweepSpec::from_toml_str(
+        &format!("{base}[[grid]]\nname = \"g\"\nstrategy = \"x\"\n"),
+        path,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("specs/bad.toml") && err.contains("strategy"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -193,27 +302,58 @@ fn reruns_skip_done_cells_and_failures_stay_isolated() {
     let victim = cells[1].id.clone();
 
     // First run: one cell fails, the other three finish anyway.
-    let s = run_cells(&cells, &layout, &opts(fake_runner(), 2, &[("FAKE_RUNNER_LOG", &log_s), ("FAKE_RUNNER_FAIL", &victim)]))
-        .unwrap();
+    let s = run_cells(
+        &cells,
+        &layout,
+        &opts(
+            fake_runner(),
+            2,
+            &[("FAKE_RUNNER_LOG", &log_s), ("FAKE_RUNNER_FAIL", &victim)],
+        ),
+    )
+    .unwrap();
     assert_eq!(s.executed.len(), 4);
     assert_eq!(s.succeeded.len(), 3);
     assert_eq!(s.failed.len(), 1);
     assert_eq!(s.failed[0].0, victim);
-    assert!(s.failed[0].1.contains("injected failure"), "{}", s.failed[0].1);
-    assert_eq!(read_state(&layout.run_dir(&victim)).unwrap(), CellState::Failed("injected failure (FAKE_RUNNER_FAIL)".into()));
-    let attempt = sft_sweep::Attempt::read(&layout.attempt_path(&victim)).unwrap().unwrap();
+    assert!(
+        s.failed[0].1.contains("injected failure"),
+        "{}",
+        s.failed[0].1
+    );
+    assert_eq!(
+        read_state(&layout.run_dir(&victim)).unwrap(),
+        CellState::Failed("injected failure (FAKE_RUNNER_FAIL)".into())
+    );
+    let attempt = sft_sweep::Attempt::read(&layout.attempt_path(&victim))
+        .unwrap()
+        .unwrap();
     assert_eq!((attempt.exit_code, attempt.done), (Some(3), false));
 
     // Second run: only the failed cell runs.
-    let s = run_cells(&cells, &layout, &opts(fake_runner(), 2, &[("FAKE_RUNNER_LOG", &log_s)])).unwrap();
+    let s = run_cells(
+        &cells,
+        &layout,
+        &opts(fake_runner(), 2, &[("FAKE_RUNNER_LOG", &log_s)]),
+    )
+    .unwrap();
     assert_eq!(s.skipped, 3);
     assert_eq!(s.executed, vec![victim.clone()]);
     assert_eq!(s.succeeded, vec![victim.clone()]);
 
     // Third run: nothing to do.
-    let s = run_cells(&cells, &layout, &opts(fake_runner(), 2, &[("FAKE_RUNNER_LOG", &log_s)])).unwrap();
+    let s = run_cells(
+        &cells,
+        &layout,
+        &opts(fake_runner(), 2, &[("FAKE_RUNNER_LOG", &log_s)]),
+    )
+    .unwrap();
     assert_eq!((s.skipped, s.executed.len()), (4, 0));
-    assert_eq!(log_lines(&log, "start").len(), 5, "4 first attempts + 1 retry");
+    assert_eq!(
+        log_lines(&log, "start").len(),
+        5,
+        "4 first attempts + 1 retry"
+    );
 }
 
 #[test]
@@ -223,39 +363,83 @@ fn a_cell_killed_midway_completes_on_rerun() {
     let layout = Layout::new(tmp.path().join("out"));
     let log = tmp.path().join("runner.log");
     let log_s = log.display().to_string();
-    let victim = cells.iter().find(|c| c.plan.stages.len() == 2).unwrap().id.clone();
+    let victim = cells
+        .iter()
+        .find(|c| c.plan.stages.len() == 2)
+        .unwrap()
+        .id
+        .clone();
     let pid_file = layout.run_dir(&victim).join("runner.pid");
 
     let handle = {
-        let (cells, layout, victim, log_s) = (cells.clone(), layout.clone(), victim.clone(), log_s.clone());
+        let (cells, layout, victim, log_s) =
+            (cells.clone(), layout.clone(), victim.clone(), log_s.clone());
         std::thread::spawn(move || {
-            run_cells(&cells, &layout, &opts(fake_runner(), 2, &[("FAKE_RUNNER_LOG", &log_s), ("FAKE_RUNNER_HANG", &victim)]))
+            run_cells(
+                &cells,
+                &layout,
+                &opts(
+                    fake_runner(),
+                    2,
+                    &[("FAKE_RUNNER_LOG", &log_s), ("FAKE_RUNNER_HANG", &victim)],
+                ),
+            )
         })
     };
     // The victim finishes stage 0, records its pid and hangs: kill it like an OOM killer would.
     let t0 = Instant::now();
     let pid = loop {
-        if let Some(pid) = std::fs::read_to_string(&pid_file).ok().filter(|p| !p.trim().is_empty()) {
+        if let Some(pid) = std::fs::read_to_string(&pid_file)
+            .ok()
+            .filter(|p| !p.trim().is_empty())
+        {
             break pid.trim().to_string();
         }
-        assert!(t0.elapsed() < Duration::from_secs(60), "the hanging runner never wrote {}", pid_file.display());
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "the hanging runner never wrote {}",
+            pid_file.display()
+        );
         std::thread::sleep(Duration::from_millis(50));
     };
-    assert!(Command::new("kill").args(["-9", &pid]).status().unwrap().success());
+    assert!(Command::new("kill")
+        .args(["-9", &pid])
+        .status()
+        .unwrap()
+        .success());
     let s = handle.join().unwrap().unwrap();
     assert_eq!(s.succeeded.len(), 3);
     assert_eq!(s.failed.len(), 1);
-    assert!(s.failed[0].1.contains("killed by a signal") && s.failed[0].1.contains("status running"), "{}", s.failed[0].1);
-    assert_eq!(read_state(&layout.run_dir(&victim)).unwrap(), CellState::Running, "a killed runner leaves `running`");
+    assert!(
+        s.failed[0].1.contains("killed by a signal") && s.failed[0].1.contains("status running"),
+        "{}",
+        s.failed[0].1
+    );
+    assert_eq!(
+        read_state(&layout.run_dir(&victim)).unwrap(),
+        CellState::Running,
+        "a killed runner leaves `running`"
+    );
 
     // The rerun runs only the killed cell; its runner resumes after stage 0 and finishes.
-    let s = run_cells(&cells, &layout, &opts(fake_runner(), 2, &[("FAKE_RUNNER_LOG", &log_s)])).unwrap();
+    let s = run_cells(
+        &cells,
+        &layout,
+        &opts(fake_runner(), 2, &[("FAKE_RUNNER_LOG", &log_s)]),
+    )
+    .unwrap();
     assert_eq!(s.executed, vec![victim.clone()]);
     assert_eq!(s.succeeded, vec![victim.clone()]);
     let starts = log_lines(&log, "start");
     let last = starts.last().unwrap();
-    assert_eq!((last[1].as_str(), last[2].as_str()), (victim.as_str(), "resumed"));
-    assert!(matches!(read_state(&layout.run_dir(&victim)).unwrap(), CellState::Done(_)));
+    assert_eq!(
+        (last[1].as_str(), last[2].as_str()),
+        (victim.as_str(), "resumed")
+    );
+    assert!(matches!(
+        read_state(&layout.run_dir(&victim)).unwrap(),
+        CellState::Done(_)
+    ));
     let s = run_cells(&cells, &layout, &opts(fake_runner(), 2, &[])).unwrap();
     assert!(s.executed.is_empty());
 }
@@ -263,19 +447,32 @@ fn a_cell_killed_midway_completes_on_rerun() {
 #[test]
 fn shared_first_stages_run_once_before_their_siblings_and_devices_are_exclusive() {
     let (_, cells) = load("k_scan.toml");
-    let cells: Vec<_> = cells.into_iter().filter(|c| c.model == "llama-7b").collect();
+    let cells: Vec<_> = cells
+        .into_iter()
+        .filter(|c| c.model == "llama-7b")
+        .collect();
     let tmp = tempfile::tempdir().unwrap();
     let layout = Layout::new(tmp.path().join("out"));
     let log = tmp.path().join("runner.log");
     let log_s = log.display().to_string();
-    let mut o = opts(fake_runner(), 3, &[("FAKE_RUNNER_LOG", &log_s), ("FAKE_RUNNER_STAGE_SECONDS", "0.05")]);
+    let mut o = opts(
+        fake_runner(),
+        3,
+        &[
+            ("FAKE_RUNNER_LOG", &log_s),
+            ("FAKE_RUNNER_STAGE_SECONDS", "0.05"),
+        ],
+    );
     o.devices = vec!["cuda:0".into(), "cuda:1".into(), "cuda:2".into()];
     let s = run_cells(&cells, &layout, &o).unwrap();
     assert_eq!(s.succeeded.len(), 9);
     // The first cell ends before any other starts: they all share its untrained stage 1.
     let text = std::fs::read_to_string(&log).unwrap();
     let events: Vec<&str> = text.lines().collect();
-    assert!(events[0].starts_with("start ") && events[1].starts_with("end "), "{text}");
+    assert!(
+        events[0].starts_with("start ") && events[1].starts_with("end "),
+        "{text}"
+    );
     // Never two running cells on one device.
     let mut busy: BTreeMap<String, String> = BTreeMap::new();
     let mut device_of: BTreeMap<String, String> = BTreeMap::new();
@@ -283,7 +480,11 @@ fn shared_first_stages_run_once_before_their_siblings_and_devices_are_exclusive(
         let w: Vec<&str> = l.split_whitespace().collect();
         if w[0] == "start" {
             assert!(o.devices.contains(&w[3].to_string()), "{l}");
-            assert!(!busy.contains_key(w[3]), "device {} given to two cells: {text}", w[3]);
+            assert!(
+                !busy.contains_key(w[3]),
+                "device {} given to two cells: {text}",
+                w[3]
+            );
             busy.insert(w[3].to_string(), w[1].to_string());
             device_of.insert(w[1].to_string(), w[3].to_string());
         } else {
@@ -291,7 +492,10 @@ fn shared_first_stages_run_once_before_their_siblings_and_devices_are_exclusive(
         }
     }
     let o = RunOptions { jobs: 4, ..o };
-    assert!(run_cells(&cells, &layout, &o).unwrap_err().to_string().contains("one device per running cell"));
+    assert!(run_cells(&cells, &layout, &o)
+        .unwrap_err()
+        .to_string()
+        .contains("one device per running cell"));
 }
 
 #[test]
@@ -299,7 +503,12 @@ fn tables_table1_and_plots_from_fake_runner_results() {
     let tmp = tempfile::tempdir().unwrap();
     let keep = Path::new(env!("CARGO_TARGET_TMPDIR")).join("sweep-plots");
     std::fs::create_dir_all(&keep).unwrap();
-    for (file, jobs) in [("rq3.toml", 2), ("rq4.toml", 2), ("k_scan.toml", 2), ("rq2.toml", 2)] {
+    for (file, jobs) in [
+        ("rq3.toml", 2),
+        ("rq4.toml", 2),
+        ("k_scan.toml", 2),
+        ("rq2.toml", 2),
+    ] {
         let (spec, cells) = load(file);
         let layout = Layout::new(tmp.path().join(&spec.name));
         let s = run_cells(&cells, &layout, &opts(fake_runner(), jobs, &[])).unwrap();
@@ -307,7 +516,10 @@ fn tables_table1_and_plots_from_fake_runner_results() {
         let table = collect(&cells, &layout).unwrap();
         // A row per cell and metric: the fake runner reports three metrics.
         assert_eq!(table.rows.len(), cells.len() * 3, "{file}");
-        assert!(table.rows.iter().all(|r| r.ci_low <= r.value && r.value <= r.ci_high));
+        assert!(table
+            .rows
+            .iter()
+            .all(|r| r.ci_low <= r.value && r.value <= r.ci_high));
         let files = write_tables(&table, &layout.results_dir()).unwrap();
         let csv = std::fs::read_to_string(layout.results_dir().join("results.csv")).unwrap();
         assert_eq!(csv.lines().count(), table.rows.len() + 1);
@@ -316,7 +528,10 @@ fn tables_table1_and_plots_from_fake_runner_results() {
         assert_eq!(md.lines().count(), table.rows.len() + 2);
         // The Parquet file reads back with the same rows.
         let pq = std::fs::File::open(&files[0]).unwrap();
-        let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(pq).unwrap().build().unwrap();
+        let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(pq)
+            .unwrap()
+            .build()
+            .unwrap();
         let n: usize = reader.map(|b| b.unwrap().num_rows()).sum();
         assert_eq!(n, table.rows.len());
 
@@ -324,37 +539,80 @@ fn tables_table1_and_plots_from_fake_runner_results() {
         for png in &plots.png {
             let bytes = std::fs::read(png).unwrap();
             assert_eq!(&bytes[..8], b"\x89PNG\r\n\x1a\n");
-            assert!(bytes.len() > 20_000, "{} is suspiciously small", png.display());
+            assert!(
+                bytes.len() > 20_000,
+                "{} is suspiciously small",
+                png.display()
+            );
             std::fs::copy(png, keep.join(png.file_name().unwrap())).unwrap();
         }
         for svg in &plots.svg {
             let text = std::fs::read_to_string(svg).unwrap();
-            assert!(text.contains("<svg") && text.contains("GSM8K") && text.contains("HumanEval"), "{}", svg.display());
+            assert!(
+                text.contains("<svg") && text.contains("GSM8K") && text.contains("HumanEval"),
+                "{}",
+                svg.display()
+            );
         }
         match file {
             "rq3.toml" => {
                 assert_eq!(plots.png.len(), 1);
                 let svg = std::fs::read_to_string(&plots.svg[0]).unwrap();
-                for label in ["full general + specialized at r", "full specialized + general at r", "1/64 general + specialized at r", "1/256"] {
+                for label in [
+                    "full general + specialized at r",
+                    "full specialized + general at r",
+                    "1/64 general + specialized at r",
+                    "1/256",
+                ] {
                     assert!(svg.contains(label), "rq3 plot lacks {label:?}");
                 }
             }
             "k_scan.toml" => {
-                assert!(plots.png[0].ends_with("k-scan-k-scan.png"), "{:?}", plots.png);
+                assert!(
+                    plots.png[0].ends_with("k-scan-k-scan.png"),
+                    "{:?}",
+                    plots.png
+                );
             }
             "rq4.toml" => {
-                assert!(plots.png.is_empty(), "RQ4 has no axis to draw along; its figure is Table 1");
+                assert!(
+                    plots.png.is_empty(),
+                    "RQ4 has no axis to draw along; its figure is Table 1"
+                );
                 let t1 = table1(&table).unwrap();
                 std::fs::write(keep.join("rq4-table1.md"), &t1).unwrap();
-                let rows: Vec<&str> = t1.lines().filter(|l| l.starts_with("| ") && !l.starts_with("| Method")).collect();
-                let labels: Vec<&str> = rows.iter().map(|l| l.split('|').nth(1).unwrap().trim()).collect();
+                let rows: Vec<&str> = t1
+                    .lines()
+                    .filter(|l| l.starts_with("| ") && !l.starts_with("| Method"))
+                    .collect();
+                let labels: Vec<&str> = rows
+                    .iter()
+                    .map(|l| l.split('|').nth(1).unwrap().trim())
+                    .collect();
                 assert_eq!(
                     labels,
-                    ["General only", "Math only", "Code only", "Multi-task", "Sequential", "Mixed sequential", "DMT (k=1/256)"]
+                    [
+                        "General only",
+                        "Math only",
+                        "Code only",
+                        "Multi-task",
+                        "Sequential",
+                        "Mixed sequential",
+                        "DMT (k=1/256)"
+                    ]
                 );
                 assert!(t1.contains("llama-33b GSM8K (%)"));
                 // The fake runner's Math-only GSM8K beats General-only's, and the table shows it.
-                let gsm = |row: &str| -> f64 { row.split('|').nth(2).unwrap().split_whitespace().next().unwrap().parse().unwrap() };
+                let gsm = |row: &str| -> f64 {
+                    row.split('|')
+                        .nth(2)
+                        .unwrap()
+                        .split_whitespace()
+                        .next()
+                        .unwrap()
+                        .parse()
+                        .unwrap()
+                };
                 assert!(gsm(rows[1]) > gsm(rows[0]) + 20.0, "{t1}");
             }
             _ => {}
@@ -388,11 +646,26 @@ fn slurm_array_task_i_runs_cell_i() {
     // Structure: a bash script whose #SBATCH block precedes the first command.
     let lines: Vec<&str> = script.lines().collect();
     assert_eq!(lines[0], "#!/bin/bash");
-    let directives: Vec<&str> = lines.iter().skip(1).take_while(|l| l.starts_with('#')).filter_map(|l| l.strip_prefix("#SBATCH ")).collect();
+    let directives: Vec<&str> = lines
+        .iter()
+        .skip(1)
+        .take_while(|l| l.starts_with('#'))
+        .filter_map(|l| l.strip_prefix("#SBATCH "))
+        .collect();
     assert!(directives.contains(&"--array=0-3"), "{directives:?}");
     assert!(directives.contains(&"--gres=gpu:1"));
-    assert!(directives.iter().any(|d| d.starts_with("--output=") && d.ends_with("/%A_%a.out")));
-    assert!(Command::new("bash").arg("-n").arg(&path).status().unwrap().success(), "bash -n rejects the script");
+    assert!(directives
+        .iter()
+        .any(|d| d.starts_with("--output=") && d.ends_with("/%A_%a.out")));
+    assert!(
+        Command::new("bash")
+            .arg("-n")
+            .arg(&path)
+            .status()
+            .unwrap()
+            .success(),
+        "bash -n rejects the script"
+    );
     // The manifest the script indexes lists the cells in array order.
     let manifest = std::fs::read_to_string(layout.manifest_tsv()).unwrap();
     for (i, cell) in cells.iter().enumerate() {
@@ -402,21 +675,39 @@ fn slurm_array_task_i_runs_cell_i() {
 
     // Run the array as Slurm would, in a shuffled order: task i must run cell i.
     for i in [2usize, 0, 3, 1] {
-        let out = Command::new("bash").arg(&path).env("SLURM_ARRAY_TASK_ID", i.to_string()).output().unwrap();
-        assert!(out.status.success(), "task {i}: {}", String::from_utf8_lossy(&out.stderr));
+        let out = Command::new("bash")
+            .arg(&path)
+            .env("SLURM_ARRAY_TASK_ID", i.to_string())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "task {i}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let last = log_lines(&log, "start").pop().unwrap();
         assert_eq!(last[1], cells[i].id, "task {i}");
         assert_eq!(last[3], "cuda");
-        assert!(matches!(read_state(&layout.run_dir(&cells[i].id)).unwrap(), CellState::Done(_)));
+        assert!(matches!(
+            read_state(&layout.run_dir(&cells[i].id)).unwrap(),
+            CellState::Done(_)
+        ));
     }
     // A resubmitted task whose cell is done exits at once; a local run then finds nothing to do.
-    let out = Command::new("bash").arg(&path).env("SLURM_ARRAY_TASK_ID", "1").output().unwrap();
+    let out = Command::new("bash")
+        .arg(&path)
+        .env("SLURM_ARRAY_TASK_ID", "1")
+        .output()
+        .unwrap();
     assert!(out.status.success() && String::from_utf8_lossy(&out.stdout).contains("is done"));
     assert_eq!(log_lines(&log, "start").len(), 4);
     let s = run_cells(&cells, &layout, &opts(fake_runner(), 1, &[])).unwrap();
     assert_eq!((s.skipped, s.executed.len()), (4, 0));
     let out = Command::new("bash").arg(&path).output().unwrap();
-    assert!(!out.status.success(), "outside Slurm the script refuses to guess a task");
+    assert!(
+        !out.status.success(),
+        "outside Slurm the script refuses to guess a task"
+    );
 }
 
 /// The tiny spec end to end with the real `run_plan` (tiny byte-level model, fixture data).
@@ -427,8 +718,16 @@ fn tiny_spec_runs_end_to_end_with_the_real_runner() {
         eprintln!("SKIPPED (no libtorch): set LIBTORCH, or run `cargo xtask test`, to run the tiny sweep with run_plan");
         return;
     }
-    let target = Path::new(env!("CARGO_TARGET_TMPDIR")).parent().unwrap().to_path_buf();
-    let candidates = [target.join("debug/examples/run_plan"), target.join("release/examples/run_plan"), root().join("target/debug/examples/run_plan"), root().join("target/release/examples/run_plan")];
+    let target = Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf();
+    let candidates = [
+        target.join("debug/examples/run_plan"),
+        target.join("release/examples/run_plan"),
+        root().join("target/debug/examples/run_plan"),
+        root().join("target/release/examples/run_plan"),
+    ];
     let bin = candidates
         .iter()
         .filter(|p| p.is_file())
@@ -452,12 +751,23 @@ fn tiny_spec_runs_end_to_end_with_the_real_runner() {
         let log = std::fs::read_to_string(layout.log_path(id)).unwrap_or_default();
         panic!("cell {id} failed: {why}\n--- runner.log ---\n{log}");
     }
-    eprintln!("tiny sweep with run_plan: {} cells in {:.1} s", s.succeeded.len(), t0.elapsed().as_secs_f64());
+    eprintln!(
+        "tiny sweep with run_plan: {} cells in {:.1} s",
+        s.succeeded.len(),
+        t0.elapsed().as_secs_f64()
+    );
     let table = collect(&cells, &layout).unwrap();
     assert!(table.rows.iter().any(|r| r.metric == "gsm8k_acc"));
-    assert!(table.rows.iter().any(|r| r.metric == "general_heldout_loss"));
+    assert!(table
+        .rows
+        .iter()
+        .any(|r| r.metric == "general_heldout_loss"));
     let plots = plot_all(&spec, &table, &layout.plots_dir()).unwrap();
     assert_eq!(plots.png.len(), 2, "math scaling curves and the k scan");
     let s = run_cells(&cells, &layout, &o).unwrap();
-    assert_eq!((s.skipped, s.executed.len()), (4, 0), "rerunning executes zero cells");
+    assert_eq!(
+        (s.skipped, s.executed.len()),
+        (4, 0),
+        "rerunning executes zero cells"
+    );
 }

@@ -17,12 +17,16 @@ use sft_train::{CausalLm, Example, IGNORE};
 use tch::{Device, Kind};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let args: Vec<String> = std::env::args().skip(1).filter(|a| a != "--bench").collect();
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| a != "--bench")
+        .collect();
     if args.len() < 4 {
         eprintln!("usage: train_step GGUF BATCH SEQ STEPS");
         return Ok(());
     }
-    let (b, t, steps): (usize, usize, usize) = (args[1].parse()?, args[2].parse()?, args[3].parse()?);
+    let (b, t, steps): (usize, usize, usize) =
+        (args[1].parse()?, args[2].parse()?, args[3].parse()?);
     let device = match args.get(4).map(String::as_str) {
         Some("cuda") => sft_llama::device::DeviceSpec::Cuda(0).resolve()?,
         _ => Device::Cpu,
@@ -33,20 +37,42 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let cfg = sft_llama::LlamaConfig::from_hf_file(path)?;
         let vs = tch::nn::VarStore::new(device);
         let model = sft_llama::Llama::new(&vs.root(), &cfg)?;
-        sft_llama::LoadedModel { vs, model, source: sft_llama::ModelSource::HfDir(path.to_path_buf()) }
+        sft_llama::LoadedModel {
+            vs,
+            model,
+            source: sft_llama::ModelSource::HfDir(path.to_path_buf()),
+        }
     } else {
         sft_train::llama::load_model(path, device)?
     };
     let v = m.model.config().vocab_size;
     let examples: Vec<Example> = (0..b)
         .map(|r| {
-            let ids: Vec<i64> = (0..t).map(|c| ((r * 7919 + c * 104729 + 13) % v) as i64).collect();
-            let labels = ids.iter().enumerate().map(|(c, &i)| if c < t / 4 { IGNORE } else { i }).collect();
-            Example { record_id: format!("bench:{r}"), source: "bench".into(), input_ids: ids, labels }
+            let ids: Vec<i64> = (0..t)
+                .map(|c| ((r * 7919 + c * 104729 + 13) % v) as i64)
+                .collect();
+            let labels = ids
+                .iter()
+                .enumerate()
+                .map(|(c, &i)| if c < t / 4 { IGNORE } else { i })
+                .collect();
+            Example {
+                record_id: format!("bench:{r}"),
+                source: "bench".into(),
+                input_ids: ids,
+                labels,
+            }
         })
         .collect();
-    let mb = MicroBatch { rows: (0..b).map(|i| vec![i]).collect() };
-    let hp = AdamWParams { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0 };
+    let mb = MicroBatch {
+        rows: (0..b).map(|i| vec![i]).collect(),
+    };
+    let hp = AdamWParams {
+        beta1: 0.9,
+        beta2: 0.999,
+        eps: 1e-8,
+        weight_decay: 0.0,
+    };
     let mut opt = AdamW::new(&m.vs, hp, bf16)?;
     if bf16 {
         m.vs.set_kind(Kind::BFloat16);
@@ -56,7 +82,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let t0 = Instant::now();
         let c = collate(&examples, &mb, false, device)?;
         let logits = CausalLm::forward(&m.model, &c.input_ids, None, None)?;
-        let loss = token_losses(&logits, &c.labels)?.f_sum(Kind::Float)?.f_div_scalar(c.target_tokens as f64)?;
+        let loss = token_losses(&logits, &c.labels)?
+            .f_sum(Kind::Float)?
+            .f_div_scalar(c.target_tokens as f64)?;
         loss.f_backward()?;
         let norm = opt.grad_norm()?;
         opt.clip(1.0, norm)?;
@@ -78,7 +106,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let n_params: f64 = m.vs.variables().values().map(|t| t.numel() as f64).sum();
     let flops_per_token = 6.0 * n_params + 12.0 * (c.num_hidden_layers * c.hidden_size * t) as f64;
     let tps = (b * t) as f64 / median;
-    let mfu = if device == Device::Cpu { None } else { Some(flops_per_token * tps / 989.4e12) };
+    let mfu = if device == Device::Cpu {
+        None
+    } else {
+        Some(flops_per_token * tps / 989.4e12)
+    };
     println!(
         "{}",
         serde_json::json!({

@@ -35,7 +35,9 @@ pub struct StepPlan {
 impl StepPlan {
     /// Every example index of the step, in order.
     pub fn example_indices(&self) -> impl Iterator<Item = usize> + '_ {
-        self.micro.iter().flat_map(|m| m.rows.iter().flatten().copied())
+        self.micro
+            .iter()
+            .flat_map(|m| m.rows.iter().flatten().copied())
     }
 }
 
@@ -94,9 +96,14 @@ pub fn epoch_plan(examples: &[Example], cfg: &TrainConfig, epoch: u32) -> Vec<St
     } else {
         perm.into_iter().map(|i| vec![i]).collect()
     };
-    let micro: Vec<MicroBatch> =
-        rows.chunks(cfg.micro_batch_size).map(|c| MicroBatch { rows: c.to_vec() }).collect();
-    micro.chunks(cfg.grad_accum).map(|c| StepPlan { micro: c.to_vec() }).collect()
+    let micro: Vec<MicroBatch> = rows
+        .chunks(cfg.micro_batch_size)
+        .map(|c| MicroBatch { rows: c.to_vec() })
+        .collect();
+    micro
+        .chunks(cfg.grad_accum)
+        .map(|c| StepPlan { micro: c.to_vec() })
+        .collect()
 }
 
 /// Where one example sits in a collated batch.
@@ -132,12 +139,21 @@ pub struct Collated {
 }
 
 /// Builds the tensors of a micro-batch on `device`.
-pub fn collate(examples: &[Example], mb: &MicroBatch, packed: bool, device: Device) -> Result<Collated> {
+pub fn collate(
+    examples: &[Example],
+    mb: &MicroBatch,
+    packed: bool,
+    device: Device,
+) -> Result<Collated> {
     let b = mb.rows.len();
     let t = mb
         .rows
         .iter()
-        .map(|r| r.iter().map(|&i| examples[i].input_ids.len()).sum::<usize>())
+        .map(|r| {
+            r.iter()
+                .map(|&i| examples[i].input_ids.len())
+                .sum::<usize>()
+        })
         .max()
         .unwrap_or(0)
         .max(2);
@@ -162,18 +178,31 @@ pub fn collate(examples: &[Example], mb: &MicroBatch, packed: bool, device: Devi
                 *slot = p as i64;
             }
             seg[base..base + n].iter_mut().for_each(|s| *s = k as i64);
-            segments.push(Segment { example: i, row: r, start, len: n });
+            segments.push(Segment {
+                example: i,
+                row: r,
+                start,
+                len: n,
+            });
             start += n;
             tokens += n;
         }
     }
     let target_tokens = labels.iter().filter(|&&l| l != IGNORE).count();
     let shape = [b as i64, t as i64];
-    let input_ids = Tensor::from_slice(&ids).f_reshape(shape)?.f_to_device(device)?;
-    let labels_t = Tensor::from_slice(&labels).f_reshape(shape)?.f_to_device(device)?;
+    let input_ids = Tensor::from_slice(&ids)
+        .f_reshape(shape)?
+        .f_to_device(device)?;
+    let labels_t = Tensor::from_slice(&labels)
+        .f_reshape(shape)?
+        .f_to_device(device)?;
     let (position_ids, attn_mask) = if packed {
-        let p = Tensor::from_slice(&pos).f_reshape(shape)?.f_to_device(device)?;
-        let s = Tensor::from_slice(&seg).f_reshape(shape)?.f_to_device(device)?;
+        let p = Tensor::from_slice(&pos)
+            .f_reshape(shape)?
+            .f_to_device(device)?;
+        let s = Tensor::from_slice(&seg)
+            .f_reshape(shape)?
+            .f_to_device(device)?;
         let same = s.f_unsqueeze(2)?.f_eq_tensor(&s.f_unsqueeze(1)?)?;
         let causal = Tensor::f_ones([t as i64, t as i64], (Kind::Bool, device))?.f_tril(0)?;
         let mask = same.f_logical_and(&causal)?.f_unsqueeze(1)?;
@@ -181,7 +210,15 @@ pub fn collate(examples: &[Example], mb: &MicroBatch, packed: bool, device: Devi
     } else {
         (None, None)
     };
-    Ok(Collated { input_ids, labels: labels_t, position_ids, attn_mask, segments, target_tokens, tokens })
+    Ok(Collated {
+        input_ids,
+        labels: labels_t,
+        position_ids,
+        attn_mask,
+        segments,
+        target_tokens,
+        tokens,
+    })
 }
 
 #[cfg(test)]
@@ -212,7 +249,13 @@ mod tests {
     fn every_example_appears_once_per_epoch() {
         let exs: Vec<Example> = (0..37).map(|i| ex(i, 3 + i % 11)).collect();
         for packing in [false, true] {
-            let cfg = TrainConfig { micro_batch_size: 3, grad_accum: 2, max_len: 20, packing, ..TrainConfig::default() };
+            let cfg = TrainConfig {
+                micro_batch_size: 3,
+                grad_accum: 2,
+                max_len: 20,
+                packing,
+                ..TrainConfig::default()
+            };
             let plan = epoch_plan(&exs, &cfg, 1);
             let mut all: Vec<usize> = plan.iter().flat_map(|s| s.example_indices()).collect();
             all.sort();
@@ -233,11 +276,14 @@ mod tests {
     #[test]
     fn packed_mask_is_block_diagonal_causal() {
         let exs = vec![ex(0, 3), ex(1, 2)];
-        let mb = MicroBatch { rows: vec![vec![0, 1], vec![1]] };
+        let mb = MicroBatch {
+            rows: vec![vec![0, 1], vec![1]],
+        };
         let c = collate(&exs, &mb, true, Device::Cpu).unwrap();
         let m = c.attn_mask.unwrap();
         assert_eq!(m.size(), vec![2, 1, 5, 5]);
-        let row0: Vec<i64> = Vec::try_from(m.get(0).get(0).to_kind(Kind::Int64).flatten(0, -1)).unwrap();
+        let row0: Vec<i64> =
+            Vec::try_from(m.get(0).get(0).to_kind(Kind::Int64).flatten(0, -1)).unwrap();
         #[rustfmt::skip]
         let want = vec![
             1, 0, 0, 0, 0,

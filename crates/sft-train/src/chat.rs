@@ -19,7 +19,10 @@ pub struct TemplateEncoder {
 
 impl std::fmt::Debug for TemplateEncoder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TemplateEncoder").field("template", &self.template.name()).field("tokenizer", &self.tokenizer_path).finish()
+        f.debug_struct("TemplateEncoder")
+            .field("template", &self.template.name())
+            .field("tokenizer", &self.tokenizer_path)
+            .finish()
     }
 }
 
@@ -36,12 +39,17 @@ pub fn tokenizer_path_for(model: &Path) -> Result<PathBuf> {
             model.display()
         ))
     })?;
-    let v: serde_json::Value =
-        serde_json::from_slice(&text).map_err(|e| Error::Parse { path: src.clone(), message: e.to_string() })?;
+    let v: serde_json::Value = serde_json::from_slice(&text).map_err(|e| Error::Parse {
+        path: src.clone(),
+        message: e.to_string(),
+    })?;
     v["path"]
         .as_str()
         .map(PathBuf::from)
-        .ok_or_else(|| Error::Parse { path: src, message: "no string `path`".into() })
+        .ok_or_else(|| Error::Parse {
+            path: src,
+            message: "no string `path`".into(),
+        })
 }
 
 impl TemplateEncoder {
@@ -50,9 +58,14 @@ impl TemplateEncoder {
     pub fn new(tokenizer: &Path, template: &str) -> Result<Self> {
         let tok = sft_chat::ChatTokenizer::from_path(tokenizer)
             .map_err(|e| Error::Model(format!("tokenizer {}: {e}", tokenizer.display())))?;
-        let tpl = sft_chat::ChatTemplate::resolve(template, &tok).map_err(|e| Error::Config(format!("template `{template}`: {e}")))?;
+        let tpl = sft_chat::ChatTemplate::resolve(template, &tok)
+            .map_err(|e| Error::Config(format!("template `{template}`: {e}")))?;
         let abs = std::fs::canonicalize(tokenizer).unwrap_or_else(|_| tokenizer.to_path_buf());
-        Ok(TemplateEncoder { tokenizer: tok, template: tpl, tokenizer_path: abs })
+        Ok(TemplateEncoder {
+            tokenizer: tok,
+            template: tpl,
+            tokenizer_path: abs,
+        })
     }
 
     /// The template's name.
@@ -79,12 +92,20 @@ fn to_chat(messages: &[Turn]) -> std::result::Result<Vec<sft_chat::ChatMessage>,
 impl ChatEncoder for TemplateEncoder {
     fn encode(&self, messages: &[Turn]) -> std::result::Result<EncodedChat, String> {
         let msgs = to_chat(messages)?;
-        let enc = self.template.encode_with_mask(&self.tokenizer, &msgs).map_err(|e| e.to_string())?;
-        Ok(EncodedChat { ids: enc.ids.iter().map(|&i| i64::from(i)).collect(), trained: enc.labels_mask })
+        let enc = self
+            .template
+            .encode_with_mask(&self.tokenizer, &msgs)
+            .map_err(|e| e.to_string())?;
+        Ok(EncodedChat {
+            ids: enc.ids.iter().map(|&i| i64::from(i)).collect(),
+            trained: enc.labels_mask,
+        })
     }
 
     fn decode(&self, ids: &[i64]) -> String {
         let ids: Vec<u32> = ids.iter().map(|&i| i as u32).collect();
-        self.tokenizer.decode(&ids, false).unwrap_or_else(|e| format!("<undecodable: {e}>"))
+        self.tokenizer
+            .decode(&ids, false)
+            .unwrap_or_else(|e| format!("<undecodable: {e}>"))
     }
 }

@@ -56,7 +56,10 @@ fn event(what: &str, path: &Path) {
     let n = EVENTS.fetch_add(1, Ordering::SeqCst) + 1;
     if let Ok(k) = std::env::var("SFT_TRAIN_CRASH_AT") {
         if k.trim().parse::<u64>().ok() == Some(n) {
-            eprintln!("SFT_TRAIN_CRASH_AT={n}: aborting at {what} {}", path.display());
+            eprintln!(
+                "SFT_TRAIN_CRASH_AT={n}: aborting at {what} {}",
+                path.display()
+            );
             std::process::abort();
         }
     }
@@ -72,16 +75,23 @@ fn write_synced(path: &Path, bytes: &[u8]) -> Result<FileEntry> {
     event("create", path);
     let mut f = std::fs::File::create(path).map_err(|e| Error::io("create", path, e))?;
     event("write", path);
-    f.write_all(bytes).map_err(|e| Error::io("write", path, e))?;
+    f.write_all(bytes)
+        .map_err(|e| Error::io("write", path, e))?;
     event("fsync", path);
     f.sync_all().map_err(|e| Error::io("fsync", path, e))?;
-    Ok(FileEntry { size: bytes.len() as u64, sha256: hex::encode(Sha256::digest(bytes)) })
+    Ok(FileEntry {
+        size: bytes.len() as u64,
+        sha256: hex::encode(Sha256::digest(bytes)),
+    })
 }
 
 /// Writes `bytes` to `path` atomically: sibling temp file, fsync, rename, fsync the directory.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let tmp = dir.join(format!(".{name}.tmp"));
     write_synced(&tmp, bytes)?;
     event("rename", path);
@@ -117,7 +127,11 @@ fn st_dtype(kind: Kind) -> Result<safetensors::Dtype> {
         Kind::Half => safetensors::Dtype::F16,
         Kind::Double => safetensors::Dtype::F64,
         Kind::Int64 => safetensors::Dtype::I64,
-        other => return Err(Error::Config(format!("cannot save tensors of kind {other:?}"))),
+        other => {
+            return Err(Error::Config(format!(
+                "cannot save tensors of kind {other:?}"
+            )))
+        }
     })
 }
 
@@ -128,7 +142,11 @@ fn tch_kind(dtype: safetensors::Dtype) -> Result<Kind> {
         safetensors::Dtype::F16 => Kind::Half,
         safetensors::Dtype::F64 => Kind::Double,
         safetensors::Dtype::I64 => Kind::Int64,
-        other => return Err(Error::Config(format!("cannot load tensors of dtype {other:?}"))),
+        other => {
+            return Err(Error::Config(format!(
+                "cannot load tensors of dtype {other:?}"
+            )))
+        }
     })
 }
 
@@ -141,7 +159,14 @@ pub fn safetensors_bytes(tensors: &[(String, Tensor)]) -> Result<Vec<u8>> {
         let mut data = vec![0u8; numel * t.kind().elt_size_in_bytes()];
         t.f_copy_data_u8(&mut data, numel)?;
         let shape = t.size().iter().map(|&d| d as usize).collect();
-        views.push((name.clone(), RawView { dtype: st_dtype(t.kind())?, shape, data }));
+        views.push((
+            name.clone(),
+            RawView {
+                dtype: st_dtype(t.kind())?,
+                shape,
+                data,
+            },
+        ));
     }
     safetensors::serialize(views, None).map_err(|e| Error::Config(format!("safetensors: {e}")))
 }
@@ -189,7 +214,11 @@ pub fn commit(root: &Path, ckpt: &PendingCheckpoint, keep_last: usize) -> Result
     for (name, bytes) in &ckpt.files {
         files.insert(name.clone(), write_synced(&tmp.join(name), bytes)?);
     }
-    let manifest = Manifest { format_version: FORMAT_VERSION, step: ckpt.step, files };
+    let manifest = Manifest {
+        format_version: FORMAT_VERSION,
+        step: ckpt.step,
+        files,
+    };
     let json = serde_json::to_vec_pretty(&manifest)
         .map_err(|e| Error::ckpt(&tmp, format!("manifest: {e}")))?;
     write_synced(&tmp.join("manifest.json"), &json)?;
@@ -215,7 +244,10 @@ fn step_dirs(root: &Path) -> Result<Vec<(u64, PathBuf)>> {
     for entry in rd {
         let entry = entry.map_err(|e| Error::io("read", root, e))?;
         let name = entry.file_name().to_string_lossy().into_owned();
-        if let Some(n) = name.strip_prefix("step-").and_then(|s| s.parse::<u64>().ok()) {
+        if let Some(n) = name
+            .strip_prefix("step-")
+            .and_then(|s| s.parse::<u64>().ok())
+        {
             out.push((n, entry.path()));
         }
     }
@@ -226,17 +258,27 @@ fn step_dirs(root: &Path) -> Result<Vec<(u64, PathBuf)>> {
 /// Checks a checkpoint directory against its manifest (sizes and SHA-256 of every file).
 pub fn verify(dir: &Path) -> Result<Manifest> {
     let mpath = dir.join("manifest.json");
-    let text = std::fs::read(&mpath).map_err(|e| Error::ckpt(dir, format!("no readable manifest.json: {e}")))?;
-    let m: Manifest =
-        serde_json::from_slice(&text).map_err(|e| Error::ckpt(&mpath, format!("bad manifest: {e}")))?;
+    let text = std::fs::read(&mpath)
+        .map_err(|e| Error::ckpt(dir, format!("no readable manifest.json: {e}")))?;
+    let m: Manifest = serde_json::from_slice(&text)
+        .map_err(|e| Error::ckpt(&mpath, format!("bad manifest: {e}")))?;
     if m.format_version != FORMAT_VERSION {
-        return Err(Error::ckpt(&mpath, format!("format_version {} (supported: {FORMAT_VERSION})", m.format_version)));
+        return Err(Error::ckpt(
+            &mpath,
+            format!(
+                "format_version {} (supported: {FORMAT_VERSION})",
+                m.format_version
+            ),
+        ));
     }
     for (name, entry) in &m.files {
         let p = dir.join(name);
         let bytes = std::fs::read(&p).map_err(|e| Error::ckpt(&p, format!("unreadable: {e}")))?;
         if bytes.len() as u64 != entry.size {
-            return Err(Error::ckpt(&p, format!("size {} but manifest says {}", bytes.len(), entry.size)));
+            return Err(Error::ckpt(
+                &p,
+                format!("size {} but manifest says {}", bytes.len(), entry.size),
+            ));
         }
         if hex::encode(Sha256::digest(&bytes)) != entry.sha256 {
             return Err(Error::ckpt(&p, "SHA-256 differs from the manifest"));
@@ -263,7 +305,10 @@ pub fn latest_complete(root: &Path) -> Result<Option<(PathBuf, Manifest)>> {
             }
         }
     }
-    Err(Error::ckpt(root, format!("no complete checkpoint: {}", problems.join("; "))))
+    Err(Error::ckpt(
+        root,
+        format!("no complete checkpoint: {}", problems.join("; ")),
+    ))
 }
 
 fn prune(root: &Path, keep_last: usize) -> Result<()> {
@@ -287,7 +332,10 @@ mod tests {
     use super::*;
 
     fn pending(step: u64) -> PendingCheckpoint {
-        PendingCheckpoint { step, files: vec![("a.bin".into(), vec![step as u8; 100])] }
+        PendingCheckpoint {
+            step,
+            files: vec![("a.bin".into(), vec![step as u8; 100])],
+        }
     }
 
     #[test]
@@ -298,7 +346,11 @@ mod tests {
         for s in 1..=4 {
             commit(&root, &pending(s), 2).unwrap();
         }
-        let names: Vec<u64> = step_dirs(&root).unwrap().into_iter().map(|(s, _)| s).collect();
+        let names: Vec<u64> = step_dirs(&root)
+            .unwrap()
+            .into_iter()
+            .map(|(s, _)| s)
+            .collect();
         assert_eq!(names, vec![3, 4]);
         let (p, m) = latest_complete(&root).unwrap().unwrap();
         assert_eq!(m.step, 4);

@@ -25,7 +25,9 @@ impl std::str::FromStr for Schedule {
             "cosine" => Ok(Self::Cosine),
             "linear" => Ok(Self::Linear),
             "constant" => Ok(Self::Constant),
-            _ => Err(Error::Config(format!("unknown schedule `{s}` (cosine, linear, constant)"))),
+            _ => Err(Error::Config(format!(
+                "unknown schedule `{s}` (cosine, linear, constant)"
+            ))),
         }
     }
 }
@@ -167,8 +169,10 @@ impl TrainConfig {
     /// Reads a TOML file; missing keys take the defaults, unknown keys are an error.
     pub fn from_toml_file(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| Error::io("read", path, e))?;
-        let cfg: TrainConfig = toml::from_str(&text)
-            .map_err(|e| Error::Parse { path: path.to_path_buf(), message: e.to_string() })?;
+        let cfg: TrainConfig = toml::from_str(&text).map_err(|e| Error::Parse {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
         cfg.validate()?;
         Ok(cfg)
     }
@@ -191,13 +195,22 @@ impl TrainConfig {
             return bad(format!("max_len must be >= 2, got {}", self.max_len));
         }
         if !(0.0..=1.0).contains(&self.warmup_ratio) {
-            return bad(format!("warmup_ratio must be in [0, 1], got {}", self.warmup_ratio));
+            return bad(format!(
+                "warmup_ratio must be in [0, 1], got {}",
+                self.warmup_ratio
+            ));
         }
         if !(self.weight_decay.is_finite() && self.weight_decay >= 0.0) {
-            return bad(format!("weight_decay must be >= 0, got {}", self.weight_decay));
+            return bad(format!(
+                "weight_decay must be >= 0, got {}",
+                self.weight_decay
+            ));
         }
         if !(self.max_grad_norm.is_finite() && self.max_grad_norm >= 0.0) {
-            return bad(format!("max_grad_norm must be >= 0, got {}", self.max_grad_norm));
+            return bad(format!(
+                "max_grad_norm must be >= 0, got {}",
+                self.max_grad_norm
+            ));
         }
         if !(0.0..1.0).contains(&self.adam_beta1) || !(0.0..1.0).contains(&self.adam_beta2) {
             return bad("adam betas must be in [0, 1)".into());

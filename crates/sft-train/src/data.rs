@@ -136,7 +136,10 @@ pub fn tokenize(
     overlong: Overlong,
     on_mask_error: MaskErrorPolicy,
 ) -> Result<(Vec<Example>, DataReport)> {
-    let mut report = DataReport { records: records.len(), ..DataReport::default() };
+    let mut report = DataReport {
+        records: records.len(),
+        ..DataReport::default()
+    };
     let mut out = Vec::with_capacity(records.len());
     for rec in records {
         let checked = encoder.encode(&rec.messages).and_then(|enc| {
@@ -159,7 +162,10 @@ pub fn tokenize(
             Ok(enc) => enc,
             Err(message) => match on_mask_error {
                 MaskErrorPolicy::Error => {
-                    return Err(Error::Mask { record_id: rec.id.clone(), message })
+                    return Err(Error::Mask {
+                        record_id: rec.id.clone(),
+                        message,
+                    })
                 }
                 MaskErrorPolicy::Skip => {
                     tracing::warn!(record = %rec.id, %message, "skipping record: mask cannot be computed");
@@ -169,8 +175,11 @@ pub fn tokenize(
             },
         };
         let mut ids = enc.ids;
-        let mut labels: Vec<i64> =
-            ids.iter().zip(&enc.trained).map(|(&id, &t)| if t { id } else { IGNORE }).collect();
+        let mut labels: Vec<i64> = ids
+            .iter()
+            .zip(&enc.trained)
+            .map(|(&id, &t)| if t { id } else { IGNORE })
+            .collect();
         if ids.len() > max_len {
             match overlong {
                 Overlong::Drop => {
@@ -184,7 +193,12 @@ pub fn tokenize(
                 }
             }
         }
-        let ex = Example { record_id: rec.id.clone(), source: rec.source.clone(), input_ids: ids, labels };
+        let ex = Example {
+            record_id: rec.id.clone(),
+            source: rec.source.clone(),
+            input_ids: ids,
+            labels,
+        };
         let targets = ex.target_tokens();
         if targets == 0 {
             report.dropped_no_target += 1;

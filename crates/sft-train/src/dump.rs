@@ -73,7 +73,13 @@ pub fn dump_batches(
         for (m, mb) in step.micro.iter().enumerate() {
             let mut rows = Vec::new();
             for (r, row) in mb.rows.iter().enumerate() {
-                let mut d = DumpRow { record_ids: vec![], sources: vec![], input_ids: vec![], labels: vec![], position_ids: vec![] };
+                let mut d = DumpRow {
+                    record_ids: vec![],
+                    sources: vec![],
+                    input_ids: vec![],
+                    labels: vec![],
+                    position_ids: vec![],
+                };
                 for (n, &i) in row.iter().enumerate() {
                     let ex = &examples[i];
                     d.record_ids.push(&ex.record_id);
@@ -97,7 +103,11 @@ pub fn dump_batches(
             }
             micro.push(rows);
         }
-        let js = DumpStep { step: k + 1, packed: cfg.packing, micro_batches: micro };
+        let js = DumpStep {
+            step: k + 1,
+            packed: cfg.packing,
+            micro_batches: micro,
+        };
         let body = serde_json::to_vec(&js).map_err(|e| Error::Config(e.to_string()))?;
         write_atomic(&dir.join(format!("step-{:04}.json", k + 1)), &body)?;
         write_atomic(&dir.join(format!("step-{:04}.txt", k + 1)), text.as_bytes())?;

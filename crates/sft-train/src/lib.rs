@@ -41,8 +41,13 @@ pub mod schedule;
 pub mod trainer;
 
 pub use config::{Dtype, MaskErrorPolicy, NanPolicy, Overlong, Schedule, TrainConfig};
-pub use data::{read_jsonl, tokenize, ChatEncoder, DataReport, EncodedChat, Example, TrainRecord, Turn, IGNORE};
+pub use data::{
+    read_jsonl, tokenize, ChatEncoder, DataReport, EncodedChat, Example, TrainRecord, Turn, IGNORE,
+};
 pub use error::{Error, Result};
 pub use model::CausalLm;
 pub use run::{eval_loss_at, train, ModelInput};
-pub use trainer::{eval_loss, install_stop_handler, per_example_losses, train_model, EvalLoss, Resume, RunOptions, StepMetrics, TrainOutcome};
+pub use trainer::{
+    eval_loss, install_stop_handler, per_example_losses, train_model, EvalLoss, Resume, RunOptions,
+    StepMetrics, TrainOutcome,
+};

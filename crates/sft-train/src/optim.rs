@@ -59,25 +59,43 @@ impl AdamW {
     /// master copies are taken now (call before lowering the store's precision); parameters that
     /// are not f32 always get one.
     pub fn new(vs: &VarStore, hp: AdamWParams, master: bool) -> Result<Self> {
-        let mut vars: Vec<(String, Tensor)> =
-            vs.variables().into_iter().filter(|(_, t)| t.requires_grad()).collect();
+        let mut vars: Vec<(String, Tensor)> = vs
+            .variables()
+            .into_iter()
+            .filter(|(_, t)| t.requires_grad())
+            .collect();
         vars.sort_by(|a, b| a.0.cmp(&b.0));
         if vars.is_empty() {
-            return Err(Error::Config("the model has no trainable parameters".into()));
+            return Err(Error::Config(
+                "the model has no trainable parameters".into(),
+            ));
         }
         let mut params = Vec::with_capacity(vars.len());
         for (name, var) in vars {
             let master = if var.kind() == Kind::Float && !master {
                 None
             } else {
-                Some(tch::no_grad(|| var.f_to_kind(Kind::Float)?.f_detach_copy())?)
+                Some(tch::no_grad(|| {
+                    var.f_to_kind(Kind::Float)?.f_detach_copy()
+                })?)
             };
             let exp_avg = Tensor::f_zeros(var.size(), (Kind::Float, var.device()))?;
             let exp_avg_sq = Tensor::f_zeros(var.size(), (Kind::Float, var.device()))?;
             let decay = decays(&name, var.dim());
-            params.push(Param { name, var, master, decay, exp_avg, exp_avg_sq });
+            params.push(Param {
+                name,
+                var,
+                master,
+                decay,
+                exp_avg,
+                exp_avg_sq,
+            });
         }
-        Ok(AdamW { params, hp, step: 0 })
+        Ok(AdamW {
+            params,
+            hp,
+            step: 0,
+        })
     }
 
     /// Updates done so far.
@@ -87,7 +105,11 @@ impl AdamW {
 
     /// Names of the parameters that get weight decay.
     pub fn decayed_names(&self) -> Vec<&str> {
-        self.params.iter().filter(|p| p.decay).map(|p| p.name.as_str()).collect()
+        self.params
+            .iter()
+            .filter(|p| p.decay)
+            .map(|p| p.name.as_str())
+            .collect()
     }
 
     /// Sets every gradient to zero (dropping them).
@@ -98,7 +120,11 @@ impl AdamW {
     }
 
     fn grads(&self) -> Vec<Tensor> {
-        self.params.iter().map(|p| p.var.grad()).filter(|g| g.defined()).collect()
+        self.params
+            .iter()
+            .map(|p| p.var.grad())
+            .filter(|g| g.defined())
+            .collect()
     }
 
     /// Global L2 norm of all gradients (as `torch.nn.utils.clip_grad_norm_` computes it).
@@ -139,7 +165,12 @@ impl AdamW {
     pub fn step(&mut self, lr: f64) -> Result<()> {
         self.step += 1;
         let t = self.step as i32;
-        let AdamWParams { beta1, beta2, eps, weight_decay } = self.hp;
+        let AdamWParams {
+            beta1,
+            beta2,
+            eps,
+            weight_decay,
+        } = self.hp;
         let bc1 = 1.0 - beta1.powi(t);
         let bc2_sqrt = (1.0 - beta2.powi(t)).sqrt();
         let step_size = lr / bc1;
@@ -149,7 +180,11 @@ impl AdamW {
                 if !g.defined() {
                     continue;
                 }
-                let g = if g.kind() == Kind::Float { g } else { g.f_to_kind(Kind::Float)? };
+                let g = if g.kind() == Kind::Float {
+                    g
+                } else {
+                    g.f_to_kind(Kind::Float)?
+                };
                 let mut w = match &p.master {
                     Some(m) => m.shallow_clone(),
                     None => p.var.shallow_clone(),
@@ -175,7 +210,12 @@ impl AdamW {
     pub fn weights(&self) -> Vec<(String, Tensor)> {
         self.params
             .iter()
-            .map(|p| (p.name.clone(), p.master.as_ref().unwrap_or(&p.var).shallow_clone()))
+            .map(|p| {
+                (
+                    p.name.clone(),
+                    p.master.as_ref().unwrap_or(&p.var).shallow_clone(),
+                )
+            })
             .collect()
     }
 
@@ -184,7 +224,10 @@ impl AdamW {
         let mut out = Vec::with_capacity(self.params.len() * 2);
         for p in &self.params {
             out.push((format!("exp_avg.{}", p.name), p.exp_avg.shallow_clone()));
-            out.push((format!("exp_avg_sq.{}", p.name), p.exp_avg_sq.shallow_clone()));
+            out.push((
+                format!("exp_avg_sq.{}", p.name),
+                p.exp_avg_sq.shallow_clone(),
+            ));
         }
         out
     }
@@ -194,9 +237,9 @@ impl AdamW {
         let map: std::collections::HashMap<&str, &Tensor> =
             tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
         let get = |key: String, like: &Tensor| -> Result<Tensor> {
-            let t = map.get(key.as_str()).ok_or_else(|| {
-                Error::Config(format!("optimizer state lacks `{key}`"))
-            })?;
+            let t = map
+                .get(key.as_str())
+                .ok_or_else(|| Error::Config(format!("optimizer state lacks `{key}`")))?;
             if t.size() != like.size() {
                 return Err(Error::Config(format!(
                     "optimizer state `{key}` has shape {:?}, parameter has {:?}",

@@ -23,7 +23,14 @@ pub struct ModelInput<'a> {
 /// Trains `input.model` on the chat JSONL at `data` with `cfg`, writing everything under
 /// `out_dir` (see [`crate::trainer::train_model`]); `out_dir/final/` also gets
 /// `tokenizer_source.json` so the next stage can start from it.
-pub fn train(input: ModelInput<'_>, data: &Path, cfg: &TrainConfig, out_dir: &Path, device: Device, opts: &RunOptions) -> Result<TrainOutcome> {
+pub fn train(
+    input: ModelInput<'_>,
+    data: &Path,
+    cfg: &TrainConfig,
+    out_dir: &Path,
+    device: Device,
+    opts: &RunOptions,
+) -> Result<TrainOutcome> {
     cfg.validate()?;
     let tok_path = match input.tokenizer {
         Some(p) => p.to_path_buf(),
@@ -39,7 +46,13 @@ pub fn train(input: ModelInput<'_>, data: &Path, cfg: &TrainConfig, out_dir: &Pa
             )))
         }
     };
-    let (examples, report) = tokenize(&records, &encoder, cfg.max_len, cfg.overlong, cfg.on_mask_error)?;
+    let (examples, report) = tokenize(
+        &records,
+        &encoder,
+        cfg.max_len,
+        cfg.overlong,
+        cfg.on_mask_error,
+    )?;
     tracing::info!(
         records = report.records,
         kept = report.kept,
@@ -52,7 +65,16 @@ pub fn train(input: ModelInput<'_>, data: &Path, cfg: &TrainConfig, out_dir: &Pa
         "tokenized"
     );
     let mut loaded = crate::llama::load_model(input.model, device)?;
-    let outcome = train_model(&loaded.model, &mut loaded.vs, &examples, &report, &encoder, cfg, out_dir, opts)?;
+    let outcome = train_model(
+        &loaded.model,
+        &mut loaded.vs,
+        &examples,
+        &report,
+        &encoder,
+        cfg,
+        out_dir,
+        opts,
+    )?;
     if let Some(dir) = &outcome.final_dir {
         let v = serde_json::json!({ "path": encoder.tokenizer_path, "template": encoder.template_name() });
         crate::checkpoint::write_atomic(&dir.join(TOKENIZER_SOURCE), pretty(&v)?.as_bytes())?;
@@ -62,14 +84,25 @@ pub fn train(input: ModelInput<'_>, data: &Path, cfg: &TrainConfig, out_dir: &Pa
 
 /// Held-out loss of the model at `model` on the chat JSONL at `data` (mean per target token),
 /// tokenized like training with `cfg`'s template, `max_len` and policies.
-pub fn eval_loss_at(input: ModelInput<'_>, data: &Path, cfg: &TrainConfig, device: Device) -> Result<crate::trainer::EvalLoss> {
+pub fn eval_loss_at(
+    input: ModelInput<'_>,
+    data: &Path,
+    cfg: &TrainConfig,
+    device: Device,
+) -> Result<crate::trainer::EvalLoss> {
     let tok_path = match input.tokenizer {
         Some(p) => p.to_path_buf(),
         None => tokenizer_path_for(input.model)?,
     };
     let encoder = TemplateEncoder::new(&tok_path, &cfg.template)?;
     let records = read_jsonl(data)?;
-    let (examples, _) = tokenize(&records, &encoder, cfg.max_len, cfg.overlong, cfg.on_mask_error)?;
+    let (examples, _) = tokenize(
+        &records,
+        &encoder,
+        cfg.max_len,
+        cfg.overlong,
+        cfg.on_mask_error,
+    )?;
     let loaded = crate::llama::load_model(input.model, device)?;
     crate::trainer::eval_loss(&loaded.model, &examples, cfg.micro_batch_size, device)
 }

@@ -19,7 +19,12 @@ impl LrSchedule {
     /// Resolves `ratio` into warm-up steps for a run of `total` steps.
     pub fn new(kind: Schedule, peak: f64, warmup_ratio: f64, total: u64) -> Self {
         let warmup = (total as f64 * warmup_ratio).ceil() as u64;
-        LrSchedule { kind, peak, warmup, total }
+        LrSchedule {
+            kind,
+            peak,
+            warmup,
+            total,
+        }
     }
 
     /// The learning rate used by the update that follows `done` completed updates.

@@ -121,12 +121,19 @@ struct TrainerState {
 }
 
 fn fingerprint(cfg: &TrainConfig, examples: &[Example]) -> BTreeMap<String, String> {
-    let mut m: BTreeMap<String, String> =
-        cfg.resume_fingerprint().into_iter().map(|(k, v)| (k.to_string(), v)).collect();
+    let mut m: BTreeMap<String, String> = cfg
+        .resume_fingerprint()
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
     // A cheap digest of the data: ids and lengths in order.
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for ex in examples {
-        for b in ex.record_id.bytes().chain((ex.input_ids.len() as u64).to_le_bytes()) {
+        for b in ex
+            .record_id
+            .bytes()
+            .chain((ex.input_ids.len() as u64).to_le_bytes())
+        {
             h = (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3);
         }
     }
@@ -162,10 +169,18 @@ fn accumulate(
     device: tch::Device,
     nan: bool,
 ) -> Result<StepResult> {
-    let batches: Vec<Collated> =
-        step.micro.iter().map(|m| collate(examples, m, cfg.packing, device)).collect::<Result<_>>()?;
+    let batches: Vec<Collated> = step
+        .micro
+        .iter()
+        .map(|m| collate(examples, m, cfg.packing, device))
+        .collect::<Result<_>>()?;
     let targets: usize = batches.iter().map(|b| b.target_tokens).sum();
-    let mut out = StepResult { loss_sum: 0.0, per_source: BTreeMap::new(), tokens: 0, targets: targets as u64 };
+    let mut out = StepResult {
+        loss_sum: 0.0,
+        per_source: BTreeMap::new(),
+        tokens: 0,
+        targets: targets as u64,
+    };
     for c in &batches {
         let logits = model.forward(&c.input_ids, c.position_ids.as_ref(), c.attn_mask.as_ref())?;
         let tl = token_losses(&logits, &c.labels)?;
@@ -179,7 +194,11 @@ fn accumulate(
         out.tokens += c.tokens as u64;
         // Per-source sums on the CPU from the detached token losses.
         let t1 = tl.size()[1] as usize;
-        let host: Vec<f32> = Vec::<f32>::try_from(tl.f_detach()?.f_to_device(tch::Device::Cpu)?.f_flatten(0, -1)?)?;
+        let host: Vec<f32> = Vec::<f32>::try_from(
+            tl.f_detach()?
+                .f_to_device(tch::Device::Cpu)?
+                .f_flatten(0, -1)?,
+        )?;
         for s in &c.segments {
             let ex = &examples[s.example];
             let mut acc = 0.0f64;
@@ -222,7 +241,10 @@ pub fn train_model(
     let device = vs.device();
     std::fs::create_dir_all(out_dir).map_err(|e| Error::io("create", out_dir, e))?;
     checkpoint::write_atomic(&out_dir.join("train_config.json"), pretty(cfg)?.as_bytes())?;
-    checkpoint::write_atomic(&out_dir.join("data_report.json"), pretty(data_report)?.as_bytes())?;
+    checkpoint::write_atomic(
+        &out_dir.join("data_report.json"),
+        pretty(data_report)?.as_bytes(),
+    )?;
 
     let epochs = cfg.epochs.max(1);
     let plans: Vec<Vec<StepPlan>> = (0..epochs).map(|e| epoch_plan(examples, cfg, e)).collect();
@@ -256,24 +278,44 @@ pub fn train_model(
     let found = checkpoint::latest_complete(&ckpt_root)?;
     match (opts.resume, found) {
         (Resume::Require, None) => {
-            return Err(Error::ckpt(&ckpt_root, "--resume given but there is no checkpoint"))
+            return Err(Error::ckpt(
+                &ckpt_root,
+                "--resume given but there is no checkpoint",
+            ))
         }
         (Resume::Never, Some((dir, _))) => {
-            return Err(Error::ckpt(dir, "checkpoints exist but resuming is disabled; use another --out"))
+            return Err(Error::ckpt(
+                dir,
+                "checkpoints exist but resuming is disabled; use another --out",
+            ))
         }
         (_, Some((dir, m))) => {
             let state_path = dir.join("trainer_state.json");
             let text = std::fs::read(&state_path).map_err(|e| Error::io("read", &state_path, e))?;
-            let st: TrainerState = serde_json::from_slice(&text)
-                .map_err(|e| Error::Parse { path: state_path.clone(), message: e.to_string() })?;
+            let st: TrainerState = serde_json::from_slice(&text).map_err(|e| Error::Parse {
+                path: state_path.clone(),
+                message: e.to_string(),
+            })?;
             for (k, v) in &fp {
-                let old = st.fingerprint.get(k).map(String::as_str).unwrap_or("<missing>");
+                let old = st
+                    .fingerprint
+                    .get(k)
+                    .map(String::as_str)
+                    .unwrap_or("<missing>");
                 if old != v {
-                    return Err(Error::ckpt(&dir, format!("cannot resume: `{k}` was {old}, now {v}")));
+                    return Err(Error::ckpt(
+                        &dir,
+                        format!("cannot resume: `{k}` was {old}, now {v}"),
+                    ));
                 }
             }
-            opt.load_weights(&checkpoint::read_safetensors(&dir.join("model.safetensors"))?)?;
-            opt.load_state(st.optimizer_steps, &checkpoint::read_safetensors(&dir.join("optimizer.safetensors"))?)?;
+            opt.load_weights(&checkpoint::read_safetensors(
+                &dir.join("model.safetensors"),
+            )?)?;
+            opt.load_state(
+                st.optimizer_steps,
+                &checkpoint::read_safetensors(&dir.join("optimizer.safetensors"))?,
+            )?;
             start = m.step;
             skipped = st.skipped_steps;
             consecutive = st.consecutive_skips;
@@ -283,7 +325,8 @@ pub fn train_model(
         }
         (_, None) => {
             if metrics_path.exists() {
-                std::fs::remove_file(&metrics_path).map_err(|e| Error::io("remove", &metrics_path, e))?;
+                std::fs::remove_file(&metrics_path)
+                    .map_err(|e| Error::io("remove", &metrics_path, e))?;
             }
         }
     }
@@ -299,11 +342,18 @@ pub fn train_model(
         indicatif::ProgressBar::hidden()
     };
     pb.set_style(
-        indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} steps  {msg}  [{elapsed} < {eta}]")
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        indicatif::ProgressStyle::with_template(
+            "{bar:30} {pos}/{len} steps  {msg}  [{elapsed} < {eta}]",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
     pb.set_position(start);
-    tracing::info!(total_steps = total, start, examples = examples.len(), "training");
+    tracing::info!(
+        total_steps = total,
+        start,
+        examples = examples.len(),
+        "training"
+    );
 
     let mut metrics = std::fs::OpenOptions::new()
         .create(true)
@@ -329,26 +379,43 @@ pub fn train_model(
         };
         let files = vec![
             ("model.safetensors".to_string(), model_bytes(vs, opt)?),
-            ("optimizer.safetensors".to_string(), checkpoint::safetensors_bytes(&opt.state_tensors())?),
+            (
+                "optimizer.safetensors".to_string(),
+                checkpoint::safetensors_bytes(&opt.state_tensors())?,
+            ),
             ("trainer_state.json".to_string(), pretty(&st)?.into_bytes()),
-            ("config.json".to_string(), pretty(&model.hf_config())?.into_bytes()),
+            (
+                "config.json".to_string(),
+                pretty(&model.hf_config())?.into_bytes(),
+            ),
         ];
-        let dir = checkpoint::commit(&ckpt_root, &PendingCheckpoint { step, files }, cfg.keep_last)?;
+        let dir = checkpoint::commit(
+            &ckpt_root,
+            &PendingCheckpoint { step, files },
+            cfg.keep_last,
+        )?;
         tracing::info!(step, dir = %dir.display(), "checkpoint committed");
         Ok(dir)
     };
 
     while step < total {
-        if opts.stop.as_ref().is_some_and(|s| s.load(Ordering::SeqCst)) || opts.stop_after.is_some_and(|k| step >= k) {
+        if opts.stop.as_ref().is_some_and(|s| s.load(Ordering::SeqCst))
+            || opts.stop_after.is_some_and(|k| step >= k)
+        {
             interrupted = true;
             break;
         }
-        let (epoch, plan) = locate(&plans, step).ok_or_else(|| Error::Config("step beyond plan".into()))?;
+        let (epoch, plan) =
+            locate(&plans, step).ok_or_else(|| Error::Config("step beyond plan".into()))?;
         let t0 = Instant::now();
         let nan = opts.inject_nan_at == Some(step + 1);
         let r = accumulate(model, examples, plan, cfg, device, nan)?;
         let loss = r.loss_sum / r.targets.max(1) as f64;
-        let grad_norm = if loss.is_finite() { opt.grad_norm()? } else { f64::NAN };
+        let grad_norm = if loss.is_finite() {
+            opt.grad_norm()?
+        } else {
+            f64::NAN
+        };
         let lr = sched.lr(step);
         let bad = if !loss.is_finite() {
             Some("loss")
@@ -359,8 +426,15 @@ pub fn train_model(
         };
         let mut skipped_now = false;
         if let Some(what) = bad {
-            let ids: Vec<&str> = plan.example_indices().map(|i| examples[i].record_id.as_str()).collect();
-            let err = Error::NonFinite { what, step: step + 1, record_ids: ids.join(",") };
+            let ids: Vec<&str> = plan
+                .example_indices()
+                .map(|i| examples[i].record_id.as_str())
+                .collect();
+            let err = Error::NonFinite {
+                what,
+                step: step + 1,
+                record_ids: ids.join(","),
+            };
             opt.zero_grad();
             consecutive += 1;
             match cfg.nan_policy {
@@ -400,11 +474,20 @@ pub fn train_model(
         };
         let line = serde_json::to_string(&m).map_err(|e| Error::Config(e.to_string()))?;
         writeln!(metrics, "{line}").map_err(|e| Error::io("write", &metrics_path, e))?;
-        metrics.flush().map_err(|e| Error::io("write", &metrics_path, e))?;
+        metrics
+            .flush()
+            .map_err(|e| Error::io("write", &metrics_path, e))?;
         if !skipped_now {
             last_loss = Some(loss);
         }
-        tracing::debug!(step, loss, grad_norm, lr, tokens_per_s = m.tokens_per_s, "step");
+        tracing::debug!(
+            step,
+            loss,
+            grad_norm,
+            lr,
+            tokens_per_s = m.tokens_per_s,
+            "step"
+        );
         pb.set_message(format!("loss {loss:.4}  {:.0} tok/s", m.tokens_per_s));
         pb.set_position(step);
         if cfg.save_every > 0 && step % cfg.save_every == 0 && step < total {
@@ -431,7 +514,11 @@ pub fn train_model(
         });
     }
     let final_dir = out_dir.join("final");
-    write_hf_dir(&final_dir, model_bytes(vs, &opt)?, pretty(&model.hf_config())?)?;
+    write_hf_dir(
+        &final_dir,
+        model_bytes(vs, &opt)?,
+        pretty(&model.hf_config())?,
+    )?;
     Ok(TrainOutcome {
         steps: step,
         total_steps: total,
@@ -457,7 +544,10 @@ fn model_bytes(vs: &VarStore, opt: &AdamW) -> Result<Vec<u8>> {
 /// Writes an HF-style weights directory atomically (temp dir, fsync, rename).
 fn write_hf_dir(dir: &Path, weights: Vec<u8>, config: String) -> Result<()> {
     let parent = dir.parent().unwrap_or(Path::new("."));
-    let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let tmp = parent.join(format!(".{name}.tmp"));
     if tmp.exists() {
         std::fs::remove_dir_all(&tmp).map_err(|e| Error::io("remove", &tmp, e))?;
@@ -475,11 +565,15 @@ fn write_hf_dir(dir: &Path, weights: Vec<u8>, config: String) -> Result<()> {
 
 /// Drops metrics lines of steps after `step` (they are redone after a resume).
 fn truncate_metrics(path: &Path, step: u64) -> Result<()> {
-    let Ok(text) = std::fs::read_to_string(path) else { return Ok(()) };
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return Ok(());
+    };
     let kept: Vec<&str> = text
         .lines()
         .filter(|l| {
-            serde_json::from_str::<StepMetrics>(l).map(|m| m.step <= step).unwrap_or(false)
+            serde_json::from_str::<StepMetrics>(l)
+                .map(|m| m.step <= step)
+                .unwrap_or(false)
         })
         .collect();
     let mut body = kept.join("\n");
@@ -501,7 +595,12 @@ pub struct EvalLoss {
 }
 
 /// Held-out loss: mean cross entropy per target token, padded batches of `micro_batch_size`.
-pub fn eval_loss(model: &dyn CausalLm, examples: &[Example], micro_batch_size: usize, device: tch::Device) -> Result<EvalLoss> {
+pub fn eval_loss(
+    model: &dyn CausalLm,
+    examples: &[Example],
+    micro_batch_size: usize,
+    device: tch::Device,
+) -> Result<EvalLoss> {
     if examples.is_empty() {
         return Err(Error::NoData("eval_loss on an empty example list".into()));
     }
@@ -519,7 +618,11 @@ pub fn eval_loss(model: &dyn CausalLm, examples: &[Example], micro_batch_size: u
     let mut per: BTreeMap<String, (f64, u64)> = BTreeMap::new();
     tch::no_grad(|| -> Result<()> {
         for chunk in order.chunks(cfg.micro_batch_size) {
-            let plan = StepPlan { micro: vec![crate::batch::MicroBatch { rows: chunk.iter().map(|&i| vec![i]).collect() }] };
+            let plan = StepPlan {
+                micro: vec![crate::batch::MicroBatch {
+                    rows: chunk.iter().map(|&i| vec![i]).collect(),
+                }],
+            };
             let r = accumulate_eval(model, examples, &plan, device)?;
             sum += r.loss_sum;
             n += r.targets;
@@ -534,12 +637,26 @@ pub fn eval_loss(model: &dyn CausalLm, examples: &[Example], micro_batch_size: u
     Ok(EvalLoss {
         mean: sum / n.max(1) as f64,
         target_tokens: n,
-        per_source: per.into_iter().filter(|(_, (_, c))| *c > 0).map(|(k, (s, c))| (k, s / c as f64)).collect(),
+        per_source: per
+            .into_iter()
+            .filter(|(_, (_, c))| *c > 0)
+            .map(|(k, (s, c))| (k, s / c as f64))
+            .collect(),
     })
 }
 
-fn accumulate_eval(model: &dyn CausalLm, examples: &[Example], plan: &StepPlan, device: tch::Device) -> Result<StepResult> {
-    let mut out = StepResult { loss_sum: 0.0, per_source: BTreeMap::new(), tokens: 0, targets: 0 };
+fn accumulate_eval(
+    model: &dyn CausalLm,
+    examples: &[Example],
+    plan: &StepPlan,
+    device: tch::Device,
+) -> Result<StepResult> {
+    let mut out = StepResult {
+        loss_sum: 0.0,
+        per_source: BTreeMap::new(),
+        tokens: 0,
+        targets: 0,
+    };
     for mb in &plan.micro {
         let c = collate(examples, mb, false, device)?;
         let logits = model.forward(&c.input_ids, None, None)?;
@@ -548,7 +665,8 @@ fn accumulate_eval(model: &dyn CausalLm, examples: &[Example], plan: &StepPlan, 
         out.targets += c.target_tokens as u64;
         out.tokens += c.tokens as u64;
         let t1 = tl.size()[1] as usize;
-        let host: Vec<f32> = Vec::<f32>::try_from(tl.f_to_device(tch::Device::Cpu)?.f_flatten(0, -1)?)?;
+        let host: Vec<f32> =
+            Vec::<f32>::try_from(tl.f_to_device(tch::Device::Cpu)?.f_flatten(0, -1)?)?;
         for s in &c.segments {
             let ex = &examples[s.example];
             let e = out.per_source.entry(ex.source.clone()).or_insert((0.0, 0));
@@ -577,7 +695,8 @@ pub fn per_example_losses(
         let logits = model.forward(&c.input_ids, c.position_ids.as_ref(), c.attn_mask.as_ref())?;
         let tl = token_losses(&logits, &c.labels)?;
         let t1 = tl.size()[1] as usize;
-        let host: Vec<f32> = Vec::<f32>::try_from(tl.f_to_device(tch::Device::Cpu)?.f_flatten(0, -1)?)?;
+        let host: Vec<f32> =
+            Vec::<f32>::try_from(tl.f_to_device(tch::Device::Cpu)?.f_flatten(0, -1)?)?;
         Ok(c.segments
             .iter()
             .map(|s| {

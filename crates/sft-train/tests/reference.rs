@@ -8,7 +8,9 @@ use std::collections::BTreeMap;
 use sft_train::batch::{collate, MicroBatch};
 use sft_train::loss::token_losses;
 use sft_train::optim::{AdamW, AdamWParams};
-use sft_train::{train_model, CausalLm, DataReport, Example, RunOptions, Schedule, StepMetrics, TrainConfig};
+use sft_train::{
+    train_model, CausalLm, DataReport, Example, RunOptions, Schedule, StepMetrics, TrainConfig,
+};
 use tch::{Device, Kind};
 
 fn reference() -> (serde_json::Value, Vec<Example>) {
@@ -21,8 +23,18 @@ fn reference() -> (serde_json::Value, Vec<Example>) {
         .map(|e| Example {
             record_id: e["record_id"].as_str().unwrap().into(),
             source: e["source"].as_str().unwrap().into(),
-            input_ids: e["input_ids"].as_array().unwrap().iter().map(|x| x.as_i64().unwrap()).collect(),
-            labels: e["labels"].as_array().unwrap().iter().map(|x| x.as_i64().unwrap()).collect(),
+            input_ids: e["input_ids"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|x| x.as_i64().unwrap())
+                .collect(),
+            labels: e["labels"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|x| x.as_i64().unwrap())
+                .collect(),
         })
         .collect();
     (v, exs)
@@ -32,19 +44,38 @@ fn reference() -> (serde_json::Value, Vec<Example>) {
 fn one_step_loss_and_grad_norm_match_transformers() {
     let (r, exs) = reference();
     let m = sft_train::llama::load_model(&common::tiny_llama_dir(), Device::Cpu).unwrap();
-    let c = collate(&exs, &MicroBatch { rows: vec![vec![0], vec![1]] }, false, Device::Cpu).unwrap();
+    let c = collate(
+        &exs,
+        &MicroBatch {
+            rows: vec![vec![0], vec![1]],
+        },
+        false,
+        Device::Cpu,
+    )
+    .unwrap();
     let logits = CausalLm::forward(&m.model, &c.input_ids, None, None).unwrap();
     let tl = token_losses(&logits, &c.labels).unwrap();
     let loss = tl.sum(Kind::Float) / c.target_tokens as f64;
     loss.backward();
-    let hp = AdamWParams { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0 };
+    let hp = AdamWParams {
+        beta1: 0.9,
+        beta2: 0.999,
+        eps: 1e-8,
+        weight_decay: 0.0,
+    };
     let opt = AdamW::new(&m.vs, hp, false).unwrap();
     let norm = opt.grad_norm().unwrap();
     let want_loss = r["one_step"]["loss"].as_f64().unwrap();
     let want_norm = r["one_step"]["grad_norm"].as_f64().unwrap();
     let got = loss.double_value(&[]);
-    assert!((got - want_loss).abs() < 1e-4, "loss {got} vs transformers {want_loss}");
-    assert!((norm - want_norm).abs() < 1e-4, "grad norm {norm} vs torch {want_norm}");
+    assert!(
+        (got - want_loss).abs() < 1e-4,
+        "loss {got} vs transformers {want_loss}"
+    );
+    assert!(
+        (norm - want_norm).abs() < 1e-4,
+        "grad norm {norm} vs torch {want_norm}"
+    );
 }
 
 #[test]
@@ -65,8 +96,17 @@ fn three_adamw_steps_match_torch_optim_adamw() {
         ..TrainConfig::default()
     };
     let out = tempfile::tempdir().unwrap();
-    let o = train_model(&m.model, &mut m.vs, &exs, &DataReport::default(), &common::ToyEncoder, &cfg, out.path(), &RunOptions::default())
-        .unwrap();
+    let o = train_model(
+        &m.model,
+        &mut m.vs,
+        &exs,
+        &DataReport::default(),
+        &common::ToyEncoder,
+        &cfg,
+        out.path(),
+        &RunOptions::default(),
+    )
+    .unwrap();
     assert_eq!(o.steps, 3);
     let lines: Vec<StepMetrics> = std::fs::read_to_string(out.path().join("metrics.jsonl"))
         .unwrap()
@@ -77,14 +117,28 @@ fn three_adamw_steps_match_torch_optim_adamw() {
     let want_n = r["adamw"]["grad_norms"].as_array().unwrap();
     for (i, m) in lines.iter().enumerate() {
         let (wl, wn) = (want_l[i].as_f64().unwrap(), want_n[i].as_f64().unwrap());
-        assert!((m.loss - wl).abs() < 1e-4, "step {}: loss {} vs torch {wl}", i + 1, m.loss);
-        assert!((m.grad_norm - wn).abs() < 1e-4, "step {}: grad norm {} vs torch {wn}", i + 1, m.grad_norm);
+        assert!(
+            (m.loss - wl).abs() < 1e-4,
+            "step {}: loss {} vs torch {wl}",
+            i + 1,
+            m.loss
+        );
+        assert!(
+            (m.grad_norm - wn).abs() < 1e-4,
+            "step {}: grad norm {} vs torch {wn}",
+            i + 1,
+            m.grad_norm
+        );
     }
-    let ours: BTreeMap<String, tch::Tensor> = sft_train::checkpoint::read_safetensors(&out.path().join("final/model.safetensors"))
-        .unwrap()
-        .into_iter()
-        .collect();
-    let theirs = sft_train::checkpoint::read_safetensors(&common::workspace().join("fixtures/train/after_3_steps.safetensors")).unwrap();
+    let ours: BTreeMap<String, tch::Tensor> =
+        sft_train::checkpoint::read_safetensors(&out.path().join("final/model.safetensors"))
+            .unwrap()
+            .into_iter()
+            .collect();
+    let theirs = sft_train::checkpoint::read_safetensors(
+        &common::workspace().join("fixtures/train/after_3_steps.safetensors"),
+    )
+    .unwrap();
     assert_eq!(ours.len(), theirs.len());
     for (name, t) in theirs {
         let o = ours.get(&name).unwrap_or_else(|| panic!("missing {name}"));

@@ -40,19 +40,41 @@ fn every_template_trains_all_assistant_turns_and_their_end_marker_only() {
                 ("assistant", "the lazy fox jumps"),
             ],
         ),
-        common::record("t:1", "t", &[("user", "hello"), ("assistant", "hello there")]),
+        common::record(
+            "t:1",
+            "t",
+            &[("user", "hello"), ("assistant", "hello there")],
+        ),
     ];
-    for (template, end) in [("vicuna_v1.1", "</s>"), ("chatml", "<|im_end|>"), ("model", "</s>")] {
-        let enc = TemplateEncoder::new(&tok, template).unwrap_or_else(|e| panic!("{template}: {e}"));
+    for (template, end) in [
+        ("vicuna_v1.1", "</s>"),
+        ("chatml", "<|im_end|>"),
+        ("model", "</s>"),
+    ] {
+        let enc =
+            TemplateEncoder::new(&tok, template).unwrap_or_else(|e| panic!("{template}: {e}"));
         let (exs, rep) = tokenize(&recs, &enc, 512, Overlong::Truncate, MaskErrorPolicy::Error)
             .unwrap_or_else(|e| panic!("{template}: {e}"));
         assert_eq!(rep.kept, 2, "{template}");
         let spans = trained_spans(&exs[0], &enc);
         assert_eq!(spans.len(), 2, "{template}: {spans:?}");
-        assert!(spans[0].contains("the brown dog") && spans[0].trim_end().ends_with(end), "{template}: {spans:?}");
-        assert!(spans[1].contains("the lazy fox jumps") && spans[1].trim_end().ends_with(end), "{template}: {spans:?}");
+        assert!(
+            spans[0].contains("the brown dog") && spans[0].trim_end().ends_with(end),
+            "{template}: {spans:?}"
+        );
+        assert!(
+            spans[1].contains("the lazy fox jumps") && spans[1].trim_end().ends_with(end),
+            "{template}: {spans:?}"
+        );
         for s in &spans {
-            for not in ["quick", "and then", "briefly", "USER", "user", "<|im_start|>"] {
+            for not in [
+                "quick",
+                "and then",
+                "briefly",
+                "USER",
+                "user",
+                "<|im_start|>",
+            ] {
                 assert!(!s.contains(not), "{template}: `{not}` is trained in {s:?}");
             }
         }

@@ -11,13 +11,21 @@ use std::sync::Arc;
 
 use sft_train::batch::MicroBatch;
 use sft_train::{
-    per_example_losses, tokenize, train_model, Error, Example, MaskErrorPolicy, NanPolicy, Overlong, Resume, RunOptions, Schedule,
-    StepMetrics, TrainConfig, TrainOutcome,
+    per_example_losses, tokenize, train_model, Error, Example, MaskErrorPolicy, NanPolicy,
+    Overlong, Resume, RunOptions, Schedule, StepMetrics, TrainConfig, TrainOutcome,
 };
 use tch::Device;
 
 fn examples(n: usize) -> Vec<Example> {
-    tokenize(&common::toy_records(n), &common::ToyEncoder, 64, Overlong::Truncate, MaskErrorPolicy::Error).unwrap().0
+    tokenize(
+        &common::toy_records(n),
+        &common::ToyEncoder,
+        64,
+        Overlong::Truncate,
+        MaskErrorPolicy::Error,
+    )
+    .unwrap()
+    .0
 }
 
 fn cfg() -> TrainConfig {
@@ -34,24 +42,60 @@ fn cfg() -> TrainConfig {
     }
 }
 
-fn run(exs: &[Example], cfg: &TrainConfig, out: &Path, opts: &RunOptions) -> sft_train::Result<TrainOutcome> {
+fn run(
+    exs: &[Example],
+    cfg: &TrainConfig,
+    out: &Path,
+    opts: &RunOptions,
+) -> sft_train::Result<TrainOutcome> {
     let mut m = sft_train::llama::load_model(&common::tiny_llama_dir(), Device::Cpu)?;
-    train_model(&m.model, &mut m.vs, exs, &Default::default(), &common::ToyEncoder, cfg, out, opts)
+    train_model(
+        &m.model,
+        &mut m.vs,
+        exs,
+        &Default::default(),
+        &common::ToyEncoder,
+        cfg,
+        out,
+        opts,
+    )
 }
 
 fn metrics(out: &Path) -> Vec<StepMetrics> {
-    std::fs::read_to_string(out.join("metrics.jsonl")).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+    std::fs::read_to_string(out.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
 }
 
 /// (step, loss, grad_norm, lr) with exact f64 values.
 fn trajectory(out: &Path) -> Vec<(u64, u64, u64, u64)> {
-    metrics(out).iter().map(|m| (m.step, m.loss.to_bits(), m.grad_norm.to_bits(), m.lr.to_bits())).collect()
+    metrics(out)
+        .iter()
+        .map(|m| {
+            (
+                m.step,
+                m.loss.to_bits(),
+                m.grad_norm.to_bits(),
+                m.lr.to_bits(),
+            )
+        })
+        .collect()
 }
 
 #[test]
 fn loss_falls_on_a_small_overfit_set() {
     let exs = examples(8);
-    let c = TrainConfig { lr: 1e-2, epochs: 25, micro_batch_size: 4, grad_accum: 1, schedule: Schedule::Constant, warmup_ratio: 0.0, ..cfg() };
+    let c = TrainConfig {
+        lr: 1e-2,
+        epochs: 25,
+        micro_batch_size: 4,
+        grad_accum: 1,
+        schedule: Schedule::Constant,
+        warmup_ratio: 0.0,
+        ..cfg()
+    };
     let out = tempfile::tempdir().unwrap();
     let o = run(&exs, &c, out.path(), &RunOptions::default()).unwrap();
     assert_eq!(o.steps, 50);
@@ -60,22 +104,53 @@ fn loss_falls_on_a_small_overfit_set() {
     let last = m[m.len() - 2..].iter().map(|x| x.loss).sum::<f64>() / 2.0;
     assert!(last < 0.3 * first, "loss {first} -> {last}");
     assert!(m[0].per_source_loss.contains_key("math") || m[0].per_source_loss.contains_key("code"));
-    assert!(m.iter().all(|x| x.tokens > 0 && x.target_tokens > 0 && x.lr == 1e-2));
+    assert!(m
+        .iter()
+        .all(|x| x.tokens > 0 && x.target_tokens > 0 && x.lr == 1e-2));
 }
 
 #[test]
 fn gradient_accumulation_does_not_change_the_step() {
     let exs = examples(8);
-    let base = TrainConfig { group_by_length: false, epochs: 1, ..cfg() };
+    let base = TrainConfig {
+        group_by_length: false,
+        epochs: 1,
+        ..cfg()
+    };
     let a = tempfile::tempdir().unwrap();
     let b = tempfile::tempdir().unwrap();
-    run(&exs, &TrainConfig { micro_batch_size: 4, grad_accum: 1, ..base.clone() }, a.path(), &RunOptions::default()).unwrap();
-    run(&exs, &TrainConfig { micro_batch_size: 1, grad_accum: 4, ..base }, b.path(), &RunOptions::default()).unwrap();
+    run(
+        &exs,
+        &TrainConfig {
+            micro_batch_size: 4,
+            grad_accum: 1,
+            ..base.clone()
+        },
+        a.path(),
+        &RunOptions::default(),
+    )
+    .unwrap();
+    run(
+        &exs,
+        &TrainConfig {
+            micro_batch_size: 1,
+            grad_accum: 4,
+            ..base
+        },
+        b.path(),
+        &RunOptions::default(),
+    )
+    .unwrap();
     let (ma, mb) = (metrics(a.path()), metrics(b.path()));
     assert_eq!(ma.len(), 2);
     for (x, y) in ma.iter().zip(&mb) {
         assert!((x.loss - y.loss).abs() < 1e-5, "{} vs {}", x.loss, y.loss);
-        assert!((x.grad_norm - y.grad_norm).abs() < 1e-5, "{} vs {}", x.grad_norm, y.grad_norm);
+        assert!(
+            (x.grad_norm - y.grad_norm).abs() < 1e-5,
+            "{} vs {}",
+            x.grad_norm,
+            y.grad_norm
+        );
         assert_eq!(x.target_tokens, y.target_tokens);
     }
 }
@@ -84,32 +159,70 @@ fn gradient_accumulation_does_not_change_the_step() {
 fn packed_rows_give_the_same_per_sample_losses_as_unpacked() {
     let exs = examples(6);
     let m = sft_train::llama::load_model(&common::tiny_llama_dir(), Device::Cpu).unwrap();
-    let packed = MicroBatch { rows: vec![vec![0, 1, 2], vec![3, 4], vec![5]] };
-    let unpacked = MicroBatch { rows: (0..6).map(|i| vec![i]).collect() };
-    let p: BTreeMap<usize, f64> = per_example_losses(&m.model, &exs, &packed, true, Device::Cpu).unwrap().into_iter().collect();
-    let u: BTreeMap<usize, f64> = per_example_losses(&m.model, &exs, &unpacked, false, Device::Cpu).unwrap().into_iter().collect();
+    let packed = MicroBatch {
+        rows: vec![vec![0, 1, 2], vec![3, 4], vec![5]],
+    };
+    let unpacked = MicroBatch {
+        rows: (0..6).map(|i| vec![i]).collect(),
+    };
+    let p: BTreeMap<usize, f64> = per_example_losses(&m.model, &exs, &packed, true, Device::Cpu)
+        .unwrap()
+        .into_iter()
+        .collect();
+    let u: BTreeMap<usize, f64> = per_example_losses(&m.model, &exs, &unpacked, false, Device::Cpu)
+        .unwrap()
+        .into_iter()
+        .collect();
     assert_eq!(p.len(), 6);
     for (i, lu) in &u {
-        assert!((p[i] - lu).abs() < 1e-5, "example {i}: packed {} vs unpacked {lu}", p[i]);
+        assert!(
+            (p[i] - lu).abs() < 1e-5,
+            "example {i}: packed {} vs unpacked {lu}",
+            p[i]
+        );
     }
     // Without the block-diagonal mask the later samples of a row would see their neighbours.
     let leaky = {
         let c = sft_train::batch::collate(&exs, &packed, true, Device::Cpu).unwrap();
-        let logits = sft_train::CausalLm::forward(&m.model, &c.input_ids, c.position_ids.as_ref(), None).unwrap();
-        sft_train::loss::token_losses(&logits, &c.labels).unwrap().sum(tch::Kind::Double).double_value(&[])
+        let logits =
+            sft_train::CausalLm::forward(&m.model, &c.input_ids, c.position_ids.as_ref(), None)
+                .unwrap();
+        sft_train::loss::token_losses(&logits, &c.labels)
+            .unwrap()
+            .sum(tch::Kind::Double)
+            .double_value(&[])
     };
     let honest: f64 = {
         let c = sft_train::batch::collate(&exs, &packed, true, Device::Cpu).unwrap();
-        let logits = sft_train::CausalLm::forward(&m.model, &c.input_ids, c.position_ids.as_ref(), c.attn_mask.as_ref()).unwrap();
-        sft_train::loss::token_losses(&logits, &c.labels).unwrap().sum(tch::Kind::Double).double_value(&[])
+        let logits = sft_train::CausalLm::forward(
+            &m.model,
+            &c.input_ids,
+            c.position_ids.as_ref(),
+            c.attn_mask.as_ref(),
+        )
+        .unwrap();
+        sft_train::loss::token_losses(&logits, &c.labels)
+            .unwrap()
+            .sum(tch::Kind::Double)
+            .double_value(&[])
     };
-    assert!((leaky - honest).abs() > 1e-4, "the mask test has no power: {leaky} vs {honest}");
+    assert!(
+        (leaky - honest).abs() > 1e-4,
+        "the mask test has no power: {leaky} vs {honest}"
+    );
 }
 
 #[test]
 fn packed_training_runs_and_learns() {
     let exs = examples(12);
-    let c = TrainConfig { packing: true, lr: 1e-2, epochs: 6, micro_batch_size: 2, grad_accum: 1, ..cfg() };
+    let c = TrainConfig {
+        packing: true,
+        lr: 1e-2,
+        epochs: 6,
+        micro_batch_size: 2,
+        grad_accum: 1,
+        ..cfg()
+    };
     let out = tempfile::tempdir().unwrap();
     let o = run(&exs, &c, out.path(), &RunOptions::default()).unwrap();
     let m = metrics(out.path());
@@ -125,45 +238,107 @@ fn final_weights(out: &Path) -> Vec<u8> {
 fn resume_is_bit_identical_on_cpu() {
     let exs = examples(10);
     // 10 examples, global batch 4 -> 3 steps per epoch; 3 epochs = 9 steps.
-    let c = TrainConfig { epochs: 3, save_every: 2, ..cfg() };
+    let c = TrainConfig {
+        epochs: 3,
+        save_every: 2,
+        ..cfg()
+    };
     let full = tempfile::tempdir().unwrap();
     let o = run(&exs, &c, full.path(), &RunOptions::default()).unwrap();
     assert_eq!(o.steps, 9);
     // Stop after 4 (mid-epoch 1) and after 6 (an epoch boundary), resuming each time.
     let part = tempfile::tempdir().unwrap();
-    let stop = run(&exs, &c, part.path(), &RunOptions { stop_after: Some(4), ..Default::default() }).unwrap();
+    let stop = run(
+        &exs,
+        &c,
+        part.path(),
+        &RunOptions {
+            stop_after: Some(4),
+            ..Default::default()
+        },
+    )
+    .unwrap();
     assert!(stop.interrupted && stop.final_dir.is_none() && stop.steps == 4);
-    let stop = run(&exs, &c, part.path(), &RunOptions { stop_after: Some(6), resume: Resume::Require, ..Default::default() }).unwrap();
+    let stop = run(
+        &exs,
+        &c,
+        part.path(),
+        &RunOptions {
+            stop_after: Some(6),
+            resume: Resume::Require,
+            ..Default::default()
+        },
+    )
+    .unwrap();
     assert_eq!(stop.resumed_from, Some(4));
-    let done = run(&exs, &c, part.path(), &RunOptions { resume: Resume::Require, ..Default::default() }).unwrap();
+    let done = run(
+        &exs,
+        &c,
+        part.path(),
+        &RunOptions {
+            resume: Resume::Require,
+            ..Default::default()
+        },
+    )
+    .unwrap();
     assert_eq!(done.resumed_from, Some(6));
     assert_eq!(trajectory(full.path()), trajectory(part.path()));
     assert_eq!(final_weights(full.path()), final_weights(part.path()));
     // keep_last = 2.
-    let n = std::fs::read_dir(part.path().join("checkpoints")).unwrap().count();
+    let n = std::fs::read_dir(part.path().join("checkpoints"))
+        .unwrap()
+        .count();
     assert_eq!(n, 2);
     // Resuming with a different batch size is refused, naming the field.
-    let err = run(&exs, &TrainConfig { grad_accum: 1, ..c.clone() }, part.path(), &RunOptions::default()).unwrap_err();
+    let err = run(
+        &exs,
+        &TrainConfig {
+            grad_accum: 1,
+            ..c.clone()
+        },
+        part.path(),
+        &RunOptions::default(),
+    )
+    .unwrap_err();
     assert!(err.to_string().contains("grad_accum"), "{err}");
     // --resume with no checkpoint is an error, not a fresh start.
     let empty = tempfile::tempdir().unwrap();
-    let err = run(&exs, &c, empty.path(), &RunOptions { resume: Resume::Require, ..Default::default() }).unwrap_err();
+    let err = run(
+        &exs,
+        &c,
+        empty.path(),
+        &RunOptions {
+            resume: Resume::Require,
+            ..Default::default()
+        },
+    )
+    .unwrap_err();
     assert!(matches!(err, Error::Checkpoint { .. }), "{err}");
 }
 
 /// Child half of `kill_during_save_then_resume`: trains with the crash hook armed.
 #[test]
 fn child_train_run() {
-    let Ok(out) = std::env::var("SFT_TRAIN_CHILD_OUT") else { return };
+    let Ok(out) = std::env::var("SFT_TRAIN_CHILD_OUT") else {
+        return;
+    };
     let exs = examples(10);
-    let c = TrainConfig { epochs: 2, save_every: 1, ..cfg() };
+    let c = TrainConfig {
+        epochs: 2,
+        save_every: 1,
+        ..cfg()
+    };
     let _ = run(&exs, &c, Path::new(&out), &RunOptions::default());
 }
 
 #[test]
 fn kill_during_save_then_resume() {
     let exs = examples(10);
-    let c = TrainConfig { epochs: 2, save_every: 1, ..cfg() };
+    let c = TrainConfig {
+        epochs: 2,
+        save_every: 1,
+        ..cfg()
+    };
     let full = tempfile::tempdir().unwrap();
     run(&exs, &c, full.path(), &RunOptions::default()).unwrap();
     let exe = std::env::current_exe().unwrap();
@@ -174,7 +349,12 @@ fn kill_during_save_then_resume() {
     for k in points {
         let dir = tempfile::tempdir().unwrap();
         let status = std::process::Command::new(&exe)
-            .args(["--exact", "child_train_run", "--nocapture", "--test-threads=1"])
+            .args([
+                "--exact",
+                "child_train_run",
+                "--nocapture",
+                "--test-threads=1",
+            ])
             .env("SFT_TRAIN_CHILD_OUT", dir.path())
             .env("SFT_TRAIN_CRASH_AT", k.to_string())
             .stdout(std::process::Stdio::null())
@@ -182,10 +362,19 @@ fn kill_during_save_then_resume() {
             .status()
             .unwrap();
         assert!(!status.success(), "crash point {k} was never reached");
-        let o = run(&exs, &c, dir.path(), &RunOptions::default()).unwrap_or_else(|e| panic!("crash point {k}: resume failed: {e}"));
+        let o = run(&exs, &c, dir.path(), &RunOptions::default())
+            .unwrap_or_else(|e| panic!("crash point {k}: resume failed: {e}"));
         assert!(!o.interrupted);
-        assert_eq!(trajectory(full.path()), trajectory(dir.path()), "crash point {k}: loss sequence differs");
-        assert_eq!(final_weights(full.path()), final_weights(dir.path()), "crash point {k}: final weights differ");
+        assert_eq!(
+            trajectory(full.path()),
+            trajectory(dir.path()),
+            "crash point {k}: loss sequence differs"
+        );
+        assert_eq!(
+            final_weights(full.path()),
+            final_weights(dir.path()),
+            "crash point {k}: final weights differ"
+        );
     }
 }
 
@@ -194,17 +383,42 @@ fn nan_loss_aborts_before_the_update_or_is_skipped() {
     let exs = examples(10);
     let c = TrainConfig { epochs: 1, ..cfg() };
     let out = tempfile::tempdir().unwrap();
-    let err = run(&exs, &c, out.path(), &RunOptions { inject_nan_at: Some(2), ..Default::default() }).unwrap_err();
+    let err = run(
+        &exs,
+        &c,
+        out.path(),
+        &RunOptions {
+            inject_nan_at: Some(2),
+            ..Default::default()
+        },
+    )
+    .unwrap_err();
     match &err {
-        Error::NonFinite { what, step, record_ids } => {
+        Error::NonFinite {
+            what,
+            step,
+            record_ids,
+        } => {
             assert_eq!((*what, *step), ("loss", 2));
             assert_eq!(record_ids.split(',').count(), 4, "{record_ids}");
         }
         other => panic!("expected NonFinite, got {other}"),
     }
-    let skip = TrainConfig { nan_policy: NanPolicy::Skip, ..c };
+    let skip = TrainConfig {
+        nan_policy: NanPolicy::Skip,
+        ..c
+    };
     let out = tempfile::tempdir().unwrap();
-    let o = run(&exs, &skip, out.path(), &RunOptions { inject_nan_at: Some(2), ..Default::default() }).unwrap();
+    let o = run(
+        &exs,
+        &skip,
+        out.path(),
+        &RunOptions {
+            inject_nan_at: Some(2),
+            ..Default::default()
+        },
+    )
+    .unwrap();
     assert_eq!(o.skipped_steps, 1);
     let m = metrics(out.path());
     assert!(m[1].skipped && !m[0].skipped && !m[2].skipped);
@@ -217,9 +431,21 @@ fn stop_flag_checkpoints_and_returns_cleanly() {
     let exs = examples(10);
     let out = tempfile::tempdir().unwrap();
     let flag = Arc::new(AtomicBool::new(true));
-    let o = run(&exs, &cfg(), out.path(), &RunOptions { stop: Some(flag), ..Default::default() }).unwrap();
+    let o = run(
+        &exs,
+        &cfg(),
+        out.path(),
+        &RunOptions {
+            stop: Some(flag),
+            ..Default::default()
+        },
+    )
+    .unwrap();
     assert!(o.interrupted);
-    assert!(out.path().join("checkpoints/step-000000000/manifest.json").exists());
+    assert!(out
+        .path()
+        .join("checkpoints/step-000000000/manifest.json")
+        .exists());
 }
 
 #[test]
@@ -227,15 +453,32 @@ fn dump_batches_show_the_masking() {
     let exs = examples(6);
     let out = tempfile::tempdir().unwrap();
     let dump = out.path().join("dump");
-    let c = TrainConfig { epochs: 1, dump_batches: 1, ..cfg() };
-    run(&exs, &c, out.path(), &RunOptions { dump_batches: Some(dump.clone()), ..Default::default() }).unwrap();
-    let js: serde_json::Value = serde_json::from_slice(&std::fs::read(dump.join("step-0001.json")).unwrap()).unwrap();
+    let c = TrainConfig {
+        epochs: 1,
+        dump_batches: 1,
+        ..cfg()
+    };
+    run(
+        &exs,
+        &c,
+        out.path(),
+        &RunOptions {
+            dump_batches: Some(dump.clone()),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let js: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dump.join("step-0001.json")).unwrap()).unwrap();
     let row = &js["micro_batches"][0][0];
     let ids = row["input_ids"].as_array().unwrap();
     let labels = row["labels"].as_array().unwrap();
     assert_eq!(ids.len(), labels.len());
     assert!(labels.iter().any(|l| l.as_i64() == Some(-100)));
-    assert!(labels.iter().zip(ids).all(|(l, i)| l.as_i64() == Some(-100) || l == i));
+    assert!(labels
+        .iter()
+        .zip(ids)
+        .all(|(l, i)| l.as_i64() == Some(-100) || l == i));
     let txt = std::fs::read_to_string(dump.join("step-0001.txt")).unwrap();
     assert!(txt.contains("<eot>\u{27e7}"), "{txt}");
     assert!(!std::path::Path::new(&dump.join("step-0002.json")).exists());

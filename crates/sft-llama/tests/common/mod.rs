@@ -25,7 +25,10 @@ pub fn tiny(name: &str, kind: Kind) -> (VarStore, Llama, PathBuf) {
 
 /// The tensors transformers wrote beside a fixture (`reference.safetensors`).
 pub fn reference(dir: &std::path::Path) -> std::collections::HashMap<String, Tensor> {
-    Tensor::read_safetensors(dir.join("reference.safetensors")).unwrap().into_iter().collect()
+    Tensor::read_safetensors(dir.join("reference.safetensors"))
+        .unwrap()
+        .into_iter()
+        .collect()
 }
 
 /// max |a - b| / max |b|.

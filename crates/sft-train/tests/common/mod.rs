@@ -47,7 +47,13 @@ pub fn record(id: &str, source: &str, turns: &[(&str, &str)]) -> TrainRecord {
     TrainRecord {
         id: id.to_string(),
         source: source.to_string(),
-        messages: turns.iter().map(|(r, c)| Turn { role: r.to_string(), content: c.to_string() }).collect(),
+        messages: turns
+            .iter()
+            .map(|(r, c)| Turn {
+                role: r.to_string(),
+                content: c.to_string(),
+            })
+            .collect(),
     }
 }
 
@@ -59,9 +65,22 @@ pub fn toy_records(n: usize) -> Vec<TrainRecord> {
             let q = format!("q{} plus {}", i % 7, i % 5);
             let a = format!("is {}", i % 7 + i % 5);
             if i % 4 == 0 {
-                record(&format!("{src}:{i}"), src, &[("user", &q), ("assistant", &a), ("user", "again"), ("assistant", &a)])
+                record(
+                    &format!("{src}:{i}"),
+                    src,
+                    &[
+                        ("user", &q),
+                        ("assistant", &a),
+                        ("user", "again"),
+                        ("assistant", &a),
+                    ],
+                )
             } else {
-                record(&format!("{src}:{i}"), src, &[("system", "be brief"), ("user", &q), ("assistant", &a)])
+                record(
+                    &format!("{src}:{i}"),
+                    src,
+                    &[("system", "be brief"), ("user", &q), ("assistant", &a)],
+                )
             }
         })
         .collect()
