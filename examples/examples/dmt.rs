@@ -66,6 +66,25 @@ struct Args {
     /// New-token limit for generations.
     #[arg(long, default_value_t = 128)]
     max_new_tokens: usize,
+    /// OpenAI-compatible judge for MT-Bench (base URL up to `/v1`); without it the general
+    /// column is the held-out loss.
+    #[arg(long)]
+    judge_base_url: Option<String>,
+    /// Judge model.
+    #[arg(long, default_value = "gpt-4")]
+    judge_model: String,
+    /// Environment variable holding the judge's API key.
+    #[arg(long, default_value = "OPENAI_API_KEY")]
+    judge_api_key_env: String,
+    /// Concurrent judge requests.
+    #[arg(long, default_value_t = 4)]
+    judge_parallel: usize,
+    /// MT-Bench questions to answer and judge (the first n of 80), when a judge is set.
+    #[arg(long, default_value_t = 80)]
+    mtbench: usize,
+    /// New-token limit per MT-Bench answer turn.
+    #[arg(long, default_value_t = 1024)]
+    mtbench_max_new_tokens: usize,
     /// Strategies to run (comma-separated).
     #[arg(
         long,
@@ -152,6 +171,15 @@ fn main() -> anyhow::Result<()> {
                 &s.key[..12]
             );
         }
+        if matches!(strategy, Strategy::Dmt { .. }) {
+            if let Some(last) = r.stages.last() {
+                report_replay(
+                    &last.store_dir.join("data/manifest.json"),
+                    args.k,
+                    args.ratio.is_none().then_some(args.pool),
+                );
+            }
+        }
         results.push((strategy.label(), r));
     }
     let rows: Vec<sft_run::table::Row<'_>> = results
@@ -169,6 +197,32 @@ fn main() -> anyhow::Result<()> {
         started.elapsed().as_secs_f64()
     );
     Ok(())
+}
+
+/// Says how many code and math records DMT's second stage replays. The paper's k is a share of
+/// the full datasets (k = 1/256 of Code Alpaca and GSM8K is 78 + 29 records); a stage takes
+/// floor(pool · k) records of a source, at least one when k > 0, so at the demo's small pools the
+/// replay is one record per source and the effective k is 1/pool.
+fn report_replay(manifest: &Path, k: Ratio, pool: Option<usize>) {
+    let Ok(m) = sft_compose::Manifest::read(manifest) else {
+        return;
+    };
+    let parts: Vec<String> = m
+        .sources
+        .iter()
+        .filter(|s| s.name != sft_schedule::GENERAL)
+        .map(|s| format!("{} {}", s.name, s.selected))
+        .collect();
+    println!("   DMT stage 2 replays: {}", parts.join(", "));
+    if let Some(pool) = pool {
+        if (pool as u128) * u128::from(k.numer()) < u128::from(k.denom()) {
+            println!(
+                "   note: floor({pool} × {k}) = 0, so each specialized source replays the minimum of one record \
+                 (effective k = 1/{pool}). The paper's k is a share of the full datasets: use --ratio 1 \
+                 (or --pool 256 and more) to replay exactly k."
+            );
+        }
+    }
 }
 
 /// Sources and evaluation for the data directory's layout: the shared data, or fixtures/demo.
@@ -204,7 +258,20 @@ fn settings(args: &Args, data_dir: &Path) -> anyhow::Result<RunSettings> {
             }
             _ => "humaneval.jsonl".into(),
         };
+        if let Ok(a) = sft_examples::assets_dir() {
+            s.eval.mtbench_dir = a.join("mt_bench");
+        }
     }
+    if let Some(url) = &args.judge_base_url {
+        s.eval.judge = Some(sft_run::JudgeSettings {
+            model: args.judge_model.clone(),
+            api_key_env: args.judge_api_key_env.clone(),
+            parallel: args.judge_parallel,
+            ..sft_run::JudgeSettings::new(url.clone())
+        });
+    }
+    s.eval.mtbench = args.mtbench;
+    s.eval.mtbench_max_new_tokens = args.mtbench_max_new_tokens;
     for src in s.data.sources.values_mut() {
         match args.ratio {
             Some(r) => src.pool_ratio = Some(r),

@@ -1,4 +1,5 @@
-//! Supervised fine-tuning of a LLaMA-architecture model on a chat JSONL mixture.
+//! Supervised fine-tuning of a LLaMA-architecture model on a chat mixture (JSONL or Parquet, as
+//! `sft-compose` writes them).
 //!
 //! ```text
 //! cargo run --release --example train -- --model $SFT_ASSETS/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf \
@@ -25,7 +26,7 @@ struct Args {
     /// Tokenizer (.gguf, HF dir or tokenizer.json); default: found from --model.
     #[arg(long)]
     tokenizer: Option<PathBuf>,
-    /// Training data: chat JSONL ({"id","source","messages":[{role,content}]}).
+    /// Training data: chat JSONL or Parquet ({"id","source","messages":[{role,content}]}).
     #[arg(long)]
     data: PathBuf,
     /// Output directory (metrics.jsonl, checkpoints/, final/).
@@ -90,6 +91,10 @@ struct Args {
     /// Stop (with a checkpoint) after this many steps without shortening the schedule.
     #[arg(long)]
     stop_after: Option<u64>,
+    /// A previous run's --out: start from the AdamW moments of its newest checkpoint
+    /// (a second stage continuing the first one's optimizer; the schedule is this run's).
+    #[arg(long)]
+    carry_optimizer_from: Option<PathBuf>,
 }
 
 fn parse_overlong(s: &str) -> Result<Overlong, String> {
@@ -154,6 +159,7 @@ fn main() -> anyhow::Result<()> {
         progress: true,
         stop_after: a.stop_after,
         inject_nan_at: None,
+        carry_optimizer_from: a.carry_optimizer_from.clone(),
     };
     let input = ModelInput {
         model: &a.model,

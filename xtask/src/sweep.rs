@@ -171,13 +171,12 @@ pub fn sweep(args: SweepArgs) -> Result<()> {
     Ok(())
 }
 
+/// A command line and the environment variables it needs.
+type CommandEnv = (Vec<String>, Vec<(String, String)>);
+
 /// The runner argv and its environment: `--runner`, else the spec's `runner`, else the release
 /// `run_plan` example, built here with set-up's libtorch environment.
-fn runner_command(
-    args: &SweepArgs,
-    spec: &SweepSpec,
-    root: &Path,
-) -> Result<(Vec<String>, Vec<(String, String)>)> {
+fn runner_command(args: &SweepArgs, spec: &SweepSpec, root: &Path) -> Result<CommandEnv> {
     if let Some(r) = &args.runner {
         // Relative paths that exist become absolute, so Slurm tasks find them from any directory.
         let argv = r

@@ -61,7 +61,7 @@ pub use load::{
 };
 pub use manifest::{FilterStats, InputFile, KStats, Manifest, SourceStats};
 pub use mix::{compose, compose_with, Catalog, Mixture, PreparedSource};
-pub use parquet_io::chat_schema;
+pub use parquet_io::{chat_schema, read_parquet_rows};
 pub use ratio::{Ratio, Take};
 pub use record::{Message, Record, Role};
 pub use spec::{

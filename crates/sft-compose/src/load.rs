@@ -413,10 +413,6 @@ impl<'a> Sink<'a> {
         }
     }
 
-    pub(crate) fn path(&self) -> &Path {
-        self.path
-    }
-
     /// Records a bad record: an error in strict mode, a count in lenient mode.
     pub(crate) fn issue(
         &mut self,

@@ -56,30 +56,47 @@ fn hash_file(path: &Path) -> Result<(String, u64)> {
 /// Reads every row of a Parquet file into the sink. Returns (sha256, bytes).
 pub(crate) fn read_parquet(path: &Path, sink: &mut Sink) -> Result<(String, u64)> {
     let (sha, bytes) = hash_file(path)?;
+    for_each_parquet_row(path, |value, row| {
+        sink.push_value(value, Location::Row(row), row as usize)
+    })?;
+    Ok((sha, bytes))
+}
+
+/// Calls `f(row_as_json_object, row_index)` for every row of a Parquet file, in order.
+fn for_each_parquet_row(path: &Path, mut f: impl FnMut(Value, u64) -> Result<()>) -> Result<()> {
     let file = File::open(path).map_err(io_err(path))?;
     let reader = ParquetRecordBatchReaderBuilder::try_new(file)
         .map_err(pq_err(path))?
         .with_batch_size(4096)
         .build()
         .map_err(pq_err(path))?;
-    let mut row_index = 0usize;
+    let mut row_index = 0u64;
     for batch in reader {
-        let batch = batch.map_err(arrow_err(sink.path()))?;
+        let batch = batch.map_err(arrow_err(path))?;
         let schema = batch.schema();
         for row in 0..batch.num_rows() {
             let mut obj = Map::new();
             for (field, column) in schema.fields().iter().zip(batch.columns()) {
                 obj.insert(field.name().clone(), arrow_value(column.as_ref(), row));
             }
-            sink.push_value(
-                Value::Object(obj),
-                Location::Row(row_index as u64),
-                row_index,
-            )?;
+            f(Value::Object(obj), row_index)?;
             row_index += 1;
         }
     }
-    Ok((sha, bytes))
+    Ok(())
+}
+
+/// Every row of a Parquet file as a JSON object (one key per column; lists and structs nest,
+/// nulls become `null`), in file order. The row index is the 0-based position, which is what
+/// [`Location::Row`] reports; other crates use this to read the chat files [`write_parquet`]
+/// writes without depending on Arrow themselves.
+pub fn read_parquet_rows(path: &Path) -> Result<Vec<Value>> {
+    let mut rows = Vec::new();
+    for_each_parquet_row(path, |v, _| {
+        rows.push(v);
+        Ok(())
+    })?;
+    Ok(rows)
 }
 
 /// Converts one cell to JSON. Unsupported types become a string describing the type, which then

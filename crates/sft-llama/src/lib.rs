@@ -32,5 +32,6 @@ pub use generate::{
 };
 pub use model::{ForwardOutput, KvCache, Llama, LogitsFor};
 pub use weights::{
-    load_gguf, load_model, load_safetensors, save_safetensors, LoadReport, LoadedModel, ModelSource,
+    load_gguf, load_model, load_safetensors, pt_metadata, safetensors_bytes, save_safetensors,
+    LoadReport, LoadedModel, ModelSource,
 };

@@ -188,6 +188,58 @@ impl safetensors::View for &Owned {
     }
 }
 
+/// The safetensors dtype for a tch kind, for the kinds checkpoints hold.
+fn st_dtype(kind: Kind) -> Option<safetensors::Dtype> {
+    Some(match kind {
+        Kind::Float => safetensors::Dtype::F32,
+        Kind::BFloat16 => safetensors::Dtype::BF16,
+        Kind::Half => safetensors::Dtype::F16,
+        Kind::Double => safetensors::Dtype::F64,
+        Kind::Int64 => safetensors::Dtype::I64,
+        _ => return None,
+    })
+}
+
+/// Serialises named tensors to safetensors bytes, in the order given: each is detached, copied
+/// to the CPU and made contiguous. F32, BF16, F16, F64 and I64 are supported (I64 is for
+/// optimizer step counters). `metadata` goes into the header; transformers expects
+/// `{"format": "pt"}` on PyTorch weights, which [`save_safetensors`] writes.
+///
+/// This is the one tensor → safetensors conversion in the workspace: the trainer's checkpoints
+/// use it too and then commit the bytes with their own atomic protocol.
+pub fn safetensors_bytes(
+    tensors: &[(String, Tensor)],
+    metadata: Option<HashMap<String, String>>,
+) -> Result<Vec<u8>> {
+    let mut owned = Vec::with_capacity(tensors.len());
+    for (name, t) in tensors {
+        let t = t.f_detach()?.f_to_device(Device::Cpu)?.f_contiguous()?;
+        let kind = t.kind();
+        let dtype = st_dtype(kind).ok_or_else(|| {
+            Error::config(
+                None,
+                format!("tensor {name}: cannot save kind {kind:?} as safetensors"),
+            )
+        })?;
+        let numel = t.numel();
+        let mut data = vec![0u8; numel * kind.elt_size_in_bytes()];
+        t.f_copy_data_u8(&mut data, numel)?;
+        let shape = t.size().iter().map(|&d| d as usize).collect();
+        owned.push((name.as_str(), Owned { dtype, shape, data }));
+    }
+    safetensors::serialize(owned.iter().map(|(n, o)| (*n, o)), metadata).map_err(|e| {
+        Error::Safetensors {
+            path: PathBuf::from("<memory>"),
+            message: e.to_string(),
+        }
+    })
+}
+
+/// The `{"format": "pt"}` header metadata transformers expects on PyTorch safetensors.
+pub fn pt_metadata() -> HashMap<String, String> {
+    HashMap::from([("format".to_string(), "pt".to_string())])
+}
+
 /// Write `dir/model.safetensors` (every variable of `vs` in its current dtype, with
 /// `{"format": "pt"}` metadata) and `dir/config.json`, a checkpoint transformers'
 /// `AutoModelForCausalLM.from_pretrained(dir)` loads unchanged. Tied embeddings are written once
@@ -199,43 +251,24 @@ pub fn save_safetensors(
 ) -> Result<PathBuf> {
     let dir = dir.as_ref();
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-    let mut tensors: Vec<(String, Owned)> = Vec::new();
-    let mut kinds = std::collections::BTreeSet::new();
     let vars: BTreeMap<String, Tensor> = vs.variables().into_iter().collect();
-    for (name, var) in vars {
-        let t = var.f_detach()?.f_to_device(Device::Cpu)?.f_contiguous()?;
-        let kind = t.kind();
-        let dtype = match kind {
-            Kind::Float => safetensors::Dtype::F32,
-            Kind::BFloat16 => safetensors::Dtype::BF16,
-            Kind::Half => safetensors::Dtype::F16,
-            Kind::Double => safetensors::Dtype::F64,
-            other => {
+    let mut kinds = std::collections::BTreeSet::new();
+    for (name, var) in &vars {
+        match hf_dtype_name(var.kind()) {
+            Some(k) => kinds.insert(k),
+            None => {
                 return Err(Error::UnsupportedDtype {
                     path: dir.to_path_buf(),
-                    name,
-                    dtype: format!("{other:?}"),
+                    name: name.clone(),
+                    dtype: format!("{:?}", var.kind()),
                 })
             }
         };
-        kinds.insert(hf_dtype_name(kind).unwrap_or("float32"));
-        let numel = t.numel();
-        let mut data = vec![0u8; numel * kind.elt_size_in_bytes()];
-        t.f_copy_data_u8(&mut data, numel)?;
-        let shape = t.size().iter().map(|&d| d as usize).collect();
-        tensors.push((name, Owned { dtype, shape, data }));
     }
+    let tensors: Vec<(String, Tensor)> = vars.into_iter().collect();
+    let bytes = safetensors_bytes(&tensors, Some(pt_metadata()))?;
     let file = dir.join("model.safetensors");
-    let meta = HashMap::from([("format".to_string(), "pt".to_string())]);
-    safetensors::serialize_to_file(
-        tensors.iter().map(|(n, o)| (n.as_str(), o)),
-        Some(meta),
-        &file,
-    )
-    .map_err(|e| Error::Safetensors {
-        path: file.clone(),
-        message: e.to_string(),
-    })?;
+    std::fs::write(&file, bytes).map_err(|e| Error::io(&file, e))?;
     let dtype = if kinds.len() == 1 {
         kinds.first().copied()
     } else {

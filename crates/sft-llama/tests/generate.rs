@@ -99,7 +99,7 @@ fn top_logits_are_the_last_prompt_positions() {
         top_logits: 3,
         ..no_eos(1)
     };
-    let g = &generate_ids(&model, &[p.clone()], &cfg, None)
+    let g = &generate_ids(&model, std::slice::from_ref(&p), &cfg, None)
         .unwrap()
         .generations[0];
     let ids = Tensor::from_slice(&p.iter().map(|&x| x as i64).collect::<Vec<_>>()).unsqueeze(0);

@@ -245,3 +245,58 @@ fn sha256(path: &Path) -> String {
     use sha2::Digest;
     hex::encode(sha2::Sha256::digest(std::fs::read(path).unwrap()))
 }
+
+/// The one tensor → safetensors conversion keeps dtypes, shapes, order-independent names and
+/// the header metadata, and names the tensor it cannot save.
+#[test]
+fn safetensors_bytes_keeps_dtypes_shapes_and_metadata() {
+    let tensors = vec![
+        ("step".to_string(), Tensor::from_slice(&[7i64])),
+        (
+            "w".to_string(),
+            Tensor::from_slice(&[1.5f32, -2.0, 0.25, 8.0])
+                .reshape([2, 2])
+                .to_kind(Kind::BFloat16),
+        ),
+        (
+            "v".to_string(),
+            Tensor::from_slice(&[1.0f32, 2.0, 3.0, 4.0, 5.0, 6.0])
+                .reshape([2, 3])
+                .transpose(0, 1),
+        ),
+    ];
+    let bytes = sft_llama::safetensors_bytes(&tensors, Some(sft_llama::pt_metadata())).unwrap();
+    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+    assert_eq!(
+        meta.metadata()
+            .as_ref()
+            .unwrap()
+            .get("format")
+            .map(String::as_str),
+        Some("pt")
+    );
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let step = st.tensor("step").unwrap();
+    assert_eq!(step.dtype(), safetensors::Dtype::I64);
+    assert_eq!(step.data(), 7i64.to_le_bytes());
+    let w = st.tensor("w").unwrap();
+    assert_eq!(
+        (w.dtype(), w.shape()),
+        (safetensors::Dtype::BF16, &[2usize, 2][..])
+    );
+    // A non-contiguous (transposed) tensor is written in its logical order.
+    let v = st.tensor("v").unwrap();
+    assert_eq!(v.shape(), &[3usize, 2][..]);
+    let vals: Vec<f32> = v
+        .data()
+        .chunks(4)
+        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+        .collect();
+    assert_eq!(vals, [1.0, 4.0, 2.0, 5.0, 3.0, 6.0]);
+
+    let bad = vec![("mask".to_string(), Tensor::from_slice(&[true, false]))];
+    let err = sft_llama::safetensors_bytes(&bad, None)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("mask"), "{err}");
+}

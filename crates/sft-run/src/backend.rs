@@ -26,6 +26,10 @@ pub struct TrainRequest<'a> {
     pub init_model: &'a Path,
     /// The previous stage's trainer directory, when the plan carries optimizer state over.
     pub init_optimizer: Option<&'a Path>,
+    /// Keep this stage's optimizer state once it is done (the next stage carries it over).
+    /// Otherwise a backend may delete its checkpoints after writing `model_out`: they hold
+    /// twice the model's size in optimizer moments and are not needed again.
+    pub keep_optimizer_state: bool,
     /// The stage's training data (`sft-compose` chat JSONL).
     pub data: &'a Path,
     /// The run's seed (the trainer's seed unless the stage's settings set one).

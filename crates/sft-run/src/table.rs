@@ -31,43 +31,36 @@ fn cell(m: Option<&Metric>, percent: bool) -> String {
     }
 }
 
-/// Renders the table. The general column is the MT-Bench score when every row has one, else the
-/// held-out loss on general conversations (lower is better), and its header says which.
+/// Renders the table. The general ability is the MT-Bench score (1–10, higher is better) when
+/// any row was judged, always followed by the held-out loss on general conversations (lower is
+/// better); each header says which is which, and a row without a value shows `—`.
 pub fn render(rows: &[Row<'_>]) -> String {
-    let judged = !rows.is_empty()
-        && rows
-            .iter()
-            .all(|r| r.results.metrics.contains_key("mtbench_score"));
-    let general_header = if judged {
-        "General: MT-Bench score (1-10)"
-    } else {
-        "General: held-out loss (nats/token, lower is better)"
-    };
-    let header = [
-        "Strategy",
-        "GSM8K acc %",
-        "HumanEval pass@1 %",
-        general_header,
-        "Stages trained/reused",
-    ];
-    let mut body: Vec<[String; 5]> = Vec::new();
+    let judged = rows
+        .iter()
+        .any(|r| r.results.metrics.contains_key("mtbench_score"));
+    let mut header: Vec<&str> = vec!["Strategy", "GSM8K acc %", "HumanEval pass@1 %"];
+    if judged {
+        header.push("General: MT-Bench (1-10)");
+    }
+    header.push("General: held-out loss (nats/token, lower is better)");
+    header.push("Stages trained/reused");
+    let mut body: Vec<Vec<String>> = Vec::new();
     for r in rows {
         let m = &r.results.metrics;
-        let general = if judged {
-            m.get("mtbench_score")
-        } else {
-            m.get("general_heldout_loss")
-        };
         let reused = r.results.stages.iter().filter(|s| s.reused).count();
-        body.push([
+        let mut row = vec![
             r.label.clone(),
             cell(m.get("gsm8k_acc"), true),
             cell(m.get("humaneval_pass@1"), true),
-            cell(general, false),
-            format!("{}/{}", r.results.stages.len() - reused, reused),
-        ]);
+        ];
+        if judged {
+            row.push(cell(m.get("mtbench_score"), false));
+        }
+        row.push(cell(m.get("general_heldout_loss"), false));
+        row.push(format!("{}/{}", r.results.stages.len() - reused, reused));
+        body.push(row);
     }
-    let mut widths = header.map(|h| h.chars().count());
+    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
     for row in &body {
         for (w, c) in widths.iter_mut().zip(row) {
             *w = (*w).max(c.chars().count());
@@ -82,7 +75,9 @@ pub fn render(rows: &[Row<'_>]) -> String {
         format!("| {} |", parts.join(" | "))
     };
     let mut out = String::new();
-    out.push_str(&line(&header.map(String::from)));
+    out.push_str(&line(
+        &header.iter().map(|h| h.to_string()).collect::<Vec<_>>(),
+    ));
     out.push('\n');
     let rule: Vec<String> = widths.iter().map(|w| "-".repeat(*w)).collect();
     out.push_str(&format!("|-{}-|\n", rule.join("-|-")));
@@ -90,7 +85,11 @@ pub fn render(rows: &[Row<'_>]) -> String {
         out.push_str(&line(row));
         out.push('\n');
     }
-    out.push_str("Intervals are 95% (Wilson for accuracies, mean ± 1.96·SE for the loss).\n");
+    out.push_str(if judged {
+        "Intervals are 95% (Wilson for accuracies, mean ± 1.96·SE for the loss and MT-Bench).\n"
+    } else {
+        "Intervals are 95% (Wilson for accuracies, mean ± 1.96·SE for the loss).\n"
+    });
     out
 }
 
@@ -122,5 +121,28 @@ mod tests {
         assert!(t.contains("25.0 ["), "{t}");
         assert!(t.contains("1.500 ["), "{t}");
         assert!(t.contains("| —"), "HumanEval was not evaluated: {t}");
+        assert!(!t.contains("MT-Bench"), "no row was judged: {t}");
+
+        let mut judged = r.clone();
+        judged
+            .metrics
+            .insert("mtbench_score".into(), Metric::mean_normal(&[6.0, 8.0]));
+        let t = render(&[
+            Row {
+                label: "DMT".into(),
+                results: &judged,
+            },
+            Row {
+                label: "Multi-task".into(),
+                results: &r,
+            },
+        ]);
+        assert!(t.contains("MT-Bench") && t.contains("7.000 ["), "{t}");
+        assert!(
+            t.contains("1.500 ["),
+            "the loss stays beside the judge score: {t}"
+        );
+        let mt_row = t.lines().find(|l| l.starts_with("| Multi-task")).unwrap();
+        assert_eq!(mt_row.matches('—').count(), 2, "{t}");
     }
 }

@@ -146,3 +146,80 @@ fn two_stage_plan_trains_evaluates_reuses_and_resumes() {
         w2
     );
 }
+
+/// A finished stage keeps one copy of its weights (`model/`) and no checkpoints, unless the
+/// next stage of the plan carries the optimizer state over; carrying from a stage whose state
+/// was dropped is a clear error, and a carry plan in its own store trains and differs from the
+/// restart plan.
+#[test]
+fn stages_keep_optimizer_state_only_when_the_next_stage_carries_it() {
+    use sft_schedule::OptimizerState;
+    tch::manual_seed(0);
+    let (plan, mut settings) =
+        sft_run::load_plan_file(&workspace().join("fixtures/plans/two-stage-tiny.toml")).unwrap();
+    settings.eval.gsm8k = 0;
+    settings.eval.humaneval = 0;
+    let tmp = tempfile::tempdir().unwrap();
+
+    let restart = run_plan(
+        &plan,
+        &settings,
+        &opts(tmp.path(), "restart"),
+        &backend(None),
+    )
+    .unwrap();
+    for s in &restart.stages {
+        assert!(s.store_dir.join("model/model.safetensors").exists());
+        assert!(
+            !s.store_dir.join("train/checkpoints").exists(),
+            "{}",
+            s.name
+        );
+        assert!(!s.store_dir.join("train/final").exists(), "{}", s.name);
+        assert!(s.store_dir.join("train/metrics.jsonl").exists());
+    }
+
+    let mut carry = plan.clone();
+    carry.stages[1].optimizer_state = OptimizerState::Carry;
+    // Same store: stage 0 is reused from the restart run, whose state was dropped.
+    let err = run_plan(
+        &carry,
+        &settings,
+        &opts(tmp.path(), "carry"),
+        &backend(None),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("carry") && err.contains("delete that stage's store directory"),
+        "{err}"
+    );
+
+    // Its own store: stage 0 keeps its checkpoints for stage 1, which carries them.
+    let tmp2 = tempfile::tempdir().unwrap();
+    let carried = run_plan(
+        &carry,
+        &settings,
+        &opts(tmp2.path(), "carry"),
+        &backend(None),
+    )
+    .unwrap();
+    assert_eq!(carried.stages[0].key, restart.stages[0].key);
+    assert_ne!(carried.stages[1].key, restart.stages[1].key);
+    assert!(carried.stages[0]
+        .store_dir
+        .join("train/checkpoints")
+        .is_dir());
+    assert!(!carried.stages[1]
+        .store_dir
+        .join("train/checkpoints")
+        .exists());
+    let w = |r: &sft_run::RunResults| {
+        std::fs::read(r.stages[1].store_dir.join("model/model.safetensors")).unwrap()
+    };
+    assert_ne!(
+        w(&carried),
+        w(&restart),
+        "carrying the moments changes stage 2's updates"
+    );
+}

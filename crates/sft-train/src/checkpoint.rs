@@ -99,42 +99,6 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     fsync_dir(dir)
 }
 
-struct RawView {
-    dtype: safetensors::Dtype,
-    shape: Vec<usize>,
-    data: Vec<u8>,
-}
-
-impl safetensors::View for RawView {
-    fn dtype(&self) -> safetensors::Dtype {
-        self.dtype
-    }
-    fn shape(&self) -> &[usize] {
-        &self.shape
-    }
-    fn data(&self) -> std::borrow::Cow<'_, [u8]> {
-        std::borrow::Cow::Borrowed(&self.data)
-    }
-    fn data_len(&self) -> usize {
-        self.data.len()
-    }
-}
-
-fn st_dtype(kind: Kind) -> Result<safetensors::Dtype> {
-    Ok(match kind {
-        Kind::Float => safetensors::Dtype::F32,
-        Kind::BFloat16 => safetensors::Dtype::BF16,
-        Kind::Half => safetensors::Dtype::F16,
-        Kind::Double => safetensors::Dtype::F64,
-        Kind::Int64 => safetensors::Dtype::I64,
-        other => {
-            return Err(Error::Config(format!(
-                "cannot save tensors of kind {other:?}"
-            )))
-        }
-    })
-}
-
 fn tch_kind(dtype: safetensors::Dtype) -> Result<Kind> {
     Ok(match dtype {
         safetensors::Dtype::F32 => Kind::Float,
@@ -150,25 +114,11 @@ fn tch_kind(dtype: safetensors::Dtype) -> Result<Kind> {
     })
 }
 
-/// Serialises named tensors to safetensors bytes (copied to the CPU, contiguous).
+/// Serialises named tensors to safetensors bytes (copied to the CPU, contiguous) with the
+/// `{"format": "pt"}` header transformers expects: [`sft_llama::safetensors_bytes`].
 pub fn safetensors_bytes(tensors: &[(String, Tensor)]) -> Result<Vec<u8>> {
-    let mut views = Vec::with_capacity(tensors.len());
-    for (name, t) in tensors {
-        let t = t.f_to_device(tch::Device::Cpu)?.f_contiguous()?;
-        let numel = t.numel();
-        let mut data = vec![0u8; numel * t.kind().elt_size_in_bytes()];
-        t.f_copy_data_u8(&mut data, numel)?;
-        let shape = t.size().iter().map(|&d| d as usize).collect();
-        views.push((
-            name.clone(),
-            RawView {
-                dtype: st_dtype(t.kind())?,
-                shape,
-                data,
-            },
-        ));
-    }
-    safetensors::serialize(views, None).map_err(|e| Error::Config(format!("safetensors: {e}")))
+    sft_llama::safetensors_bytes(tensors, Some(sft_llama::pt_metadata()))
+        .map_err(|e| Error::Model(format!("serialising safetensors: {e}")))
 }
 
 /// Reads a safetensors file into named CPU tensors.

@@ -47,23 +47,64 @@ pub fn read_jsonl(path: &Path) -> Result<Vec<TrainRecord>> {
         if line.trim().is_empty() {
             continue;
         }
+        let at = (i + 1).to_string();
         let rec: TrainRecord = serde_json::from_str(&line).map_err(|e| Error::Record {
             path: path.to_path_buf(),
-            line: i + 1,
+            at: at.clone(),
             message: e.to_string(),
         })?;
-        for m in &rec.messages {
-            if !matches!(m.role.as_str(), "system" | "user" | "assistant") {
-                return Err(Error::Record {
-                    path: path.to_path_buf(),
-                    line: i + 1,
-                    message: format!("record {}: unknown role `{}`", rec.id, m.role),
-                });
-            }
-        }
-        out.push(rec);
+        out.push(check_roles(rec, path, at)?);
     }
     Ok(out)
+}
+
+/// Reads the chat Parquet files `sft-compose` writes (`id`, `source`, `messages` columns; other
+/// columns are ignored). A bad row is an error naming `path:row N` (0-based).
+pub fn read_parquet(path: &Path) -> Result<Vec<TrainRecord>> {
+    let rows = sft_compose::read_parquet_rows(path).map_err(|e| Error::Data {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })?;
+    let mut out = Vec::with_capacity(rows.len());
+    for (i, row) in rows.into_iter().enumerate() {
+        let at = format!("row {i}");
+        let rec: TrainRecord = serde_json::from_value(row).map_err(|e| Error::Record {
+            path: path.to_path_buf(),
+            at: at.clone(),
+            message: e.to_string(),
+        })?;
+        out.push(check_roles(rec, path, at)?);
+    }
+    Ok(out)
+}
+
+/// Reads training records by extension: `.parquet` → [`read_parquet`], `.jsonl`/`.json` →
+/// [`read_jsonl`]; anything else is an error that says what is read.
+pub fn read_records(path: &Path) -> Result<Vec<TrainRecord>> {
+    match path.extension().and_then(|e| e.to_str()) {
+        Some("parquet") => read_parquet(path),
+        Some("jsonl") | Some("json") => read_jsonl(path),
+        _ => Err(Error::Config(format!(
+            "{}: training data must be chat JSONL (.jsonl) or chat Parquet (.parquet), as \
+             `sft-compose` writes them",
+            path.display()
+        ))),
+    }
+}
+
+fn check_roles(rec: TrainRecord, path: &Path, at: String) -> Result<TrainRecord> {
+    if let Some(m) = rec
+        .messages
+        .iter()
+        .find(|m| !matches!(m.role.as_str(), "system" | "user" | "assistant"))
+    {
+        return Err(Error::Record {
+            path: path.to_path_buf(),
+            at,
+            message: format!("record {}: unknown role `{}`", rec.id, m.role),
+        });
+    }
+    Ok(rec)
 }
 
 /// A rendered conversation: token ids and, per token, whether the loss covers it.

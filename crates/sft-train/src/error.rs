@@ -17,12 +17,12 @@ pub enum Error {
         source: std::io::Error,
     },
     /// A training record could not be parsed.
-    #[error("{path}:{line}: bad record: {message}")]
+    #[error("{path}:{at}: bad record: {message}")]
     Record {
         /// The data file.
         path: PathBuf,
-        /// 1-based line (JSONL) or row (Parquet) number.
-        line: usize,
+        /// Where in it: a 1-based line number (JSONL) or `row N` (0-based Parquet row).
+        at: String,
         /// What is wrong with it.
         message: String,
     },
@@ -40,6 +40,14 @@ pub enum Error {
     /// The configuration is inconsistent or a value is out of range.
     #[error("invalid config: {0}")]
     Config(String),
+    /// A data file could not be read as a whole (e.g. not a valid Parquet file).
+    #[error("{path}: {message}")]
+    Data {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        message: String,
+    },
     /// A TOML or JSON config/state file could not be parsed.
     #[error("{path}: {message}")]
     Parse {

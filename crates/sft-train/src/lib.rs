@@ -42,7 +42,8 @@ pub mod trainer;
 
 pub use config::{Dtype, MaskErrorPolicy, NanPolicy, Overlong, Schedule, TrainConfig};
 pub use data::{
-    read_jsonl, tokenize, ChatEncoder, DataReport, EncodedChat, Example, TrainRecord, Turn, IGNORE,
+    read_jsonl, read_parquet, read_records, tokenize, ChatEncoder, DataReport, EncodedChat,
+    Example, TrainRecord, Turn, IGNORE,
 };
 pub use error::{Error, Result};
 pub use model::CausalLm;

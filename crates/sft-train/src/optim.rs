@@ -199,7 +199,7 @@ impl AdamW {
                 let _ = denom.f_add_scalar_(eps)?;
                 let _ = w.f_addcdiv_(&p.exp_avg.f_mul_scalar(-step_size)?, &denom)?;
                 if p.master.is_some() {
-                    let _ = p.var.f_copy_(&w)?;
+                    p.var.f_copy_(&w)?;
                 }
             }
             Ok(())
@@ -282,9 +282,9 @@ impl AdamW {
                     )));
                 }
                 if let Some(m) = &mut p.master {
-                    let _ = m.f_copy_(src)?;
+                    m.f_copy_(src)?;
                 }
-                let _ = p.var.f_copy_(src)?;
+                p.var.f_copy_(src)?;
             }
             Ok(())
         })

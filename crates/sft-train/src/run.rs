@@ -6,8 +6,8 @@ use tch::Device;
 
 use crate::chat::{tokenizer_path_for, TemplateEncoder, TOKENIZER_SOURCE};
 use crate::config::TrainConfig;
-use crate::data::{read_jsonl, tokenize};
-use crate::error::{Error, Result};
+use crate::data::{read_records, tokenize};
+use crate::error::Result;
 use crate::trainer::{pretty, train_model, RunOptions, TrainOutcome};
 
 /// Where the starting weights and the tokenizer come from.
@@ -20,7 +20,7 @@ pub struct ModelInput<'a> {
     pub tokenizer: Option<&'a Path>,
 }
 
-/// Trains `input.model` on the chat JSONL at `data` with `cfg`, writing everything under
+/// Trains `input.model` on the chat JSONL or Parquet at `data` with `cfg`, writing everything under
 /// `out_dir` (see [`crate::trainer::train_model`]); `out_dir/final/` also gets
 /// `tokenizer_source.json` so the next stage can start from it.
 pub fn train(
@@ -37,15 +37,7 @@ pub fn train(
         None => tokenizer_path_for(input.model)?,
     };
     let encoder = TemplateEncoder::new(&tok_path, &cfg.template)?;
-    let records = match data.extension().and_then(|e| e.to_str()) {
-        Some("jsonl") | Some("json") => read_jsonl(data)?,
-        _ => {
-            return Err(Error::Config(format!(
-                "{}: only chat JSONL is read (sft-compose writes it with `--format jsonl`)",
-                data.display()
-            )))
-        }
-    };
+    let records = read_records(data)?;
     let (examples, report) = tokenize(
         &records,
         &encoder,
@@ -82,7 +74,7 @@ pub fn train(
     Ok(outcome)
 }
 
-/// Held-out loss of the model at `model` on the chat JSONL at `data` (mean per target token),
+/// Held-out loss of the model at `model` on the chat JSONL or Parquet at `data` (mean per target token),
 /// tokenized like training with `cfg`'s template, `max_len` and policies.
 pub fn eval_loss_at(
     input: ModelInput<'_>,
@@ -95,7 +87,7 @@ pub fn eval_loss_at(
         None => tokenizer_path_for(input.model)?,
     };
     let encoder = TemplateEncoder::new(&tok_path, &cfg.template)?;
-    let records = read_jsonl(data)?;
+    let records = read_records(data)?;
     let (examples, _) = tokenize(
         &records,
         &encoder,

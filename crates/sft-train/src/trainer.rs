@@ -50,6 +50,12 @@ pub struct RunOptions {
     pub stop_after: Option<u64>,
     /// Fault injection for tests: make the loss NaN at this (1-based) step.
     pub inject_nan_at: Option<u64>,
+    /// Another training run's output directory whose newest complete checkpoint seeds AdamW's
+    /// moments and step count (bias correction continues) when this run starts fresh: a
+    /// multi-stage plan's `optimizer_state = "carry"`. The weights are not taken from it, and
+    /// the learning-rate schedule, warm-up included, is this run's own. Ignored when resuming
+    /// from this run's own checkpoint, which already holds the carried state.
+    pub carry_optimizer_from: Option<PathBuf>,
 }
 
 /// What a run did.
@@ -327,6 +333,28 @@ pub fn train_model(
             if metrics_path.exists() {
                 std::fs::remove_file(&metrics_path)
                     .map_err(|e| Error::io("remove", &metrics_path, e))?;
+            }
+            if let Some(prev) = &opts.carry_optimizer_from {
+                let root = prev.join("checkpoints");
+                let (dir, _) = checkpoint::latest_complete(&root)?.ok_or_else(|| {
+                    Error::ckpt(
+                        &root,
+                        "no complete checkpoint to carry the optimizer state from",
+                    )
+                })?;
+                let state_path = dir.join("trainer_state.json");
+                let text =
+                    std::fs::read(&state_path).map_err(|e| Error::io("read", &state_path, e))?;
+                let st: TrainerState = serde_json::from_slice(&text).map_err(|e| Error::Parse {
+                    path: state_path.clone(),
+                    message: e.to_string(),
+                })?;
+                opt.load_state(
+                    st.optimizer_steps,
+                    &checkpoint::read_safetensors(&dir.join("optimizer.safetensors"))?,
+                )
+                .map_err(|e| Error::ckpt(&dir, format!("carrying optimizer state: {e}")))?;
+                tracing::info!(from = %dir.display(), optimizer_steps = st.optimizer_steps, "carried optimizer state over");
             }
         }
     }

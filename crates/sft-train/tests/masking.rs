@@ -164,3 +164,81 @@ fn jsonl_errors_name_file_and_line() {
     let err = sft_train::read_jsonl(&p).unwrap_err().to_string();
     assert!(err.contains("mix.jsonl:3") && err.contains("gpt"), "{err}");
 }
+
+#[test]
+fn parquet_written_by_sft_compose_reads_back_as_the_jsonl_does() {
+    use sft_compose::{Message, Record, Role};
+    let dir = tempfile::tempdir().unwrap();
+    let records = vec![
+        Record {
+            id: "math:3".into(),
+            source: "math".into(),
+            messages: vec![
+                Message::new(Role::System, "be brief"),
+                Message::new(Role::User, "2+2?"),
+                Message::new(Role::Assistant, "4"),
+            ],
+            tags: vec!["arithmetic".into()],
+            metadata: [("orig_id".to_string(), serde_json::json!(7))].into(),
+        },
+        Record {
+            id: "code:0".into(),
+            source: "code".into(),
+            messages: vec![
+                Message::new(Role::User, "print hi"),
+                Message::new(Role::Assistant, "print('hi')"),
+                Message::new(Role::User, "again, in Rust"),
+                Message::new(Role::Assistant, "println!(\"hi\");"),
+            ],
+            tags: vec![],
+            metadata: Default::default(),
+        },
+    ];
+    let pq = dir.path().join("mix.parquet");
+    let jl = dir.path().join("mix.jsonl");
+    sft_compose::write_parquet(&pq, &records).unwrap();
+    sft_compose::write_jsonl(&jl, &records).unwrap();
+    let from_pq = sft_train::read_records(&pq).unwrap();
+    let from_jl = sft_train::read_records(&jl).unwrap();
+    assert_eq!(from_pq, from_jl);
+    assert_eq!(from_pq.len(), 2);
+    assert_eq!(from_pq[1].id, "code:0");
+    assert_eq!(from_pq[1].messages[3].content, "println!(\"hi\");");
+    assert_eq!(from_pq[0].messages[0].role, "system");
+}
+
+#[test]
+fn parquet_errors_name_file_and_row() {
+    use std::sync::Arc;
+
+    use arrow::array::{RecordBatch, StringArray};
+    use arrow::datatypes::{DataType, Field, Schema};
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("bad.parquet");
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("id", DataType::Utf8, false),
+        Field::new("source", DataType::Utf8, false),
+        Field::new("messages", DataType::Utf8, false),
+    ]));
+    let batch = RecordBatch::try_new(
+        schema.clone(),
+        vec![
+            Arc::new(StringArray::from(vec!["a:0"])),
+            Arc::new(StringArray::from(vec!["a"])),
+            Arc::new(StringArray::from(vec!["not a list"])),
+        ],
+    )
+    .unwrap();
+    let mut w =
+        parquet::arrow::ArrowWriter::try_new(std::fs::File::create(&p).unwrap(), schema, None)
+            .unwrap();
+    w.write(&batch).unwrap();
+    w.close().unwrap();
+    let err = sft_train::read_records(&p).unwrap_err().to_string();
+    assert!(err.contains("bad.parquet:row 0"), "{err}");
+
+    let other = dir.path().join("mix.csv");
+    std::fs::write(&other, "a,b\n").unwrap();
+    let err = sft_train::read_records(&other).unwrap_err().to_string();
+    assert!(err.contains("mix.csv") && err.contains(".parquet"), "{err}");
+}

@@ -483,3 +483,105 @@ fn dump_batches_show_the_masking() {
     assert!(txt.contains("<eot>\u{27e7}"), "{txt}");
     assert!(!std::path::Path::new(&dump.join("step-0002.json")).exists());
 }
+
+/// `carry_optimizer_from`: stage B continuing from stage A's moments and step count is the same
+/// as one run over both stages' steps (one global batch per epoch, constant LR, no warm-up, so
+/// the only thing that differs between "A then B" and "2 epochs" is the optimizer state).
+/// Restarting the optimizer instead gives different weights.
+#[test]
+fn carried_optimizer_state_continues_the_run() {
+    let exs = examples(4);
+    let one_batch = TrainConfig {
+        epochs: 1,
+        micro_batch_size: 4,
+        grad_accum: 1,
+        warmup_ratio: 0.0,
+        schedule: Schedule::Constant,
+        ..cfg()
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let a = tmp.path().join("a");
+    run(&exs, &one_batch, &a, &RunOptions::default()).unwrap();
+
+    // B starts from A's weights (as a stage does) and carries A's optimizer.
+    let weights_a = a.join("final");
+    let carry = |out: &Path, from: Option<&Path>| {
+        let mut m = sft_train::llama::load_model(&weights_a, Device::Cpu).unwrap();
+        let opts = RunOptions {
+            carry_optimizer_from: from.map(Path::to_path_buf),
+            ..RunOptions::default()
+        };
+        train_model(
+            &m.model,
+            &mut m.vs,
+            &exs,
+            &Default::default(),
+            &common::ToyEncoder,
+            &one_batch,
+            out,
+            &opts,
+        )
+        .unwrap()
+    };
+    let b = tmp.path().join("b");
+    carry(&b, Some(&a));
+    let b_restart = tmp.path().join("b-restart");
+    carry(&b_restart, None);
+
+    let both = tmp.path().join("both");
+    run(
+        &exs,
+        &TrainConfig {
+            epochs: 2,
+            ..one_batch.clone()
+        },
+        &both,
+        &RunOptions::default(),
+    )
+    .unwrap();
+
+    let read = |dir: &Path| {
+        sft_train::checkpoint::read_safetensors(&dir.join("final/model.safetensors")).unwrap()
+    };
+    let max_diff = |x: &[(String, tch::Tensor)], y: &[(String, tch::Tensor)]| {
+        assert_eq!(x.len(), y.len());
+        x.iter()
+            .zip(y)
+            .map(|((n1, t1), (n2, t2))| {
+                assert_eq!(n1, n2);
+                (t1 - t2).abs().max().double_value(&[])
+            })
+            .fold(0.0f64, f64::max)
+    };
+    let (wb, wr, w2) = (read(&b), read(&b_restart), read(&both));
+    let carried = max_diff(&wb, &w2);
+    let restarted = max_diff(&wr, &w2);
+    assert!(
+        carried < 1e-6,
+        "carried run differs from the 2-epoch run by {carried}"
+    );
+    assert!(
+        restarted > 100.0 * carried.max(1e-9),
+        "restarting the optimizer should change the update (diff {restarted} vs {carried})"
+    );
+    // The carried moments came from A's final checkpoint: a missing one is an error.
+    let err = {
+        let mut m = sft_train::llama::load_model(&weights_a, Device::Cpu).unwrap();
+        train_model(
+            &m.model,
+            &mut m.vs,
+            &exs,
+            &Default::default(),
+            &common::ToyEncoder,
+            &one_batch,
+            &tmp.path().join("c"),
+            &RunOptions {
+                carry_optimizer_from: Some(tmp.path().join("nowhere")),
+                ..RunOptions::default()
+            },
+        )
+        .unwrap_err()
+        .to_string()
+    };
+    assert!(err.contains("carry"), "{err}");
+}

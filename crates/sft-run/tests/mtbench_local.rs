@@ -1,0 +1,222 @@
+//! MT-Bench through the runner: the tiny byte-level model answers two turns of the fixture
+//! questions, a fake OpenAI-compatible judge on 127.0.0.1 grades them, and the score lands in
+//! `results.json` and the table. A judge outage fails the evaluation (never a silent gap), keeps
+//! the trained stage and the generated answers, and a rerun only sends the judge calls.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use sft_run::{run_plan, JudgeSettings, LocalBackend, LocalOptions, RunOptions};
+
+fn workspace() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// A one-request-per-connection HTTP server: 401 while `down`, else `[[6]]` for first turns and
+/// `[[8]]` for second turns (FastChat's multi-turn prompt shows "### Assistant A:").
+struct Judge {
+    url: String,
+    down: Arc<AtomicBool>,
+    requests: Arc<AtomicUsize>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Judge {
+    fn start() -> Judge {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let url = format!("http://{}/v1", listener.local_addr().unwrap());
+        let down = Arc::new(AtomicBool::new(true));
+        let requests = Arc::new(AtomicUsize::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (d, r, s) = (down.clone(), requests.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let deadline = Instant::now() + Duration::from_secs(600);
+            while !s.load(Ordering::Relaxed) && Instant::now() < deadline {
+                let Ok((stream, _)) = listener.accept() else {
+                    std::thread::sleep(Duration::from_millis(2));
+                    continue;
+                };
+                stream.set_nonblocking(false).unwrap();
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                let mut len = 0usize;
+                loop {
+                    let mut line = String::new();
+                    if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                        break;
+                    }
+                    let line = line.trim_end();
+                    if line.is_empty() {
+                        break;
+                    }
+                    if let Some((k, v)) = line.split_once(':') {
+                        if k.eq_ignore_ascii_case("content-length") {
+                            len = v.trim().parse().unwrap();
+                        }
+                    }
+                }
+                let mut body = vec![0u8; len];
+                reader.read_exact(&mut body).unwrap();
+                r.fetch_add(1, Ordering::Relaxed);
+                let req: serde_json::Value = serde_json::from_slice(&body).unwrap();
+                let prompt = req["messages"][1]["content"].as_str().unwrap_or("");
+                let (status, body) = if d.load(Ordering::Relaxed) {
+                    (401, "{\"error\":\"judge unavailable\"}".to_string())
+                } else {
+                    let score = if prompt.contains("### Assistant A:") {
+                        8
+                    } else {
+                        6
+                    };
+                    let content = format!("A fair answer. Rating: [[{score}]]");
+                    (
+                        200,
+                        serde_json::json!({"choices": [{"index": 0, "message": {"role": "assistant", "content": content}}]})
+                            .to_string(),
+                    )
+                };
+                let mut out = stream;
+                let _ = write!(
+                    out,
+                    "HTTP/1.1 {status} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = out.flush();
+            }
+        });
+        Judge {
+            url,
+            down,
+            requests,
+            stop,
+        }
+    }
+}
+
+impl Drop for Judge {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// FastChat's layout (`question.jsonl`, `judge_prompts.jsonl`, `reference_answer/gpt-4.jsonl`)
+/// from the hand-written fixtures in `fixtures/eval/mt_bench`.
+fn mt_bench_dir(root: &Path) -> PathBuf {
+    let src = workspace().join("fixtures/eval/mt_bench");
+    let dir = root.join("mt_bench");
+    std::fs::create_dir_all(dir.join("reference_answer")).unwrap();
+    for f in ["question.jsonl", "judge_prompts.jsonl"] {
+        std::fs::copy(src.join(f), dir.join(f)).unwrap();
+    }
+    std::fs::copy(
+        src.join("reference_gpt-4.jsonl"),
+        dir.join("reference_answer/gpt-4.jsonl"),
+    )
+    .unwrap();
+    dir
+}
+
+#[test]
+fn mtbench_is_answered_judged_reported_and_survives_a_judge_outage() {
+    tch::manual_seed(0);
+    let tmp = tempfile::tempdir().unwrap();
+    let (mut plan, mut settings) =
+        sft_run::load_plan_file(&workspace().join("fixtures/plans/two-stage-tiny.toml")).unwrap();
+    plan.stages.truncate(1);
+    let judge = Judge::start();
+    settings.eval.gsm8k = 0;
+    settings.eval.humaneval = 0;
+    settings.eval.mtbench_dir = mt_bench_dir(tmp.path());
+    settings.eval.mtbench = 4;
+    settings.eval.mtbench_max_new_tokens = 4;
+    settings.eval.judge = Some(JudgeSettings {
+        api_key_env: "SFT_RUN_TEST_JUDGE_KEY_UNSET".into(),
+        parallel: 2,
+        ..JudgeSettings::new(judge.url.clone())
+    });
+    let model = workspace().join("fixtures/run/tiny-bytes");
+    let backend = || {
+        let mut o = LocalOptions::new(tch::Device::Cpu, &model);
+        o.progress = false;
+        LocalBackend::new(o).unwrap()
+    };
+    let opts = RunOptions {
+        run_dir: tmp.path().join("run"),
+        stage_store: None,
+        data_dir: workspace().join("fixtures/demo"),
+        base_model: model.clone(),
+        provenance: BTreeMap::new(),
+    };
+
+    // 1. The judge refuses every call: the evaluation fails and says why; the stage and the
+    //    answers are kept.
+    let err = run_plan(&plan, &settings, &opts, &backend())
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("mtbench") && err.contains("coverage"), "{err}");
+    assert_eq!(
+        judge.requests.load(Ordering::Relaxed),
+        8,
+        "4 questions × 2 turns"
+    );
+    let answers_path = opts.run_dir.join("eval/mtbench/model_answer.jsonl");
+    let answers: Vec<serde_json::Value> = std::fs::read_to_string(&answers_path)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(answers.len(), 4);
+    for a in &answers {
+        assert_eq!(a["choices"][0]["turns"].as_array().unwrap().len(), 2, "{a}");
+    }
+    let answers_time = std::fs::metadata(&answers_path)
+        .unwrap()
+        .modified()
+        .unwrap();
+
+    // 2. The judge is back: the stage is reused, the answers are not regenerated, 8 calls go
+    //    out, and the score is the mean over (question, turn) items.
+    judge.down.store(false, Ordering::Relaxed);
+    let r = run_plan(&plan, &settings, &opts, &backend()).unwrap();
+    assert!(r.stages[0].reused);
+    assert_eq!(judge.requests.load(Ordering::Relaxed), 16);
+    assert_eq!(
+        std::fs::metadata(&answers_path)
+            .unwrap()
+            .modified()
+            .unwrap(),
+        answers_time,
+        "answers were regenerated"
+    );
+    let m = r.metrics["mtbench_score"];
+    assert_eq!(m.n, 8);
+    assert!((m.value - 7.0).abs() < 1e-12, "{m:?}");
+    assert!(r.metrics.contains_key("general_heldout_loss"));
+    let judgments =
+        std::fs::read_to_string(opts.run_dir.join("eval/mtbench/judgments.jsonl")).unwrap();
+    assert_eq!(judgments.lines().count(), 8);
+    let report: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(opts.run_dir.join("eval/mtbench.report.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(report["summary"]["all"]["turn1"], 6.0);
+    assert_eq!(report["summary"]["all"]["turn2"], 8.0);
+    let table = sft_run::table::render(&[sft_run::table::Row {
+        label: "Specialized".into(),
+        results: &r,
+    }]);
+    assert!(
+        table.contains("MT-Bench") && table.contains("7.000"),
+        "{table}"
+    );
+
+    // 3. A rerun reuses the evaluation: no judge call at all.
+    let r2 = run_plan(&plan, &settings, &opts, &backend()).unwrap();
+    assert_eq!(judge.requests.load(Ordering::Relaxed), 16);
+    assert_eq!(r2.metrics, r.metrics);
+}
