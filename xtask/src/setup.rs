@@ -502,15 +502,17 @@ pub fn run_tests(extra: &[String]) -> Result<()> {
     let env = setup()?;
     let root = workspace_root();
     // The sweep's end-to-end test drives the real `run_plan` binary, which `cargo test
-    // --all-targets` only builds under a hashed test name: build the plain binary first.
+    // --all-targets` only builds under a hashed test name: build the plain binary first. Building
+    // every target of the workspace (not only that example) resolves features exactly as the
+    // `cargo test` below does, so nothing is compiled twice.
     let mut build = Command::new(cargo());
     build
         .current_dir(&root)
-        .args(["build", "-p", "sft-examples", "--example", "run_plan"]);
+        .args(["build", "--workspace", "--all-targets"]);
     for (k, v) in env.vars() {
         build.env(k, v);
     }
-    run(&mut build, "building the run_plan example")?;
+    run(&mut build, "building the workspace")?;
     let mut cmd = Command::new(cargo());
     cmd.current_dir(&root)
         .args(["test", "--workspace", "--all-targets"]);

@@ -119,19 +119,8 @@ impl LocalBackend {
     }
 
     fn save_tokenizer(&self, dir: &Path) {
-        let path = dir.join("tokenizer.json");
-        if let Err(e) = self.tokenizer.inner().save(&path, false) {
-            tracing::warn!(path = %path.display(), error = %e, "could not write the tokenizer next to the weights");
-            return;
-        }
-        let cfg = json!({
-            "chat_template": self.tokenizer.chat_template(),
-            "bos_token": self.tokenizer.bos().map(|t| t.text.clone()),
-            "eos_token": self.tokenizer.eos().map(|t| t.text.clone()),
-            "pad_token": self.tokenizer.pad().map(|t| t.text.clone()),
-        });
-        if let Err(e) = write_json(&dir.join("tokenizer_config.json"), &cfg) {
-            tracing::warn!(error = %e, "could not write tokenizer_config.json");
+        if let Err(e) = self.tokenizer.save_hf_dir(dir) {
+            tracing::warn!(dir = %dir.display(), error = %e, "could not write the tokenizer next to the weights");
         }
     }
 

@@ -72,6 +72,11 @@ impl TemplateEncoder {
     pub fn template_name(&self) -> &str {
         self.template.name()
     }
+
+    /// The tokenizer.
+    pub fn tokenizer(&self) -> &sft_chat::ChatTokenizer {
+        &self.tokenizer
+    }
 }
 
 fn to_chat(messages: &[Turn]) -> std::result::Result<Vec<sft_chat::ChatMessage>, String> {

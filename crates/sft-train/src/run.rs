@@ -7,7 +7,7 @@ use tch::Device;
 use crate::chat::{tokenizer_path_for, TemplateEncoder, TOKENIZER_SOURCE};
 use crate::config::TrainConfig;
 use crate::data::{read_records, tokenize};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::trainer::{pretty, train_model, RunOptions, TrainOutcome};
 
 /// Where the starting weights and the tokenizer come from.
@@ -21,8 +21,8 @@ pub struct ModelInput<'a> {
 }
 
 /// Trains `input.model` on the chat JSONL or Parquet at `data` with `cfg`, writing everything under
-/// `out_dir` (see [`crate::trainer::train_model`]); `out_dir/final/` also gets
-/// `tokenizer_source.json` so the next stage can start from it.
+/// `out_dir` (see [`crate::trainer::train_model`]); `out_dir/final/` also gets the tokenizer
+/// files and `tokenizer_source.json`, so the next stage, `generate` or transformers load it as is.
 pub fn train(
     input: ModelInput<'_>,
     data: &Path,
@@ -68,6 +68,12 @@ pub fn train(
         opts,
     )?;
     if let Some(dir) = &outcome.final_dir {
+        // `final/` is a self-contained HF directory: weights, config and the tokenizer
+        // (`tokenizer.json` + `tokenizer_config.json` with the chat template), so `generate`,
+        // a next stage or transformers load it as it is; the source is recorded too.
+        encoder.tokenizer().save_hf_dir(dir).map_err(|e| {
+            Error::Model(format!("saving the tokenizer into {}: {e}", dir.display()))
+        })?;
         let v = serde_json::json!({ "path": encoder.tokenizer_path, "template": encoder.template_name() });
         crate::checkpoint::write_atomic(&dir.join(TOKENIZER_SOURCE), pretty(&v)?.as_bytes())?;
     }

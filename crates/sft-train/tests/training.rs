@@ -585,3 +585,92 @@ fn carried_optimizer_state_continues_the_run() {
     };
     assert!(err.contains("carry"), "{err}");
 }
+
+/// `sft_train::train`, what the `train` CLI calls: a chat Parquet mixture in, a self-contained
+/// `final/` out (weights, config, tokenizer files with the chat template), which loads as a
+/// model and a tokenizer on its own and starts a next stage with no `--tokenizer`.
+#[test]
+fn train_reads_parquet_and_writes_a_self_contained_final_dir() {
+    use sft_compose::{Message, Record, Role};
+    let tmp = tempfile::tempdir().unwrap();
+    let model = common::workspace().join("fixtures/run/tiny-bytes");
+    let records: Vec<Record> = common::toy_records(8)
+        .into_iter()
+        .map(|r| Record {
+            id: r.id,
+            source: r.source,
+            messages: r
+                .messages
+                .into_iter()
+                .map(|t| {
+                    let role = match t.role.as_str() {
+                        "system" => Role::System,
+                        "user" => Role::User,
+                        _ => Role::Assistant,
+                    };
+                    Message::new(role, t.content)
+                })
+                .collect(),
+            tags: vec![],
+            metadata: Default::default(),
+        })
+        .collect();
+    let data = tmp.path().join("mix.parquet");
+    sft_compose::write_parquet(&data, &records).unwrap();
+    let cfg = TrainConfig {
+        template: "model".into(),
+        epochs: 1,
+        micro_batch_size: 4,
+        grad_accum: 1,
+        max_len: 64,
+        ..TrainConfig::default()
+    };
+    let out = tmp.path().join("stage1");
+    let input = sft_train::ModelInput {
+        model: &model,
+        tokenizer: None,
+    };
+    let o = sft_train::train(
+        input,
+        &data,
+        &cfg,
+        &out,
+        Device::Cpu,
+        &RunOptions::default(),
+    )
+    .unwrap();
+    assert_eq!(o.steps, 2);
+    let fin = o.final_dir.unwrap();
+    for f in [
+        "model.safetensors",
+        "config.json",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "tokenizer_source.json",
+    ] {
+        assert!(fin.join(f).exists(), "final/{f} missing");
+    }
+    // The saved tokenizer is the training tokenizer, chat template included.
+    let a = sft_chat::ChatTokenizer::from_path(&model).unwrap();
+    let b = sft_chat::ChatTokenizer::from_path(&fin).unwrap();
+    let text = "<|im_start|>user\nq3 plus 4<|im_end|>";
+    assert_eq!(a.encode(text, true).unwrap(), b.encode(text, true).unwrap());
+    assert_eq!(a.chat_template(), b.chat_template());
+    assert!(sft_llama::load_model(&fin, Device::Cpu, tch::Kind::Float).is_ok());
+
+    // A second stage starts from final/ alone.
+    let next = sft_train::ModelInput {
+        model: &fin,
+        tokenizer: None,
+    };
+    let o2 = sft_train::train(
+        next,
+        &data,
+        &cfg,
+        &tmp.path().join("stage2"),
+        Device::Cpu,
+        &RunOptions::default(),
+    )
+    .unwrap();
+    assert!(o2.final_dir.is_some());
+}
