@@ -129,10 +129,7 @@ impl LocalBackend {
         if s.gsm8k == 0 {
             return Ok(None);
         }
-        let err = |m: String| Error::Eval {
-            task: "gsm8k".into(),
-            message: m,
-        };
+        let err = eval_err("gsm8k");
         let path = crate::settings::RunSettings::data_path(req.data_dir, &s.gsm8k_path);
         let mut items = sft_eval::gsm8k::load(&path).map_err(|e| err(e.to_string()))?;
         items.truncate(s.gsm8k);
@@ -141,13 +138,11 @@ impl LocalBackend {
         let prompts = items
             .iter()
             .map(|item| {
-                let msgs: Vec<ChatMessage> = sft_eval::gsm8k::prompt_zero_shot_chat(item)
-                    .into_iter()
-                    .map(to_chat)
-                    .collect::<Result<_>>()?;
-                template
-                    .render_prompt(&msgs)
-                    .map_err(|e| err(e.to_string()))
+                render_prompt(
+                    &template,
+                    sft_eval::gsm8k::prompt_zero_shot_chat(item),
+                    "gsm8k",
+                )
             })
             .collect::<Result<Vec<String>>>()?;
         let loaded = self.load(req.model)?;
@@ -181,10 +176,7 @@ impl LocalBackend {
         if s.humaneval == 0 {
             return Ok(None);
         }
-        let err = |m: String| Error::Eval {
-            task: "humaneval".into(),
-            message: m,
-        };
+        let err = eval_err("humaneval");
         let path = crate::settings::RunSettings::data_path(req.data_dir, &s.humaneval_path);
         let mut problems =
             sft_eval::humaneval::load_problems(&path).map_err(|e| err(e.to_string()))?;
@@ -236,10 +228,7 @@ impl LocalBackend {
         if req.heldout.is_empty() {
             return Ok(None);
         }
-        let err = |m: String| Error::Eval {
-            task: "general_heldout_loss".into(),
-            message: m,
-        };
+        let err = eval_err("general_heldout_loss");
         let cfg = self.config_of(req)?;
         let template = self.template(&cfg.template)?;
         let encoder = Encoder {
@@ -307,10 +296,7 @@ impl LocalBackend {
         if s.mtbench == 0 {
             return Ok(None);
         }
-        let err = |m: String| Error::Eval {
-            task: "mtbench".into(),
-            message: m,
-        };
+        let err = eval_err("mtbench");
         let dir = crate::settings::RunSettings::data_path(req.data_dir, &s.mtbench_dir);
         let mut questions =
             mtbench::load_questions(&dir.join("question.jsonl")).map_err(|e| err(e.to_string()))?;
@@ -406,10 +392,7 @@ impl LocalBackend {
     ) -> Result<Vec<sft_eval::mtbench::ModelAnswer>> {
         use sft_eval::mtbench;
         let s = req.settings;
-        let err = |m: String| Error::Eval {
-            task: "mtbench".into(),
-            message: m,
-        };
+        let err = eval_err("mtbench");
         let template = self.template(template_name)?;
         let loaded = self.load(req.model)?;
         let codec = Codec {
@@ -440,15 +423,9 @@ impl LocalBackend {
                 let prompts = idx
                     .iter()
                     .map(|&i| {
-                        let msgs: Vec<ChatMessage> =
-                            mtbench::turn_messages(&questions[i], &answers[i])
-                                .map_err(|e| err(e.to_string()))?
-                                .into_iter()
-                                .map(to_chat)
-                                .collect::<Result<_>>()?;
-                        template
-                            .render_prompt(&msgs)
-                            .map_err(|e| err(e.to_string()))
+                        let msgs = mtbench::turn_messages(&questions[i], &answers[i])
+                            .map_err(|e| err(e.to_string()))?;
+                        render_prompt(&template, msgs, "mtbench")
                     })
                     .collect::<Result<Vec<String>>>()?;
                 let mut gen = if temperature < 1e-4 {
@@ -476,6 +453,27 @@ impl LocalBackend {
             .zip(answers)
             .map(|(q, a)| mtbench::ModelAnswer::new(q.question_id, model_id, a))
             .collect())
+    }
+}
+
+/// Renders `sft-eval`'s chat messages as a generation prompt (ending with the assistant's turn
+/// opener) in `template`; errors are task `task`'s.
+fn render_prompt(
+    template: &ChatTemplate,
+    messages: Vec<sft_eval::ChatMessage>,
+    task: &'static str,
+) -> Result<String> {
+    let msgs: Vec<ChatMessage> = messages.into_iter().map(to_chat).collect::<Result<_>>()?;
+    template
+        .render_prompt(&msgs)
+        .map_err(|e| eval_err(task)(e.to_string()))
+}
+
+/// The error of evaluation task `task`, from a message.
+fn eval_err(task: &'static str) -> impl Fn(String) -> Error {
+    move |message| Error::Eval {
+        task: task.into(),
+        message,
     }
 }
 
