@@ -110,6 +110,24 @@ impl LocalBackend {
         ids
     }
 
+    /// `base` (length and sampling) with the evaluation's batch size, the model's stop ids,
+    /// `stop_strings` and the progress setting: what every evaluation generates with.
+    fn generation(
+        &self,
+        base: GenerationConfig,
+        settings: &crate::settings::EvalSettings,
+        model: &Llama,
+        stop_strings: &[&str],
+    ) -> GenerationConfig {
+        GenerationConfig {
+            batch_size: settings.batch_size.max(1),
+            eos_token_ids: self.stop_ids(model),
+            stop_strings: stop_strings.iter().map(|s| s.to_string()).collect(),
+            progress: self.opts.progress,
+            ..base
+        }
+    }
+
     /// The trainer config of the model being evaluated (for its template and `max_len`).
     fn config_of(&self, req: &EvalRequest<'_>) -> Result<TrainConfig> {
         match req.final_stage_train {
@@ -150,14 +168,12 @@ impl LocalBackend {
             tokenizer: &self.tokenizer,
             add_special: template.adds_special_tokens(),
         };
-        let mut gen = GenerationConfig::greedy(s.gsm8k_max_new_tokens);
-        gen.batch_size = s.batch_size.max(1);
-        gen.eos_token_ids = self.stop_ids(&loaded.model);
-        gen.stop_strings = sft_eval::gsm8k::FEWSHOT_STOP
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
-        gen.progress = self.opts.progress;
+        let gen = self.generation(
+            GenerationConfig::greedy(s.gsm8k_max_new_tokens),
+            s,
+            &loaded.model,
+            sft_eval::gsm8k::FEWSHOT_STOP,
+        );
         let out = sft_llama::generate(&loaded.model, &codec, &prompts, &gen)
             .map_err(|e| err(e.to_string()))?;
         let completions: Vec<String> = out.generations.iter().map(|g| g.text.clone()).collect();
@@ -189,14 +205,12 @@ impl LocalBackend {
             add_special: true,
         };
         let prompts: Vec<&str> = problems.iter().map(|p| p.prompt.as_str()).collect();
-        let mut gen = GenerationConfig::greedy(s.humaneval_max_new_tokens);
-        gen.batch_size = s.batch_size.max(1);
-        gen.eos_token_ids = self.stop_ids(&loaded.model);
-        gen.stop_strings = sft_eval::humaneval::STOP_SEQUENCES
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
-        gen.progress = self.opts.progress;
+        let gen = self.generation(
+            GenerationConfig::greedy(s.humaneval_max_new_tokens),
+            s,
+            &loaded.model,
+            sft_eval::humaneval::STOP_SEQUENCES,
+        );
         let out = sft_llama::generate(&loaded.model, &codec, &prompts, &gen)
             .map_err(|e| err(e.to_string()))?;
         drop(loaded);
@@ -428,7 +442,7 @@ impl LocalBackend {
                         render_prompt(&template, msgs, "mtbench")
                     })
                     .collect::<Result<Vec<String>>>()?;
-                let mut gen = if temperature < 1e-4 {
+                let sampling = if temperature < 1e-4 {
                     GenerationConfig::greedy(s.mtbench_max_new_tokens)
                 } else {
                     GenerationConfig::sampled(
@@ -438,9 +452,7 @@ impl LocalBackend {
                         req.seed ^ ((turn as u64) << 32),
                     )
                 };
-                gen.batch_size = s.batch_size.max(1);
-                gen.eos_token_ids = self.stop_ids(&loaded.model);
-                gen.progress = self.opts.progress;
+                let gen = self.generation(sampling, s, &loaded.model, &[]);
                 let out = sft_llama::generate(&loaded.model, &codec, &prompts, &gen)
                     .map_err(|e| err(e.to_string()))?;
                 for (&i, g) in idx.iter().zip(&out.generations) {

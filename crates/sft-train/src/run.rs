@@ -6,7 +6,7 @@ use tch::Device;
 
 use crate::chat::{tokenizer_path_for, TemplateEncoder, TOKENIZER_SOURCE};
 use crate::config::TrainConfig;
-use crate::data::{read_records, tokenize};
+use crate::data::{read_records, tokenize, DataReport, Example};
 use crate::error::{Error, Result};
 use crate::trainer::{pretty, train_model, RunOptions, TrainOutcome};
 
@@ -32,19 +32,7 @@ pub fn train(
     opts: &RunOptions,
 ) -> Result<TrainOutcome> {
     cfg.validate()?;
-    let tok_path = match input.tokenizer {
-        Some(p) => p.to_path_buf(),
-        None => tokenizer_path_for(input.model)?,
-    };
-    let encoder = TemplateEncoder::new(&tok_path, &cfg.template)?;
-    let records = read_records(data)?;
-    let (examples, report) = tokenize(
-        &records,
-        &encoder,
-        cfg.max_len,
-        cfg.overlong,
-        cfg.on_mask_error,
-    )?;
+    let (encoder, examples, report) = prepare(input, data, cfg)?;
     tracing::info!(
         records = report.records,
         kept = report.kept,
@@ -88,19 +76,30 @@ pub fn eval_loss_at(
     cfg: &TrainConfig,
     device: Device,
 ) -> Result<crate::trainer::EvalLoss> {
+    let (_, examples, _) = prepare(input, data, cfg)?;
+    let loaded = crate::llama::load_model(input.model, device)?;
+    crate::trainer::eval_loss(&loaded.model, &examples, cfg.micro_batch_size, device)
+}
+
+/// The tokenizer + template of `input` (or the one its `final/` records), and `data` read and
+/// tokenized with `cfg`'s template, `max_len` and policies.
+fn prepare(
+    input: ModelInput<'_>,
+    data: &Path,
+    cfg: &TrainConfig,
+) -> Result<(TemplateEncoder, Vec<Example>, DataReport)> {
     let tok_path = match input.tokenizer {
         Some(p) => p.to_path_buf(),
         None => tokenizer_path_for(input.model)?,
     };
     let encoder = TemplateEncoder::new(&tok_path, &cfg.template)?;
     let records = read_records(data)?;
-    let (examples, _) = tokenize(
+    let (examples, report) = tokenize(
         &records,
         &encoder,
         cfg.max_len,
         cfg.overlong,
         cfg.on_mask_error,
     )?;
-    let loaded = crate::llama::load_model(input.model, device)?;
-    crate::trainer::eval_loss(&loaded.model, &examples, cfg.micro_batch_size, device)
+    Ok((encoder, examples, report))
 }
