@@ -97,6 +97,27 @@ pub enum Error {
         /// A human-readable reason.
         detail: String,
     },
+    /// A JSON array file ends before its closing `]` (a cut-off download or package): strict mode
+    /// refuses it; lenient mode keeps the complete records and reports the cut in
+    /// [`crate::LoadReport::truncated`].
+    #[error(
+        "{path}: JSON array truncated at byte {cut_at}: {}; {complete_records} complete records \
+         precede it (--lenient keeps them and reports the loss)",
+        match partial_record_start {
+            Some(start) => format!("the file ends inside record {complete_records} (it starts at byte {start})"),
+            None => "the file ends between records, before the closing `]`".to_string(),
+        }
+    )]
+    TruncatedArray {
+        /// The file.
+        path: PathBuf,
+        /// The byte offset where the file ends (its size).
+        cut_at: u64,
+        /// The byte offset where the partial record starts, if the cut is inside a record.
+        partial_record_start: Option<u64>,
+        /// Complete records before the cut.
+        complete_records: usize,
+    },
     /// A file holds no records at all (or none survived lenient validation).
     #[error("{path}: empty source: {detail}")]
     EmptySource {

@@ -58,6 +58,7 @@ pub use filter::TagFilter;
 pub use format::{Container, SourceFormat};
 pub use load::{
     alpaca_input_is_empty, alpaca_user_turn, load_source, LoadOptions, LoadReport, LoadedSource,
+    Truncation,
 };
 pub use manifest::{FilterStats, InputFile, KStats, Manifest, SourceStats};
 pub use mix::{compose, compose_with, Catalog, Mixture, PreparedSource};

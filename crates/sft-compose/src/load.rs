@@ -78,6 +78,26 @@ pub struct LoadReport {
     pub empty_messages: usize,
     /// The first few problems, as `path:line: kind: detail` lines.
     pub first_issues: Vec<String>,
+    /// Set when a JSON array file was cut off before its closing `]` and loaded leniently
+    /// (strict mode refuses such a file with [`Error::TruncatedArray`]). Absent otherwise, so
+    /// manifests of complete files are unchanged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub truncated: Option<Truncation>,
+}
+
+/// Where a JSON array file was cut off, and what was lost (see [`LoadReport::truncated`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Truncation {
+    /// The byte offset where the file ends (its size in bytes).
+    pub cut_at_byte: u64,
+    /// The byte offset where the lost partial record starts; `None` when the file ends between
+    /// records.
+    pub partial_record_start_byte: Option<u64>,
+    /// Partial records lost: 1 when the cut is inside a record, else 0. The lost record is also
+    /// counted in [`LoadReport::skipped`] as `truncated_line`.
+    pub partial_records_lost: usize,
+    /// Complete records before the cut (all of them are read; bad ones are counted as usual).
+    pub complete_records: usize,
 }
 
 impl LoadReport {
@@ -310,8 +330,16 @@ fn read_json_array(path: &Path, options: &LoadOptions, sink: &mut Sink) -> Resul
     let sha = hex::encode(Sha256::digest(&data));
     let bytes = data.len() as u64;
     let bar = progress_bar(bytes, options.progress, sink.name);
+    let mut cut_char = false;
     let text = match std::str::from_utf8(&data) {
         Ok(t) => t,
+        // The file ends inside a multi-byte character: a cut-off file. Parse the valid prefix, so
+        // that the truncation is reported below like any other.
+        Err(e) if e.error_len().is_none() => {
+            cut_char = true;
+            std::str::from_utf8(&data[..e.valid_up_to()])
+                .expect("the prefix up to valid_up_to is valid UTF-8")
+        }
         Err(e) => {
             let line = 1 + data[..e.valid_up_to()]
                 .iter()
@@ -325,22 +353,180 @@ fn read_json_array(path: &Path, options: &LoadOptions, sink: &mut Sink) -> Resul
             });
         }
     };
-    let text = text.strip_prefix('\u{FEFF}').unwrap_or(text);
+    let bom = if text.starts_with('\u{FEFF}') { 3 } else { 0 };
+    let text = &text[bom..];
     if text.trim().is_empty() {
         return Err(Error::EmptySource {
             path: path.to_path_buf(),
             detail: "the file is empty or blank".into(),
         });
     }
-    let elements: Vec<&serde_json::value::RawValue> = serde_json::from_str(text).map_err(|e| {
-        let (kind, detail) = classify(&e);
-        Error::Record {
-            path: path.to_path_buf(),
-            location: Location::Line(e.line() as u64),
-            kind,
-            detail,
+    let elements: Vec<&serde_json::value::RawValue> = match serde_json::from_str(text) {
+        Ok(_) if cut_char => {
+            return Err(Error::Record {
+                path: path.to_path_buf(),
+                location: Location::Line(line_of(text, text.len(), 0, 1)),
+                kind: IssueKind::BadUtf8,
+                detail: format!(
+                    "the file ends with an incomplete UTF-8 character at byte {}",
+                    text.len() + bom
+                ),
+            })
         }
-    })?;
+        Ok(elements) => elements,
+        Err(e)
+            if e.classify() == serde_json::error::Category::Eof
+                && text.trim_start().starts_with('[') =>
+        {
+            let cut = truncated_array(text).map_err(|e| Error::Record {
+                path: path.to_path_buf(),
+                location: Location::Line(e.line() as u64),
+                kind: classify(&e).0,
+                detail: classify(&e).1,
+            })?;
+            let complete = cut.elements.len();
+            let partial_start = cut.partial_start.map(|o| (o + bom) as u64);
+            if !options.lenient {
+                return Err(Error::TruncatedArray {
+                    path: path.to_path_buf(),
+                    cut_at: bytes,
+                    partial_record_start: partial_start,
+                    complete_records: complete,
+                });
+            }
+            tracing::warn!(
+                path = %path.display(),
+                cut_at_byte = bytes,
+                partial_record_start_byte = ?partial_start,
+                complete_records = complete,
+                "JSON array truncated: keeping the complete records, {} partial record lost",
+                usize::from(partial_start.is_some())
+            );
+            sink.report.truncated = Some(Truncation {
+                cut_at_byte: bytes,
+                partial_record_start_byte: partial_start,
+                partial_records_lost: usize::from(partial_start.is_some()),
+                complete_records: complete,
+            });
+            let (elements, partial) = (cut.elements, cut.partial_start);
+            push_array_elements(text, &elements, sink, &bar)?;
+            if let Some(start) = partial {
+                let line = line_of(text, start, 0, 1);
+                sink.issue(
+                    Location::Line(line),
+                    complete,
+                    IssueKind::TruncatedLine,
+                    format!(
+                        "JSON array truncated at byte {bytes}: the file ends inside this record \
+                         (it starts at byte {}); the {complete} complete records before it are kept",
+                        start + bom
+                    ),
+                )?;
+            }
+            bar.finish_and_clear();
+            return Ok((sha, bytes));
+        }
+        Err(e) => {
+            let (kind, detail) = classify(&e);
+            return Err(Error::Record {
+                path: path.to_path_buf(),
+                location: Location::Line(e.line() as u64),
+                kind,
+                detail,
+            });
+        }
+    };
+    push_array_elements(text, &elements, sink, &bar)?;
+    bar.finish_and_clear();
+    Ok((sha, bytes))
+}
+
+/// The complete elements of a JSON array that ends early, and where the partial one starts.
+struct CutArray<'a> {
+    elements: Vec<&'a serde_json::value::RawValue>,
+    /// Byte offset (in `text`) of the element the text ends inside, if any.
+    partial_start: Option<usize>,
+}
+
+/// Reads `text` (a JSON array without its end) element by element. A syntax error before the
+/// end is returned as such; reaching the end of the text is the expected outcome.
+fn truncated_array(text: &str) -> std::result::Result<CutArray<'_>, serde_json::Error> {
+    use serde::Deserialize as _;
+    let skip_ws = |mut i: usize| {
+        while i < text.len() && text.as_bytes()[i].is_ascii_whitespace() {
+            i += 1;
+        }
+        i
+    };
+    // The caller checked that the first non-blank character is `[`.
+    let mut pos = skip_ws(0) + 1;
+    let mut elements = Vec::new();
+    loop {
+        pos = skip_ws(pos);
+        if pos >= text.len() {
+            return Ok(CutArray {
+                elements,
+                partial_start: None,
+            });
+        }
+        let mut stream = serde_json::Deserializer::from_str(&text[pos..])
+            .into_iter::<&serde_json::value::RawValue>();
+        match stream.next() {
+            Some(Ok(raw)) => {
+                elements.push(raw);
+                pos += stream.byte_offset();
+            }
+            Some(Err(e)) if e.classify() == serde_json::error::Category::Eof => {
+                return Ok(CutArray {
+                    elements,
+                    partial_start: Some(pos),
+                });
+            }
+            Some(Err(e)) => {
+                // Re-run on the whole text so that the error carries the absolute line.
+                let mut de = serde_json::Deserializer::from_str(text);
+                return Err(Vec::<&serde_json::value::RawValue>::deserialize(&mut de)
+                    .err()
+                    .unwrap_or(e));
+            }
+            None => {
+                return Ok(CutArray {
+                    elements,
+                    partial_start: None,
+                })
+            }
+        }
+        pos = skip_ws(pos);
+        match text.as_bytes().get(pos) {
+            Some(b',') => pos += 1,
+            None => {
+                return Ok(CutArray {
+                    elements,
+                    partial_start: None,
+                })
+            }
+            // `]` cannot come here: the whole text would have parsed. Anything else is a syntax
+            // error that the whole-text parse reports with its line.
+            Some(_) => {
+                let mut de = serde_json::Deserializer::from_str(text);
+                return Err(Vec::<&serde_json::value::RawValue>::deserialize(&mut de)
+                    .err()
+                    .unwrap_or_else(|| {
+                        <serde_json::Error as serde::de::Error>::custom(format!(
+                            "expected `,` or `]` after an array element at byte {pos}"
+                        ))
+                    }));
+            }
+        }
+    }
+}
+
+fn push_array_elements(
+    text: &str,
+    elements: &[&serde_json::value::RawValue],
+    sink: &mut Sink,
+    bar: &indicatif::ProgressBar,
+) -> Result<()> {
     let base = text.as_ptr() as usize;
     let mut last_offset = 0usize;
     let mut last_line = 1u64;
@@ -354,8 +540,7 @@ fn read_json_array(path: &Path, options: &LoadOptions, sink: &mut Sink) -> Resul
             bar.set_position(offset as u64);
         }
     }
-    bar.finish_and_clear();
-    Ok((sha, bytes))
+    Ok(())
 }
 
 /// Maps a serde_json error to an issue kind and a message without serde's own "at line … column …".

