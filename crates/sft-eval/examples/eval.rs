@@ -12,10 +12,10 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 use sft_eval::humaneval::{self, Sample};
 use sft_eval::mtbench::judge::{JudgeClient, JudgeConfig};
-use sft_eval::sandbox::{Isolation, Sandbox, SandboxConfig};
+use sft_eval::sandbox::{Isolation, MinimumMode, Sandbox, SandboxConfig};
 use sft_eval::{gsm8k, io, mtbench};
 
 #[derive(Parser)]
@@ -93,9 +93,24 @@ struct HumanEvalArgs {
     /// Score even if some problems have no sample.
     #[arg(long)]
     allow_partial: bool,
+    /// The weakest sandbox mode accepted: `cgroup` (cgroup v1 or v2 whole-tree limits) or
+    /// `rlimit` (any sandbox; the strongest available is used either way).
+    #[arg(long, value_enum, default_value = "rlimit")]
+    sandbox: SandboxArg,
+    /// Where cgroups are mounted (a directory without cgroups selects rlimit mode).
+    #[arg(long, default_value = "/sys/fs/cgroup")]
+    cgroup_root: PathBuf,
     /// Run model-written code with NO isolation (no namespaces, full filesystem and network).
     #[arg(long)]
     unsafe_no_sandbox_i_know_what_i_am_doing: bool,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum SandboxArg {
+    /// Require cgroup v1 or v2.
+    Cgroup,
+    /// Accept rlimit mode when no cgroups are available.
+    Rlimit,
 }
 
 #[derive(Args)]
@@ -294,9 +309,18 @@ fn run_humaneval(a: HumanEvalArgs) -> Result<()> {
         wall_time_s: a.wall_timeout,
         memory_bytes: a.memory_mb << 20,
         max_processes: a.max_processes,
+        min_mode: match a.sandbox {
+            SandboxArg::Cgroup => MinimumMode::Cgroup,
+            SandboxArg::Rlimit => MinimumMode::Rlimit,
+        },
+        cgroup_root: a.cgroup_root,
         ..SandboxConfig::default()
     };
     let sandbox = Sandbox::new(config)?;
+    let mode = sandbox.mode();
+    eprintln!("sandbox mode: {mode}");
+    eprintln!("  guarantees: {}", mode.guarantees());
+    eprintln!("  does not guarantee: {}", mode.does_not_guarantee());
     let workers = a.workers.unwrap_or_else(|| {
         std::thread::available_parallelism()
             .map(|n| n.get())
@@ -320,7 +344,8 @@ fn run_humaneval(a: HumanEvalArgs) -> Result<()> {
         "timed_out": report.timed_out,
         "workers": workers,
         "wall_s": wall_s,
-        "sandbox": humaneval::describe_limits(sandbox.config()),
+        "sandbox_mode": mode,
+        "sandbox": sandbox.describe(),
         "results": out,
     }))
 }

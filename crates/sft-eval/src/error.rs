@@ -44,6 +44,28 @@ pub enum EvalError {
     /// The HumanEval sandbox cannot be set up; code is never run unsandboxed as a fallback.
     #[error("sandbox unavailable: {0} (refusing to execute untrusted code without it)")]
     SandboxUnavailable(String),
+    /// One sandbox mode cannot be used on this host (the next weaker one may still be).
+    #[error("sandbox mode {mode} unavailable: {reason}")]
+    ModeUnavailable {
+        /// The mode (`cgroup_v1`, `cgroup_v2`, `rlimit`).
+        mode: &'static str,
+        /// Why, in words.
+        reason: String,
+        /// The OS error behind it, when there is one.
+        #[source]
+        source: Option<std::io::Error>,
+    },
+    /// A per-sample cgroup could not be created, written or removed.
+    #[error("cannot {action} cgroup file {path}: {source}")]
+    Cgroup {
+        /// The cgroup directory or interface file.
+        path: PathBuf,
+        /// `create`, `write` or `remove`.
+        action: &'static str,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
     /// Starting or supervising a sandboxed process failed.
     #[error("sandbox: {0}")]
     Sandbox(String),

@@ -2,8 +2,11 @@
 
 mod common;
 
+use std::os::unix::fs::PermissionsExt;
+use std::time::Instant;
+
 use sft_eval::humaneval::{self, Sample, DEFAULT_KS};
-use sft_eval::sandbox::{Sandbox, SandboxConfig};
+use sft_eval::sandbox::{Sandbox, SandboxConfig, SandboxMode};
 
 #[test]
 fn canonical_solutions_pass_and_empty_completions_fail() {
@@ -15,6 +18,14 @@ fn canonical_solutions_pass_and_empty_completions_fail() {
     assert_eq!(problems.len(), 164);
     let sandbox = Sandbox::new(SandboxConfig::default())
         .expect("sandbox must be available (run `cargo xtask setup`)");
+    eprintln!("sandbox mode: {}", sandbox.mode());
+    if common::effective_uid() == 0 {
+        assert!(
+            sandbox.mode().is_cgroup(),
+            "root gets a cgroup mode, got {}",
+            sandbox.mode()
+        );
+    }
 
     let canonical: Vec<Sample> = problems
         .iter()
@@ -26,7 +37,13 @@ fn canonical_solutions_pass_and_empty_completions_fail() {
         .collect();
     let all: Vec<Sample> = canonical.iter().chain(&empty).cloned().collect();
 
+    let start = Instant::now();
     let results = humaneval::evaluate(&problems, &all, &sandbox, 2).expect("evaluation runs");
+    eprintln!(
+        "328 samples (164 canonical + 164 empty), 2 workers, mode {}: {:.1} s",
+        sandbox.mode(),
+        start.elapsed().as_secs_f64()
+    );
     let (good, bad) = results.split_at(164);
     let failures: Vec<String> = good
         .iter()
@@ -131,4 +148,82 @@ fn unsafe_mode_runs_benign_code_without_bubblewrap() {
     let sandbox = Sandbox::new(config).expect("unsafe mode needs no bubblewrap");
     let results = humaneval::evaluate(&problems, &samples, &sandbox, 2).expect("runs");
     assert!(results.iter().all(|(r, _)| r.passed), "{results:?}");
+}
+
+#[test]
+fn canonical_solutions_pass_as_an_unprivileged_user() {
+    let Some(data) = common::shared_data() else {
+        return;
+    };
+    let uid = common::ensure_test_user();
+    let problems_src = data.join("humaneval/HumanEval.jsonl.gz");
+    let problems = humaneval::load_problems(&problems_src).expect("problems");
+    let dir = common::open_tempdir();
+    let eval = common::eval_binary_in(dir.path());
+    let problems_copy = dir.path().join("HumanEval.jsonl.gz");
+    std::fs::copy(&problems_src, &problems_copy).expect("copy problems");
+    let samples_path = dir.path().join("canonical.jsonl");
+    let canonical: Vec<Sample> = problems
+        .iter()
+        .map(|p| Sample::new(p.task_id.clone(), p.canonical_solution.clone()))
+        .collect();
+    sft_eval::io::write_jsonl(&samples_path, &canonical).expect("samples");
+    for f in [&problems_copy, &samples_path] {
+        std::fs::set_permissions(f, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    }
+    let out = dir.path().join("results.jsonl");
+    let start = Instant::now();
+    let run = common::as_test_user()
+        .arg(&eval)
+        .args(["humaneval", "--workers", "2"])
+        .arg("--problems")
+        .arg(&problems_copy)
+        .arg("--samples")
+        .arg(&samples_path)
+        .arg("--out")
+        .arg(&out)
+        .current_dir(dir.path())
+        .output()
+        .expect("run the eval example under setpriv");
+    let elapsed = start.elapsed().as_secs_f64();
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(
+        run.status.success(),
+        "eval failed ({}): {stderr}",
+        run.status
+    );
+    let report: serde_json::Value =
+        serde_json::from_slice(&run.stdout).expect("eval prints its report as JSON");
+    let mode = report["sandbox_mode"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    eprintln!(
+        "164 canonical solutions as {}, 2 workers, mode {mode}: {elapsed:.1} s",
+        common::TEST_USER
+    );
+    assert!(
+        stderr.contains(&format!("sandbox mode: {mode}")),
+        "mode not printed: {stderr}"
+    );
+    assert_ne!(mode, SandboxMode::Unsafe.name());
+    assert_eq!(report["passed"], 164, "report: {report}");
+    assert_eq!(report["pass_at_k"]["pass@1"], 1.0);
+    let results: Vec<humaneval::SampleResult> = sft_eval::io::read_jsonl(&out).expect("results");
+    let failures: Vec<String> = results
+        .iter()
+        .filter(|r| !r.passed)
+        .map(|r| format!("{}: {}", r.task_id, r.result))
+        .collect();
+    assert!(
+        failures.is_empty(),
+        "canonical solutions failed:\n{}",
+        failures.join("\n")
+    );
+    let left = common::tasks_of_uid(uid);
+    assert!(
+        left.is_empty(),
+        "{} still runs: {left:?}",
+        common::TEST_USER
+    );
 }

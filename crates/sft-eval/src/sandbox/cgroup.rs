@@ -24,10 +24,17 @@ pub(crate) struct CgroupV1 {
 impl CgroupV1 {
     /// Finds the v1 `pids` and `memory` hierarchies under `root` and the groups this process is in
     /// (children are created there, so the sandbox stays inside our own accounting).
-    pub(crate) fn discover(root: &Path) -> Result<CgroupV1> {
-        let own = fs::read_to_string("/proc/self/cgroup").map_err(|e| {
-            EvalError::SandboxUnavailable(format!("cannot read /proc/self/cgroup: {e}"))
+    pub(crate) fn discover(root: &Path, self_cgroup: &Path) -> Result<CgroupV1> {
+        let own = fs::read_to_string(self_cgroup).map_err(|e| EvalError::ModeUnavailable {
+            mode: "cgroup_v1",
+            reason: format!("cannot read {}", self_cgroup.display()),
+            source: Some(e),
         })?;
+        let unavailable = |reason: String| EvalError::ModeUnavailable {
+            mode: "cgroup_v1",
+            reason,
+            source: None,
+        };
         let own_path = |controller: &str| -> Option<String> {
             own.lines().find_map(|l| {
                 let mut parts = l.splitn(3, ':');
@@ -42,14 +49,14 @@ impl CgroupV1 {
         for controller in ["pids", "memory"] {
             let mount = root.join(controller);
             let rel = own_path(controller).ok_or_else(|| {
-                EvalError::SandboxUnavailable(format!(
-                    "no cgroup v1 '{controller}' controller in /proc/self/cgroup \
-                     (cgroup v2-only hosts are not supported yet)"
+                unavailable(format!(
+                    "no cgroup v1 '{controller}' controller in {}",
+                    self_cgroup.display()
                 ))
             })?;
             let parent = mount.join(rel);
             if !parent.is_dir() {
-                return Err(EvalError::SandboxUnavailable(format!(
+                return Err(unavailable(format!(
                     "cgroup {} does not exist (is the v1 '{controller}' hierarchy mounted at {}?)",
                     parent.display(),
                     mount.display()
@@ -132,8 +139,12 @@ impl CgroupV1 {
     }
 }
 
-fn cg_err(path: &Path, what: &str, e: std::io::Error) -> EvalError {
-    EvalError::SandboxUnavailable(format!("cannot {what} cgroup {}: {e}", path.display()))
+fn cg_err(path: &Path, action: &'static str, source: std::io::Error) -> EvalError {
+    EvalError::Cgroup {
+        path: path.to_path_buf(),
+        action,
+        source,
+    }
 }
 
 fn write(path: &Path, value: &str) -> Result<()> {
@@ -221,12 +232,7 @@ fn remove_dir_retrying(dir: &Path, deadline: Instant) -> Result<()> {
         match fs::remove_dir(dir) {
             Ok(()) => return Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-            Err(e) if Instant::now() > deadline => {
-                return Err(EvalError::Sandbox(format!(
-                    "cannot remove cgroup {}: {e}",
-                    dir.display()
-                )))
-            }
+            Err(e) if Instant::now() > deadline => return Err(cg_err(dir, "remove", e)),
             Err(_) => std::thread::sleep(Duration::from_millis(2)),
         }
     }
