@@ -56,7 +56,7 @@ pub enum EvalError {
         source: Option<std::io::Error>,
     },
     /// A per-sample cgroup could not be created, written or removed.
-    #[error("cannot {action} cgroup file {path}: {source}")]
+    #[error("cannot {action} cgroup {path}: {source}")]
     Cgroup {
         /// The cgroup directory or interface file.
         path: PathBuf,

@@ -384,7 +384,11 @@ fn chain(e: &EvalError) -> String {
     let mut s = e.to_string();
     let mut src = std::error::Error::source(e);
     while let Some(c) = src {
-        s.push_str(&format!(": {c}"));
+        let c_text = c.to_string();
+        // Some variants already print their source.
+        if !s.ends_with(&c_text) {
+            s.push_str(&format!(": {c_text}"));
+        }
         src = c.source();
     }
     s
@@ -763,11 +767,12 @@ impl Sandbox {
         };
         if group_less(&self.limiter) && !orphans.is_empty() {
             leftover_killed += orphans.len();
-            let deadline = Instant::now() + Duration::from_secs(5);
+            // The kernel kills the namespace's processes one by one; thousands take a while.
+            let deadline = Instant::now() + Duration::from_secs(30);
             while let Some((pid, _)) = orphans.iter().find(|(p, s)| still_running(*p, *s)) {
                 if Instant::now() > deadline {
                     return Err(EvalError::Sandbox(format!(
-                        "the sandbox's PID-namespace init {pid} survived SIGKILL for 5 s"
+                        "the sandbox's PID-namespace init {pid} survived SIGKILL for 30 s"
                     )));
                 }
                 let _ = kill(Pid::from_raw(*pid), Signal::SIGKILL);
