@@ -17,6 +17,12 @@ use sft_train::{CausalLm, Example, IGNORE};
 use tch::{Device, Kind};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
+    // `cargo bench` passes `--bench`; `cargo test --all-targets` runs a `harness = false` bench
+    // without it. This is a benchmark, not a test: do nothing then (it reports no test).
+    if !std::env::args().any(|a| a == "--bench") {
+        println!("train_step: a benchmark, not a test (run it with `cargo bench -p sft-train --bench train_step -- MODEL BATCH SEQ STEPS`)");
+        return Ok(());
+    }
     let args: Vec<String> = std::env::args()
         .skip(1)
         .filter(|a| a != "--bench")

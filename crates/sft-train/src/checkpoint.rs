@@ -12,12 +12,15 @@
 //! [`latest_complete`] returns the newest directory whose manifest verifies (sizes and hashes),
 //! skipping torn or corrupt ones with a warning.
 //!
-//! For tests, `SFT_TRAIN_CRASH_AT=K` aborts the process at the K-th file event (create, write,
-//! fsync, rename) of a save, which is how the kill-during-save test reaches every crash point.
+//! For tests, and only when built with the `crash-injection` feature (off by default; sft-train's
+//! own tests enable it through a dev-dependency, so release builds never contain it),
+//! `SFT_TRAIN_CRASH_AT=K` aborts the process at the K-th file event (create, write, fsync,
+//! rename) of the run, which is how the kill-during-save test reaches every crash point.
 
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+#[cfg(feature = "crash-injection")]
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::{Deserialize, Serialize};
@@ -49,9 +52,20 @@ pub struct Manifest {
     pub files: BTreeMap<String, FileEntry>,
 }
 
+/// Whether this build contains the `SFT_TRAIN_CRASH_AT` fault-injection hook (the
+/// `crash-injection` feature, for tests only).
+pub const CRASH_INJECTION: bool = cfg!(feature = "crash-injection");
+
+#[cfg(feature = "crash-injection")]
 static EVENTS: AtomicU64 = AtomicU64::new(0);
 
+/// Without the `crash-injection` feature a file event is nothing.
+#[cfg(not(feature = "crash-injection"))]
+#[inline(always)]
+fn event(_what: &str, _path: &Path) {}
+
 /// Test hook: abort at the K-th file event when `SFT_TRAIN_CRASH_AT=K`.
+#[cfg(feature = "crash-injection")]
 fn event(what: &str, path: &Path) {
     let n = EVENTS.fetch_add(1, Ordering::SeqCst) + 1;
     if let Ok(k) = std::env::var("SFT_TRAIN_CRASH_AT") {

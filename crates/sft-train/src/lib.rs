@@ -40,6 +40,18 @@ mod run;
 pub mod schedule;
 pub mod trainer;
 
+/// Version of what training computes: bump it whenever a change to `sft-train` changes the
+/// numbers or files a training run produces for the same inputs (loss, masking of the
+/// examples it is given, batching, data order, optimizer, schedule, precision handling,
+/// checkpoint contents). `sft-run` records it in every stage's `done.json` and never reuses a
+/// stage trained under another version (see `docs/train.md`, "Versions").
+pub const TRAINING_SEMANTICS_VERSION: u32 = 1;
+
+/// Version of how conversations become token ids and loss masks: bump it whenever a change to
+/// `sft-chat` (templates, tokenizer loading, span location) or to [`chat`] changes the ids or
+/// masks of the same records. Recorded and checked like [`TRAINING_SEMANTICS_VERSION`].
+pub const CHAT_SEMANTICS_VERSION: u32 = 1;
+
 pub use config::{Dtype, MaskErrorPolicy, NanPolicy, Overlong, Schedule, TrainConfig};
 pub use data::{
     read_jsonl, read_parquet, read_records, tokenize, ChatEncoder, DataReport, EncodedChat,

@@ -11,35 +11,17 @@ use std::sync::Arc;
 
 use sft_train::batch::MicroBatch;
 use sft_train::{
-    per_example_losses, tokenize, train_model, Error, Example, MaskErrorPolicy, NanPolicy,
-    Overlong, Resume, RunOptions, Schedule, StepMetrics, TrainConfig, TrainOutcome,
+    per_example_losses, train_model, Dtype, Error, Example, NanPolicy, Resume, RunOptions,
+    Schedule, StepMetrics, TrainConfig, TrainOutcome,
 };
-use tch::Device;
+use tch::{Device, Kind};
 
 fn examples(n: usize) -> Vec<Example> {
-    tokenize(
-        &common::toy_records(n),
-        &common::ToyEncoder,
-        64,
-        Overlong::Truncate,
-        MaskErrorPolicy::Error,
-    )
-    .unwrap()
-    .0
+    common::toy_examples(n)
 }
 
 fn cfg() -> TrainConfig {
-    TrainConfig {
-        lr: 3e-3,
-        epochs: 2,
-        micro_batch_size: 2,
-        grad_accum: 2,
-        warmup_ratio: 0.1,
-        schedule: Schedule::Cosine,
-        max_len: 64,
-        keep_last: 2,
-        ..TrainConfig::default()
-    }
+    common::small_cfg()
 }
 
 fn run(
@@ -48,17 +30,7 @@ fn run(
     out: &Path,
     opts: &RunOptions,
 ) -> sft_train::Result<TrainOutcome> {
-    let mut m = sft_train::llama::load_model(&common::tiny_llama_dir(), Device::Cpu)?;
-    train_model(
-        &m.model,
-        &mut m.vs,
-        exs,
-        &Default::default(),
-        &common::ToyEncoder,
-        cfg,
-        out,
-        opts,
-    )
+    common::run_tiny(exs, cfg, out, opts)
 }
 
 fn metrics(out: &Path) -> Vec<StepMetrics> {
@@ -316,52 +288,42 @@ fn resume_is_bit_identical_on_cpu() {
     assert!(matches!(err, Error::Checkpoint { .. }), "{err}");
 }
 
-/// Child half of `kill_during_save_then_resume`: trains with the crash hook armed.
-#[test]
-fn child_train_run() {
-    let Ok(out) = std::env::var("SFT_TRAIN_CHILD_OUT") else {
-        return;
-    };
-    let exs = examples(10);
-    let c = TrainConfig {
-        epochs: 2,
-        save_every: 1,
-        ..cfg()
-    };
-    let _ = run(&exs, &c, Path::new(&out), &RunOptions::default());
-}
-
 #[test]
 fn kill_during_save_then_resume() {
-    let exs = examples(10);
-    let c = TrainConfig {
-        epochs: 2,
-        save_every: 1,
-        ..cfg()
-    };
+    use std::os::unix::process::ExitStatusExt;
+    let (exs, c) = common::crash_run();
     let full = tempfile::tempdir().unwrap();
     run(&exs, &c, full.path(), &RunOptions::default()).unwrap();
-    let exe = std::env::current_exe().unwrap();
+    // The child binary (tests/bin/crash_child.rs) trains the same run with the hook armed; it
+    // exists only with the crash-injection feature, which the dev-dependency enables.
+    let exe = Path::new(env!("CARGO_BIN_EXE_sft-train-crash-child"));
+    assert!(
+        sft_train::checkpoint::CRASH_INJECTION,
+        "sft-train's tests must be built with the crash-injection feature"
+    );
     // Events 1..10 write train_config.json and data_report.json; each checkpoint save is 19
     // file events (create-dir, 3 per file x 5 files, 2 fsync-dir, rename). Cover every event of
     // the first save and a spread over later ones.
     let points: Vec<u64> = (11..=29).chain([30, 48]).collect();
     for k in points {
         let dir = tempfile::tempdir().unwrap();
-        let status = std::process::Command::new(&exe)
-            .args([
-                "--exact",
-                "child_train_run",
-                "--nocapture",
-                "--test-threads=1",
-            ])
-            .env("SFT_TRAIN_CHILD_OUT", dir.path())
+        let child = std::process::Command::new(exe)
+            .arg(dir.path())
             .env("SFT_TRAIN_CRASH_AT", k.to_string())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .status()
+            .env("RUST_LOG", "off")
+            .output()
             .unwrap();
-        assert!(!status.success(), "crash point {k} was never reached");
+        let stderr = String::from_utf8_lossy(&child.stderr);
+        assert_eq!(
+            child.status.signal(),
+            Some(6),
+            "crash point {k}: the child was not aborted by the hook ({}); stderr:\n{stderr}",
+            child.status
+        );
+        assert!(
+            stderr.contains(&format!("SFT_TRAIN_CRASH_AT={k}: aborting at")),
+            "crash point {k}: {stderr}"
+        );
         let o = run(&exs, &c, dir.path(), &RunOptions::default())
             .unwrap_or_else(|e| panic!("crash point {k}: resume failed: {e}"));
         assert!(!o.interrupted);
@@ -376,6 +338,151 @@ fn kill_during_save_then_resume() {
             "crash point {k}: final weights differ"
         );
     }
+}
+
+/// bf16 mixed precision, the path CUDA uses, run on the CPU: the model's variables are bf16
+/// (forward and backward in bf16), the optimizer keeps f32 master weights and f32 moments, and
+/// checkpoints store the f32 master. The loss falls, and it tracks the f32 run of the same
+/// config within tolerances derived from bf16's precision (see the constants).
+#[test]
+fn bf16_mixed_precision_learns_and_tracks_f32() {
+    // bf16 keeps 8 significant bits: unit roundoff u = 2^-8 ≈ 0.0039 per rounding.
+    const U: f64 = 1.0 / 256.0;
+    // Step 1 sees identical starting weights and batch, so the only difference is rounding:
+    // the weights once (u/2 relative), then every matmul/norm/activation output of the 2-layer
+    // forward (about a dozen roundings on the path to the logits, partly cancelling over the
+    // batch's ~100 target tokens). 4u ≈ 1.6% relative bounds that with margin (measured on
+    // this machine: 0.1u; the test prints every step).
+    const FIRST_STEP_REL: f64 = 4.0 * U;
+    // Later steps add the divergence of two training trajectories whose gradients differ by
+    // O(u) relative; Adam normalises the update per coordinate, so a relative gradient error
+    // of a few u moves each update by about as much. Averaged over the 16 steps the curves
+    // stay within a few u (measured 2.4u; bound 6u); a single step can spike where the
+    // trajectory is sensitive (measured worst 9.9u, at step 6 where the f32 loss stalls;
+    // bound 24u ≈ 9.4%). A systematic error (updates lost to bf16 rounding, a wrong
+    // gradient) drifts the mean, which is what the mean bound is for.
+    const MEAN_REL: f64 = 6.0 * U;
+    const EVERY_STEP_REL: f64 = 24.0 * U;
+    let exs = examples(8);
+    // 8 examples, global batch 4: 2 steps per epoch, 16 steps.
+    let c = TrainConfig {
+        lr: 1e-2,
+        epochs: 8,
+        micro_batch_size: 4,
+        grad_accum: 1,
+        schedule: Schedule::Constant,
+        warmup_ratio: 0.0,
+        ..cfg()
+    };
+    let f32_out = tempfile::tempdir().unwrap();
+    run(&exs, &c, f32_out.path(), &RunOptions::default()).unwrap();
+
+    let bf = TrainConfig {
+        dtype: Dtype::Bf16,
+        ..c.clone()
+    };
+    let out = tempfile::tempdir().unwrap();
+    let mut m = sft_train::llama::load_model(&common::tiny_llama_dir(), Device::Cpu).unwrap();
+    let o = train_model(
+        &m.model,
+        &mut m.vs,
+        &exs,
+        &Default::default(),
+        &common::ToyEncoder,
+        &bf,
+        out.path(),
+        &RunOptions::default(),
+    )
+    .unwrap();
+    assert_eq!(o.steps, 16);
+    // The forward and backward ran on bf16 variables.
+    let vars = m.vs.variables();
+    assert!(!vars.is_empty());
+    for (name, t) in &vars {
+        assert_eq!(t.kind(), Kind::BFloat16, "{name} trained in {:?}", t.kind());
+    }
+    // The checkpoint holds f32 master weights and f32 moments; final/ the f32 master.
+    let ckpt = out.path().join("checkpoints/step-000000016");
+    let moments = sft_train::checkpoint::read_safetensors(&ckpt.join("optimizer.safetensors")).unwrap();
+    assert_eq!(moments.len(), 2 * vars.len());
+    for (name, t) in &moments {
+        assert_eq!(t.kind(), Kind::Float, "optimizer state {name}");
+    }
+    let master = sft_train::checkpoint::read_safetensors(&out.path().join("final/model.safetensors")).unwrap();
+    assert_eq!(master.len(), vars.len());
+    let mut off_grid = 0usize;
+    for (name, w) in &master {
+        assert_eq!(w.kind(), Kind::Float, "final weight {name}");
+        // A bf16 master could only hold bf16 values; the f32 master accumulates updates
+        // smaller than a bf16 ulp, so (almost) every tensor has values off the bf16 grid.
+        let rounded = w.to_kind(Kind::BFloat16).to_kind(Kind::Float);
+        if (w - rounded).abs().max().double_value(&[]) > 0.0 {
+            off_grid += 1;
+        }
+        // The live bf16 variable is the master rounded.
+        let var = &vars[name];
+        assert!(
+            var.to_kind(Kind::Float).equal(&w.to_kind(Kind::BFloat16).to_kind(Kind::Float)),
+            "{name}: the bf16 variable is not the rounded f32 master"
+        );
+    }
+    assert_eq!(off_grid, master.len(), "every master tensor keeps f32 precision");
+
+    let a = metrics(f32_out.path());
+    let b = metrics(out.path());
+    assert_eq!(a.len(), b.len());
+    let rel: Vec<f64> = a
+        .iter()
+        .zip(&b)
+        .map(|(x, y)| (y.loss - x.loss).abs() / x.loss)
+        .collect();
+    let worst = rel.iter().cloned().fold(0.0, f64::max);
+    for (i, (x, y)) in a.iter().zip(&b).enumerate() {
+        eprintln!(
+            "step {:2}: f32 {:.5}  bf16 {:.5}  rel {:.2e} ({:.1}u)",
+            i + 1,
+            x.loss,
+            y.loss,
+            rel[i],
+            rel[i] / U
+        );
+    }
+    eprintln!(
+        "bf16 vs f32 loss: step 1 {:.5} vs {:.5} (rel {:.2e}), last {:.5} vs {:.5}; worst rel {:.2e}, mean rel {:.2e}",
+        b[0].loss,
+        a[0].loss,
+        rel[0],
+        b[b.len() - 1].loss,
+        a[a.len() - 1].loss,
+        worst,
+        rel.iter().sum::<f64>() / rel.len() as f64
+    );
+    assert!(
+        rel[0] <= FIRST_STEP_REL,
+        "step 1: bf16 loss {} vs f32 {} (rel {} > {FIRST_STEP_REL})",
+        b[0].loss,
+        a[0].loss,
+        rel[0]
+    );
+    let mean = rel.iter().sum::<f64>() / rel.len() as f64;
+    assert!(
+        mean <= MEAN_REL,
+        "mean relative gap {mean} ({:.1}u) > {MEAN_REL}",
+        mean / U
+    );
+    for (i, r) in rel.iter().enumerate() {
+        assert!(
+            *r <= EVERY_STEP_REL,
+            "step {}: bf16 loss {} vs f32 {} (rel {r} > {EVERY_STEP_REL})",
+            i + 1,
+            b[i].loss,
+            a[i].loss
+        );
+    }
+    // It learns: the last two steps' mean loss is under half the first step's.
+    let last = (b[b.len() - 1].loss + b[b.len() - 2].loss) / 2.0;
+    assert!(last < 0.5 * b[0].loss, "bf16 loss {} -> {last}", b[0].loss);
+    assert!(b.iter().all(|x| x.loss.is_finite() && x.grad_norm.is_finite()));
 }
 
 #[test]
@@ -657,4 +764,46 @@ fn train_reads_parquet_and_writes_a_self_contained_final_dir() {
     )
     .unwrap();
     assert!(o2.final_dir.is_some());
+}
+
+/// Pins what training computes to [`sft_train::TRAINING_SEMANTICS_VERSION`]: the per-step losses
+/// and pre-clip gradient norms of a 6-step run on the tiny LLaMA (relative 1e-5: far below any
+/// change of semantics, above the last-bit differences between CPU instruction sets). If this
+/// fails after a change, the change altered training's numbers. If that is intended, bump
+/// `TRAINING_SEMANTICS_VERSION` (so `sft-run` retrains stored stages instead of reusing them)
+/// and set the pin to the new version and the printed values.
+#[test]
+fn training_semantics_version_pins_the_numbers() {
+    const PIN: (u32, [(f64, f64); 6]) = (
+        1,
+        [
+            (4.559554631369455, 4.751894950866699),
+            (4.700707173347473, 5.829164981842041),
+            (3.9146657466888426, 3.9276773929595947),
+            (3.600111014502389, 3.1063644886016846),
+            (3.3031835198402404, 3.642733335494995),
+            (3.232499289512634, 3.238271713256836),
+        ],
+    );
+    let exs = examples(12);
+    let c = TrainConfig { epochs: 2, ..cfg() };
+    let out = tempfile::tempdir().unwrap();
+    run(&exs, &c, out.path(), &RunOptions::default()).unwrap();
+    let got: Vec<(f64, f64)> = metrics(out.path())
+        .iter()
+        .map(|m| (m.loss, m.grad_norm))
+        .collect();
+    let close = |a: f64, b: f64| (a - b).abs() <= 1e-5 * b.abs().max(1e-12);
+    let same = got.len() == PIN.1.len()
+        && got
+            .iter()
+            .zip(&PIN.1)
+            .all(|(g, w)| close(g.0, w.0) && close(g.1, w.1));
+    assert!(
+        same && PIN.0 == sft_train::TRAINING_SEMANTICS_VERSION,
+        "training numbers changed (pinned for TRAINING_SEMANTICS_VERSION {}, which is now {}). \
+         If intended, bump sft_train::TRAINING_SEMANTICS_VERSION and set the pin to (version, {got:?})",
+        PIN.0,
+        sft_train::TRAINING_SEMANTICS_VERSION
+    );
 }

@@ -93,3 +93,64 @@ pub fn workspace() -> PathBuf {
 pub fn tiny_llama_dir() -> PathBuf {
     workspace().join("fixtures/train/tiny-llama")
 }
+
+/// The toy records of [`toy_records`] tokenized with [`ToyEncoder`] at `max_len` 64.
+pub fn toy_examples(n: usize) -> Vec<sft_train::Example> {
+    sft_train::tokenize(
+        &toy_records(n),
+        &ToyEncoder,
+        64,
+        sft_train::Overlong::Truncate,
+        sft_train::MaskErrorPolicy::Error,
+    )
+    .unwrap()
+    .0
+}
+
+/// The small-batch config the training tests start from.
+pub fn small_cfg() -> sft_train::TrainConfig {
+    sft_train::TrainConfig {
+        lr: 3e-3,
+        epochs: 2,
+        micro_batch_size: 2,
+        grad_accum: 2,
+        warmup_ratio: 0.1,
+        schedule: sft_train::Schedule::Cosine,
+        max_len: 64,
+        keep_last: 2,
+        ..sft_train::TrainConfig::default()
+    }
+}
+
+/// The run `kill_during_save_then_resume` crashes (in `sft-train-crash-child`) and redoes:
+/// 10 toy examples, 2 epochs, a checkpoint after every step.
+pub fn crash_run() -> (Vec<sft_train::Example>, sft_train::TrainConfig) {
+    (
+        toy_examples(10),
+        sft_train::TrainConfig {
+            epochs: 2,
+            save_every: 1,
+            ..small_cfg()
+        },
+    )
+}
+
+/// Trains the tiny LLaMA (f32, CPU) on `exs` into `out`.
+pub fn run_tiny(
+    exs: &[sft_train::Example],
+    cfg: &sft_train::TrainConfig,
+    out: &Path,
+    opts: &sft_train::RunOptions,
+) -> sft_train::Result<sft_train::TrainOutcome> {
+    let mut m = sft_train::llama::load_model(&tiny_llama_dir(), tch::Device::Cpu)?;
+    sft_train::train_model(
+        &m.model,
+        &mut m.vs,
+        exs,
+        &Default::default(),
+        &ToyEncoder,
+        cfg,
+        out,
+        opts,
+    )
+}
