@@ -153,10 +153,11 @@ fn broken_checkpoints_give_named_errors() {
 
 /// transformers loads what `save_safetensors` writes and computes the same logits.
 ///
-/// The check itself is `fixtures/models/check_saved_checkpoint.py`. When the project's Python
-/// venv exists, this test runs it on a fresh save; either way it compares the sha256 of the files
-/// we write with those in the committed result `saved-checkpoint-check.json`, so the record stays
-/// about the current writer. `SFT_RECORD_SAVE_CHECK=1` rewrites that record (needs the venv).
+/// The check itself is `fixtures/models/check_saved_checkpoint.py`, run with `SFT_PYTHON` (set-up's
+/// Python with the pinned transformers; a missing one is a failure, never a skip) on a fresh
+/// save. The test also compares the sha256 of the files we write with those in the committed
+/// result `saved-checkpoint-check.json`, so the record stays about the current writer.
+/// `SFT_RECORD_SAVE_CHECK=1` rewrites that record.
 #[test]
 fn saved_checkpoint_is_the_one_transformers_accepted() {
     let record = models_dir().join("saved-checkpoint-check.json");
@@ -172,36 +173,41 @@ fn saved_checkpoint_is_the_one_transformers_accepted() {
         save_safetensors(&vs, model.config(), &dir).unwrap();
         args.push(format!("{}:{name}:{dtype}", dir.display()));
     }
+    // The reference Python is required: `cargo xtask setup` installs torch, transformers and
+    // safetensors (pinned) into its virtualenv and `cargo xtask env` exports SFT_PYTHON.
     let python = std::env::var_os("SFT_PYTHON")
         .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| "/root/.cache/sft-compose/torch-venv/bin/python".into());
+        .expect(
+            "SFT_PYTHON is not set: run `cargo xtask setup` and `eval \"$(cargo xtask env)\"` \
+             (set-up installs torch, transformers and safetensors into its Python)",
+        );
+    let probe = std::process::Command::new(&python)
+        .args(["-c", "import torch, transformers, safetensors"])
+        .output()
+        .unwrap_or_else(|e| panic!("SFT_PYTHON={} cannot be run: {e}", python.display()));
+    assert!(
+        probe.status.success(),
+        "SFT_PYTHON={} lacks torch/transformers/safetensors (run `cargo xtask setup`, or \
+         `{} -m pip install -r xtask/python-requirements.txt`): {}",
+        python.display(),
+        python.display(),
+        String::from_utf8_lossy(&probe.stderr)
+    );
     let recording = std::env::var_os("SFT_RECORD_SAVE_CHECK").is_some();
-    if python.is_file() {
-        let out = std::process::Command::new(&python)
-            .arg(models_dir().join("check_saved_checkpoint.py"))
-            .args(&args)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "check script failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let live: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-        check_cases(&live);
-        if recording {
-            std::fs::write(&record, serde_json::to_string_pretty(&live).unwrap() + "\n").unwrap();
-        }
-    } else {
-        assert!(
-            !recording,
-            "SFT_RECORD_SAVE_CHECK needs the Python venv at {}",
-            python.display()
-        );
-        eprintln!(
-            "note: {} not found; checking against the committed record only",
-            python.display()
-        );
+    let out = std::process::Command::new(&python)
+        .arg(models_dir().join("check_saved_checkpoint.py"))
+        .args(&args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "check script failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let live: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    check_cases(&live);
+    if recording {
+        std::fs::write(&record, serde_json::to_string_pretty(&live).unwrap() + "\n").unwrap();
     }
     let committed: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&record).unwrap()).unwrap();
