@@ -38,8 +38,8 @@ fn tiny() -> ChatTokenizer {
     ChatTokenizer::from_hf_dir(fixtures().join("tiny")).unwrap()
 }
 
-/// The real SmolLM2 GGUF, or `None` (with a loud line) when `SFT_SKIP_SHARED_DATA=1`.
-fn smollm2() -> Option<sft_gguf::GgufFile> {
+/// The real SmolLM2 GGUF; a missing asset is a failure naming what to run.
+fn smollm2() -> sft_gguf::GgufFile {
     let rel = "smollm2/SmolLM2-135M-Instruct.Q4_1.gguf";
     let dir = std::env::var_os("SFT_ASSETS")
         .map(PathBuf::from)
@@ -47,13 +47,9 @@ fn smollm2() -> Option<sft_gguf::GgufFile> {
             std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/sft-compose/assets"))
         });
     if let Some(p) = dir.map(|d| d.join(rel)).filter(|p| p.exists()) {
-        return Some(sft_gguf::GgufFile::open(p).unwrap());
+        return sft_gguf::GgufFile::open(p).unwrap();
     }
-    if std::env::var("SFT_SKIP_SHARED_DATA").as_deref() == Ok("1") {
-        eprintln!("==================== SKIPPED (no SmolLM2 GGUF asset) ====================");
-        return None;
-    }
-    panic!("{rel} not found under $SFT_ASSETS or ~/.cache/sft-compose/assets: run `cargo xtask setup` and `eval \"$(cargo xtask env)\"`, or set SFT_SKIP_SHARED_DATA=1 to skip");
+    panic!("{rel} not found under $SFT_ASSETS or ~/.cache/sft-compose/assets: run `cargo xtask setup` and `eval \"$(cargo xtask env)\"`");
 }
 
 fn conversations(r: &serde_json::Value) -> Vec<Vec<ChatMessage>> {
@@ -79,7 +75,7 @@ fn tiny_tokenizer_matches_python_tokenizers() {
 
 #[test]
 fn smollm2_gguf_tokenizer_matches_transformers_and_llamacpp() {
-    let Some(file) = smollm2() else { return };
+    let file = smollm2();
     let r = reference();
     let hf_like = ChatTokenizer::from_gguf_with(&file, GgufPreTokenizer::Transformers).unwrap();
     let cpp_like = ChatTokenizer::from_gguf(&file).unwrap();
@@ -129,7 +125,7 @@ fn smollm2_gguf_tokenizer_matches_transformers_and_llamacpp() {
 
 #[test]
 fn smollm2_jinja_template_renders_like_transformers() {
-    let Some(file) = smollm2() else { return };
+    let file = smollm2();
     let r = reference();
     let tok = ChatTokenizer::from_gguf(&file).unwrap();
     let template = ChatTemplate::from_tokenizer(&tok).unwrap();
@@ -324,7 +320,7 @@ fn llama2_style_jinja_template_masks_with_trimmed_content() {
 
 #[test]
 fn smollm2_template_masks_every_turn() {
-    let Some(file) = smollm2() else { return };
+    let file = smollm2();
     let tok = ChatTokenizer::from_gguf(&file).unwrap();
     let t = ChatTemplate::resolve("model", &tok).unwrap();
     let mut convs = multi_turn();
@@ -586,7 +582,7 @@ fn random_conversations_mask_exactly_the_assistant_text() {
             check_mask(&tok, &enc, &conv, marker, *trimmed);
         }
     }
-    let Some(file) = smollm2() else { return };
+    let file = smollm2();
     let tok = ChatTokenizer::from_gguf(&file).unwrap();
     templates = vec![
         (ChatTemplate::named("vicuna_v1.1").unwrap(), "</s>", false),
@@ -698,7 +694,7 @@ fn saved_hf_dir_round_trips() {
             "{s:?}"
         );
     }
-    let Some(file) = smollm2() else { return };
+    let file = smollm2();
     let tok = ChatTokenizer::from_gguf(&file).unwrap();
     let dir = tmp.path().join("smollm2");
     tok.save_hf_dir(&dir).unwrap();

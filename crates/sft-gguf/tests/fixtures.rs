@@ -190,8 +190,8 @@ fn bad_files_fail_clearly() {
 }
 
 /// The real SmolLM2 file: `$SFT_ASSETS/smollm2/...`, else `~/.cache/sft-compose/assets/smollm2/...`.
-/// Missing: fail, unless `SFT_SKIP_SHARED_DATA=1` (then print a loud SKIPPED line).
-fn smollm2_path() -> Option<PathBuf> {
+/// Missing: a failure naming what to run.
+fn smollm2_path() -> PathBuf {
     let rel = "smollm2/SmolLM2-135M-Instruct.Q4_1.gguf";
     let dir = std::env::var_os("SFT_ASSETS")
         .map(PathBuf::from)
@@ -199,13 +199,9 @@ fn smollm2_path() -> Option<PathBuf> {
             std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/sft-compose/assets"))
         });
     if let Some(p) = dir.map(|d| d.join(rel)).filter(|p| p.exists()) {
-        return Some(p);
+        return p;
     }
-    if std::env::var("SFT_SKIP_SHARED_DATA").as_deref() == Ok("1") {
-        eprintln!("==================== SKIPPED (no SmolLM2 GGUF asset) ====================");
-        return None;
-    }
-    panic!("{rel} not found under $SFT_ASSETS or ~/.cache/sft-compose/assets: run `cargo xtask setup` and `eval \"$(cargo xtask env)\"`, or set SFT_SKIP_SHARED_DATA=1 to skip");
+    panic!("{rel} not found under $SFT_ASSETS or ~/.cache/sft-compose/assets: run `cargo xtask setup` and `eval \"$(cargo xtask env)\"`");
 }
 
 fn sha256_f32(values: &[f32]) -> String {
@@ -218,7 +214,7 @@ fn sha256_f32(values: &[f32]) -> String {
 
 #[test]
 fn smollm2_metadata_and_tensors_match_python_gguf() {
-    let Some(path) = smollm2_path() else { return };
+    let path = smollm2_path();
     let exp: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(fixture("smollm2.expected.json")).unwrap())
             .unwrap();

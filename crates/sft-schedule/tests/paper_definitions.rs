@@ -5,25 +5,18 @@ use std::path::PathBuf;
 
 use sft_schedule::{Ratio, Strategy, CODE, DMT_K_GRID, GENERAL, MATH};
 
-/// The shared data directory, or `None` (after a loud line) when `SFT_SKIP_SHARED_DATA=1`.
-fn data_dir() -> Option<PathBuf> {
+/// The shared data directory; a missing one is a failure naming what to set.
+fn data_dir() -> PathBuf {
     let dir = std::env::var_os("SFT_DATA_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data"));
-    if dir.join("gsm8k/train.jsonl").exists() {
-        return Some(dir);
-    }
-    if std::env::var("SFT_SKIP_SHARED_DATA").as_deref() == Ok("1") {
-        eprintln!(
-            "SKIPPED (no shared data): {} has no gsm8k/train.jsonl",
-            dir.display()
-        );
-        return None;
-    }
-    panic!(
-        "shared data not found at {} (set SFT_DATA_DIR, or SFT_SKIP_SHARED_DATA=1 to skip)",
+    assert!(
+        dir.join("gsm8k/train.jsonl").exists(),
+        "shared data not found: {} has no gsm8k/train.jsonl (set SFT_DATA_DIR to the data directory, \
+         or put it at ../shared/data beside the checkout)",
         dir.display()
     );
+    dir
 }
 
 /// Record counts of the three real sources: (code, math, general).
@@ -51,7 +44,7 @@ fn source_sizes(dir: &std::path::Path) -> (usize, usize, usize) {
 
 #[test]
 fn dmt_stage_two_holds_all_general_and_floor_k_n_of_each_specialized_source() {
-    let Some(dir) = data_dir() else { return };
+    let dir = data_dir();
     let (code, math, general) = source_sizes(&dir);
     assert_eq!(
         (code, math, general),
@@ -87,7 +80,7 @@ fn dmt_stage_two_holds_all_general_and_floor_k_n_of_each_specialized_source() {
 
 #[test]
 fn every_builtin_strategy_uses_each_record_as_the_paper_says() {
-    let Some(dir) = data_dir() else { return };
+    let dir = data_dir();
     let (code, math, general) = source_sizes(&dir);
     let counts = |s: &str| -> Vec<(usize, usize, usize)> {
         Strategy::parse(s)
