@@ -113,6 +113,11 @@ const TOP_LEVEL: &[(&str, &str)] = &[
 const DEBIAN_PACKAGES: &[(&str, &str)] = &[
     ("bwrap", "bubblewrap"),
     ("/usr/bin/python3", "python3"),
+    // The sandbox's rlimit mode runs samples under a dedicated uid with `setpriv`; `prlimit` sets
+    // the rlimits; the hostile suite creates its unprivileged user with `useradd`.
+    ("setpriv", "util-linux"),
+    ("prlimit", "util-linux"),
+    ("useradd", "passwd"),
     (
         "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
         "fonts-dejavu-core",
@@ -618,11 +623,12 @@ fn have(program: &str) -> bool {
 }
 
 fn check_debian_packages() -> Result<()> {
-    let missing: Vec<&str> = DEBIAN_PACKAGES
+    let mut missing: Vec<&str> = DEBIAN_PACKAGES
         .iter()
         .filter(|(bin, _)| !have(bin))
         .map(|(_, pkg)| *pkg)
         .collect();
+    missing.dedup();
     if missing.is_empty() {
         return Ok(());
     }
