@@ -39,12 +39,19 @@ struct Args {
     /// No progress bars.
     #[arg(long)]
     quiet: bool,
+    /// A stored stage trained under other training/chat semantics versions than this build's:
+    /// `retrain` it or `refuse` to run; overrides the plan's `[run] stale_stages` (default retrain).
+    #[arg(long)]
+    stale_stages: Option<sft_run::StaleStages>,
 }
 
 fn main() -> anyhow::Result<()> {
     sft_examples::init_logging();
     let args = Args::parse();
-    let (plan, settings) = sft_run::load_plan_file(&args.plan)?;
+    let (plan, mut settings) = sft_run::load_plan_file(&args.plan)?;
+    if let Some(policy) = args.stale_stages {
+        settings.stale_stages = policy;
+    }
     let plan_dir = args.plan.parent().map(PathBuf::from).unwrap_or_default();
     let model = match (&args.model, &settings.model) {
         (Some(m), _) => m.clone(),

@@ -878,7 +878,8 @@ fn example_binary(package: &str, name: &str) -> PathBuf {
     bin
 }
 
-/// The newest modification time of the Rust sources and manifests under `dir` (not `target/`).
+/// The newest modification time of the Rust sources and manifests under `dir` that an example
+/// binary can depend on (not `target/`, `tests/`, `benches/`, `fixtures/`, `docs/`).
 fn newest_mtime(dir: &Path) -> std::time::SystemTime {
     let mut newest = std::time::SystemTime::UNIX_EPOCH;
     let mut stack = vec![dir.to_path_buf()];
@@ -892,7 +893,7 @@ fn newest_mtime(dir: &Path) -> std::time::SystemTime {
             let name = name.to_string_lossy();
             if p.is_dir() {
                 if !(name.starts_with('.')
-                    || name == "target"
+                    || ["target", "tests", "benches"].contains(&name.as_ref())
                     || name == "fixtures"
                     || name == "docs")
                 {

@@ -191,6 +191,13 @@ pub trait Backend {
     /// Facts for `provenance.json` (device, libtorch version, …).
     fn describe(&self) -> BTreeMap<String, String>;
 
+    /// The versions of what training computes, by component (e.g. `training` =
+    /// `sft_train::TRAINING_SEMANTICS_VERSION`, `chat` = `sft_train::CHAT_SEMANTICS_VERSION`).
+    /// The runner records them in each stage's `done.json` and never reuses a stage trained
+    /// under other versions (see [`crate::StaleStages`]); a backend bumps one whenever its
+    /// numerics or outputs change for the same inputs.
+    fn semantics(&self) -> BTreeMap<String, u32>;
+
     /// Trains one stage; must leave complete weights in `req.model_out`. May be called again for
     /// the same stage after an interruption, with the same `work_dir`, and should then resume.
     fn train(&self, req: &TrainRequest<'_>) -> Result<TrainReport>;

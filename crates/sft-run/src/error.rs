@@ -45,6 +45,25 @@ pub enum Error {
         /// What went wrong.
         message: String,
     },
+    /// A stored stage was trained (or partly trained) under other training/chat semantics
+    /// versions than this build's, and the policy is `stale_stages = "refuse"`.
+    #[error("stage {index} ({name}, key {key}) in {dir} was {what} under {recorded}; this build is {current}. It is not reused: delete {dir} or set `stale_stages = \"retrain\"` in the plan's [run] table (run_plan: --stale-stages retrain) to retrain it")]
+    StaleStage {
+        /// The stage's index.
+        index: usize,
+        /// The stage's name.
+        name: String,
+        /// Its content key (short form).
+        key: String,
+        /// Its store directory.
+        dir: PathBuf,
+        /// `trained`, or `partly trained` for an interrupted stage.
+        what: &'static str,
+        /// The versions it was trained under (e.g. `training v1, chat v1`).
+        recorded: String,
+        /// This build's versions.
+        current: String,
+    },
     /// Another live process holds a stage's lock.
     #[error("{path}: stage is being trained by another process (pid {pid}); wait for it or remove the lock if that process is gone")]
     Locked {

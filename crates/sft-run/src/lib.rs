@@ -41,6 +41,7 @@ pub use runner::{
 };
 pub use settings::{
     default_sources, DataSettings, EvalSettings, JudgeSettings, RunSettings, SourceSettings,
+    StaleStages,
 };
 
 use std::path::Path;

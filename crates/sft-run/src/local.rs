@@ -582,6 +582,16 @@ impl Backend for LocalBackend {
         m
     }
 
+    fn semantics(&self) -> BTreeMap<String, u32> {
+        BTreeMap::from([
+            (
+                "training".to_string(),
+                sft_train::TRAINING_SEMANTICS_VERSION,
+            ),
+            ("chat".to_string(), sft_train::CHAT_SEMANTICS_VERSION),
+        ])
+    }
+
     fn train(&self, req: &TrainRequest<'_>) -> Result<TrainReport> {
         let cfg = train_config(&req.stage.train.to_value(), req.seed)?;
         if let Some(prev) = req.init_optimizer {

@@ -13,7 +13,7 @@ use crate::backend::{Backend, EvalRequest, Metric, Task, TrainRequest};
 use crate::data::Pools;
 use crate::error::{Error, Result};
 use crate::files::{fingerprint_model, read_json, write_json, DirLock};
-use crate::settings::RunSettings;
+use crate::settings::{RunSettings, StaleStages};
 
 /// The version of `results.json`, `status.json` and `done.json`.
 pub const RESULTS_FORMAT_VERSION: u32 = 1;
@@ -80,6 +80,25 @@ pub struct StageDone {
     /// The checkpoint step the finishing attempt resumed from (after an interruption).
     #[serde(default)]
     pub resumed_from: Option<u64>,
+    /// The backend's semantics versions it was trained under ([`Backend::semantics`]); empty
+    /// in stages stored before versions were recorded (which are therefore stale).
+    #[serde(default)]
+    pub semantics: BTreeMap<String, u32>,
+}
+
+/// The semantics versions a stage's training started under (`semantics.json`, written before
+/// training starts, so an interrupted stage records them too).
+const SEMANTICS_FILE: &str = "semantics.json";
+
+/// `training v1, chat v1`, or what an empty record means.
+fn describe_semantics(s: &BTreeMap<String, u32>) -> String {
+    if s.is_empty() {
+        return "no recorded semantics versions (stored before they were recorded)".into();
+    }
+    s.iter()
+        .map(|(k, v)| format!("{k} v{v}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// One stage's line in `results.json`.
@@ -217,6 +236,7 @@ fn run_inner(
     }
     write_json(&run_dir.join("provenance.json"), &provenance)?;
 
+    let semantics = backend.semantics();
     let mut stages = Vec::with_capacity(plan.stages.len());
     let mut prev_model = opts.base_model.clone();
     let mut prev_train: Option<PathBuf> = None;
@@ -233,7 +253,10 @@ fn run_inner(
             tracing::info_span!("stage", index = stage.index, name = %stage.name, key = %short);
         let _guard = span.enter();
         let done_path = dir.join("done.json");
-        let mut reused = done_path.exists();
+        let current = |done_path: &Path| -> Result<bool> {
+            Ok(done_path.exists() && read_json::<StageDone>(done_path)?.semantics == semantics)
+        };
+        let mut reused = current(&done_path)?;
         if reused {
             tracing::info!(
                 "stage {} ({}) already trained: reusing {}",
@@ -243,8 +266,10 @@ fn run_inner(
             );
         } else {
             let _stage_lock = DirLock::acquire(&dir)?;
-            reused = done_path.exists();
+            reused = current(&done_path)?;
             if !reused {
+                discard_if_stale(stage, &key.key, &dir, &semantics, settings.stale_stages)?;
+                write_json(&dir.join(SEMANTICS_FILE), &semantics)?;
                 train_stage(
                     stage,
                     &key.key,
@@ -256,6 +281,7 @@ fn run_inner(
                     &mut pools,
                     settings,
                     backend,
+                    &semantics,
                 )?;
             }
         }
@@ -345,6 +371,67 @@ fn run_inner(
     })
 }
 
+/// Under the stage's lock, before training it: a finished stage (`done.json`) or a partial one
+/// (`train/`) recorded under other semantics versions than `current` is refused or, with
+/// [`StaleStages::Retrain`], deleted (`done.json` first, so an interruption never leaves a stale
+/// stage that looks finished) so that it is trained from scratch. A partial stage under the
+/// same versions is left for the trainer to resume.
+fn discard_if_stale(
+    stage: &sft_schedule::Stage,
+    key: &str,
+    dir: &Path,
+    current: &BTreeMap<String, u32>,
+    policy: StaleStages,
+) -> Result<()> {
+    let done_path = dir.join("done.json");
+    let sem_path = dir.join(SEMANTICS_FILE);
+    let (what, recorded) = if done_path.exists() {
+        ("trained", read_json::<StageDone>(&done_path)?.semantics)
+    } else if dir.join("train").exists() || dir.join("model").exists() {
+        let recorded: BTreeMap<String, u32> = if sem_path.exists() {
+            read_json(&sem_path)?
+        } else {
+            BTreeMap::new()
+        };
+        if &recorded == current {
+            return Ok(());
+        }
+        ("partly trained", recorded)
+    } else {
+        return Ok(());
+    };
+    let (recorded, now) = (describe_semantics(&recorded), describe_semantics(current));
+    match policy {
+        StaleStages::Refuse => Err(Error::StaleStage {
+            index: stage.index,
+            name: stage.name.clone(),
+            key: key[..12].to_string(),
+            dir: dir.to_path_buf(),
+            what,
+            recorded,
+            current: now,
+        }),
+        StaleStages::Retrain => {
+            tracing::warn!(
+                "stage {} ({}, key {}) was {what} under {recorded}; this build is {now}: \
+                 retraining it (stale_stages = \"retrain\")",
+                stage.index,
+                stage.name,
+                &key[..12]
+            );
+            for name in ["done.json", SEMANTICS_FILE, "model", "train", "data"] {
+                let p = dir.join(name);
+                if p.is_dir() {
+                    std::fs::remove_dir_all(&p).map_err(Error::io("remove", &p))?;
+                } else if p.exists() {
+                    std::fs::remove_file(&p).map_err(Error::io("remove", &p))?;
+                }
+            }
+            Ok(())
+        }
+    }
+}
+
 #[allow(clippy::too_many_arguments)]
 fn train_stage(
     stage: &sft_schedule::Stage,
@@ -357,6 +444,7 @@ fn train_stage(
     pools: &mut Pools,
     settings: &RunSettings,
     backend: &dyn Backend,
+    semantics: &BTreeMap<String, u32>,
 ) -> Result<()> {
     let t0 = Instant::now();
     write_json(&dir.join("stage.json"), material)?;
@@ -415,6 +503,7 @@ fn train_stage(
         train_seconds: t0.elapsed().as_secs_f64(),
         final_train_loss: report.final_train_loss,
         resumed_from: report.resumed_from,
+        semantics: semantics.clone(),
     };
     write_json(&dir.join("done.json"), &done)?;
     tracing::info!(seconds = done.train_seconds, steps = done.steps, loss = ?done.final_train_loss, "stage finished");

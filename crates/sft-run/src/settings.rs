@@ -27,6 +27,33 @@ pub struct RunSettings {
     /// What to evaluate, and how much.
     #[serde(default)]
     pub eval: EvalSettings,
+    /// What to do with a stored stage trained under other training or chat semantics versions
+    /// than this build's ([`crate::Backend::semantics`]): retrain it (default) or refuse to run.
+    #[serde(default)]
+    pub stale_stages: StaleStages,
+}
+
+/// The policy for a stage in the store that was trained (or partly trained) under other
+/// semantics versions than the running code's: it is never silently reused.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StaleStages {
+    /// Discard the stage's weights, checkpoints and data and train it again (logged).
+    #[default]
+    Retrain,
+    /// Stop with [`crate::Error::StaleStage`], naming the stage and both versions.
+    Refuse,
+}
+
+impl std::str::FromStr for StaleStages {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "retrain" => Ok(StaleStages::Retrain),
+            "refuse" => Ok(StaleStages::Refuse),
+            _ => Err(format!("`{s}`: expected retrain or refuse")),
+        }
+    }
 }
 
 fn default_seed() -> u64 {
@@ -40,6 +67,7 @@ impl Default for RunSettings {
             seed: default_seed(),
             data: DataSettings::default(),
             eval: EvalSettings::default(),
+            stale_stages: StaleStages::default(),
         }
     }
 }

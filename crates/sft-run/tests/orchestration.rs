@@ -9,8 +9,8 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use sft_run::{
-    run_plan, Backend, EvalRequest, Metric, RunOptions, RunResults, RunSettings, Status, Task,
-    TrainReport, TrainRequest,
+    run_plan, Backend, EvalRequest, Metric, RunOptions, RunResults, RunSettings, StageDone,
+    StaleStages, Status, Task, TrainReport, TrainRequest,
 };
 use sha2::{Digest, Sha256};
 
@@ -25,11 +25,37 @@ struct Recorder {
     evaluated: RefCell<Vec<Task>>,
     fail_at: Option<usize>,
     calls: RefCell<usize>,
+    /// The versions it reports ([`Backend::semantics`]).
+    semantics: BTreeMap<String, u32>,
+}
+
+/// Semantics versions `training v{training}, chat 1`.
+fn sem(training: u32) -> BTreeMap<String, u32> {
+    BTreeMap::from([("chat".to_string(), 1), ("training".to_string(), training)])
+}
+
+fn at(training: u32) -> Recorder {
+    Recorder {
+        semantics: sem(training),
+        ..Recorder::default()
+    }
+}
+
+fn trained_names(b: &Recorder) -> Vec<String> {
+    b.trained.borrow().iter().map(|(n, _)| n.clone()).collect()
+}
+
+fn done(store_dir: &Path) -> StageDone {
+    serde_json::from_str(&std::fs::read_to_string(store_dir.join("done.json")).unwrap()).unwrap()
 }
 
 impl Backend for Recorder {
     fn describe(&self) -> BTreeMap<String, String> {
         BTreeMap::from([("device".to_string(), "test".to_string())])
+    }
+
+    fn semantics(&self) -> BTreeMap<String, u32> {
+        self.semantics.clone()
     }
 
     fn train(&self, req: &TrainRequest<'_>) -> sft_run::Result<TrainReport> {
@@ -290,4 +316,140 @@ fn bad_plans_and_settings_fail_before_any_training() {
         err.contains("unknown source \"maths\"") && err.contains("code, general, math"),
         "{err}"
     );
+}
+
+#[test]
+fn stages_trained_under_other_semantics_are_retrained_or_refused() {
+    let (tmp, settings, model) = setup();
+    let (plan, _) =
+        sft_run::load_plan_file(&workspace().join("fixtures/plans/two-stage-tiny.toml")).unwrap();
+    assert_eq!(settings.stale_stages, StaleStages::Retrain, "the default");
+    let refuse = RunSettings {
+        stale_stages: StaleStages::Refuse,
+        ..settings.clone()
+    };
+    let o = opts(tmp.path(), "a", &model);
+    let v1 = at(1);
+    let r1 = run_plan(&plan, &settings, &o, &v1).unwrap();
+    let dirs: Vec<PathBuf> = r1.stages.iter().map(|s| s.store_dir.clone()).collect();
+    for d in &dirs {
+        assert_eq!(done(d).semantics, sem(1), "done.json records the versions");
+    }
+    let w0 = std::fs::read_to_string(dirs[0].join("model/weights")).unwrap();
+
+    // The same versions: reused, under either policy.
+    let same = at(1);
+    let r = run_plan(&plan, &refuse, &o, &same).unwrap();
+    assert!(same.trained.borrow().is_empty() && r.stages.iter().all(|s| s.reused));
+
+    // A new training semantics version with `refuse`: an error naming the stage and both
+    // versions; nothing trained, the stored stage untouched.
+    let v2 = at(2);
+    let err = run_plan(&plan, &refuse, &o, &v2).unwrap_err();
+    assert!(
+        matches!(
+            &err,
+            sft_run::Error::StaleStage {
+                index: 0,
+                what: "trained",
+                ..
+            }
+        ),
+        "{err}"
+    );
+    let msg = err.to_string();
+    assert!(
+        msg.contains("stage 0 (specialized")
+            && msg.contains(
+                "was trained under chat v1, training v1; this build is chat v1, training v2"
+            ),
+        "{msg}"
+    );
+    assert!(v2.trained.borrow().is_empty());
+    assert_eq!(done(&dirs[0]).semantics, sem(1));
+    assert_eq!(status(&o.run_dir).state, "failed");
+
+    // With `retrain` (the default): both stages are trained again, from scratch, and record v2.
+    let r2 = run_plan(&plan, &settings, &o, &v2).unwrap();
+    assert_eq!(trained_names(&v2), vec!["specialized", "general+k"]);
+    assert!(r2.stages.iter().all(|s| !s.reused));
+    assert_eq!(v2.trained.borrow()[0].1, "base");
+    for d in &dirs {
+        assert_eq!(done(d).semantics, sem(2));
+    }
+    // (The fake trainer is a pure function of its inputs, so the weights are the same bytes.)
+    assert_eq!(
+        std::fs::read_to_string(dirs[0].join("model/weights")).unwrap(),
+        w0
+    );
+
+    // A done.json from before versions were recorded (no `semantics`) is stale too.
+    let path = dirs[0].join("done.json");
+    let mut old: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    old.as_object_mut().unwrap().remove("semantics");
+    std::fs::write(&path, old.to_string()).unwrap();
+    let err = run_plan(&plan, &refuse, &o, &at(2))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("was trained under no recorded semantics versions"),
+        "{err}"
+    );
+    let again = at(2);
+    let r = run_plan(&plan, &settings, &o, &again).unwrap();
+    // Only that stage is retrained: the second stage's own record says v2 (it was trained
+    // under v2 on a parent that was v2 then; the fake trainer is deterministic).
+    assert_eq!(trained_names(&again), vec!["specialized"]);
+    assert!(!r.stages[0].reused && r.stages[1].reused);
+    assert_eq!(done(&dirs[0]).semantics, sem(2));
+}
+
+#[test]
+fn a_partial_stage_from_other_semantics_is_not_resumed() {
+    let (tmp, settings, model) = setup();
+    let (plan, _) =
+        sft_run::load_plan_file(&workspace().join("fixtures/plans/two-stage-tiny.toml")).unwrap();
+    let o = opts(tmp.path(), "a", &model);
+    // Killed in the first stage under v1: a partial trainer directory stays behind.
+    let killed = Recorder {
+        fail_at: Some(1),
+        ..at(1)
+    };
+    run_plan(&plan, &settings, &o, &killed).unwrap_err();
+    let stage0 = o.run_dir.parent().unwrap().join("stages");
+    let dir = std::fs::read_dir(&stage0)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.join("train/partial").exists())
+        .expect("the partial stage");
+    let refuse = RunSettings {
+        stale_stages: StaleStages::Refuse,
+        ..settings.clone()
+    };
+    let err = run_plan(&plan, &refuse, &o, &at(2)).unwrap_err();
+    assert!(
+        matches!(
+            &err,
+            sft_run::Error::StaleStage {
+                index: 0,
+                what: "partly trained",
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert!(
+        dir.join("train/partial").exists(),
+        "refusing touches nothing"
+    );
+    // Retraining discards the old partial state instead of resuming from it.
+    let v2 = at(2);
+    run_plan(&plan, &settings, &o, &v2).unwrap();
+    assert_eq!(trained_names(&v2), vec!["specialized", "general+k"]);
+    assert!(
+        !dir.join("train/partial").exists(),
+        "the stale partial state was resumed"
+    );
+    assert_eq!(done(&dir).semantics, sem(2));
 }

@@ -69,6 +69,21 @@ fn two_stage_plan_trains_evaluates_reuses_and_resumes() {
     }
     // Stage 1: 24 records, micro-batch 4, 1 epoch → 6 steps.
     assert_eq!(done(&r.stages[0].store_dir).steps, 6);
+    // Every stage records the semantics versions of the code that trained it.
+    for s in &r.stages {
+        assert_eq!(
+            done(&s.store_dir).semantics,
+            BTreeMap::from([
+                ("chat".to_string(), sft_train::CHAT_SEMANTICS_VERSION),
+                (
+                    "training".to_string(),
+                    sft_train::TRAINING_SEMANTICS_VERSION
+                ),
+            ]),
+            "stage {}",
+            s.name
+        );
+    }
     // Training changed the weights: stage 2's weights differ from stage 1's, which differ from the base.
     let bytes = |p: PathBuf| std::fs::read(p).unwrap();
     let base = bytes(workspace().join("fixtures/run/tiny-bytes/model.safetensors"));

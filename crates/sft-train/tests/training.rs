@@ -403,12 +403,15 @@ fn bf16_mixed_precision_learns_and_tracks_f32() {
     }
     // The checkpoint holds f32 master weights and f32 moments; final/ the f32 master.
     let ckpt = out.path().join("checkpoints/step-000000016");
-    let moments = sft_train::checkpoint::read_safetensors(&ckpt.join("optimizer.safetensors")).unwrap();
+    let moments =
+        sft_train::checkpoint::read_safetensors(&ckpt.join("optimizer.safetensors")).unwrap();
     assert_eq!(moments.len(), 2 * vars.len());
     for (name, t) in &moments {
         assert_eq!(t.kind(), Kind::Float, "optimizer state {name}");
     }
-    let master = sft_train::checkpoint::read_safetensors(&out.path().join("final/model.safetensors")).unwrap();
+    let master =
+        sft_train::checkpoint::read_safetensors(&out.path().join("final/model.safetensors"))
+            .unwrap();
     assert_eq!(master.len(), vars.len());
     let mut off_grid = 0usize;
     for (name, w) in &master {
@@ -422,11 +425,16 @@ fn bf16_mixed_precision_learns_and_tracks_f32() {
         // The live bf16 variable is the master rounded.
         let var = &vars[name];
         assert!(
-            var.to_kind(Kind::Float).equal(&w.to_kind(Kind::BFloat16).to_kind(Kind::Float)),
+            var.to_kind(Kind::Float)
+                .equal(&w.to_kind(Kind::BFloat16).to_kind(Kind::Float)),
             "{name}: the bf16 variable is not the rounded f32 master"
         );
     }
-    assert_eq!(off_grid, master.len(), "every master tensor keeps f32 precision");
+    assert_eq!(
+        off_grid,
+        master.len(),
+        "every master tensor keeps f32 precision"
+    );
 
     let a = metrics(f32_out.path());
     let b = metrics(out.path());
@@ -482,7 +490,9 @@ fn bf16_mixed_precision_learns_and_tracks_f32() {
     // It learns: the last two steps' mean loss is under half the first step's.
     let last = (b[b.len() - 1].loss + b[b.len() - 2].loss) / 2.0;
     assert!(last < 0.5 * b[0].loss, "bf16 loss {} -> {last}", b[0].loss);
-    assert!(b.iter().all(|x| x.loss.is_finite() && x.grad_norm.is_finite()));
+    assert!(b
+        .iter()
+        .all(|x| x.loss.is_finite() && x.grad_norm.is_finite()));
 }
 
 #[test]
