@@ -47,6 +47,7 @@ mod mix;
 mod parquet_io;
 mod ratio;
 mod record;
+pub mod rft;
 pub mod sample;
 mod spec;
 mod tagger;
