@@ -5,13 +5,9 @@
 //! uninterrupted run's. Tiny byte-level model (`fixtures/run/tiny-bytes`), synthetic chat data.
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-
-fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
 
 /// What a failed build of `train` most likely lacks.
 const HINT: &str = "; it links libtorch: run `cargo xtask setup` and `eval \"$(cargo xtask env)\"` (sets LIBTORCH)";
@@ -42,7 +38,7 @@ fn write_data(path: &Path) {
 fn train_cmd(bin: &Path, data: &Path, out: &Path) -> Command {
     let mut c = Command::new(bin);
     c.arg("--model")
-        .arg(workspace_root().join("fixtures/run/tiny-bytes"))
+        .arg(sft_testkit::workspace_root().join("fixtures/run/tiny-bytes"))
         .arg("--data")
         .arg(data)
         .arg("--out")
@@ -181,99 +177,9 @@ fn interrupt(bin: &Path, data: &Path, out: &Path, signal: &str) -> u64 {
     steps
 }
 
-/// The `NAME` example binary of package `PACKAGE`, built for this test's profile and target
-/// directory: used as it is when it is newer than every source file and manifest of the
-/// workspace (as after `cargo xtask test`'s `cargo build --workspace --all-targets`), otherwise
-/// built now with `cargo build -p PACKAGE --example NAME`. A failed build fails the test with
-/// cargo's output; nothing is skipped.
-fn example_binary(package: &str, name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("the test binary's path");
-    // <target-dir>/<profile>/deps/<test>-<hash>
-    let profile_dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("test binary outside <target>/<profile>/deps")
-        .to_path_buf();
-    let bin = profile_dir.join("examples").join(name);
-    let newest_source = newest_mtime(&workspace_root());
-    let fresh = std::fs::metadata(&bin)
-        .and_then(|m| m.modified())
-        .is_ok_and(|t| t >= newest_source);
-    if fresh {
-        return bin;
-    }
-    let profile = match profile_dir.file_name().and_then(|n| n.to_str()) {
-        Some("debug") => "dev".to_string(),
-        Some(p) => p.to_string(),
-        None => panic!("cannot tell the profile from {}", exe.display()),
-    };
-    let target_dir = profile_dir.parent().expect("target directory");
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    eprintln!("building the {name} example: cargo build -p {package} --example {name} --profile {profile}");
-    let out = std::process::Command::new(&cargo)
-        .current_dir(workspace_root())
-        .args([
-            "build",
-            "-p",
-            package,
-            "--example",
-            name,
-            "--profile",
-            &profile,
-        ])
-        .arg("--target-dir")
-        .arg(target_dir)
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {cargo:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "`cargo build -p {package} --example {name} --profile {profile}` failed ({}){}:\n{}",
-        out.status,
-        HINT,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        bin.is_file(),
-        "cargo built {name} but {} is missing",
-        bin.display()
-    );
-    bin
-}
-
-/// The newest modification time of the Rust sources and manifests under `dir` that an example
-/// binary can depend on (not `target/`, `tests/`, `benches/`, `fixtures/`, `docs/`).
-fn newest_mtime(dir: &Path) -> std::time::SystemTime {
-    let mut newest = std::time::SystemTime::UNIX_EPOCH;
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&d) else {
-            continue;
-        };
-        for e in entries.flatten() {
-            let p = e.path();
-            let name = e.file_name();
-            let name = name.to_string_lossy();
-            if p.is_dir() {
-                if !(name.starts_with('.')
-                    || ["target", "tests", "benches"].contains(&name.as_ref())
-                    || name == "fixtures"
-                    || name == "docs")
-                {
-                    stack.push(p);
-                }
-            } else if name.ends_with(".rs") || name == "Cargo.toml" || name == "Cargo.lock" {
-                if let Ok(t) = e.metadata().and_then(|m| m.modified()) {
-                    newest = newest.max(t);
-                }
-            }
-        }
-    }
-    newest
-}
-
 #[test]
 fn sigterm_and_sigint_checkpoint_cleanly_and_a_rerun_is_byte_identical() {
-    let bin = example_binary("sft-examples", "train");
+    let bin = sft_testkit::example_binary("sft-examples", "train", HINT);
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data.jsonl");
     write_data(&data);

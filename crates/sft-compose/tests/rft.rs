@@ -795,81 +795,9 @@ fn property_every_kept_path_is_correct_checked_and_distinct() {
 // ---------------------------------------------------------------------------------------------
 // The CLI example end to end.
 
-/// The `rft` example binary of this test's profile and target directory, built with cargo when
-/// it is missing or older than sft-compose's sources or the workspace manifests. A failed build
-/// fails the test; nothing is skipped.
-fn rft_example() -> PathBuf {
-    let exe = std::env::current_exe().expect("the test binary's path");
-    let profile_dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("test binary outside <target>/<profile>/deps")
-        .to_path_buf();
-    let bin = profile_dir.join("examples").join("rft");
-    let mut newest = std::time::SystemTime::UNIX_EPOCH;
-    let mut stack = vec![PathBuf::from(env!("CARGO_MANIFEST_DIR"))];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                stack.push(p);
-            } else if let Ok(t) = e.metadata().and_then(|m| m.modified()) {
-                newest = newest.max(t);
-            }
-        }
-    }
-    for f in ["Cargo.toml", "Cargo.lock"] {
-        if let Ok(t) = std::fs::metadata(workspace().join(f)).and_then(|m| m.modified()) {
-            newest = newest.max(t);
-        }
-    }
-    let fresh = std::fs::metadata(&bin)
-        .and_then(|m| m.modified())
-        .is_ok_and(|t| t >= newest);
-    if fresh {
-        return bin;
-    }
-    let profile = match profile_dir.file_name().and_then(|n| n.to_str()) {
-        Some("debug") => "dev".to_string(),
-        Some(p) => p.to_string(),
-        None => panic!("cannot tell the profile from {}", exe.display()),
-    };
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    eprintln!(
-        "building the rft example: cargo build -p sft-compose --example rft --profile {profile}"
-    );
-    let out = std::process::Command::new(&cargo)
-        .current_dir(workspace())
-        .args([
-            "build",
-            "-p",
-            "sft-compose",
-            "--example",
-            "rft",
-            "--profile",
-            &profile,
-            "--target-dir",
-        ])
-        .arg(profile_dir.parent().expect("target directory"))
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {cargo:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "`cargo build -p sft-compose --example rft` failed ({}):\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        bin.is_file(),
-        "cargo built the rft example but {} is missing",
-        bin.display()
-    );
-    bin
-}
-
 #[test]
 fn cli_filter_end_to_end() {
-    let bin = rft_example();
+    let bin = sft_testkit::example_binary("sft-compose", "rft", "");
     let dir = tempdir();
     let out = dir.path().join("rft.jsonl");
     let stats = dir.path().join("stats.json");

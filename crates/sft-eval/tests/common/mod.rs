@@ -4,25 +4,20 @@
 
 use std::path::PathBuf;
 
-/// `$SFT_DATA_DIR`, else `<workspace>/../shared/data`. Missing data fails the test unless
-/// `SFT_SKIP_SHARED_DATA=1`, in which case this prints a loud SKIPPED line and returns `None`.
-pub fn shared_data() -> Option<PathBuf> {
+/// `$SFT_DATA_DIR`, else `<workspace>/../shared/data`. Missing data fails the test, naming what
+/// to set: a test never passes when its resource is absent.
+pub fn shared_data() -> PathBuf {
     let candidates = [
         std::env::var_os("SFT_DATA_DIR").map(PathBuf::from),
         Some(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data")),
     ];
     for c in candidates.into_iter().flatten() {
         if c.is_dir() {
-            return Some(c);
+            return c;
         }
     }
-    if std::env::var("SFT_SKIP_SHARED_DATA").as_deref() == Ok("1") {
-        eprintln!("==================== SKIPPED (no shared data) ====================");
-        return None;
-    }
     panic!(
-        "shared data not found: set SFT_DATA_DIR to the data folder (with humaneval/, gsm8k/, mt_bench/) \
-         or SFT_SKIP_SHARED_DATA=1 to skip"
+        "shared data not found: set SFT_DATA_DIR to the data folder (with humaneval/, gsm8k/, mt_bench/)"
     );
 }
 
@@ -89,21 +84,11 @@ pub fn open_tempdir() -> tempfile::TempDir {
     dir
 }
 
-/// A copy of the `eval` example in `dir` (mode 755), so that any user can run it. `cargo test`
-/// builds the crate's examples next to the test binaries (`target/<profile>/examples`).
+/// A copy of the `eval` example in `dir` (mode 755), so that any user can run it; the example is
+/// built first when it is missing or stale.
 pub fn eval_binary_in(dir: &std::path::Path) -> PathBuf {
     use std::os::unix::fs::PermissionsExt;
-    let exe = std::env::current_exe().expect("current_exe");
-    let built = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .map(|profile| profile.join("examples/eval"))
-        .expect("target dir layout");
-    assert!(
-        built.is_file(),
-        "{} not found: build it with `cargo build -p sft-eval --examples` (cargo test does)",
-        built.display()
-    );
+    let built = sft_testkit::example_binary("sft-eval", "eval", "");
     let copy = dir.join("eval");
     std::fs::copy(&built, &copy).expect("copy the eval binary");
     std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o755)).expect("chmod");
