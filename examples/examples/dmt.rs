@@ -115,8 +115,11 @@ fn main() -> anyhow::Result<()> {
         sft_run::data::resolve_data_dir(args.data_dir.as_deref(), &ws, &ws.join("fixtures/demo"));
     let mut settings = settings(&args, &data_dir)?;
     // The default general source: the wheel's full ShareGPT file when present, unless the user
-    // chose a data directory (then its own sharegpt file is used).
-    if args.data_dir.is_none() && data_dir.join("gsm8k/train.jsonl").exists() {
+    // chose a data directory with --data-dir or SFT_DATA_DIR (then its own sharegpt file is used).
+    if args.data_dir.is_none()
+        && std::env::var_os("SFT_DATA_DIR").is_none()
+        && data_dir.join("gsm8k/train.jsonl").exists()
+    {
         if let Ok(full) = sft_examples::assets_dir()
             .map(|a| a.join("sharegpt/ShareGPT_V3_unfiltered_cleaned_split.json"))
         {

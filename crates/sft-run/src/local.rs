@@ -233,7 +233,7 @@ impl LocalBackend {
         write_json(
             &req.out_dir.join("humaneval.report.json"),
             &json!({"generation": out.stats, "passed": passed, "n": rows.len(), "results": rows,
-                    "sandbox": sft_eval::humaneval::describe_limits(&self.opts.sandbox)}),
+                    "sandbox": sandbox.describe()}),
         )?;
         Ok(Some(Metric::wilson(passed, rows.len())))
     }
