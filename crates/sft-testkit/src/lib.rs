@@ -78,7 +78,7 @@ pub fn example_binary(package: &str, name: &str, hint: &str) -> PathBuf {
 /// binary can depend on (not `target/`, `tests/`, `benches/`, `fixtures/`, `docs/`, hidden
 /// folders).
 pub fn newest_source_mtime(dir: &Path) -> SystemTime {
-    const SKIP: [&str; 5] = ["target", "tests", "benches", "fixtures", "docs"];
+    const NOT_SOURCES: [&str; 5] = ["target", "tests", "benches", "fixtures", "docs"];
     let mut newest = SystemTime::UNIX_EPOCH;
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
@@ -90,7 +90,7 @@ pub fn newest_source_mtime(dir: &Path) -> SystemTime {
             let name = e.file_name();
             let name = name.to_string_lossy();
             if p.is_dir() {
-                if !(name.starts_with('.') || SKIP.contains(&name.as_ref())) {
+                if !(name.starts_with('.') || NOT_SOURCES.contains(&name.as_ref())) {
                     stack.push(p);
                 }
             } else if name.ends_with(".rs") || name == "Cargo.toml" || name == "Cargo.lock" {
