@@ -199,6 +199,9 @@ pub enum Error {
         #[source]
         source: serde_json::Error,
     },
+    /// A JSONL or JSON file could not be written (or read) by `sft-record`.
+    #[error(transparent)]
+    File(#[from] sft_record::Error),
     /// A source has no records left after its tag filter.
     #[error("source {source_name:?}: no records left after filter {filter:?} ({before} before)")]
     EmptyAfterFilter {

@@ -46,7 +46,6 @@ mod manifest;
 mod mix;
 mod parquet_io;
 mod ratio;
-mod record;
 pub mod rft;
 pub mod sample;
 mod spec;
@@ -65,7 +64,7 @@ pub use manifest::{FilterStats, InputFile, KStats, Manifest, SourceStats};
 pub use mix::{compose, compose_with, Catalog, Mixture, PreparedSource};
 pub use parquet_io::{chat_schema, read_parquet_rows};
 pub use ratio::{Ratio, Take};
-pub use record::{Message, Record, Role};
+pub use sft_record::{Message, Record, Role};
 pub use spec::{
     normalized_k, MixtureSpec, Order, SourceRole, SourceSpec, TaggerName, TagsSpec, FORMAT_VERSION,
 };

@@ -16,7 +16,7 @@ use sha2::{Digest, Sha256};
 
 use crate::error::{io_err, Error, IssueKind, Location, Result};
 use crate::format::{Container, SourceFormat};
-use crate::record::{Message, Record, Role};
+use sft_record::{Message, Record, Role};
 
 /// How to load a source.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]

@@ -135,9 +135,7 @@ impl Manifest {
     /// Writes the manifest (atomically: a temporary file, then a rename).
     pub fn write(&self, path: &Path) -> Result<()> {
         let text = self.to_json()?;
-        crate::write::write_atomically(path, |tmp| {
-            std::fs::write(tmp, text.as_bytes()).map_err(io_err(tmp))
-        })
+        Ok(sft_record::write_atomic(path, text.as_bytes())?)
     }
 
     /// Reads a manifest.

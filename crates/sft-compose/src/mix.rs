@@ -7,11 +7,11 @@ use std::sync::Arc;
 use crate::error::{Error, Result};
 use crate::load::{load_source, LoadOptions, LoadedSource};
 use crate::manifest::{FilterStats, InputFile, KStats, Manifest, SourceStats};
-use crate::record::Record;
 use crate::sample::{fisher_yates, rng_for, select};
 use crate::spec::{MixtureSpec, Order, SourceRole, SourceSpec, TaggerName, TagsSpec};
 use crate::tagger::{apply_tagger, HeuristicTagger, TaggingStats};
 use crate::tags::{apply_tag_file, load_tag_file, TagFileStats};
+use sft_record::Record;
 
 /// A loaded source with its tags applied.
 #[derive(Debug, Clone)]

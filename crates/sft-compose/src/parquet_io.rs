@@ -4,6 +4,7 @@
 //! `messages: list<struct<role: utf8, content: utf8>>`, `tags: list<utf8>` and
 //! `metadata: utf8` (JSON text, null when empty), Snappy-compressed.
 
+use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::Read;
 use std::path::Path;
@@ -19,9 +20,9 @@ use parquet::file::properties::WriterProperties;
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
-use crate::error::{io_err, Error, Location, Result};
+use crate::error::{io_err, Error, IssueKind, Location, Result};
 use crate::load::Sink;
-use crate::record::Record;
+use sft_record::{Message, Record, Role};
 
 fn pq_err(path: &Path) -> impl FnOnce(parquet::errors::ParquetError) -> Error + '_ {
     move |source| Error::Parquet {
@@ -62,7 +63,8 @@ pub(crate) fn read_parquet(path: &Path, sink: &mut Sink) -> Result<(String, u64)
     Ok((sha, bytes))
 }
 
-/// Calls `f(row_as_json_object, row_index)` for every row of a Parquet file, in order.
+/// Calls `f(row_as_json_object, row_index)` for every row of a Parquet file, in order (the
+/// source loader's path, which accepts every [`crate::SourceFormat`] in Parquet).
 fn for_each_parquet_row(path: &Path, mut f: impl FnMut(Value, u64) -> Result<()>) -> Result<()> {
     let file = File::open(path).map_err(io_err(path))?;
     let reader = ParquetRecordBatchReaderBuilder::try_new(file)
@@ -86,17 +88,158 @@ fn for_each_parquet_row(path: &Path, mut f: impl FnMut(Value, u64) -> Result<()>
     Ok(())
 }
 
-/// Every row of a Parquet file as a JSON object (one key per column; lists and structs nest,
-/// nulls become `null`), in file order. The row index is the 0-based position, which is what
-/// [`Location::Row`] reports; other crates use this to read the chat files [`write_parquet`]
-/// writes without depending on Arrow themselves.
-pub fn read_parquet_rows(path: &Path) -> Result<Vec<Value>> {
-    let mut rows = Vec::new();
-    for_each_parquet_row(path, |v, _| {
-        rows.push(v);
-        Ok(())
-    })?;
-    Ok(rows)
+/// Reads the chat Parquet files [`write_parquet`] writes as [`Record`]s, in file order, so other
+/// crates read them without depending on Arrow themselves.
+///
+/// Columns: `id`, `source` (utf8) and `messages` (list of `{role, content}` structs) are required;
+/// `tags` (list of utf8) and `metadata` (JSON object text) may be absent or null; other columns
+/// are ignored. A role must be `system`, `user` or `assistant`. A bad row is an
+/// [`Error::Record`] at [`Location::Row`] (0-based) with the [`IssueKind`] of the problem.
+pub fn read_parquet_rows(path: &Path) -> Result<Vec<Record>> {
+    let file = File::open(path).map_err(io_err(path))?;
+    let reader = ParquetRecordBatchReaderBuilder::try_new(file)
+        .map_err(pq_err(path))?
+        .with_batch_size(4096)
+        .build()
+        .map_err(pq_err(path))?;
+    let mut out = Vec::new();
+    let mut row_index = 0u64;
+    for batch in reader {
+        let batch = batch.map_err(arrow_err(path))?;
+        let column = |name: &str| batch.column_by_name(name).map(|c| c.as_ref());
+        let (id, source, messages) = (column("id"), column("source"), column("messages"));
+        let (tags, metadata) = (column("tags"), column("metadata"));
+        for row in 0..batch.num_rows() {
+            let bad = |kind, detail: String| Error::Record {
+                path: path.to_path_buf(),
+                location: Location::Row(row_index),
+                kind,
+                detail,
+            };
+            out.push(
+                record_at(id, source, messages, tags, metadata, row)
+                    .map_err(|(kind, detail)| bad(kind, detail))?,
+            );
+            row_index += 1;
+        }
+    }
+    Ok(out)
+}
+
+/// A utf8 cell: `Ok(None)` when null, an error naming `what` when of another type.
+fn str_cell<'a>(
+    array: &'a dyn Array,
+    row: usize,
+    what: &str,
+) -> std::result::Result<Option<&'a str>, (IssueKind, String)> {
+    if array.is_null(row) {
+        return Ok(None);
+    }
+    match array.data_type() {
+        DataType::Utf8 => Ok(Some(array.as_string::<i32>().value(row))),
+        DataType::LargeUtf8 => Ok(Some(array.as_string::<i64>().value(row))),
+        DataType::Utf8View => Ok(Some(array.as_string_view().value(row))),
+        other => Err((
+            IssueKind::WrongType,
+            format!("`{what}` must be a string column, not {other}"),
+        )),
+    }
+}
+
+/// A required utf8 cell.
+fn required_str<'a>(
+    array: Option<&'a dyn Array>,
+    row: usize,
+    what: &str,
+) -> std::result::Result<&'a str, (IssueKind, String)> {
+    let array = array.ok_or_else(|| (IssueKind::MissingField, format!("no `{what}` column")))?;
+    str_cell(array, row, what)?
+        .ok_or_else(|| (IssueKind::MissingField, format!("`{what}` is null")))
+}
+
+/// The list in a list cell: `Ok(None)` when null.
+fn list_cell(
+    array: &dyn Array,
+    row: usize,
+    what: &str,
+) -> std::result::Result<Option<ArrayRef>, (IssueKind, String)> {
+    if array.is_null(row) {
+        return Ok(None);
+    }
+    match array.data_type() {
+        DataType::List(_) => Ok(Some(array.as_list::<i32>().value(row))),
+        DataType::LargeList(_) => Ok(Some(array.as_list::<i64>().value(row))),
+        other => Err((
+            IssueKind::WrongType,
+            format!("`{what}` must be a list column, not {other}"),
+        )),
+    }
+}
+
+fn record_at(
+    id: Option<&dyn Array>,
+    source: Option<&dyn Array>,
+    messages: Option<&dyn Array>,
+    tags: Option<&dyn Array>,
+    metadata: Option<&dyn Array>,
+    row: usize,
+) -> std::result::Result<Record, (IssueKind, String)> {
+    let id = required_str(id, row, "id")?.to_string();
+    let source = required_str(source, row, "source")?.to_string();
+    let messages =
+        messages.ok_or_else(|| (IssueKind::MissingField, "no `messages` column".into()))?;
+    let list = list_cell(messages, row, "messages")?
+        .ok_or_else(|| (IssueKind::MissingField, "`messages` is null".to_string()))?;
+    let DataType::Struct(_) = list.data_type() else {
+        return Err((
+            IssueKind::WrongType,
+            format!(
+                "`messages` must hold {{role, content}} structs, not {}",
+                list.data_type()
+            ),
+        ));
+    };
+    let structs = list.as_struct();
+    let roles = structs.column_by_name("role");
+    let contents = structs.column_by_name("content");
+    let mut out_messages = Vec::with_capacity(structs.len());
+    for i in 0..structs.len() {
+        let role = required_str(roles.map(|c| c.as_ref()), i, "role")?;
+        let role: Role = role.parse().map_err(|e: sft_record::ParseRoleError| {
+            (IssueKind::UnknownRole, format!("message {i}: {e}"))
+        })?;
+        let content = required_str(contents.map(|c| c.as_ref()), i, "content")?;
+        out_messages.push(Message::new(role, content));
+    }
+    let mut out_tags = Vec::new();
+    if let Some(tags) = tags {
+        if let Some(list) = list_cell(tags, row, "tags")? {
+            for i in 0..list.len() {
+                if let Some(tag) = str_cell(list.as_ref(), i, "tags")? {
+                    out_tags.push(tag.to_string());
+                }
+            }
+        }
+    }
+    let out_metadata = match metadata {
+        None => BTreeMap::new(),
+        Some(col) => match str_cell(col, row, "metadata")? {
+            None | Some("") => BTreeMap::new(),
+            Some(text) => serde_json::from_str(text).map_err(|e| {
+                (
+                    IssueKind::WrongType,
+                    format!("`metadata` must be a JSON object: {e}"),
+                )
+            })?,
+        },
+    };
+    Ok(Record {
+        id,
+        source,
+        messages: out_messages,
+        tags: out_tags,
+        metadata: out_metadata,
+    })
 }
 
 /// Converts one cell to JSON. Unsupported types become a string describing the type, which then

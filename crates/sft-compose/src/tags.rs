@@ -17,7 +17,7 @@ use sha2::{Digest, Sha256};
 
 use crate::error::{io_err, Error, IssueKind, Location, Result};
 use crate::load::{classify, TagList};
-use crate::record::Record;
+use sft_record::Record;
 
 /// Tags per id, read from a tag file.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -1,11 +1,9 @@
 //! Writing records in the chat format.
 
-use std::fs::File;
-use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
-use crate::error::{io_err, Error, Result};
-use crate::record::Record;
+use crate::error::{io_err, Result};
+use sft_record::Record;
 
 /// Runs `write` on a temporary path beside `path`, then renames it into place, so a crash
 /// never leaves a half-written output under the final name.
@@ -24,24 +22,10 @@ pub(crate) fn write_atomically<T>(
     Ok(out)
 }
 
-/// Writes records as JSONL: one `{"id","source","messages","tags"[,"metadata"]}` object per line.
-/// Returns the number of records written.
+/// Writes records as JSONL: one `{"id","source","messages","tags"[,"metadata"]}` object per line,
+/// atomically, through [`sft_record::write_jsonl`]. Returns the number of records written.
 pub fn write_jsonl<'a>(path: &Path, records: impl IntoIterator<Item = &'a Record>) -> Result<u64> {
-    write_atomically(path, |tmp| {
-        let file = File::create(tmp).map_err(io_err(tmp))?;
-        let mut w = BufWriter::with_capacity(1 << 20, file);
-        let mut n = 0u64;
-        for r in records {
-            serde_json::to_writer(&mut w, r).map_err(|source| Error::Json {
-                path: tmp.to_path_buf(),
-                source,
-            })?;
-            w.write_all(b"\n").map_err(io_err(tmp))?;
-            n += 1;
-        }
-        w.flush().map_err(io_err(tmp))?;
-        Ok(n)
-    })
+    Ok(sft_record::write_jsonl(path, records)?)
 }
 
 /// Writes records as Parquet (see [`crate::parquet_io`] for the schema).

@@ -419,6 +419,9 @@ fn jsonl_and_parquet_round_trip() {
             );
         }
     }
+    // The typed readers other crates use give back exactly the records written.
+    assert_eq!(sft_compose::read_parquet_rows(&parquet).unwrap(), originals);
+    assert_eq!(sft_record::read_records(&jsonl).unwrap(), originals);
     let text = std::fs::read_to_string(&jsonl).unwrap();
     let first = text.lines().next().unwrap();
     assert!(
@@ -428,6 +431,76 @@ fn jsonl_and_parquet_round_trip() {
     let line: serde_json::Value = serde_json::from_str(first).unwrap();
     for key in ["id", "source", "messages", "tags"] {
         assert!(line.get(key).is_some(), "missing {key}: {first}");
+    }
+}
+
+#[test]
+fn typed_parquet_reading_names_the_row_of_an_unknown_role() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut records: Vec<_> = compose(&fixture_spec(9))
+        .unwrap()
+        .records()
+        .cloned()
+        .collect();
+    records.truncate(3);
+    let path = dir.path().join("ok.parquet");
+    sft_compose::write_parquet(&path, &records).unwrap();
+    assert_eq!(sft_compose::read_parquet_rows(&path).unwrap(), records);
+    // A file written by another tool with a role outside system/user/assistant.
+    use arrow::array::{ArrayRef, ListArray, StringArray, StructArray};
+    use arrow::buffer::OffsetBuffer;
+    use arrow::datatypes::{DataType, Field, Fields};
+    use std::sync::Arc;
+    let fields = Fields::from(vec![
+        Field::new("role", DataType::Utf8, false),
+        Field::new("content", DataType::Utf8, false),
+    ]);
+    let structs = StructArray::try_new(
+        fields.clone(),
+        vec![
+            Arc::new(StringArray::from(vec!["user", "assistant", "user", "gpt"])) as ArrayRef,
+            Arc::new(StringArray::from(vec!["a", "b", "c", "d"])),
+        ],
+        None,
+    )
+    .unwrap();
+    let messages = ListArray::try_new(
+        Arc::new(Field::new("item", DataType::Struct(fields), false)),
+        OffsetBuffer::from_lengths([2, 2]),
+        Arc::new(structs),
+        None,
+    )
+    .unwrap();
+    let batch = arrow::array::RecordBatch::try_from_iter([
+        (
+            "id",
+            Arc::new(StringArray::from(vec!["x:0", "x:1"])) as ArrayRef,
+        ),
+        ("source", Arc::new(StringArray::from(vec!["x", "x"]))),
+        ("messages", Arc::new(messages)),
+    ])
+    .unwrap();
+    let bad = dir.path().join("bad.parquet");
+    let mut w = parquet::arrow::ArrowWriter::try_new(
+        std::fs::File::create(&bad).unwrap(),
+        batch.schema(),
+        None,
+    )
+    .unwrap();
+    w.write(&batch).unwrap();
+    w.close().unwrap();
+    match sft_compose::read_parquet_rows(&bad) {
+        Err(Error::Record {
+            location,
+            kind,
+            detail,
+            ..
+        }) => {
+            assert_eq!(location, Location::Row(1));
+            assert_eq!(kind, IssueKind::UnknownRole);
+            assert!(detail.contains("unknown role `gpt`"), "{detail}");
+        }
+        other => panic!("expected a row error, got {other:?}"),
     }
 }
 

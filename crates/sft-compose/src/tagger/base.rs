@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::record::Record;
+use sft_record::Record;
 
 /// One tag given to a record, with the rule (or model) that produced it.
 #[derive(Debug, Clone, PartialEq, Eq)]

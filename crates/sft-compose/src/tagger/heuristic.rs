@@ -19,7 +19,7 @@
 use regex::{Regex, RegexBuilder};
 
 use super::base::{TagHit, Tagger};
-use crate::record::{Record, Role};
+use sft_record::{Record, Role};
 
 /// Which turns a rule reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -159,7 +159,7 @@ impl Tagger for HeuristicTagger {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::record::Message;
+    use sft_record::Message;
 
     fn rec(user: &str, assistant: &str) -> Record {
         Record {

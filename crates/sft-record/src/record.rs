@@ -1,13 +1,18 @@
-//! The one record model every loader produces: a conversation with a stable id.
+//! The one record model: roles, messages, and a conversation with a stable id.
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::str::FromStr;
 
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::error::ParseRoleError;
 
 /// Who speaks a message.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
+///
+/// Serialized as its lowercase name ([`Role::as_str`]); deserialized through [`FromStr`], which
+/// accepts exactly `system`, `user` and `assistant`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Role {
     /// A system prompt; only allowed as the first message.
     System,
@@ -34,10 +39,9 @@ impl Role {
     pub fn from_sharegpt(from: &str) -> Option<Role> {
         let lower = from.trim().to_ascii_lowercase();
         match lower.as_str() {
-            "human" | "user" => Some(Role::User),
-            "gpt" | "chatgpt" | "assistant" | "bard" | "bing" | "model" => Some(Role::Assistant),
-            "system" => Some(Role::System),
-            _ => None,
+            "human" => Some(Role::User),
+            "gpt" | "chatgpt" | "bard" | "bing" | "model" => Some(Role::Assistant),
+            canonical => canonical.parse().ok(),
         }
     }
 }
@@ -48,7 +52,45 @@ impl fmt::Display for Role {
     }
 }
 
-/// One turn of a conversation.
+impl FromStr for Role {
+    type Err = ParseRoleError;
+
+    /// `system`, `user` or `assistant` (exactly, as written by [`Role::as_str`]).
+    fn from_str(s: &str) -> Result<Role, ParseRoleError> {
+        match s {
+            "system" => Ok(Role::System),
+            "user" => Ok(Role::User),
+            "assistant" => Ok(Role::Assistant),
+            other => Err(ParseRoleError {
+                found: other.to_string(),
+            }),
+        }
+    }
+}
+
+impl Serialize for Role {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for Role {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Role, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = Role;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a role: system, user or assistant")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Role, E> {
+                v.parse().map_err(E::custom)
+            }
+        }
+        deserializer.deserialize_str(Visitor)
+    }
+}
+
+/// One turn of a conversation, serialized as `{"role", "content"}`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Message {
     /// The speaker.
@@ -65,12 +107,28 @@ impl Message {
             content: content.into(),
         }
     }
+
+    /// A system message.
+    pub fn system(content: impl Into<String>) -> Self {
+        Message::new(Role::System, content)
+    }
+
+    /// A user message.
+    pub fn user(content: impl Into<String>) -> Self {
+        Message::new(Role::User, content)
+    }
+
+    /// An assistant message.
+    pub fn assistant(content: impl Into<String>) -> Self {
+        Message::new(Role::Assistant, content)
+    }
 }
 
 /// One training example: a conversation from a named source.
 ///
 /// Serialized (JSONL and Parquet) as `{"id", "source", "messages": [{"role", "content"}], "tags"}`,
-/// plus `"metadata"` when it is not empty.
+/// plus `"metadata"` when it is not empty. Reading ignores other fields; `tags` and `metadata`
+/// may be absent.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Record {
     /// `<source>:<index>`, the index being the 0-based position of the record in its source file.
