@@ -11,9 +11,8 @@
 use std::collections::BTreeMap;
 use std::time::Instant;
 
-use sft_chat::{
-    drop_leading_assistant_turns, ChatError, ChatMessage, ChatTemplate, ChatTokenizer, Role,
-};
+use sft_chat::{drop_leading_assistant_turns, ChatError, ChatTemplate, ChatTokenizer};
+use sft_record::{Message, Role};
 
 /// This process's user+system CPU seconds (Linux `/proc/self/stat`), to report per-core
 /// throughput on a shared machine; `None` elsewhere.
@@ -37,16 +36,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             .as_array()
             .ok_or("record without conversations")?
         {
-            let role = match m["from"].as_str() {
-                Some("human") | Some("user") => Role::User,
-                Some("gpt") | Some("assistant") => Role::Assistant,
-                Some("system") => Role::System,
-                other => return Err(format!("unknown role {other:?}").into()),
-            };
-            conv.push(ChatMessage::new(
-                role,
-                m["value"].as_str().unwrap_or_default(),
-            ));
+            let from = m["from"].as_str().unwrap_or_default();
+            let role = Role::from_sharegpt(from).ok_or_else(|| format!("unknown role {from:?}"))?;
+            conv.push(Message::new(role, m["value"].as_str().unwrap_or_default()));
         }
         convs.push(drop_leading_assistant_turns(&conv));
     }

@@ -16,8 +16,8 @@
 //!   generation prompt.
 //! * [`ChatTemplate::encode_with_mask`] gives ids and the loss mask ([`EncodedChat`]).
 //!
-//! Messages are [`ChatMessage`] `{role, content}`; this crate does not know the data crate's
-//! record type.
+//! Messages are [`sft_record::Message`] `{role, content}`, the workspace's one message type;
+//! [`EncodedChat`] is its one encoded-conversation type (the trainer consumes it as is).
 
 #![deny(missing_docs)]
 
@@ -31,7 +31,7 @@ mod tokenizer;
 pub use error::{ChatError, Result};
 pub use gguf_tokenizer::GgufPreTokenizer;
 pub use mask::EncodedChat;
-pub use message::{drop_leading_assistant_turns, ChatMessage, Role};
+pub use message::drop_leading_assistant_turns;
 pub use template::{
     AssistantSpan, ChatTemplate, JinjaTemplate, RenderOptions, Rendered, VICUNA_SYSTEM,
 };

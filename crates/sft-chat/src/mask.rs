@@ -1,6 +1,7 @@
 //! Token ids and the assistant-only loss mask for a conversation.
 
-use crate::{AssistantSpan, ChatError, ChatMessage, ChatTemplate, ChatTokenizer, Result};
+use crate::{AssistantSpan, ChatError, ChatTemplate, ChatTokenizer, Result};
+use sft_record::Message;
 
 /// A conversation tokenized for training.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -61,7 +62,7 @@ impl ChatTemplate {
     pub fn encode_with_mask(
         &self,
         tokenizer: &ChatTokenizer,
-        messages: &[ChatMessage],
+        messages: &[Message],
     ) -> Result<EncodedChat> {
         let rendered = self.render(messages)?;
         let (ids, offsets) =
@@ -120,7 +121,7 @@ impl ChatTemplate {
     /// [`ChatTemplate::encode_with_mask`] for many conversations on `threads` OS threads
     /// (`0` = all available cores), results in input order. Tokenizing a fine-tuning mix is
     /// CPU-bound and embarrassingly parallel; one thread does about 0.3 M tokens/s.
-    pub fn encode_many_with_mask<C: AsRef<[ChatMessage]> + Sync>(
+    pub fn encode_many_with_mask<C: AsRef<[Message]> + Sync>(
         &self,
         tokenizer: &ChatTokenizer,
         conversations: &[C],
@@ -158,7 +159,7 @@ impl ChatTemplate {
     pub fn encode_prompt(
         &self,
         tokenizer: &ChatTokenizer,
-        messages: &[ChatMessage],
+        messages: &[Message],
     ) -> Result<Vec<u32>> {
         let text = self.render_prompt(messages)?;
         tokenizer.encode(&text, self.adds_special_tokens())

@@ -7,7 +7,8 @@ use std::sync::{Arc, OnceLock};
 use minijinja::{Environment, ErrorKind};
 use serde::Serialize;
 
-use crate::{ChatError, ChatMessage, ChatTokenizer, Result, Role};
+use crate::{ChatError, ChatTokenizer, Result};
+use sft_record::{Message, Role};
 
 /// FastChat's `vicuna_v1.1` system prompt.
 pub const VICUNA_SYSTEM: &str = "A chat between a curious user and an artificial intelligence assistant. The assistant gives helpful, detailed, and polite answers to the user's questions.";
@@ -123,7 +124,7 @@ impl ChatTemplate {
     }
 
     /// Render a whole conversation for training, with assistant spans.
-    pub fn render(&self, messages: &[ChatMessage]) -> Result<Rendered> {
+    pub fn render(&self, messages: &[Message]) -> Result<Rendered> {
         validate(messages)?;
         for (i, m) in messages.iter().enumerate() {
             if m.role == Role::Assistant && m.content.is_empty() {
@@ -142,7 +143,7 @@ impl ChatTemplate {
 
     /// Render a prompt for generation (`add_generation_prompt = true`); the conversation
     /// normally ends with a user message.
-    pub fn render_prompt(&self, messages: &[ChatMessage]) -> Result<String> {
+    pub fn render_prompt(&self, messages: &[Message]) -> Result<String> {
         self.render_with(
             messages,
             RenderOptions {
@@ -152,7 +153,7 @@ impl ChatTemplate {
     }
 
     /// Render with explicit options (no spans).
-    pub fn render_with(&self, messages: &[ChatMessage], options: RenderOptions) -> Result<String> {
+    pub fn render_with(&self, messages: &[Message], options: RenderOptions) -> Result<String> {
         validate(messages)?;
         match self {
             Self::VicunaV11 { sep2 } => {
@@ -165,7 +166,7 @@ impl ChatTemplate {
 }
 
 /// Optional leading system message, then user/assistant alternating from user (FastChat asserts the same).
-fn validate(messages: &[ChatMessage]) -> Result<()> {
+fn validate(messages: &[Message]) -> Result<()> {
     if messages.is_empty() {
         return Err(ChatError::Conversation {
             index: 0,
@@ -189,7 +190,7 @@ fn validate(messages: &[ChatMessage]) -> Result<()> {
     Ok(())
 }
 
-fn vicuna(messages: &[ChatMessage], sep2: &str, add_generation_prompt: bool) -> Rendered {
+fn vicuna(messages: &[Message], sep2: &str, add_generation_prompt: bool) -> Rendered {
     let (system, rest) = match messages.first() {
         Some(m) if m.role == Role::System => (m.content.as_str(), &messages[1..]),
         _ => (VICUNA_SYSTEM, messages),
@@ -235,7 +236,7 @@ fn vicuna(messages: &[ChatMessage], sep2: &str, add_generation_prompt: bool) -> 
     }
 }
 
-fn chatml(messages: &[ChatMessage], add_generation_prompt: bool) -> Rendered {
+fn chatml(messages: &[Message], add_generation_prompt: bool) -> Rendered {
     let mut text = String::new();
     let mut spans = Vec::new();
     for (i, m) in messages.iter().enumerate() {
@@ -270,7 +271,7 @@ struct MessageValue {
     content: String,
 }
 
-fn to_values(messages: &[ChatMessage]) -> Vec<MessageValue> {
+fn to_values(messages: &[Message]) -> Vec<MessageValue> {
     messages
         .iter()
         .map(|m| MessageValue {
@@ -425,7 +426,7 @@ impl JinjaTemplate {
         Ok(marker)
     }
 
-    fn render_with_spans(&self, messages: &[ChatMessage]) -> Result<Rendered> {
+    fn render_with_spans(&self, messages: &[Message]) -> Result<Rendered> {
         let real = self.render_raw(&to_values(messages), false)?;
         let assistants: Vec<usize> = messages
             .iter()

@@ -4,9 +4,9 @@
 use std::path::PathBuf;
 
 use sft_chat::{
-    ChatError, ChatMessage, ChatTemplate, ChatTokenizer, EncodedChat, GgufPreTokenizer,
-    JinjaTemplate, Role,
+    ChatError, ChatTemplate, ChatTokenizer, EncodedChat, GgufPreTokenizer, JinjaTemplate,
 };
+use sft_record::{Message, Role};
 
 fn fixtures() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/tokenizer")
@@ -52,7 +52,7 @@ fn smollm2() -> sft_gguf::GgufFile {
     panic!("{rel} not found under $SFT_ASSETS or ~/.cache/sft-compose/assets: run `cargo xtask setup` and `eval \"$(cargo xtask env)\"`");
 }
 
-fn conversations(r: &serde_json::Value) -> Vec<Vec<ChatMessage>> {
+fn conversations(r: &serde_json::Value) -> Vec<Vec<Message>> {
     r["conversations"]
         .as_array()
         .unwrap()
@@ -154,7 +154,7 @@ fn smollm2_jinja_template_renders_like_transformers() {
 fn check_mask(
     tok: &ChatTokenizer,
     enc: &EncodedChat,
-    conv: &[ChatMessage],
+    conv: &[Message],
     marker: &str,
     trimmed: bool,
 ) {
@@ -198,25 +198,25 @@ fn check_mask(
     );
 }
 
-fn multi_turn() -> Vec<Vec<ChatMessage>> {
+fn multi_turn() -> Vec<Vec<Message>> {
     vec![
         vec![
-            ChatMessage::user("What is two plus two?"),
-            ChatMessage::assistant("Two plus two is four."),
+            Message::user("What is two plus two?"),
+            Message::assistant("Two plus two is four."),
         ],
         vec![
-            ChatMessage::system("Be brief."),
-            ChatMessage::user("Name a prime."),
-            ChatMessage::assistant("7"),
-            ChatMessage::user("Another, above 10?"),
-            ChatMessage::assistant("13, which is prime.\nDone"),
-            ChatMessage::user("Thanks"),
+            Message::system("Be brief."),
+            Message::user("Name a prime."),
+            Message::assistant("7"),
+            Message::user("Another, above 10?"),
+            Message::assistant("13, which is prime.\nDone"),
+            Message::user("Thanks"),
         ],
         vec![
-            ChatMessage::user("def add(a, b):"),
-            ChatMessage::assistant("    return a + b"),
-            ChatMessage::user("日本語?"),
-            ChatMessage::assistant("はい 🤖 12345"),
+            Message::user("def add(a, b):"),
+            Message::assistant("    return a + b"),
+            Message::user("日本語?"),
+            Message::assistant("はい 🤖 12345"),
         ],
     ]
 }
@@ -357,20 +357,20 @@ fn smollm2_template_masks_every_turn() {
 #[test]
 fn conversation_errors_are_reported() {
     let t = ChatTemplate::named("chatml").unwrap();
-    let err = t.render(&[ChatMessage::assistant("hi")]).unwrap_err();
+    let err = t.render(&[Message::assistant("hi")]).unwrap_err();
     assert!(
         matches!(err, ChatError::Conversation { index: 0, .. }),
         "{err}"
     );
     let err = t
-        .render(&[ChatMessage::user("a"), ChatMessage::user("b")])
+        .render(&[Message::user("a"), Message::user("b")])
         .unwrap_err();
     assert!(
         matches!(err, ChatError::Conversation { index: 1, .. }),
         "{err}"
     );
     let err = t
-        .render(&[ChatMessage::user("a"), ChatMessage::assistant("")])
+        .render(&[Message::user("a"), Message::assistant("")])
         .unwrap_err();
     assert!(
         matches!(err, ChatError::Conversation { index: 1, .. }),
@@ -385,10 +385,7 @@ fn conversation_errors_are_reported() {
 
 #[test]
 fn jinja_templates_fail_loudly() {
-    let conv = [
-        ChatMessage::user("The"),
-        ChatMessage::assistant("quick brown fox"),
-    ];
+    let conv = [Message::user("The"), Message::assistant("quick brown fox")];
     // raise_exception surfaces its message.
     let t = ChatTemplate::Jinja(
         JinjaTemplate::new("{{ raise_exception('roles must alternate') }}", "", "").unwrap(),
@@ -463,7 +460,7 @@ fn token_straddling_a_span_boundary_is_an_error() {
     let t = ChatTemplate::Jinja(
         JinjaTemplate::new("{% for m in messages %}{% if m.role == 'assistant' %}Th{% endif %}{{ m.content }}</s>{% endfor %}", "", "").unwrap(),
     );
-    let conv = [ChatMessage::user("hi"), ChatMessage::assistant("e quick")];
+    let conv = [Message::user("hi"), Message::assistant("e quick")];
     let err = t.encode_with_mask(&tok, &conv).unwrap_err();
     assert!(
         matches!(
@@ -536,18 +533,18 @@ const FRAGMENTS: &[&str] = &[
     ",",
 ];
 
-fn random_conversation(rng: &mut XorShift) -> Vec<ChatMessage> {
+fn random_conversation(rng: &mut XorShift) -> Vec<Message> {
     let mut conv = Vec::new();
     if rng.below(3) == 0 {
-        conv.push(ChatMessage::system(random_text(rng)));
+        conv.push(Message::system(random_text(rng)));
     }
     for _ in 0..1 + rng.below(4) {
-        conv.push(ChatMessage::user(random_text(rng)));
-        conv.push(ChatMessage::assistant(random_text(rng)));
+        conv.push(Message::user(random_text(rng)));
+        conv.push(Message::assistant(random_text(rng)));
     }
     // Sometimes end on an unanswered user turn (not trained on).
     if rng.below(4) == 0 {
-        conv.push(ChatMessage::user(random_text(rng)));
+        conv.push(Message::user(random_text(rng)));
     }
     conv
 }
@@ -663,8 +660,8 @@ fn parallel_encoding_equals_sequential() {
     let tok = tiny();
     let t = ChatTemplate::named("vicuna_v1.1").unwrap();
     let mut rng = XorShift(42);
-    let mut convs: Vec<Vec<ChatMessage>> = (0..40).map(|_| random_conversation(&mut rng)).collect();
-    convs.push(vec![ChatMessage::assistant("bad order")]);
+    let mut convs: Vec<Vec<Message>> = (0..40).map(|_| random_conversation(&mut rng)).collect();
+    convs.push(vec![Message::assistant("bad order")]);
     let parallel = t.encode_many_with_mask(&tok, &convs, 3);
     assert_eq!(parallel.len(), convs.len());
     for (conv, got) in convs.iter().zip(&parallel) {

@@ -17,16 +17,9 @@ pub enum EvalError {
         #[source]
         source: std::io::Error,
     },
-    /// A line of a JSONL file is not the expected JSON record.
-    #[error("{path}:{line}: {message}")]
-    BadRecord {
-        /// The file.
-        path: PathBuf,
-        /// 1-based line number.
-        line: usize,
-        /// What is wrong with it.
-        message: String,
-    },
+    /// A JSONL or JSON file could not be read or written (a bad line names `path:line`).
+    #[error(transparent)]
+    File(#[from] sft_record::Error),
     /// A file parsed but its content is unusable as a whole (empty, duplicated ids, missing keys).
     #[error("{path}: {message}")]
     BadFile {

@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{EvalError, Result};
 use crate::stats::{bootstrap_mean_ci, MeanCi, BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED};
-use crate::ChatMessage;
+use crate::Message;
 
 /// What lm-eval's filters return when nothing matches.
 pub const INVALID: &str = "[invalid]";
@@ -74,8 +74,8 @@ pub fn load(path: &Path) -> Result<Vec<Gsm8kItem>> {
 
 /// The zero-shot chat prompt used for SFT models: one user turn holding the question, exactly as
 /// GSM8K training records are formatted. Apply the model's chat template to it.
-pub fn prompt_zero_shot_chat(item: &Gsm8kItem) -> Vec<ChatMessage> {
-    vec![ChatMessage::user(item.question.clone())]
+pub fn prompt_zero_shot_chat(item: &Gsm8kItem) -> Vec<Message> {
+    vec![Message::user(item.question.clone())]
 }
 
 /// lm-eval's plain-text few-shot prompt: each shot as `Question: q\nAnswer: a`, joined by blank

@@ -100,7 +100,7 @@ pub fn load_problems(path: &Path) -> Result<Vec<Problem>> {
 
 /// Loads a samples file (`{"task_id", "completion", ...}` per line).
 pub fn load_samples(path: &Path) -> Result<Vec<Sample>> {
-    crate::io::read_jsonl(path)
+    Ok(crate::io::read_jsonl(path)?)
 }
 
 /// Cuts a completion at the earliest stop sequence.

@@ -24,38 +24,5 @@ pub mod sandbox;
 pub mod stats;
 
 pub use error::{EvalError, Result};
-
-use serde::{Deserialize, Serialize};
-
-/// One chat message (`{"role", "content"}`), the same JSON shape as `sft_compose::Message`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ChatMessage {
-    /// `system`, `user` or `assistant`.
-    pub role: String,
-    /// The text.
-    pub content: String,
-}
-
-impl ChatMessage {
-    /// A system message.
-    pub fn system(content: impl Into<String>) -> Self {
-        ChatMessage {
-            role: "system".into(),
-            content: content.into(),
-        }
-    }
-    /// A user message.
-    pub fn user(content: impl Into<String>) -> Self {
-        ChatMessage {
-            role: "user".into(),
-            content: content.into(),
-        }
-    }
-    /// An assistant message.
-    pub fn assistant(content: impl Into<String>) -> Self {
-        ChatMessage {
-            role: "assistant".into(),
-            content: content.into(),
-        }
-    }
-}
+/// The chat message prompts are built from (`sft-record`'s, the workspace's one message type).
+pub use sft_record::{Message, Role};

@@ -23,7 +23,7 @@ use sha2::{Digest, Sha256};
 
 use crate::error::{EvalError, Result};
 use crate::stats::median;
-use crate::ChatMessage;
+use crate::Message;
 
 /// Categories judged against reference answers (FastChat's `NEED_REF_CATS`).
 pub const NEED_REF_CATS: &[&str] = &["math", "reasoning", "coding", "arena-hard-200"];
@@ -185,7 +185,7 @@ pub fn temperature_for(category: &str) -> f64 {
 
 /// Chat messages for generating turn `previous_answers.len() + 1`: the user turns so far with
 /// the model's own earlier answers between them. Apply the model's chat template to these.
-pub fn turn_messages(question: &Question, previous_answers: &[String]) -> Result<Vec<ChatMessage>> {
+pub fn turn_messages(question: &Question, previous_answers: &[String]) -> Result<Vec<Message>> {
     let t = previous_answers.len();
     if t >= question.turns.len() {
         return Err(EvalError::Mismatch(format!(
@@ -197,10 +197,10 @@ pub fn turn_messages(question: &Question, previous_answers: &[String]) -> Result
     }
     let mut msgs = Vec::with_capacity(2 * t + 1);
     for (q, a) in question.turns.iter().zip(previous_answers) {
-        msgs.push(ChatMessage::user(q.clone()));
-        msgs.push(ChatMessage::assistant(a.clone()));
+        msgs.push(Message::user(q.clone()));
+        msgs.push(Message::assistant(a.clone()));
     }
-    msgs.push(ChatMessage::user(question.turns[t].clone()));
+    msgs.push(Message::user(question.turns[t].clone()));
     Ok(msgs)
 }
 
