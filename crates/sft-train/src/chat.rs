@@ -2,7 +2,10 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::data::{ChatEncoder, EncodedChat, Turn};
+use sft_chat::EncodedChat;
+use sft_record::Message;
+
+use crate::data::ChatEncoder;
 use crate::error::{Error, Result};
 
 /// File written next to trained weights that points at the tokenizer they were trained with,
@@ -68,6 +71,20 @@ impl TemplateEncoder {
         })
     }
 
+    /// An encoder over an already loaded tokenizer (loaded from `tokenizer_path`, recorded as
+    /// [`TemplateEncoder::tokenizer_path`]) and an already resolved template.
+    pub fn from_loaded(
+        tokenizer: sft_chat::ChatTokenizer,
+        template: sft_chat::ChatTemplate,
+        tokenizer_path: impl Into<PathBuf>,
+    ) -> Self {
+        TemplateEncoder {
+            tokenizer,
+            template,
+            tokenizer_path: tokenizer_path.into(),
+        }
+    }
+
     /// The template's name.
     pub fn template_name(&self) -> &str {
         self.template.name()
@@ -79,32 +96,11 @@ impl TemplateEncoder {
     }
 }
 
-fn to_chat(messages: &[Turn]) -> std::result::Result<Vec<sft_chat::ChatMessage>, String> {
-    messages
-        .iter()
-        .map(|m| {
-            let role = match m.role.as_str() {
-                "system" => sft_chat::Role::System,
-                "user" => sft_chat::Role::User,
-                "assistant" => sft_chat::Role::Assistant,
-                other => return Err(format!("unknown role `{other}`")),
-            };
-            Ok(sft_chat::ChatMessage::new(role, m.content.clone()))
-        })
-        .collect()
-}
-
 impl ChatEncoder for TemplateEncoder {
-    fn encode(&self, messages: &[Turn]) -> std::result::Result<EncodedChat, String> {
-        let msgs = to_chat(messages)?;
-        let enc = self
-            .template
-            .encode_with_mask(&self.tokenizer, &msgs)
-            .map_err(|e| e.to_string())?;
-        Ok(EncodedChat {
-            ids: enc.ids.iter().map(|&i| i64::from(i)).collect(),
-            trained: enc.labels_mask,
-        })
+    fn encode(&self, messages: &[Message]) -> std::result::Result<EncodedChat, String> {
+        self.template
+            .encode_with_mask(&self.tokenizer, messages)
+            .map_err(|e| e.to_string())
     }
 
     fn decode(&self, ids: &[i64]) -> String {

@@ -6,10 +6,11 @@
 //! from the ids, or one with no trained token, is an error or a counted skip, never trained.
 
 use std::collections::BTreeMap;
-use std::io::BufRead;
 use std::path::Path;
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
+use sft_chat::EncodedChat;
+use sft_record::{Message, Record, Role};
 
 use crate::config::{MaskErrorPolicy, Overlong};
 use crate::error::{Error, Result};
@@ -17,73 +18,17 @@ use crate::error::{Error, Result};
 /// The label value the loss ignores (PyTorch's `ignore_index`).
 pub const IGNORE: i64 = -100;
 
-/// One message of a conversation.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Turn {
-    /// `system`, `user` or `assistant`.
-    pub role: String,
-    /// The text.
-    pub content: String,
-}
-
-/// A training record in the chat JSONL format written by `sft-compose`:
-/// `{"id", "source", "messages": [{"role", "content"}], "tags"}` (extra fields are ignored).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct TrainRecord {
-    /// Stable record id (`<source>:<index>`).
-    pub id: String,
-    /// Source name; losses are also reported per source.
-    pub source: String,
-    /// The conversation.
-    pub messages: Vec<Turn>,
-}
-
-/// Reads chat JSONL. Blank lines are skipped; a bad line is an error naming `path:line`.
-pub fn read_jsonl(path: &Path) -> Result<Vec<TrainRecord>> {
-    let file = std::fs::File::open(path).map_err(|e| Error::io("open", path, e))?;
-    let mut out = Vec::new();
-    for (i, line) in std::io::BufReader::new(file).lines().enumerate() {
-        let line = line.map_err(|e| Error::io("read", path, e))?;
-        if line.trim().is_empty() {
-            continue;
-        }
-        let at = (i + 1).to_string();
-        let rec: TrainRecord = serde_json::from_str(&line).map_err(|e| Error::Record {
-            path: path.to_path_buf(),
-            at: at.clone(),
-            message: e.to_string(),
-        })?;
-        out.push(check_roles(rec, path, at)?);
-    }
-    Ok(out)
-}
-
-/// Reads the chat Parquet files `sft-compose` writes (`id`, `source`, `messages` columns; other
-/// columns are ignored). A bad row is an error naming `path:row N` (0-based).
-pub fn read_parquet(path: &Path) -> Result<Vec<TrainRecord>> {
-    let rows = sft_compose::read_parquet_rows(path).map_err(|e| Error::Data {
-        path: path.to_path_buf(),
-        message: e.to_string(),
-    })?;
-    let mut out = Vec::with_capacity(rows.len());
-    for (i, row) in rows.into_iter().enumerate() {
-        let at = format!("row {i}");
-        let rec: TrainRecord = serde_json::from_value(row).map_err(|e| Error::Record {
-            path: path.to_path_buf(),
-            at: at.clone(),
-            message: e.to_string(),
-        })?;
-        out.push(check_roles(rec, path, at)?);
-    }
-    Ok(out)
-}
-
-/// Reads training records by extension: `.parquet` → [`read_parquet`], `.jsonl`/`.json` →
-/// [`read_jsonl`]; anything else is an error that says what is read.
-pub fn read_records(path: &Path) -> Result<Vec<TrainRecord>> {
+/// Reads training records by extension: `.jsonl` (also `.json`, or gzip `.gz`) through
+/// [`sft_record::read_records`], `.parquet` through [`sft_compose::read_parquet_rows`] (the chat
+/// format `sft-compose` writes, both). Roles other than `system`, `user` and `assistant` are
+/// errors naming the line or row; any other extension is an error that says what is read.
+pub fn read_records(path: &Path) -> Result<Vec<Record>> {
     match path.extension().and_then(|e| e.to_str()) {
-        Some("parquet") => read_parquet(path),
-        Some("jsonl") | Some("json") => read_jsonl(path),
+        Some("parquet") => sft_compose::read_parquet_rows(path).map_err(|source| Error::Data {
+            path: path.to_path_buf(),
+            source: Box::new(source),
+        }),
+        Some("jsonl") | Some("json") | Some("gz") => Ok(sft_record::read_records(path)?),
         _ => Err(Error::Config(format!(
             "{}: training data must be chat JSONL (.jsonl) or chat Parquet (.parquet), as \
              `sft-compose` writes them",
@@ -92,36 +37,14 @@ pub fn read_records(path: &Path) -> Result<Vec<TrainRecord>> {
     }
 }
 
-fn check_roles(rec: TrainRecord, path: &Path, at: String) -> Result<TrainRecord> {
-    if let Some(m) = rec
-        .messages
-        .iter()
-        .find(|m| !matches!(m.role.as_str(), "system" | "user" | "assistant"))
-    {
-        return Err(Error::Record {
-            path: path.to_path_buf(),
-            at,
-            message: format!("record {}: unknown role `{}`", rec.id, m.role),
-        });
-    }
-    Ok(rec)
-}
-
-/// A rendered conversation: token ids and, per token, whether the loss covers it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct EncodedChat {
-    /// Token ids of the whole rendered conversation.
-    pub ids: Vec<i64>,
-    /// `true` on assistant content and its end-of-turn token.
-    pub trained: Vec<bool>,
-}
-
 /// Renders conversations with a chat template and tokenizes them with an exact loss mask.
 ///
-/// Implemented over `sft-chat` by the callers that build one; the trainer only needs this.
+/// Implemented over `sft-chat` by [`crate::TemplateEncoder`] (tests implement toy encoders);
+/// the trainer only needs this. Ids are `sft-chat`'s `u32`; [`tokenize`] widens them to the
+/// `i64` tensors need, in one place.
 pub trait ChatEncoder {
     /// Encodes one conversation, or explains why its mask cannot be computed.
-    fn encode(&self, messages: &[Turn]) -> std::result::Result<EncodedChat, String>;
+    fn encode(&self, messages: &[Message]) -> std::result::Result<EncodedChat, String>;
     /// Decodes ids to text (used for the readable batch dump).
     fn decode(&self, ids: &[i64]) -> String;
 }
@@ -171,7 +94,7 @@ pub struct DataReport {
 
 /// Tokenizes and masks every record; see the module docs for the policies.
 pub fn tokenize(
-    records: &[TrainRecord],
+    records: &[Record],
     encoder: &dyn ChatEncoder,
     max_len: usize,
     overlong: Overlong,
@@ -184,17 +107,17 @@ pub fn tokenize(
     let mut out = Vec::with_capacity(records.len());
     for rec in records {
         let checked = encoder.encode(&rec.messages).and_then(|enc| {
-            if enc.ids.len() != enc.trained.len() {
+            if enc.ids.len() != enc.labels_mask.len() {
                 return Err(format!(
                     "mask has {} entries for {} tokens",
-                    enc.trained.len(),
+                    enc.labels_mask.len(),
                     enc.ids.len()
                 ));
             }
-            if !rec.messages.iter().any(|m| m.role == "assistant") {
+            if !rec.messages.iter().any(|m| m.role == Role::Assistant) {
                 return Err("no assistant turn".to_string());
             }
-            if !enc.trained.iter().skip(1).any(|&t| t) {
+            if !enc.labels_mask.iter().skip(1).any(|&t| t) {
                 return Err("the template marked no assistant token as trained".to_string());
             }
             Ok(enc)
@@ -215,10 +138,11 @@ pub fn tokenize(
                 }
             },
         };
-        let mut ids = enc.ids;
+        // The one u32 → i64 widening of token ids.
+        let mut ids: Vec<i64> = enc.ids.iter().map(|&id| i64::from(id)).collect();
         let mut labels: Vec<i64> = ids
             .iter()
-            .zip(&enc.trained)
+            .zip(&enc.labels_mask)
             .map(|(&id, &t)| if t { id } else { IGNORE })
             .collect();
         if ids.len() > max_len {

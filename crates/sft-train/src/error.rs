@@ -16,16 +16,10 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
-    /// A training record could not be parsed.
-    #[error("{path}:{at}: bad record: {message}")]
-    Record {
-        /// The data file.
-        path: PathBuf,
-        /// Where in it: a 1-based line number (JSONL) or `row N` (0-based Parquet row).
-        at: String,
-        /// What is wrong with it.
-        message: String,
-    },
+    /// A chat JSONL data file could not be read, or a line of it is not a record (the error
+    /// names `path:line`).
+    #[error(transparent)]
+    Record(#[from] sft_record::Error),
     /// The chat template could not produce a trustworthy loss mask for a record.
     #[error("record {record_id}: cannot compute the loss mask: {message}")]
     Mask {
@@ -40,13 +34,14 @@ pub enum Error {
     /// The configuration is inconsistent or a value is out of range.
     #[error("invalid config: {0}")]
     Config(String),
-    /// A data file could not be read as a whole (e.g. not a valid Parquet file).
-    #[error("{path}: {message}")]
+    /// A chat Parquet data file could not be read, or a row of it is not a record.
+    #[error("reading training data {path}: {source}")]
     Data {
         /// The file.
         path: PathBuf,
-        /// What is wrong with it.
-        message: String,
+        /// `sft-compose`'s error (it names the row of a bad record).
+        #[source]
+        source: Box<sft_compose::Error>,
     },
     /// A TOML or JSON config/state file could not be parsed.
     #[error("{path}: {message}")]

@@ -53,10 +53,7 @@ pub const TRAINING_SEMANTICS_VERSION: u32 = 1;
 pub const CHAT_SEMANTICS_VERSION: u32 = 1;
 
 pub use config::{Dtype, MaskErrorPolicy, NanPolicy, Overlong, Schedule, TrainConfig};
-pub use data::{
-    read_jsonl, read_parquet, read_records, tokenize, ChatEncoder, DataReport, EncodedChat,
-    Example, TrainRecord, Turn, IGNORE,
-};
+pub use data::{read_records, tokenize, ChatEncoder, DataReport, Example, IGNORE};
 pub use error::{Error, Result};
 pub use model::CausalLm;
 pub use run::{eval_loss_at, train, ModelInput};

@@ -2,9 +2,9 @@
 
 mod common;
 
-use sft_train::{
-    tokenize, ChatEncoder, EncodedChat, Error, MaskErrorPolicy, Overlong, Turn, IGNORE,
-};
+use sft_chat::EncodedChat;
+use sft_record::Message;
+use sft_train::{tokenize, ChatEncoder, Error, MaskErrorPolicy, Overlong, IGNORE};
 
 #[test]
 fn labels_cover_every_assistant_turn_and_its_end_of_turn_only() {
@@ -31,24 +31,10 @@ fn labels_cover_every_assistant_turn_and_its_end_of_turn_only() {
     let enc = common::ToyEncoder;
     let trained: Vec<i64> = ex.labels.iter().copied().filter(|&l| l != IGNORE).collect();
     // "ab" + <eot>, "c" + <eot>; nothing from system or user turns.
-    let want: Vec<i64> = enc
-        .encode(&[Turn {
-            role: "assistant".into(),
-            content: "ab".into(),
-        }])
-        .unwrap()
-        .ids[2..]
+    let want: Vec<i64> = enc.encode(&[Message::assistant("ab")]).unwrap().labels()[2..]
         .to_vec()
         .into_iter()
-        .chain(
-            enc.encode(&[Turn {
-                role: "assistant".into(),
-                content: "c".into(),
-            }])
-            .unwrap()
-            .ids[2..]
-                .to_vec(),
-        )
+        .chain(enc.encode(&[Message::assistant("c")]).unwrap().labels()[2..].to_vec())
         .collect();
     assert_eq!(trained, want);
     assert_eq!(rep.target_tokens, 5);
@@ -65,7 +51,7 @@ fn labels_cover_every_assistant_turn_and_its_end_of_turn_only() {
 
 struct Broken;
 impl ChatEncoder for Broken {
-    fn encode(&self, messages: &[Turn]) -> Result<EncodedChat, String> {
+    fn encode(&self, messages: &[Message]) -> Result<EncodedChat, String> {
         if messages[0].content == "bad" {
             return Err("assistant span not found in rendered text".into());
         }
@@ -75,7 +61,7 @@ impl ChatEncoder for Broken {
         } else {
             vec![false, true, true]
         };
-        Ok(EncodedChat { ids, trained })
+        Ok(common::encoded(ids, trained))
     }
     fn decode(&self, _: &[i64]) -> String {
         String::new()
@@ -161,7 +147,7 @@ fn jsonl_errors_name_file_and_line() {
         "{\"id\":\"a:0\",\"source\":\"a\",\"messages\":[{\"role\":\"user\",\"content\":\"q\"},{\"role\":\"assistant\",\"content\":\"r\"}],\"tags\":[]}\n\n{\"id\":\"a:1\",\"source\":\"a\",\"messages\":[{\"role\":\"gpt\",\"content\":\"q\"}]}\n",
     )
     .unwrap();
-    let err = sft_train::read_jsonl(&p).unwrap_err().to_string();
+    let err = sft_train::read_records(&p).unwrap_err().to_string();
     assert!(err.contains("mix.jsonl:3") && err.contains("gpt"), "{err}");
 }
 
@@ -204,7 +190,7 @@ fn parquet_written_by_sft_compose_reads_back_as_the_jsonl_does() {
     assert_eq!(from_pq.len(), 2);
     assert_eq!(from_pq[1].id, "code:0");
     assert_eq!(from_pq[1].messages[3].content, "println!(\"hi\");");
-    assert_eq!(from_pq[0].messages[0].role, "system");
+    assert_eq!(from_pq[0].messages[0].role, Role::System);
 }
 
 #[test]

@@ -3,32 +3,34 @@
 
 use std::path::{Path, PathBuf};
 
-use sft_train::{ChatEncoder, EncodedChat, TrainRecord, Turn};
+use sft_chat::EncodedChat;
+use sft_record::{Message, Record};
+use sft_train::ChatEncoder;
 
 /// Renders `<role-token> content <eot>` per message; ids are `4 + byte % 60`.
 /// Trained: assistant content and its end-of-turn token.
 pub struct ToyEncoder;
 
-pub const BOS: i64 = 1;
-pub const EOT: i64 = 2;
-pub const USER: i64 = 3;
+pub const BOS: u32 = 1;
+pub const EOT: u32 = 2;
+pub const USER: u32 = 3;
 
 impl ChatEncoder for ToyEncoder {
-    fn encode(&self, messages: &[Turn]) -> Result<EncodedChat, String> {
+    fn encode(&self, messages: &[Message]) -> Result<EncodedChat, String> {
         let mut ids = vec![BOS];
         let mut trained = vec![false];
         for m in messages {
-            let assistant = m.role == "assistant";
+            let assistant = m.role == sft_record::Role::Assistant;
             ids.push(if assistant { 0 } else { USER });
             trained.push(false);
             for b in m.content.bytes() {
-                ids.push(4 + i64::from(b % 60));
+                ids.push(4 + u32::from(b % 60));
                 trained.push(assistant);
             }
             ids.push(EOT);
             trained.push(assistant);
         }
-        Ok(EncodedChat { ids, trained })
+        Ok(encoded(ids, trained))
     }
     fn decode(&self, ids: &[i64]) -> String {
         ids.iter()
@@ -43,22 +45,32 @@ impl ChatEncoder for ToyEncoder {
     }
 }
 
-pub fn record(id: &str, source: &str, turns: &[(&str, &str)]) -> TrainRecord {
-    TrainRecord {
+/// An [`EncodedChat`] with only ids and mask (a toy encoder renders no text).
+pub fn encoded(ids: Vec<u32>, labels_mask: Vec<bool>) -> EncodedChat {
+    EncodedChat {
+        ids,
+        labels_mask,
+        text: String::new(),
+        spans: Vec::new(),
+        token_spans: Vec::new(),
+    }
+}
+
+pub fn record(id: &str, source: &str, turns: &[(&str, &str)]) -> Record {
+    Record {
         id: id.to_string(),
         source: source.to_string(),
         messages: turns
             .iter()
-            .map(|(r, c)| Turn {
-                role: r.to_string(),
-                content: c.to_string(),
-            })
+            .map(|(r, c)| Message::new(r.parse().expect("a role"), *c))
             .collect(),
+        tags: Vec::new(),
+        metadata: Default::default(),
     }
 }
 
 /// A small synthetic data set: arithmetic-looking Q/A pairs from two sources, some multi-turn.
-pub fn toy_records(n: usize) -> Vec<TrainRecord> {
+pub fn toy_records(n: usize) -> Vec<Record> {
     (0..n)
         .map(|i| {
             let src = if i % 3 == 0 { "code" } else { "math" };
