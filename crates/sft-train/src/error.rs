@@ -40,6 +40,10 @@ pub enum Error {
     /// The configuration is inconsistent or a value is out of range.
     #[error("invalid config: {0}")]
     Config(String),
+    /// A [`crate::TrainConfig`] setting is invalid (the error names the key) or its file could
+    /// not be read.
+    #[error("invalid config: {0}")]
+    InvalidConfig(#[from] sft_config::Error),
     /// A data file could not be read as a whole (e.g. not a valid Parquet file).
     #[error("{path}: {message}")]
     Data {

@@ -52,7 +52,10 @@ pub const TRAINING_SEMANTICS_VERSION: u32 = 1;
 /// masks of the same records. Recorded and checked like [`TRAINING_SEMANTICS_VERSION`].
 pub const CHAT_SEMANTICS_VERSION: u32 = 1;
 
-pub use config::{Dtype, MaskErrorPolicy, NanPolicy, Overlong, Schedule, TrainConfig};
+pub use config::{
+    Dtype, MaskErrorPolicy, NanPolicy, Overlong, Schedule, TrainConfig, TrainOverrides,
+    OPERATIONAL_KEYS,
+};
 pub use data::{
     read_jsonl, read_parquet, read_records, tokenize, ChatEncoder, DataReport, EncodedChat,
     Example, TrainRecord, Turn, IGNORE,
