@@ -71,10 +71,7 @@ pub enum Error {
     },
     /// A training setting of the plan (its `[train]` table, or a stage's `train`) is unknown,
     /// mistyped or out of range.
-    #[error(
-        "{origin}: plan {plan:?}, {}: training setting {source}",
-        stage_label(stage)
-    )]
+    #[error("{origin}: plan {plan:?}, {}: {source}", stage_label(stage))]
     Train {
         /// Where the plan came from (the file, with the line when the parser gave one).
         origin: String,
