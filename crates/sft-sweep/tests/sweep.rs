@@ -116,7 +116,7 @@ fn builtin_specs_expand_to_the_papers_grids() {
             let text = cell.plan_toml().unwrap();
             let plan = PlanSpec::from_toml_str(&text, &cell.id)
                 .unwrap()
-                .resolve(&STANDARD_SOURCES)
+                .resolve(&STANDARD_SOURCES, &Default::default())
                 .unwrap();
             assert_eq!(plan.name, cell.id);
         }
