@@ -20,7 +20,7 @@ use anyhow::Context;
 use clap::Parser;
 use sft_examples::DeviceSpec;
 use sft_run::{LocalBackend, LocalOptions, RunOptions, RunSettings, SourceSettings};
-use sft_schedule::{Ratio, Strategy, TrainSettings};
+use sft_schedule::{Ratio, Strategy, TrainOverrides};
 
 #[derive(Parser)]
 #[command(
@@ -152,14 +152,16 @@ fn main() -> anyhow::Result<()> {
     let mut local = LocalOptions::new(device, &model);
     local.stop = Some(sft_examples::stop_flag());
     let backend = LocalBackend::new(local)?;
-    let train = TrainSettings::new()
-        .with("template", args.template.clone())
-        .with("epochs", args.epochs)
-        .with("lr", args.lr)
-        .with("max_len", args.max_len)
-        .with("micro_batch_size", args.batch_size.min(4))
-        .with("grad_accum", args.batch_size.div_ceil(4))
-        .with("warmup_ratio", 0.03);
+    let train = TrainOverrides {
+        template: Some(args.template.clone()),
+        epochs: Some(args.epochs),
+        lr: Some(args.lr),
+        max_len: Some(args.max_len),
+        micro_batch_size: Some(args.batch_size.min(4)),
+        grad_accum: Some(args.batch_size.div_ceil(4)),
+        warmup_ratio: Some(0.03),
+        ..TrainOverrides::default()
+    };
 
     let mut results = Vec::new();
     for name in &args.strategies {
@@ -168,7 +170,10 @@ fn main() -> anyhow::Result<()> {
         } else {
             Strategy::parse(name)?
         };
-        let plan = strategy.plan().with_train_defaults(&train);
+        let plan =
+            strategy
+                .plan()
+                .with_train("dmt flags", &settings.base_train_config(), &train)?;
         let opts = RunOptions {
             run_dir: args.run_root.join(plan.name.clone()),
             stage_store: Some(args.run_root.join("stages")),

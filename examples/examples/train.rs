@@ -15,7 +15,9 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Parser;
-use sft_train::{Dtype, ModelInput, Overlong, Resume, RunOptions, Schedule, TrainConfig};
+use sft_train::{
+    Dtype, ModelInput, Overlong, Resume, RunOptions, Schedule, TrainConfig, TrainOverrides,
+};
 
 #[derive(Parser, Debug)]
 #[command(about = "Supervised fine-tuning with assistant-only loss (sft-train)")]
@@ -116,34 +118,32 @@ fn parse_dtype(s: &str) -> Result<Dtype, String> {
 fn main() -> anyhow::Result<()> {
     sft_examples::init_logging();
     let a = Args::parse();
-    let mut cfg = match &a.config {
+    let file = match &a.config {
         Some(p) => TrainConfig::from_toml_file(p)?,
         None => TrainConfig::default(),
     };
-    macro_rules! set {
-        ($($f:ident),*) => { $( if let Some(v) = a.$f.clone() { cfg.$f = v; } )* };
-    }
-    set!(
-        template,
-        lr,
-        epochs,
-        micro_batch_size,
-        grad_accum,
-        warmup_ratio,
-        schedule,
-        weight_decay,
-        max_grad_norm,
-        max_len,
-        overlong,
-        packing,
-        seed,
-        dtype,
-        save_every,
-        keep_last
-    );
-    if a.max_steps.is_some() {
-        cfg.max_steps = a.max_steps;
-    }
+    // The flags are overrides of the file's settings, applied like a plan stage's `train`.
+    let flags = TrainOverrides {
+        template: a.template.clone(),
+        lr: a.lr,
+        epochs: a.epochs,
+        max_steps: a.max_steps.map(Some),
+        micro_batch_size: a.micro_batch_size,
+        grad_accum: a.grad_accum,
+        warmup_ratio: a.warmup_ratio,
+        schedule: a.schedule,
+        weight_decay: a.weight_decay,
+        max_grad_norm: a.max_grad_norm,
+        max_len: a.max_len,
+        overlong: a.overlong,
+        packing: a.packing,
+        seed: a.seed,
+        dtype: a.dtype,
+        save_every: a.save_every,
+        keep_last: a.keep_last,
+        ..TrainOverrides::default()
+    };
+    let cfg = file.with_overrides(&flags);
     cfg.validate()?;
     let device = a.device.parse::<sft_examples::DeviceSpec>()?.resolve()?;
     let opts = RunOptions {

@@ -10,7 +10,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 use sft_compose::Record;
-use sft_schedule::Stage;
+use sft_schedule::{Stage, TrainConfig};
 
 use crate::error::Result;
 use crate::settings::EvalSettings;
@@ -18,7 +18,7 @@ use crate::settings::EvalSettings;
 /// One stage to train.
 #[derive(Debug, Clone, Copy)]
 pub struct TrainRequest<'a> {
-    /// The stage (its `train` settings are the trainer overrides).
+    /// The stage (its [`Stage::config`] is the resolved, validated trainer config).
     pub stage: &'a Stage,
     /// The stage's content key.
     pub key: &'a str,
@@ -32,7 +32,8 @@ pub struct TrainRequest<'a> {
     pub keep_optimizer_state: bool,
     /// The stage's training data (`sft-compose` chat JSONL).
     pub data: &'a Path,
-    /// The run's seed (the trainer's seed unless the stage's settings set one).
+    /// The run's seed (already the trainer's seed in [`Stage::config`] unless the plan's
+    /// settings set one).
     pub seed: u64,
     /// The trainer's own directory: checkpoints there let an interrupted stage resume.
     pub work_dir: &'a Path,
@@ -182,8 +183,9 @@ pub struct EvalRequest<'a> {
     pub out_dir: &'a Path,
     /// The run's seed.
     pub seed: u64,
-    /// The last stage's training settings (its chat template and `max_len` apply to evaluation).
-    pub final_stage_train: Option<&'a serde_json::Value>,
+    /// The last stage's resolved trainer config (its chat template and `max_len` apply to
+    /// evaluation); `None` for a model no stage trained (the trainer defaults apply).
+    pub final_stage_train: Option<&'a TrainConfig>,
 }
 
 /// Trains stages and evaluates models.

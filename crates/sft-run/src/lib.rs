@@ -48,8 +48,10 @@ use std::path::Path;
 
 use sft_schedule::{Plan, PlanSpec};
 
-/// Reads a plan file: the plan (validated against the sources its `[run]` table configures) and
-/// the runner settings.
+/// Reads a plan file: the plan (validated against the sources its `[run]` table configures, every
+/// stage's training settings resolved over the trainer defaults with the run's seed and
+/// validated, so a bad setting fails here, naming the file, the stage and the key) and the
+/// runner settings.
 pub fn load_plan_file(path: &Path) -> Result<(Plan, RunSettings)> {
     let text = std::fs::read_to_string(path).map_err(|e| Error::Io {
         action: "read",
@@ -58,6 +60,6 @@ pub fn load_plan_file(path: &Path) -> Result<(Plan, RunSettings)> {
     })?;
     let spec = PlanSpec::from_toml_str(&text, &path.display().to_string())?;
     let settings = RunSettings::from_plan_value(spec.run.as_ref(), path)?;
-    let plan = spec.resolve(&settings.source_names())?;
+    let plan = spec.resolve(&settings.source_names(), &settings.base_train_config())?;
     Ok((plan, settings))
 }

@@ -139,11 +139,8 @@ impl LocalBackend {
     }
 
     /// The trainer config of the model being evaluated (for its template and `max_len`).
-    fn config_of(&self, req: &EvalRequest<'_>) -> Result<TrainConfig> {
-        match req.final_stage_train {
-            Some(v) => train_config(v, req.seed),
-            None => Ok(TrainConfig::default()),
-        }
+    fn config_of(&self, req: &EvalRequest<'_>) -> TrainConfig {
+        req.final_stage_train.cloned().unwrap_or_default()
     }
 
     fn save_tokenizer(&self, dir: &Path) {
@@ -161,7 +158,7 @@ impl LocalBackend {
         let path = crate::settings::RunSettings::data_path(req.data_dir, &s.gsm8k_path);
         let mut items = sft_eval::gsm8k::load(&path).map_err(|e| err(e.to_string()))?;
         items.truncate(s.gsm8k);
-        let cfg = self.config_of(req)?;
+        let cfg = self.config_of(req);
         let template = self.template(&cfg.template)?;
         let prompts = items
             .iter()
@@ -253,7 +250,7 @@ impl LocalBackend {
             return Ok(None);
         }
         let err = eval_err("general_heldout_loss");
-        let cfg = self.config_of(req)?;
+        let cfg = self.config_of(req);
         let encoder = self.encoder(&cfg.template)?;
         let (examples, report) = sft_train::tokenize(
             req.heldout,
@@ -311,7 +308,7 @@ impl LocalBackend {
             .map_err(|e| err(e.to_string()))?;
         let out = req.out_dir.join("mtbench");
         std::fs::create_dir_all(&out).map_err(Error::io("create", &out))?;
-        let cfg = self.config_of(req)?;
+        let cfg = self.config_of(req);
         let model_id = "sft-compose".to_string();
 
         // Answers are kept with what produced them, so a rerun after a failed judging pass
@@ -478,15 +475,6 @@ fn eval_err(task: &'static str) -> impl Fn(String) -> Error {
     }
 }
 
-/// The trainer config of a stage: its settings over the trainer defaults, the run's seed unless set.
-pub(crate) fn train_config(settings: &serde_json::Value, seed: u64) -> Result<TrainConfig> {
-    let mut cfg: TrainConfig = serde_json::from_value(settings.clone())
-        .map_err(|e| Error::Settings(format!("stage training settings {settings}: {e}")))?;
-    if settings.get("seed").is_none() {
-        cfg.seed = seed;
-    }
-    cfg.validate().map_err(|e| Error::Settings(e.to_string()))?;
-    Ok(cfg)
 }
 
 impl Backend for LocalBackend {
@@ -516,7 +504,8 @@ impl Backend for LocalBackend {
     }
 
     fn train(&self, req: &TrainRequest<'_>) -> Result<TrainReport> {
-        let cfg = train_config(&req.stage.train.to_value(), req.seed)?;
+        // Resolved and validated when the plan was loaded (`sft_schedule::Plan::with_train`).
+        let cfg = req.stage.config.clone();
         if let Some(prev) = req.init_optimizer {
             let has_state = std::fs::read_dir(prev.join("checkpoints"))
                 .map(|mut d| d.next().is_some())

@@ -7,7 +7,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
-use sft_schedule::{KeyContext, OptimizerState, Plan};
+use sft_schedule::{KeyContext, OptimizerState, Plan, TrainOverrides};
 
 use crate::backend::{Backend, EvalRequest, Metric, Task, TrainRequest};
 use crate::data::Pools;
@@ -194,6 +194,14 @@ fn run_inner(
     backend: &dyn Backend,
 ) -> Result<RunResults> {
     let started = now_unix();
+    // Every stage trains with its resolved config over the run's base (trainer defaults, the
+    // run's seed). Idempotent for a plan `load_plan_file` resolved; a plan built in code (e.g.
+    // `Strategy::plan()`) gets the run's seed here, and a bad value fails before anything trains.
+    let plan = &plan.clone().with_train(
+        "run_plan",
+        &settings.base_train_config(),
+        &TrainOverrides::default(),
+    )?;
     let run_dir = &opts.run_dir;
     let store = opts.store();
     let _ = std::fs::remove_file(run_dir.join("results.json"));
@@ -321,12 +329,7 @@ fn run_inner(
         heldout: &pools.heldout,
         out_dir: &eval_dir,
         seed: settings.seed,
-        final_stage_train: None,
-    };
-    let final_train = plan.stages.last().map(|s| s.train.to_value());
-    let req = EvalRequest {
-        final_stage_train: final_train.as_ref(),
-        ..req
+        final_stage_train: plan.stages.last().map(|s| &s.config),
     };
     let eval_settings = json!({"eval": settings.eval, "heldout": pools.heldout.iter().map(|r| r.id.clone()).collect::<Vec<_>>()});
     for task in Task::ALL {

@@ -304,6 +304,16 @@ impl RunSettings {
         }
     }
 
+    /// The trainer config every stage's settings apply to: the trainer defaults with the run's
+    /// seed (a plan's `[train] seed` still wins). What [`sft_schedule::PlanSpec::resolve`] and
+    /// [`sft_schedule::Plan::with_train`] take as `base`.
+    pub fn base_train_config(&self) -> sft_schedule::TrainConfig {
+        sft_schedule::TrainConfig {
+            seed: self.seed,
+            ..Default::default()
+        }
+    }
+
     /// The names of the configured sources, sorted.
     pub fn source_names(&self) -> Vec<&str> {
         self.data.sources.keys().map(String::as_str).collect()

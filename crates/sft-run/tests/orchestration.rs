@@ -495,3 +495,106 @@ fn a_truncated_json_array_source_runs_with_its_complete_records() {
     .unwrap();
     assert_eq!(resolved["heldout_ids"].as_array().unwrap().len(), 4);
 }
+
+/// The fixture plan with `edit` applied, written to `<root>/<name>.toml`.
+fn edited_plan(root: &Path, name: &str, edit: impl Fn(String) -> String) -> PathBuf {
+    let text =
+        std::fs::read_to_string(workspace().join("fixtures/plans/two-stage-tiny.toml")).unwrap();
+    let edited = edit(text.clone());
+    assert_ne!(edited, text, "the edit must change the plan");
+    let path = root.join(format!("{name}.toml"));
+    std::fs::write(&path, edited).unwrap();
+    path
+}
+
+#[test]
+fn a_bad_training_setting_in_any_stage_fails_at_load_naming_file_stage_and_key() {
+    let tmp = tempfile::tempdir().unwrap();
+    // A typo in stage 2's overrides.
+    let typo = edited_plan(tmp.path(), "typo", |t| {
+        t.replace("train = { lr = 5e-4 }", "train = { lrr = 5e-4 }")
+    });
+    let err = sft_run::load_plan_file(&typo).unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        msg.contains(&typo.display().to_string())
+            && msg.contains("stage \"general+k\"")
+            && msg.contains("`lrr`"),
+        "{msg}"
+    );
+    // A bad value in stage 2.
+    let negative = edited_plan(tmp.path(), "negative", |t| {
+        t.replace("train = { lr = 5e-4 }", "train = { lr = -1.0 }")
+    });
+    let msg = sft_run::load_plan_file(&negative).unwrap_err().to_string();
+    assert!(
+        msg.contains(&negative.display().to_string())
+            && msg.contains("stage \"general+k\"")
+            && msg.contains("`lr`: must be finite and >= 0"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn the_runner_trains_nothing_when_a_later_stage_has_a_bad_setting() {
+    let (tmp, settings, model) = setup();
+    let (mut plan, _) =
+        sft_run::load_plan_file(&workspace().join("fixtures/plans/two-stage-tiny.toml")).unwrap();
+    // Built in code past the loader's checks: the runner resolves again before any work.
+    plan.stages[1].train.max_len = Some(1);
+    let backend = Recorder::default();
+    let o = opts(tmp.path(), "bad", &model);
+    let err = run_plan(&plan, &settings, &o, &backend)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("stage \"general+k\"") && err.contains("`max_len`"),
+        "{err}"
+    );
+    assert!(
+        backend.trained.borrow().is_empty(),
+        "stage 1 must not train"
+    );
+    let st = status(&o.run_dir);
+    assert_eq!(st.state, "failed");
+    assert!(st.error.unwrap().contains("`max_len`"));
+}
+
+#[test]
+fn spelling_out_a_default_reuses_the_stage_and_a_changed_value_does_not() {
+    let (tmp, settings, model) = setup();
+    // Without a plan-wide `lr`, stage 1 trains at the default 2e-5 ...
+    let implicit = edited_plan(tmp.path(), "implicit", |t| t.replace("lr = 1e-3\n", ""));
+    // ... and spelling that default out (plus an operational setting) is the same stage.
+    let explicit = edited_plan(tmp.path(), "explicit", |t| {
+        t.replace("lr = 1e-3\n", "lr = 2e-5\nsave_every = 50\n")
+    });
+    let changed = edited_plan(tmp.path(), "changed", |t| {
+        t.replace("lr = 1e-3\n", "lr = 3e-5\n")
+    });
+    let run = |path: &Path, name: &str, backend: &Recorder| {
+        let (plan, _) = sft_run::load_plan_file(path).unwrap();
+        run_plan(&plan, &settings, &opts(tmp.path(), name, &model), backend).unwrap()
+    };
+    let first = Recorder::default();
+    let a = run(&implicit, "implicit", &first);
+    assert_eq!(trained_names(&first), vec!["specialized", "general+k"]);
+
+    let second = Recorder::default();
+    let b = run(&explicit, "explicit", &second);
+    assert!(
+        second.trained.borrow().is_empty(),
+        "no second train call for the same resolved settings"
+    );
+    assert_eq!(
+        a.stages.iter().map(|s| &s.key).collect::<Vec<_>>(),
+        b.stages.iter().map(|s| &s.key).collect::<Vec<_>>()
+    );
+    assert!(b.stages.iter().all(|s| s.reused));
+
+    let third = Recorder::default();
+    let c = run(&changed, "changed", &third);
+    assert_eq!(trained_names(&third), vec!["specialized", "general+k"]);
+    assert_ne!(a.stages[0].key, c.stages[0].key);
+    assert_ne!(a.stages[1].key, c.stages[1].key);
+}

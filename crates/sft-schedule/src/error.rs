@@ -69,6 +69,20 @@ pub enum Error {
         #[source]
         source: sft_compose::Error,
     },
+    /// A training setting of the plan (its `[train]` table, or a stage's `train`) is unknown,
+    /// mistyped or out of range.
+    #[error("{origin}: plan {plan:?}, {}: {source}", stage_label(stage))]
+    Train {
+        /// Where the plan came from (the file, with the line when the parser gave one).
+        origin: String,
+        /// The plan's name.
+        plan: String,
+        /// The stage's name; `None` for the plan-wide `[train]` table.
+        stage: Option<String>,
+        /// The setting's error; [`sft_config::Error::key`] names the key.
+        #[source]
+        source: sft_config::Error,
+    },
     /// Any other inconsistency in a plan (duplicate stage names, a missing key-context entry, …).
     #[error("plan {plan:?}: {detail}")]
     Invalid {
@@ -77,6 +91,13 @@ pub enum Error {
         /// What is wrong.
         detail: String,
     },
+}
+
+fn stage_label(stage: &Option<String>) -> String {
+    match stage {
+        Some(s) => format!("stage {s:?}"),
+        None => "plan-wide [train]".to_string(),
+    }
 }
 
 /// The crate's result type.

@@ -4,6 +4,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
+use sft_config::{TrainConfig, TrainOverrides};
 use sha2::{Digest, Sha256};
 
 use crate::canonical::canonical_json;
@@ -13,39 +14,6 @@ use sft_compose::Ratio;
 
 /// The plan file format this build reads and writes.
 pub const FORMAT_VERSION: u32 = 1;
-
-/// Overrides of the trainer's configuration (`epochs`, `lr`, `batch_size`, `max_len`, …).
-///
-/// Kept as JSON values keyed by the trainer's field names, so this crate does not depend on the
-/// trainer; the runner turns them into the trainer's config and rejects unknown fields there.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(transparent)]
-pub struct TrainSettings(pub BTreeMap<String, Value>);
-
-impl TrainSettings {
-    /// No overrides.
-    pub fn new() -> Self {
-        TrainSettings(BTreeMap::new())
-    }
-
-    /// Sets one field, returning `self` for chaining.
-    pub fn with(mut self, key: &str, value: impl Into<Value>) -> Self {
-        self.0.insert(key.to_string(), value.into());
-        self
-    }
-
-    /// `self` with every field of `over` replacing the same field of `self` (a shallow merge).
-    pub fn merged(&self, over: &TrainSettings) -> TrainSettings {
-        let mut out = self.0.clone();
-        out.extend(over.0.iter().map(|(k, v)| (k.clone(), v.clone())));
-        TrainSettings(out)
-    }
-
-    /// The settings as one JSON object.
-    pub fn to_value(&self) -> Value {
-        Value::Object(self.0.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
-    }
-}
 
 /// What happens to the optimizer state and learning-rate schedule between stages.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -66,16 +34,13 @@ pub struct StageSpec {
     pub name: String,
     /// Source name → proportion of that source's pool (`1`, `"1/256"`, `0.25`).
     pub mixture: BTreeMap<String, Ratio>,
-    /// Overrides of the plan-wide training settings for this stage.
-    #[serde(default, skip_serializing_if = "is_empty_settings")]
-    pub train: TrainSettings,
+    /// Overrides of the plan-wide training settings for this stage (typed: an unknown key is an
+    /// error when the plan is read).
+    #[serde(default, skip_serializing_if = "TrainOverrides::is_empty")]
+    pub train: TrainOverrides,
     /// Overrides the plan-wide optimizer-state policy for this stage.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub optimizer_state: Option<OptimizerState>,
-}
-
-fn is_empty_settings(t: &TrainSettings) -> bool {
-    t.0.is_empty()
 }
 
 /// A plan as written in a TOML file: either a built-in `strategy` or explicit `[[stages]]`.
@@ -111,23 +76,30 @@ pub struct PlanSpec {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub stages: Vec<StageSpec>,
     /// Training settings for every stage (a stage's own `train` wins).
-    #[serde(default, skip_serializing_if = "is_empty_settings")]
-    pub train: TrainSettings,
+    #[serde(default, skip_serializing_if = "TrainOverrides::is_empty")]
+    pub train: TrainOverrides,
     /// The default optimizer-state policy between stages.
     #[serde(default)]
     pub optimizer_state: OptimizerState,
     /// Runner settings, opaque here.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub run: Option<Value>,
+    /// Where the spec was read from ([`PlanSpec::from_toml_str`]'s `origin`; empty for a spec
+    /// built in code). Errors of [`PlanSpec::resolve`] name it. Not part of the file.
+    #[serde(skip)]
+    pub origin: String,
 }
 
 impl PlanSpec {
     /// Parses a plan file's text; `origin` (usually the path) prefixes every error.
     pub fn from_toml_str(text: &str, origin: &str) -> Result<PlanSpec> {
-        let spec: PlanSpec = toml::from_str(text).map_err(|e| Error::Toml {
-            origin: origin.to_string(),
-            source: Box::new(e),
+        let mut spec: PlanSpec = toml::from_str(text).map_err(|e| {
+            diagnose_train_tables(text, origin, &e).unwrap_or_else(|| Error::Toml {
+                origin: origin.to_string(),
+                source: Box::new(e),
+            })
         })?;
+        spec.origin = origin.to_string();
         if spec.format_version != FORMAT_VERSION {
             return Err(Error::UnsupportedFormatVersion {
                 origin: origin.to_string(),
@@ -146,8 +118,12 @@ impl PlanSpec {
         })
     }
 
-    /// Validates the spec into a [`Plan`]; every source a stage names must be in `known_sources`.
-    pub fn resolve(&self, known_sources: &[&str]) -> Result<Plan> {
+    /// Validates the spec into a [`Plan`]: every source a stage names must be in
+    /// `known_sources`, and every stage's training settings (`base` under the plan-wide `[train]`
+    /// under the stage's own `train`) must validate. The runner passes as `base` the trainer
+    /// defaults with the run's seed (`TrainConfig { seed: run_seed, ..Default::default() }`).
+    /// Errors name [`PlanSpec::origin`], the stage and the offending key.
+    pub fn resolve(&self, known_sources: &[&str], base: &TrainConfig) -> Result<Plan> {
         let plan = match (&self.strategy, self.stages.is_empty()) {
             (Some(_), false) => {
                 return Err(Error::Invalid {
@@ -183,13 +159,19 @@ impl PlanSpec {
                         name: s.name.clone(),
                         mixture: s.mixture.clone(),
                         train: s.train.clone(),
+                        config: base.clone(),
                         optimizer_state: s.optimizer_state.unwrap_or(self.optimizer_state),
                     })
                     .collect();
                 Plan::new(name, stages)?
             }
         };
-        let plan = plan.with_train_defaults(&self.train);
+        let origin = if self.origin.is_empty() {
+            "<plan>"
+        } else {
+            &self.origin
+        };
+        let plan = plan.with_train(origin, base, &self.train)?;
         plan.check_sources(known_sources)?;
         Ok(plan)
     }
@@ -204,8 +186,13 @@ pub struct Stage {
     pub name: String,
     /// Source name → proportion of that source's pool; every proportion is above 0.
     pub mixture: BTreeMap<String, Ratio>,
-    /// The stage's full training settings (plan defaults merged with its own overrides).
-    pub train: TrainSettings,
+    /// The stage's training overrides (plan defaults merged with its own), as written to
+    /// `plan.resolved.toml`.
+    pub train: TrainOverrides,
+    /// The stage's resolved, validated trainer config: the base config of
+    /// [`PlanSpec::resolve`] / [`Plan::with_train`] with [`Stage::train`] applied. What the
+    /// stage trains with, and what its key hashes.
+    pub config: TrainConfig,
     /// Whether the optimizer state restarts or carries over from the previous stage.
     pub optimizer_state: OptimizerState,
 }
@@ -326,20 +313,38 @@ impl Plan {
         Ok(())
     }
 
-    /// Applies plan-wide training defaults under every stage's own settings.
-    pub fn with_train_defaults(mut self, defaults: &TrainSettings) -> Plan {
+    /// Resolves every stage's training settings: `defaults` (plan-wide overrides) go under the
+    /// stage's own overrides ([`Stage::train`]), and the result applied to `base` is the stage's
+    /// [`Stage::config`], validated. An invalid value fails with [`Error::Train`], naming
+    /// `origin`, the stage and the key, so a bad stage fails before anything trains.
+    pub fn with_train(
+        mut self,
+        origin: &str,
+        base: &TrainConfig,
+        defaults: &TrainOverrides,
+    ) -> Result<Plan> {
         for stage in &mut self.stages {
             stage.train = defaults.merged(&stage.train);
+            stage.config = base.with_overrides(&stage.train);
+            stage.config.validate().map_err(|source| Error::Train {
+                origin: origin.to_string(),
+                plan: self.name.clone(),
+                stage: Some(stage.name.clone()),
+                source,
+            })?;
         }
-        self
+        Ok(self)
     }
 
     /// The content key of every stage, in order.
     ///
-    /// A key covers the stage's mixture, its training settings, its optimizer-state policy, the
-    /// parent's key (so everything upstream), the base model and the fingerprints of the sources it
-    /// reads. It does not cover the stage's name or the plan's name, so identical stages of
-    /// different plans get the same key.
+    /// A key covers the stage's mixture, its resolved training config ([`Stage::config`]
+    /// without the purely operational [`sft_config::OPERATIONAL_KEYS`], see
+    /// [`TrainConfig::weights_relevant`]), its optimizer-state policy, the parent's key (so
+    /// everything upstream), the base model and the fingerprints of the sources it reads. It does
+    /// not cover the stage's name or the plan's name, so identical stages of different plans get
+    /// the same key; and since it hashes resolved values, a plan that spells out a default value
+    /// (`lr = 2e-5`) gets the same key as one that leaves it out.
     pub fn stage_keys(&self, ctx: &KeyContext) -> Result<Vec<StageKey>> {
         let mut keys: Vec<StageKey> = Vec::with_capacity(self.stages.len());
         for stage in &self.stages {
@@ -364,7 +369,7 @@ impl Plan {
                 "format_version": FORMAT_VERSION,
                 "mixture": mixture,
                 "parent": parent,
-                "train": stage.train.to_value(),
+                "train": stage.config.weights_relevant(),
                 "optimizer_state": stage.optimizer_state,
                 "base_model": ctx.base_model,
                 "sources": sources,
@@ -395,17 +400,66 @@ impl Plan {
                     optimizer_state: Some(s.optimizer_state),
                 })
                 .collect(),
-            train: TrainSettings::new(),
+            train: TrainOverrides::default(),
             optimizer_state: OptimizerState::Restart,
             run: None,
+            origin: String::new(),
         }
     }
+}
+
+/// After a failed typed parse: finds the first `[train]` table (plan-wide, or a stage's) whose
+/// settings are unknown or mistyped, so the error names the stage and the key, not only the
+/// line. `None` when the training tables are fine (the parse failed elsewhere).
+fn diagnose_train_tables(text: &str, origin: &str, parse: &toml::de::Error) -> Option<Error> {
+    let table: toml::Table = toml::from_str(text).ok()?;
+    let at = match parse.span() {
+        Some(span) => format!(
+            "{origin}:{}",
+            text[..span.start.min(text.len())].matches('\n').count() + 1
+        ),
+        None => origin.to_string(),
+    };
+    let plan = table
+        .get("name")
+        .and_then(|v| v.as_str())
+        .unwrap_or_default()
+        .to_string();
+    let check = |train: &toml::Value, stage: Option<String>| -> Option<Error> {
+        let value = serde_json::to_value(train).ok()?;
+        TrainOverrides::from_json(&value)
+            .err()
+            .map(|source| Error::Train {
+                origin: at.clone(),
+                plan: plan.clone(),
+                stage,
+                source,
+            })
+    };
+    if let Some(e) = table.get("train").and_then(|t| check(t, None)) {
+        return Some(e);
+    }
+    let stages = table.get("stages")?.as_array()?;
+    stages.iter().enumerate().find_map(|(i, s)| {
+        let name = s
+            .get("name")
+            .and_then(|n| n.as_str())
+            .map_or_else(|| format!("#{}", i + 1), str::to_string);
+        check(s.get("train")?, Some(name))
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::strategy::STANDARD_SOURCES;
+
+    fn epochs(n: u32) -> TrainOverrides {
+        TrainOverrides {
+            epochs: Some(n),
+            ..TrainOverrides::default()
+        }
+    }
 
     fn ctx() -> KeyContext {
         KeyContext {
@@ -434,19 +488,31 @@ mixture = { general = 1, code = "1/16", math = 0.25 }
 train = { lr = 1e-5 }
 "#;
         let spec = PlanSpec::from_toml_str(text, "custom.toml").unwrap();
-        let plan = spec.resolve(&STANDARD_SOURCES).unwrap();
+        let plan = spec
+            .resolve(&STANDARD_SOURCES, &TrainConfig::default())
+            .unwrap();
         assert_eq!(plan.stages.len(), 2);
         assert_eq!(plan.stages[1].take("math"), Some(Ratio::new(1, 4).unwrap()));
         assert_eq!(
             plan.stages[1].take("code"),
             Some(Ratio::new(1, 16).unwrap())
         );
-        assert_eq!(plan.stages[0].train.0["epochs"], json!(2));
-        assert_eq!(plan.stages[1].train.0["lr"], json!(1e-5));
-        assert_eq!(plan.stages[1].train.0["epochs"], json!(2));
+        assert_eq!(plan.stages[0].train.epochs, Some(2));
+        assert_eq!(plan.stages[1].train.lr, Some(1e-5));
+        assert_eq!(plan.stages[1].train.epochs, Some(2));
+        assert_eq!(
+            (plan.stages[1].config.lr, plan.stages[1].config.epochs),
+            (1e-5, 2)
+        );
+        assert_eq!(plan.stages[0].config.lr, 2e-5);
         let again =
             PlanSpec::from_toml_str(&plan.to_spec().to_toml_string().unwrap(), "again").unwrap();
-        assert_eq!(again.resolve(&STANDARD_SOURCES).unwrap(), plan);
+        assert_eq!(
+            again
+                .resolve(&STANDARD_SOURCES, &TrainConfig::default())
+                .unwrap(),
+            plan
+        );
     }
 
     #[test]
@@ -455,7 +521,7 @@ train = { lr = 1e-5 }
             "format_version = 1\nname = \"p\"\n[[stages]]\nname = \"s\"\nmixture = { cod = 1 }\n";
         let err = PlanSpec::from_toml_str(text, "p.toml")
             .unwrap()
-            .resolve(&STANDARD_SOURCES)
+            .resolve(&STANDARD_SOURCES, &TrainConfig::default())
             .unwrap_err();
         let msg = err.to_string();
         assert!(matches!(err, Error::UnknownSource { .. }), "{msg}");
@@ -475,13 +541,13 @@ train = { lr = 1e-5 }
             );
             let err = PlanSpec::from_toml_str(&text, "p.toml")
                 .unwrap()
-                .resolve(&STANDARD_SOURCES)
+                .resolve(&STANDARD_SOURCES, &TrainConfig::default())
                 .unwrap_err();
             assert!(matches!(err, Error::EmptyStage { .. }), "{err}");
         }
         let err = PlanSpec::from_toml_str("format_version = 1\nname = \"p\"\n", "p.toml")
             .unwrap()
-            .resolve(&STANDARD_SOURCES)
+            .resolve(&STANDARD_SOURCES, &TrainConfig::default())
             .unwrap_err();
         assert!(matches!(err, Error::NoStages { .. }), "{err}");
     }
@@ -517,21 +583,21 @@ train = { lr = 1e-5 }
         let dup = "format_version = 1\nname = \"p\"\n[[stages]]\nname = \"s\"\nmixture = { code = 1 }\n[[stages]]\nname = \"s\"\nmixture = { math = 1 }\n";
         let msg = PlanSpec::from_toml_str(dup, "d")
             .unwrap()
-            .resolve(&STANDARD_SOURCES)
+            .resolve(&STANDARD_SOURCES, &TrainConfig::default())
             .unwrap_err()
             .to_string();
         assert!(msg.contains("two stages are named \"s\""), "{msg}");
         let both = "format_version = 1\nstrategy = \"sequential\"\n[[stages]]\nname = \"s\"\nmixture = { code = 1 }\n";
         let msg = PlanSpec::from_toml_str(both, "b")
             .unwrap()
-            .resolve(&STANDARD_SOURCES)
+            .resolve(&STANDARD_SOURCES, &TrainConfig::default())
             .unwrap_err()
             .to_string();
         assert!(msg.contains("not both"), "{msg}");
         let carry = "format_version = 1\nname = \"p\"\noptimizer_state = \"carry\"\n[[stages]]\nname = \"s\"\nmixture = { code = 1 }\n";
         let msg = PlanSpec::from_toml_str(carry, "c")
             .unwrap()
-            .resolve(&STANDARD_SOURCES)
+            .resolve(&STANDARD_SOURCES, &TrainConfig::default())
             .unwrap_err()
             .to_string();
         assert!(msg.contains("no optimizer state to carry"), "{msg}");
@@ -542,12 +608,120 @@ train = { lr = 1e-5 }
         let text = "format_version = 1\nstrategy = \"dmt:1/4\"\noptimizer_state = \"carry\"\n[train]\nepochs = 3\n";
         let plan = PlanSpec::from_toml_str(text, "t")
             .unwrap()
-            .resolve(&STANDARD_SOURCES)
+            .resolve(&STANDARD_SOURCES, &TrainConfig::default())
             .unwrap();
         assert_eq!(plan.name, "dmt-k1_4");
         assert_eq!(plan.stages[0].optimizer_state, OptimizerState::Restart);
         assert_eq!(plan.stages[1].optimizer_state, OptimizerState::Carry);
-        assert!(plan.stages.iter().all(|s| s.train.0["epochs"] == json!(3)));
+        assert!(plan
+            .stages
+            .iter()
+            .all(|s| s.train.epochs == Some(3) && s.config.epochs == 3));
+    }
+
+    const TWO_STAGES: &str = "format_version = 1\nname = \"p\"\n[[stages]]\nname = \"code\"\nmixture = { code = 1 }\n[[stages]]\nname = \"general-last\"\nmixture = { general = 1 }\n";
+
+    fn with_stage2_train(train: &str) -> String {
+        format!("{TWO_STAGES}train = {{ {train} }}\n")
+    }
+
+    #[test]
+    fn unknown_train_key_in_a_stage_fails_at_load_naming_file_stage_and_key() {
+        let err =
+            PlanSpec::from_toml_str(&with_stage2_train("lrr = 5e-4"), "plans/p.toml").unwrap_err();
+        let msg = err.to_string();
+        match &err {
+            Error::Train { stage, source, .. } => {
+                assert_eq!(stage.as_deref(), Some("general-last"));
+                assert_eq!(source.key(), Some("lrr"));
+            }
+            other => panic!("expected Error::Train, got {other:?}"),
+        }
+        assert!(
+            msg.starts_with("plans/p.toml:9:")
+                && msg.contains("stage \"general-last\"")
+                && msg.contains("`lrr`"),
+            "{msg}"
+        );
+        // The plan-wide table is checked the same way.
+        let text = format!("{TWO_STAGES}[train]\nepochz = 1\n");
+        let err = PlanSpec::from_toml_str(&text, "q.toml").unwrap_err();
+        assert!(
+            matches!(&err, Error::Train { stage: None, source, .. } if source.key() == Some("epochz")),
+            "{err}"
+        );
+        // A mistyped value names its key too.
+        let err = PlanSpec::from_toml_str(&with_stage2_train("schedule = \"cosin\""), "r.toml")
+            .unwrap_err();
+        assert!(
+            matches!(&err, Error::Train { source, .. } if source.key() == Some("schedule")),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn bad_train_value_in_a_stage_fails_at_resolve_naming_file_stage_and_key() {
+        let spec =
+            PlanSpec::from_toml_str(&with_stage2_train("lr = -1.0"), "plans/p.toml").unwrap();
+        let err = spec
+            .resolve(&STANDARD_SOURCES, &TrainConfig::default())
+            .unwrap_err();
+        let msg = err.to_string();
+        match &err {
+            Error::Train {
+                origin,
+                stage,
+                source,
+                ..
+            } => {
+                assert_eq!(origin, "plans/p.toml");
+                assert_eq!(stage.as_deref(), Some("general-last"));
+                assert!(matches!(source, sft_config::Error::Invalid { key, .. } if key == "lr"));
+            }
+            other => panic!("expected Error::Train, got {other:?}"),
+        }
+        assert!(
+            msg.contains("plans/p.toml") && msg.contains("`lr`"),
+            "{msg}"
+        );
+        // The base config takes part: a plan-wide value that is fine alone but invalid with
+        // the stage's value is caught as well.
+        let text = format!("{TWO_STAGES}[train]\nepochs = 0\n");
+        let err = PlanSpec::from_toml_str(&text, "e.toml")
+            .unwrap()
+            .resolve(&STANDARD_SOURCES, &TrainConfig::default())
+            .unwrap_err();
+        assert!(
+            matches!(&err, Error::Train { stage: Some(s), source, .. } if s == "code" && source.key() == Some("epochs")),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn keys_hash_resolved_settings_so_spelled_out_defaults_reuse_the_stage() {
+        let resolve = |text: &str, seed: u64| {
+            let base = TrainConfig {
+                seed,
+                ..TrainConfig::default()
+            };
+            PlanSpec::from_toml_str(text, "k.toml")
+                .unwrap()
+                .resolve(&STANDARD_SOURCES, &base)
+                .unwrap()
+                .stage_keys(&ctx())
+                .unwrap()
+        };
+        let plain = resolve(TWO_STAGES, 42);
+        let spelled = resolve(&with_stage2_train("lr = 2e-5"), 42);
+        assert_eq!(plain, spelled);
+        let operational = resolve(&with_stage2_train("save_every = 10, keep_last = 5"), 42);
+        assert_eq!(plain[1].key, operational[1].key);
+        let changed = resolve(&with_stage2_train("lr = 1e-5"), 42);
+        assert_eq!(plain[0].key, changed[0].key);
+        assert_ne!(plain[1].key, changed[1].key);
+        // The run's seed (the base config's) is part of what a stage trains with.
+        assert_ne!(resolve(TWO_STAGES, 7)[0].key, plain[0].key);
+        assert_eq!(resolve(&with_stage2_train("seed = 42"), 7)[1].key.len(), 64);
     }
 
     #[test]
@@ -583,7 +757,8 @@ train = { lr = 1e-5 }
 
         let trained = plan
             .clone()
-            .with_train_defaults(&TrainSettings::new().with("epochs", 2));
+            .with_train("t", &TrainConfig::default(), &epochs(2))
+            .unwrap();
         let k = trained.stage_keys(&ctx()).unwrap();
         assert_ne!(k[0].key, base[0].key);
 

@@ -5,8 +5,9 @@ use std::collections::BTreeMap;
 use std::fmt;
 
 use crate::error::{Error, Result};
-use crate::plan::{OptimizerState, Plan, Stage, TrainSettings};
+use crate::plan::{OptimizerState, Plan, Stage};
 use sft_compose::Ratio;
+use sft_config::{TrainConfig, TrainOverrides};
 
 /// The code source (Code Alpaca in the paper).
 pub const CODE: &str = "code";
@@ -123,7 +124,8 @@ impl Strategy {
         }
     }
 
-    /// The strategy's stages, with empty training settings and restarting optimizers.
+    /// The strategy's stages, with empty training overrides, the default trainer config and
+    /// restarting optimizers; [`Plan::with_train`] resolves the settings a run trains with.
     pub fn plan(&self) -> Plan {
         let one = Ratio::ONE;
         let stage = |name: &str, mixture: &[(&str, Ratio)]| Stage {
@@ -133,7 +135,8 @@ impl Strategy {
                 .iter()
                 .map(|(s, r)| (s.to_string(), *r))
                 .collect::<BTreeMap<_, _>>(),
-            train: TrainSettings::new(),
+            train: TrainOverrides::default(),
+            config: TrainConfig::default(),
             optimizer_state: OptimizerState::Restart,
         };
         let stages = match self {

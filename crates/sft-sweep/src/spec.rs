@@ -12,7 +12,8 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sft_schedule::{
-    canonical_json, PlanSpec, Ratio, Strategy, TrainSettings, FORMAT_VERSION as PLAN_FORMAT_VERSION,
+    canonical_json, PlanSpec, Ratio, Strategy, TrainConfig, TrainOverrides,
+    FORMAT_VERSION as PLAN_FORMAT_VERSION,
 };
 use sha2::{Digest, Sha256};
 
@@ -208,7 +209,8 @@ impl Cell {
                 .iter()
                 .map(|(k, r)| (k.clone(), Value::String(r.to_string())))
                 .collect();
-            stages.push(serde_json::json!({"mixture": mixture, "train": train.to_value(), "opt": stage.optimizer_state}));
+            let train = serde_json::to_value(&train).unwrap_or_default();
+            stages.push(serde_json::json!({"mixture": mixture, "train": train, "opt": stage.optimizer_state}));
             let material = serde_json::json!({"run": run, "stages": stages});
             out.push(hex::encode(Sha256::digest(
                 canonical_json(&material).as_bytes(),
@@ -536,16 +538,26 @@ impl SweepSpec {
             "train" => train.insert(seed_at.1.to_string(), seed_value),
             _ => run.insert(seed_at.1.to_string(), seed_value),
         };
-        let train = TrainSettings(
-            train
-                .into_iter()
-                .map(|(k, v)| serde_json::to_value(v).map(|v| (k, v)))
-                .collect::<std::result::Result<_, _>>()
-                .map_err(|e| Error::SpecInvalid {
-                    path: path.to_path_buf(),
-                    message: format!("[train]: {e}"),
-                })?,
-        );
+        // Typed here, so a typo or a wrongly typed value in any `[train]` table (the spec's, a
+        // model's, a grid's) fails when the spec is loaded, naming the key.
+        let train = serde_json::to_value(&train)
+            .map_err(|e| Error::SpecInvalid {
+                path: path.to_path_buf(),
+                message: format!("[train]: {e}"),
+            })
+            .and_then(|v| {
+                TrainOverrides::from_json(&v).map_err(|source| {
+                    plan_err(sft_schedule::Error::Train {
+                        origin: format!(
+                            "the [train] tables of the spec, model {:?} and grid {:?}",
+                            model.name, grid.name
+                        ),
+                        plan: String::new(),
+                        stage: None,
+                        source,
+                    })
+                })
+            })?;
         let run = serde_json::to_value(&run).map_err(|e| Error::SpecInvalid {
             path: path.to_path_buf(),
             message: format!("[run]: {e}"),
@@ -593,6 +605,7 @@ impl SweepSpec {
             } else {
                 Some(run)
             },
+            origin: path.display().to_string(),
         };
         let content = serde_json::to_value(&plan).map_err(|e| Error::SpecInvalid {
             path: path.to_path_buf(),
@@ -618,7 +631,19 @@ impl SweepSpec {
             }
         }
         let known: Vec<&str> = self.sources.iter().map(String::as_str).collect();
-        plan.resolve(&known).map_err(plan_err)?;
+        // Resolved (every stage's training settings validated) now, so a bad value in any cell
+        // fails when the spec is loaded. The base is what the runner resolves against: the
+        // trainer defaults with the run's seed (which does not affect validity).
+        let run_seed = plan
+            .run
+            .as_ref()
+            .and_then(|r| r.get("seed"))
+            .and_then(Value::as_u64);
+        let base = TrainConfig {
+            seed: run_seed.unwrap_or(TrainConfig::default().seed),
+            ..TrainConfig::default()
+        };
+        plan.resolve(&known, &base).map_err(plan_err)?;
         Ok(Cell {
             id,
             index: 0,

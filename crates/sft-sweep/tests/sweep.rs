@@ -116,7 +116,7 @@ fn builtin_specs_expand_to_the_papers_grids() {
             let text = cell.plan_toml().unwrap();
             let plan = PlanSpec::from_toml_str(&text, &cell.id)
                 .unwrap()
-                .resolve(&STANDARD_SOURCES)
+                .resolve(&STANDARD_SOURCES, &Default::default())
                 .unwrap();
             assert_eq!(plan.name, cell.id);
         }
@@ -266,6 +266,10 @@ fn spec_errors_name_the_file_and_grid() {
         ("[[grid]]\nname = \"g\"\nstrategies = [\"multi-task\"]\nproportion = { prose = [\"1\"] }\n", "proportion.prose"),
         ("[[grid]]\nname = \"g\"\nstrategies = [\"dmt\"]\nk = [\"2\"]\n", "k"),
         ("[[grid]]\nname = \"g\"\nstrategies = [\"multi-task\"]\nmodels = [\"x\"]\n", "unknown model \"x\""),
+        // Training settings are typed and every cell's plan is resolved: a typo or a bad value
+        // in a grid's `train` names the key.
+        ("[[grid]]\nname = \"g\"\nstrategies = [\"multi-task\"]\ntrain = { lrr = 1e-4 }\n", "unknown training setting `lrr`"),
+        ("[[grid]]\nname = \"g\"\nstrategies = [\"sequential\"]\ntrain = { lr = -1.0 }\n", "stage \"code\": `lr`: must be finite"),
     ];
     let path = Path::new("specs/bad.toml");
     for (grid, want) in cases {

@@ -34,6 +34,10 @@ pub enum Error {
     /// The configuration is inconsistent or a value is out of range.
     #[error("invalid config: {0}")]
     Config(String),
+    /// A [`crate::TrainConfig`] setting is invalid (the error names the key) or its file could
+    /// not be read.
+    #[error("invalid config: {0}")]
+    InvalidConfig(#[from] sft_config::Error),
     /// A chat Parquet data file could not be read, or a row of it is not a record.
     #[error("reading training data {path}: {source}")]
     Data {

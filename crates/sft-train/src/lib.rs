@@ -53,7 +53,10 @@ pub const TRAINING_SEMANTICS_VERSION: u32 = 1;
 pub const CHAT_SEMANTICS_VERSION: u32 = 1;
 
 pub use chat::TemplateEncoder;
-pub use config::{Dtype, MaskErrorPolicy, NanPolicy, Overlong, Schedule, TrainConfig};
+pub use config::{
+    Dtype, MaskErrorPolicy, NanPolicy, Overlong, Schedule, TrainConfig, TrainOverrides,
+    OPERATIONAL_KEYS,
+};
 pub use data::{read_records, tokenize, ChatEncoder, DataReport, Example, IGNORE};
 pub use error::{Error, Result};
 pub use model::CausalLm;
