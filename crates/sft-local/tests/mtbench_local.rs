@@ -11,7 +11,8 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use sft_run::{run_plan, JudgeSettings, LocalBackend, LocalOptions, RunOptions};
+use sft_local::{LocalBackend, LocalOptions};
+use sft_run::{run_plan, JudgeSettings, RunOptions};
 
 fn workspace() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")

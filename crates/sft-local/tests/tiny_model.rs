@@ -6,7 +6,8 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use sft_run::{run_plan, LocalBackend, LocalOptions, RunOptions, StageDone};
+use sft_local::{LocalBackend, LocalOptions};
+use sft_run::{run_plan, RunOptions, StageDone};
 
 fn workspace() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
