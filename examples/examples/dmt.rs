@@ -19,7 +19,8 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use clap::Parser;
 use sft_examples::DeviceSpec;
-use sft_run::{LocalBackend, LocalOptions, RunOptions, RunSettings, SourceSettings};
+use sft_local::{LocalBackend, LocalOptions};
+use sft_run::{RunOptions, RunSettings, SourceSettings};
 use sft_schedule::{Ratio, Strategy, TrainOverrides};
 
 #[derive(Parser)]

@@ -13,7 +13,8 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::Parser;
 use sft_examples::DeviceSpec;
-use sft_run::{LocalBackend, LocalOptions, RunOptions};
+use sft_local::{LocalBackend, LocalOptions};
+use sft_run::RunOptions;
 
 #[derive(Parser)]
 #[command(about = "Run a training plan: compose, train every stage, evaluate, record")]

@@ -152,10 +152,10 @@ pub fn sweep(args: SweepArgs) -> Result<()> {
     let failed: Vec<&str> = table
         .cells
         .iter()
-        .filter(|(_, s, _)| s == "failed")
-        .map(|(c, _, _)| c.id.as_str())
+        .filter(|s| s.state == "failed")
+        .map(|s| s.cell.id.as_str())
         .collect();
-    let unfinished = table.cells.iter().filter(|(_, s, _)| s != "done").count();
+    let unfinished = table.cells.iter().filter(|s| s.state != "done").count();
     if !failed.is_empty() {
         bail!(
             "{} of {} cells failed (see {}): {}",

@@ -1,8 +1,9 @@
 //! What the runner needs from a model stack: train one stage, evaluate one task.
 //!
-//! [`crate::LocalBackend`] implements it with `sft-llama`, `sft-train`, `sft-chat` and `sft-eval`
-//! on a `tch::Device`. The trait keeps the orchestration (keys, store, resume, reports) separate
-//! from the tensors, so the orchestration's guarantees are tested on their own.
+//! `sft_local::LocalBackend` (crate `sft-local`) implements it with `sft-llama`, `sft-train`,
+//! `sft-chat` and `sft-eval` on a `tch::Device`. The trait keeps the orchestration (keys, store,
+//! resume, reports) separate from the tensors, so the orchestration's guarantees are tested on
+//! their own, and this crate does not link libtorch.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -12,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use sft_compose::Record;
 use sft_schedule::{Stage, TrainConfig};
 
-use crate::error::Result;
+use crate::error::BackendError;
 use crate::settings::EvalSettings;
 
 /// One stage to train.
@@ -202,11 +203,13 @@ pub trait Backend {
 
     /// Trains one stage; must leave complete weights in `req.model_out`. May be called again for
     /// the same stage after an interruption, with the same `work_dir`, and should then resume.
-    fn train(&self, req: &TrainRequest<'_>) -> Result<TrainReport>;
+    /// An error says its [`crate::ErrorKind`] (an interruption is [`crate::ErrorKind::Interrupted`]).
+    fn train(&self, req: &TrainRequest<'_>) -> Result<TrainReport, BackendError>;
 
     /// Evaluates one task, writing its report under `req.out_dir`; `None` when the task is not
     /// configured (e.g. MT-Bench without a judge, or a size of 0).
-    fn evaluate(&self, task: Task, req: &EvalRequest<'_>) -> Result<Option<Metric>>;
+    /// An error's context names the task (`evaluating gsm8k`).
+    fn evaluate(&self, task: Task, req: &EvalRequest<'_>) -> Result<Option<Metric>, BackendError>;
 }
 
 #[cfg(test)]

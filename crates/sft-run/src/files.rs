@@ -29,9 +29,9 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 
 /// Pretty JSON of `value`, written atomically.
 pub fn write_json<T: Serialize + ?Sized>(path: &Path, value: &T) -> Result<()> {
-    let mut text = serde_json::to_string_pretty(value).map_err(|e| Error::Parse {
+    let mut text = serde_json::to_string_pretty(value).map_err(|source| Error::Json {
         path: path.to_path_buf(),
-        message: format!("serializing: {e}"),
+        source,
     })?;
     text.push('\n');
     write_atomic(path, text.as_bytes())
@@ -40,9 +40,9 @@ pub fn write_json<T: Serialize + ?Sized>(path: &Path, value: &T) -> Result<()> {
 /// Reads and parses a JSON file.
 pub fn read_json<T: DeserializeOwned>(path: &Path) -> Result<T> {
     let text = std::fs::read_to_string(path).map_err(Error::io("read", path))?;
-    serde_json::from_str(&text).map_err(|e| Error::Parse {
+    serde_json::from_str(&text).map_err(|source| Error::Json {
         path: path.to_path_buf(),
-        message: e.to_string(),
+        source,
     })
 }
 

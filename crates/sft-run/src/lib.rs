@@ -20,7 +20,12 @@
 //!   permutation as the pools, after them, so no stage can select them ([`data`]).
 //!
 //! The orchestration ([`run_plan`]) talks to models only through the [`Backend`] trait;
-//! [`LocalBackend`] is the real one (libtorch on a given `tch::Device`).
+//! `sft_local::LocalBackend` (crate `sft-local`) is the real one (libtorch on a given
+//! `tch::Device`). This crate does not link libtorch: its dependency tree is tch-free, so the
+//! runner, the run-directory types and their tests build without it.
+//!
+//! Errors carry an [`ErrorKind`] ([`Error::kind`]): `status.json` records it as `error_kind`
+//! beside the message, and the sweep reports it per failed cell.
 
 #![deny(missing_docs)]
 
@@ -28,14 +33,12 @@ mod backend;
 pub mod data;
 mod error;
 pub mod files;
-mod local;
 mod runner;
 mod settings;
 pub mod table;
 
 pub use backend::{Backend, EvalRequest, Metric, Task, TrainReport, TrainRequest};
-pub use error::{Error, Result};
-pub use local::{LocalBackend, LocalOptions};
+pub use error::{mentions_oom, BackendError, BoxError, Error, ErrorKind, Result};
 pub use runner::{
     run_plan, RunOptions, RunResults, StageDone, StageResult, Status, RESULTS_FORMAT_VERSION,
 };

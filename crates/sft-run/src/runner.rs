@@ -11,7 +11,7 @@ use sft_schedule::{KeyContext, OptimizerState, Plan, TrainOverrides};
 
 use crate::backend::{Backend, EvalRequest, Metric, Task, TrainRequest};
 use crate::data::Pools;
-use crate::error::{Error, Result};
+use crate::error::{BackendError, Error, ErrorKind, Result};
 use crate::files::{fingerprint_model, read_json, write_json, DirLock};
 use crate::settings::{RunSettings, StaleStages};
 
@@ -56,6 +56,10 @@ pub struct Status {
     pub state: String,
     /// The error when `failed`.
     pub error: Option<String>,
+    /// The error's class when `failed` ([`Error::kind`]); `null` otherwise, and absent in files
+    /// written before kinds were recorded.
+    #[serde(default)]
+    pub error_kind: Option<ErrorKind>,
     /// When it was written (seconds since the epoch).
     pub updated_unix: u64,
 }
@@ -152,11 +156,12 @@ fn now_unix() -> u64 {
         .unwrap_or(0)
 }
 
-fn write_status(run_dir: &Path, state: &str, error: Option<String>) -> Result<()> {
+fn write_status(run_dir: &Path, state: &str, error: Option<&Error>) -> Result<()> {
     let status = Status {
         format_version: RESULTS_FORMAT_VERSION,
         state: state.into(),
-        error,
+        error: error.map(|e| e.to_string()),
+        error_kind: error.map(Error::kind),
         updated_unix: now_unix(),
     };
     write_json(&run_dir.join("status.json"), &status)
@@ -180,8 +185,8 @@ pub fn run_plan(
             Ok(results)
         }
         Err(e) => {
-            tracing::error!(error = %e, "run failed");
-            write_status(&opts.run_dir, "failed", Some(e.to_string()))?;
+            tracing::error!(error = %e, kind = %e.kind(), "run failed");
+            write_status(&opts.run_dir, "failed", Some(&e))?;
             Err(e)
         }
     }
@@ -483,19 +488,19 @@ fn train_stage(
         work_dir: &dir.join("train"),
         model_out: &dir.join("model"),
     };
-    let report = backend.train(&req).map_err(|e| Error::Stage {
+    let stage_error = |source: BackendError| Error::Stage {
         index: stage.index,
         name: stage.name.clone(),
         key: key[..12].to_string(),
-        message: e.to_string(),
-    })?;
+        source,
+    };
+    let report = backend.train(&req).map_err(stage_error)?;
     if !dir.join("model").is_dir() {
-        return Err(Error::Stage {
-            index: stage.index,
-            name: stage.name.clone(),
-            key: key[..12].to_string(),
-            message: "the trainer returned without writing model/".into(),
-        });
+        return Err(stage_error(BackendError::new(
+            ErrorKind::Io,
+            "training",
+            "the trainer returned without writing model/",
+        )));
     }
     let done = StageDone {
         format_version: RESULTS_FORMAT_VERSION,

@@ -297,9 +297,9 @@ impl RunSettings {
     ) -> Result<RunSettings> {
         match value {
             None => Ok(RunSettings::default()),
-            Some(v) => serde_json::from_value(v.clone()).map_err(|e| Error::Parse {
+            Some(v) => serde_json::from_value(v.clone()).map_err(|source| Error::RunTable {
                 path: origin.to_path_buf(),
-                message: format!("[run] table: {e}"),
+                source,
             }),
         }
     }

@@ -9,8 +9,8 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use sft_run::{
-    run_plan, Backend, EvalRequest, Metric, RunOptions, RunResults, RunSettings, StageDone,
-    StaleStages, Status, Task, TrainReport, TrainRequest,
+    run_plan, Backend, BackendError, ErrorKind, EvalRequest, Metric, RunOptions, RunResults,
+    RunSettings, StageDone, StaleStages, Status, Task, TrainReport, TrainRequest,
 };
 use sha2::{Digest, Sha256};
 
@@ -18,12 +18,15 @@ fn workspace() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
-/// Records what it was asked to do; fails the `fail_at`-th training call.
+/// Records what it was asked to do; fails the `fail_at`-th training call (with `fail_kind`,
+/// `interrupted` by default), and the evaluation of `fail_eval`'s task with its kind.
 #[derive(Default)]
 struct Recorder {
     trained: RefCell<Vec<(String, String)>>, // (stage name, init model content)
     evaluated: RefCell<Vec<Task>>,
     fail_at: Option<usize>,
+    fail_kind: Option<ErrorKind>,
+    fail_eval: Option<(Task, ErrorKind)>,
     calls: RefCell<usize>,
     /// The versions it reports ([`Backend::semantics`]).
     semantics: BTreeMap<String, u32>,
@@ -58,16 +61,17 @@ impl Backend for Recorder {
         self.semantics.clone()
     }
 
-    fn train(&self, req: &TrainRequest<'_>) -> sft_run::Result<TrainReport> {
+    fn train(&self, req: &TrainRequest<'_>) -> Result<TrainReport, BackendError> {
         *self.calls.borrow_mut() += 1;
         if Some(*self.calls.borrow()) == self.fail_at {
             // A partial trainer directory, as a killed process would leave.
             std::fs::create_dir_all(req.work_dir).unwrap();
             std::fs::write(req.work_dir.join("partial"), "x").unwrap();
-            return Err(sft_run::Error::Model {
-                context: "training".into(),
-                message: "killed".into(),
-            });
+            return Err(BackendError::new(
+                self.fail_kind.unwrap_or(ErrorKind::Interrupted),
+                "training",
+                "killed",
+            ));
         }
         let init = if req.init_model.is_dir() {
             std::fs::read_to_string(req.init_model.join("weights")).unwrap()
@@ -92,8 +96,17 @@ impl Backend for Recorder {
         })
     }
 
-    fn evaluate(&self, task: Task, req: &EvalRequest<'_>) -> sft_run::Result<Option<Metric>> {
+    fn evaluate(&self, task: Task, req: &EvalRequest<'_>) -> Result<Option<Metric>, BackendError> {
         self.evaluated.borrow_mut().push(task);
+        if let Some((t, kind)) = self.fail_eval {
+            if t == task {
+                return Err(BackendError::new(
+                    kind,
+                    format!("evaluating {task}"),
+                    "judge down",
+                ));
+            }
+        }
         match task {
             Task::Gsm8k => Ok(Some(Metric::wilson(1, 2))),
             Task::GeneralHeldoutLoss => {
@@ -261,6 +274,7 @@ fn a_failure_mid_plan_is_recorded_and_a_rerun_finishes_without_retraining() {
     let st = status(&o.run_dir);
     assert_eq!(st.state, "failed");
     assert!(st.error.unwrap().contains("killed"));
+    assert_eq!(st.error_kind, Some(ErrorKind::Interrupted));
     assert!(!o.run_dir.join("results.json").exists());
 
     let backend = Recorder::default();
@@ -299,6 +313,7 @@ fn bad_plans_and_settings_fail_before_any_training() {
     );
     assert!(backend.trained.borrow().is_empty());
     assert_eq!(status(&o.run_dir).state, "failed");
+    assert_eq!(status(&o.run_dir).error_kind, Some(ErrorKind::Config));
 
     let plan_text =
         std::fs::read_to_string(workspace().join("fixtures/plans/two-stage-tiny.toml")).unwrap();
@@ -597,4 +612,56 @@ fn spelling_out_a_default_reuses_the_stage_and_a_changed_value_does_not() {
     assert_eq!(trained_names(&third), vec!["specialized", "general+k"]);
     assert_ne!(a.stages[0].key, c.stages[0].key);
     assert_ne!(a.stages[1].key, c.stages[1].key);
+}
+
+/// `status.json` records the kind of the backend's error, for every kind, whether training or
+/// evaluating failed; and `null` for a finished run.
+#[test]
+fn status_json_records_the_error_kind_of_a_failure() {
+    let (tmp, settings, model) = setup();
+    let (plan, _) =
+        sft_run::load_plan_file(&workspace().join("fixtures/plans/two-stage-tiny.toml")).unwrap();
+    for kind in ErrorKind::ALL {
+        let o = opts(tmp.path(), &format!("train-{kind}"), &model);
+        let failing = Recorder {
+            fail_at: Some(1),
+            fail_kind: Some(kind),
+            ..Recorder::default()
+        };
+        let err = run_plan(&plan, &settings, &o, &failing).unwrap_err();
+        assert_eq!(err.kind(), kind);
+        let text = std::fs::read_to_string(o.run_dir.join("status.json")).unwrap();
+        let raw: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(raw["state"], "failed");
+        assert_eq!(raw["error_kind"], kind.as_str(), "{text}");
+        assert_eq!(raw["format_version"], 1);
+        // The cause is kept: the stage error's source is the backend's error.
+        let source = std::error::Error::source(&err).unwrap();
+        assert_eq!(source.to_string(), "training: killed");
+    }
+    // The stages are trained now (the store is shared); an evaluation fails.
+    for kind in [ErrorKind::Eval, ErrorKind::Oom] {
+        let o = opts(tmp.path(), &format!("eval-{kind}"), &model);
+        let failing = Recorder {
+            fail_eval: Some((Task::HumanEval, kind)),
+            ..Recorder::default()
+        };
+        let err = run_plan(&plan, &settings, &o, &failing).unwrap_err();
+        assert!(
+            err.to_string().contains("evaluating humaneval: judge down"),
+            "{err}"
+        );
+        let st = status(&o.run_dir);
+        assert_eq!((st.state.as_str(), st.error_kind), ("failed", Some(kind)));
+    }
+    let o = opts(tmp.path(), "ok", &model);
+    run_plan(&plan, &settings, &o, &Recorder::default()).unwrap();
+    let raw: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(o.run_dir.join("status.json")).unwrap())
+            .unwrap();
+    assert_eq!(raw["state"], "done");
+    assert!(
+        raw["error_kind"].is_null() && raw["error"].is_null(),
+        "{raw}"
+    );
 }

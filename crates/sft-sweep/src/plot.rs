@@ -150,7 +150,7 @@ fn figure(spec: &SweepSpec, table: &ResultsTable, k_scan: bool) -> Option<Figure
     };
     // (grid, cell id) pairs on this figure with their x value.
     let mut points: Vec<(String, &crate::spec::Cell, sft_schedule::Ratio)> = Vec::new();
-    for (cell, _, _) in &table.cells {
+    for cell in table.cells.iter().map(|s| &s.cell) {
         for (grid, (axis, x)) in &cell.x {
             if (axis == "k") == k_scan {
                 points.push((grid.clone(), cell, *x));

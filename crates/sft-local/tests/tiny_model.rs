@@ -6,7 +6,8 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use sft_run::{run_plan, LocalBackend, LocalOptions, RunOptions, StageDone};
+use sft_local::{LocalBackend, LocalOptions};
+use sft_run::{run_plan, RunOptions, StageDone};
 
 fn workspace() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
@@ -141,6 +142,7 @@ fn two_stage_plan_trains_evaluates_reuses_and_resumes() {
         serde_json::from_str(&std::fs::read_to_string(o2.run_dir.join("status.json")).unwrap())
             .unwrap();
     assert_eq!(status["state"], "failed");
+    assert_eq!(status["error_kind"], "interrupted", "{status}");
 
     let r3 = run_plan(&plan, &settings, &o2, &backend(None)).unwrap();
     assert!(
@@ -203,8 +205,9 @@ fn stages_keep_optimizer_state_only_when_the_next_stage_carries_it() {
         &opts(tmp.path(), "carry"),
         &backend(None),
     )
-    .unwrap_err()
-    .to_string();
+    .unwrap_err();
+    assert_eq!(err.kind(), sft_run::ErrorKind::Config);
+    let err = err.to_string();
     assert!(
         err.contains("carry") && err.contains("delete that stage's store directory"),
         "{err}"
