@@ -5,7 +5,7 @@
 mod common;
 
 use common::{reference, rel_err, tiny};
-use sft_llama::{KvCache, LogitsFor};
+use sft_llama::{HiddenStates, KvCache, LogitsFor};
 use tch::{Device, Kind, Tensor};
 
 const VARIANTS: [&str; 3] = ["tiny-llama-gqa", "tiny-llama-llama3", "tiny-llama-linear"];
@@ -16,7 +16,12 @@ fn logits_and_hidden_states_match_transformers_in_f32() {
         let (_vs, model, dir) = tiny(name, Kind::Float);
         let r = reference(&dir);
         let out = model
-            .forward_with_hidden_states(&r["input_ids"], Some(&r["position_ids"]), None)
+            .forward_hidden(
+                &r["input_ids"],
+                Some(&r["position_ids"]),
+                None,
+                &HiddenStates::All,
+            )
             .unwrap();
         let e = rel_err(&out.logits, &r["logits"]);
         assert!(e <= 1e-4, "{name}: logits relative error {e:e}");
