@@ -6,9 +6,11 @@
 //! it (`fixtures/models/`).
 //!
 //! * [`LlamaConfig`]: hyperparameters from HF `config.json` (its serde form) or GGUF metadata.
-//! * [`Llama`]: the model, with parameters under HF names in a [`tch::nn::VarStore`];
-//!   [`Llama::forward`] for training (packing masks and positions accepted),
-//!   [`Llama::forward_with_hidden_states`], and [`Llama::forward_step`] with a [`KvCache`].
+//! * [`Llama`]: the model, with parameters under HF names in a [`tch::nn::VarStore`], built of
+//!   blocks (attention, MLP, decoder layer, each with its own `forward`, as in candle's
+//!   `llama.rs`); [`Llama::forward`] for training (packing masks and positions accepted),
+//!   [`Llama::forward_hidden`] with a [`HiddenStates`] request, and [`Llama::forward_step`] with a
+//!   [`KvCache`] (one key/value pair per block).
 //! * Weights: [`load_safetensors`] (single or sharded), [`save_safetensors`] (HF-loadable),
 //!   [`load_gguf`] (dequantized, Q/K permutation undone), and [`load_model`] for either.
 //! * [`generate`]: batched greedy or top-p sampling with left padding, EOS and stop strings.
@@ -30,7 +32,7 @@ pub use generate::{
     generate, generate_ids, FinishReason, Generation, GenerationConfig, GenerationOutput,
     GenerationStats, Sampling, TextCodec, TokenizerCodec,
 };
-pub use model::{ForwardOutput, KvCache, Llama, LogitsFor};
+pub use model::{ForwardOutput, HiddenStates, KvCache, Llama, LogitsFor};
 pub use weights::{
     load_gguf, load_model, load_safetensors, pt_metadata, safetensors_bytes, save_safetensors,
     LoadReport, LoadedModel, ModelSource,

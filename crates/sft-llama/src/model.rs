@@ -21,13 +21,106 @@ pub enum LogitsFor {
     All,
 }
 
-/// Keys and values of past positions for incremental decoding: per layer
-/// `[B, num_key_value_heads, capacity, head_dim]`, of which the first [`KvCache::len`] positions
-/// are filled.
+/// Which hidden states [`Llama::forward_hidden`] collects, numbered as transformers'
+/// `output_hidden_states`: `0` is the embeddings, `k` in `1..L` the output of block `k - 1`, and
+/// `L` (= `num_hidden_layers`) the final-norm output of the last block (the input of `lm_head`).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum HiddenStates {
+    /// None: [`ForwardOutput::hidden_states`] is empty.
+    #[default]
+    None,
+    /// All `L + 1`, in order.
+    All,
+    /// These indices (each in `0..=L`), returned in the order given.
+    Layers(Vec<usize>),
+}
+
+impl HiddenStates {
+    fn wants(&self, index: usize) -> bool {
+        match self {
+            HiddenStates::None => false,
+            HiddenStates::All => true,
+            HiddenStates::Layers(ids) => ids.contains(&index),
+        }
+    }
+}
+
+/// The hidden states of one pass as a [`HiddenStates`] request asks for them.
+struct Collector<'a> {
+    request: &'a HiddenStates,
+    /// Index `i` holds hidden state `i` once offered, if the request wants it.
+    slots: Vec<Option<Tensor>>,
+}
+
+impl<'a> Collector<'a> {
+    /// Checks the request against a model of `num_blocks` blocks.
+    fn new(request: &'a HiddenStates, num_blocks: usize) -> Result<Self> {
+        if let HiddenStates::Layers(ids) = request {
+            if let Some(bad) = ids.iter().find(|&&i| i > num_blocks) {
+                return Err(Error::Input(format!(
+                    "hidden state {bad} requested, the model has {} (0..={num_blocks})",
+                    num_blocks + 1
+                )));
+            }
+        }
+        Ok(Self {
+            request,
+            slots: (0..=num_blocks).map(|_| None).collect(),
+        })
+    }
+
+    /// Keeps hidden state `index` if the request wants it.
+    fn offer(&mut self, index: usize, x: &Tensor) {
+        if self.request.wants(index) {
+            self.slots[index] = Some(x.shallow_clone());
+        }
+    }
+
+    /// The requested states, once every index `0..=L` has been offered.
+    fn finish(self) -> Vec<Tensor> {
+        match self.request {
+            HiddenStates::None => Vec::new(),
+            HiddenStates::All => self.slots.into_iter().flatten().collect(),
+            HiddenStates::Layers(ids) => ids
+                .iter()
+                .map(|&i| {
+                    self.slots[i]
+                        .as_ref()
+                        .expect("every index 0..=L is offered before finish")
+                        .shallow_clone()
+                })
+                .collect(),
+        }
+    }
+}
+
+/// One block's cached keys and values, each `[B, num_key_value_heads, capacity, head_dim]`.
+#[derive(Debug)]
+struct LayerCache {
+    keys: Tensor,
+    values: Tensor,
+}
+
+impl LayerCache {
+    /// Writes `k` and `v` (`[B, nkv, T, hd]`) at positions `past..past + T` and returns the keys
+    /// and values of positions `0..past + T`.
+    fn append(&mut self, past: i64, k: &Tensor, v: &Tensor) -> Result<(Tensor, Tensor)> {
+        let t = k.size()[2];
+        self.keys.f_narrow(2, past, t)?.f_copy_(k)?;
+        self.values.f_narrow(2, past, t)?.f_copy_(v)?;
+        Ok((
+            self.keys.f_narrow(2, 0, past + t)?,
+            self.values.f_narrow(2, 0, past + t)?,
+        ))
+    }
+}
+
+/// Keys and values of past positions for incremental decoding, one pair per block (indexed by
+/// block, each block reads and writes only its own): `[B, num_key_value_heads, capacity,
+/// head_dim]`, of which the first [`KvCache::len`] positions are filled.
 #[derive(Debug)]
 pub struct KvCache {
-    keys: Vec<Tensor>,
-    values: Vec<Tensor>,
+    layers: Vec<LayerCache>,
     len: i64,
     capacity: i64,
     batch: i64,
@@ -45,15 +138,16 @@ impl KvCache {
             c.head_dim as i64,
         ];
         let opts = (model.kind(), model.device());
-        let mut keys = Vec::with_capacity(c.num_hidden_layers);
-        let mut values = Vec::with_capacity(c.num_hidden_layers);
-        for _ in 0..c.num_hidden_layers {
-            keys.push(Tensor::f_zeros(shape, opts)?);
-            values.push(Tensor::f_zeros(shape, opts)?);
-        }
+        let layers = (0..c.num_hidden_layers)
+            .map(|_| {
+                Ok(LayerCache {
+                    keys: Tensor::f_zeros(shape, opts)?,
+                    values: Tensor::f_zeros(shape, opts)?,
+                })
+            })
+            .collect::<Result<_>>()?;
         Ok(Self {
-            keys,
-            values,
+            layers,
             len: 0,
             capacity,
             batch,
@@ -84,18 +178,195 @@ impl KvCache {
     pub fn clear(&mut self) {
         self.len = 0;
     }
+
+    /// Checks that `t` new positions of a `[b, t]` input fit, for a model of `num_blocks` blocks.
+    fn check(&self, b: i64, t: i64, num_blocks: usize) -> Result<()> {
+        if self.layers.len() != num_blocks {
+            return Err(Error::Input(format!(
+                "KV cache has {} layers, the model {num_blocks}",
+                self.layers.len()
+            )));
+        }
+        if self.batch != b {
+            return Err(Error::Input(format!(
+                "KV cache is for batch {}, input has batch {b}",
+                self.batch
+            )));
+        }
+        let total = self.len + t;
+        if total > self.capacity {
+            return Err(Error::Input(format!(
+                "KV cache holds {} positions, {total} needed",
+                self.capacity
+            )));
+        }
+        Ok(())
+    }
 }
 
-struct Layer {
-    input_layernorm: Tensor,
+/// What every block of one forward pass shares.
+struct Pass {
+    /// Batch size `B`.
+    batch: i64,
+    /// New positions `T`.
+    len: i64,
+    /// Cached positions before this pass.
+    past: i64,
+    /// RoPE tables `[B, 1, T, head_dim]` in the activation dtype.
+    cos: Tensor,
+    sin: Tensor,
+    /// Bool `[B or 1, 1, T, past + T]`, `true` where a query may attend; `None` with `is_causal`
+    /// or when nothing is masked (a single new token).
+    mask: Option<Tensor>,
+    /// Let SDPA apply the causal mask itself (no past, no explicit mask, `T > 1`).
+    is_causal: bool,
+}
+
+/// RMSNorm as transformers computes it: normalise in f32, cast back, then multiply by the weight.
+struct RmsNorm {
+    weight: Tensor,
+    eps: f64,
+}
+
+impl RmsNorm {
+    /// The weight `p.weight` (`[hidden_size]`, initialised to ones).
+    fn new(p: nn::Path, cfg: &LlamaConfig) -> Result<Self> {
+        Ok(Self {
+            weight: p.f_var("weight", &[cfg.hidden_size as i64], Init::Const(1.0))?,
+            eps: cfg.rms_norm_eps,
+        })
+    }
+
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let kind = x.kind();
+        let x32 = x.f_to_kind(Kind::Float)?;
+        let var = x32
+            .f_pow_tensor_scalar(2)?
+            .f_mean_dim(-1, true, Kind::Float)?;
+        let normed = x32
+            .f_mul(&var.f_add_scalar(self.eps)?.f_rsqrt()?)?
+            .f_to_kind(kind)?;
+        Ok(self.weight.f_mul(&normed)?)
+    }
+}
+
+/// The parameter init transformers uses for matrices.
+const NORMAL: Init = Init::Randn {
+    mean: 0.0,
+    stdev: 0.02,
+};
+
+/// Grouped-query self-attention with RoPE (`self_attn.{q,k,v,o}_proj`).
+struct Attention {
     q_proj: Tensor,
     k_proj: Tensor,
     v_proj: Tensor,
     o_proj: Tensor,
-    post_attention_layernorm: Tensor,
+    num_heads: i64,
+    num_kv_heads: i64,
+    head_dim: i64,
+}
+
+impl Attention {
+    fn new(p: nn::Path, cfg: &LlamaConfig) -> Result<Self> {
+        let h = cfg.hidden_size as i64;
+        let q = (cfg.num_attention_heads * cfg.head_dim) as i64;
+        let kv = (cfg.num_key_value_heads * cfg.head_dim) as i64;
+        Ok(Self {
+            q_proj: (&p / "q_proj").f_var("weight", &[q, h], NORMAL)?,
+            k_proj: (&p / "k_proj").f_var("weight", &[kv, h], NORMAL)?,
+            v_proj: (&p / "v_proj").f_var("weight", &[kv, h], NORMAL)?,
+            o_proj: (&p / "o_proj").f_var("weight", &[h, q], NORMAL)?,
+            num_heads: cfg.num_attention_heads as i64,
+            num_kv_heads: cfg.num_key_value_heads as i64,
+            head_dim: cfg.head_dim as i64,
+        })
+    }
+
+    /// `[B, T, H]` → `[B, T, H]`; appends this pass's keys and values to `cache` when given.
+    fn forward(&self, x: &Tensor, pass: &Pass, cache: Option<&mut LayerCache>) -> Result<Tensor> {
+        let (b, t) = (pass.batch, pass.len);
+        let (nh, nkv, hd) = (self.num_heads, self.num_kv_heads, self.head_dim);
+        let heads = |w: &Tensor, n: i64| -> Result<Tensor> {
+            Ok(x.f_linear::<Tensor>(w, None)?
+                .f_view([b, t, n, hd])?
+                .f_transpose(1, 2)?)
+        };
+        let q = heads(&self.q_proj, nh)?;
+        let k = heads(&self.k_proj, nkv)?;
+        let v = heads(&self.v_proj, nkv)?;
+        let q = apply_rope(&q, &pass.cos, &pass.sin)?;
+        let k = apply_rope(&k, &pass.cos, &pass.sin)?;
+        let (k, v) = match cache {
+            Some(c) => c.append(pass.past, &k, &v)?,
+            None => (k, v),
+        };
+        let y = Tensor::f_scaled_dot_product_attention(
+            &q,
+            &k,
+            &v,
+            pass.mask.as_ref(),
+            0.0,
+            pass.is_causal,
+            None,
+            nkv != nh,
+        )?;
+        Ok(y.f_transpose(1, 2)?
+            .f_reshape([b, t, nh * hd])?
+            .f_linear::<Tensor>(&self.o_proj, None)?)
+    }
+}
+
+/// The SwiGLU feed-forward (`mlp.{gate,up,down}_proj`).
+struct Mlp {
     gate_proj: Tensor,
     up_proj: Tensor,
     down_proj: Tensor,
+}
+
+impl Mlp {
+    fn new(p: nn::Path, cfg: &LlamaConfig) -> Result<Self> {
+        let (h, i) = (cfg.hidden_size as i64, cfg.intermediate_size as i64);
+        Ok(Self {
+            gate_proj: (&p / "gate_proj").f_var("weight", &[i, h], NORMAL)?,
+            up_proj: (&p / "up_proj").f_var("weight", &[i, h], NORMAL)?,
+            down_proj: (&p / "down_proj").f_var("weight", &[h, i], NORMAL)?,
+        })
+    }
+
+    /// `down(silu(gate(x)) * up(x))`.
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let gate = x.f_linear::<Tensor>(&self.gate_proj, None)?.f_silu()?;
+        let up = x.f_linear::<Tensor>(&self.up_proj, None)?;
+        Ok(gate.f_mul(&up)?.f_linear::<Tensor>(&self.down_proj, None)?)
+    }
+}
+
+/// One decoder layer (`model.layers.{i}`): pre-norm attention and pre-norm MLP, each residual.
+struct Block {
+    input_layernorm: RmsNorm,
+    self_attn: Attention,
+    post_attention_layernorm: RmsNorm,
+    mlp: Mlp,
+}
+
+impl Block {
+    fn new(p: nn::Path, cfg: &LlamaConfig) -> Result<Self> {
+        // Creation order = transformers' parameter order, so a seeded random init draws the same.
+        Ok(Self {
+            input_layernorm: RmsNorm::new(&p / "input_layernorm", cfg)?,
+            self_attn: Attention::new(&p / "self_attn", cfg)?,
+            post_attention_layernorm: RmsNorm::new(&p / "post_attention_layernorm", cfg)?,
+            mlp: Mlp::new(&p / "mlp", cfg)?,
+        })
+    }
+
+    fn forward(&self, x: &Tensor, pass: &Pass, cache: Option<&mut LayerCache>) -> Result<Tensor> {
+        let h = self.input_layernorm.forward(x)?;
+        let x = x.f_add(&self.self_attn.forward(&h, pass, cache)?)?;
+        let h = self.post_attention_layernorm.forward(&x)?;
+        Ok(x.f_add(&self.mlp.forward(&h)?)?)
+    }
 }
 
 /// A LLaMA-architecture causal language model whose parameters live in a [`tch::nn::VarStore`]
@@ -105,8 +376,8 @@ struct Layer {
 pub struct Llama {
     cfg: LlamaConfig,
     embed_tokens: Tensor,
-    layers: Vec<Layer>,
-    norm: Tensor,
+    blocks: Vec<Block>,
+    norm: RmsNorm,
     /// The embedding matrix itself when embeddings are tied.
     lm_head: Tensor,
     /// RoPE inverse frequencies (f32, `[head_dim / 2]`), with scaling applied.
@@ -126,11 +397,10 @@ impl std::fmt::Debug for Llama {
 /// Everything a forward pass returns besides logits.
 #[derive(Debug)]
 pub struct ForwardOutput {
-    /// `[B, T, V]` (or `[B, V]` with [`LogitsFor::Last`]).
+    /// `[B, T, V]`.
     pub logits: Tensor,
-    /// When asked for: `num_hidden_layers + 1` tensors `[B, T, H]` in transformers'
-    /// `output_hidden_states` convention: the embeddings, the outputs of layers `0..L-1`, and the
-    /// final-norm output of the last layer (the input of `lm_head`).
+    /// `[B, T, H]` tensors as the [`HiddenStates`] request asked for them (empty for
+    /// [`HiddenStates::None`]; `num_hidden_layers + 1` for [`HiddenStates::All`]).
     pub hidden_states: Vec<Tensor>,
 }
 
@@ -140,55 +410,23 @@ impl Llama {
     /// [`crate::load_safetensors`] or [`crate::load_gguf`].
     pub fn new(vs: &nn::Path, cfg: &LlamaConfig) -> Result<Self> {
         cfg.validate(None)?;
-        let (h, i, v) = (
-            cfg.hidden_size as i64,
-            cfg.intermediate_size as i64,
-            cfg.vocab_size as i64,
-        );
-        let q = (cfg.num_attention_heads * cfg.head_dim) as i64;
-        let kv = (cfg.num_key_value_heads * cfg.head_dim) as i64;
-        let normal = Init::Randn {
-            mean: 0.0,
-            stdev: 0.02,
-        };
+        let (h, v) = (cfg.hidden_size as i64, cfg.vocab_size as i64);
         let model = vs / "model";
-        let embed_tokens = (&model / "embed_tokens").f_var("weight", &[v, h], normal)?;
-        let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
-        for l in 0..cfg.num_hidden_layers {
-            let p = &model / "layers" / l;
-            let attn = &p / "self_attn";
-            let mlp = &p / "mlp";
-            layers.push(Layer {
-                input_layernorm: (&p / "input_layernorm").f_var(
-                    "weight",
-                    &[h],
-                    Init::Const(1.0),
-                )?,
-                q_proj: (&attn / "q_proj").f_var("weight", &[q, h], normal)?,
-                k_proj: (&attn / "k_proj").f_var("weight", &[kv, h], normal)?,
-                v_proj: (&attn / "v_proj").f_var("weight", &[kv, h], normal)?,
-                o_proj: (&attn / "o_proj").f_var("weight", &[h, q], normal)?,
-                post_attention_layernorm: (&p / "post_attention_layernorm").f_var(
-                    "weight",
-                    &[h],
-                    Init::Const(1.0),
-                )?,
-                gate_proj: (&mlp / "gate_proj").f_var("weight", &[i, h], normal)?,
-                up_proj: (&mlp / "up_proj").f_var("weight", &[i, h], normal)?,
-                down_proj: (&mlp / "down_proj").f_var("weight", &[h, i], normal)?,
-            });
-        }
-        let norm = (&model / "norm").f_var("weight", &[h], Init::Const(1.0))?;
+        let embed_tokens = (&model / "embed_tokens").f_var("weight", &[v, h], NORMAL)?;
+        let blocks = (0..cfg.num_hidden_layers)
+            .map(|l| Block::new(&model / "layers" / l, cfg))
+            .collect::<Result<_>>()?;
+        let norm = RmsNorm::new(&model / "norm", cfg)?;
         let lm_head = if cfg.tie_word_embeddings {
             embed_tokens.shallow_clone()
         } else {
-            (vs / "lm_head").f_var("weight", &[v, h], normal)?
+            (vs / "lm_head").f_var("weight", &[v, h], NORMAL)?
         };
         let inv_freq = rope_inv_freq(cfg)?.f_to_device(vs.device())?;
         Ok(Self {
             cfg: cfg.clone(),
             embed_tokens,
-            layers,
+            blocks,
             norm,
             lm_head,
             inv_freq,
@@ -229,25 +467,27 @@ impl Llama {
                 position_ids,
                 attn_mask,
                 None,
-                false,
+                &HiddenStates::None,
                 LogitsFor::All,
             )?
             .logits)
     }
 
-    /// [`Llama::forward`] that also returns every layer's hidden states (see [`ForwardOutput`]).
-    pub fn forward_with_hidden_states(
+    /// [`Llama::forward`] that also returns the hidden states `hidden` asks for (see
+    /// [`HiddenStates`] for their numbering); the logits are the same bits as `forward`'s.
+    pub fn forward_hidden(
         &self,
         input_ids: &Tensor,
         position_ids: Option<&Tensor>,
         attn_mask: Option<&Tensor>,
+        hidden: &HiddenStates,
     ) -> Result<ForwardOutput> {
         self.run(
             input_ids,
             position_ids,
             attn_mask,
             None,
-            true,
+            hidden,
             LogitsFor::All,
         )
     }
@@ -273,22 +513,71 @@ impl Llama {
                     position_ids,
                     attn_mask,
                     Some(cache),
-                    false,
+                    &HiddenStates::None,
                     logits_for,
                 )?
                 .logits)
         })
     }
 
+    /// Embedding → blocks (each with its slice of `cache`) → final norm → LM head, keeping the
+    /// hidden states `hidden` asks for. (With [`LogitsFor::Last`] the last hidden state would be
+    /// `[B, H]`; the public calls never combine the two.)
     fn run(
         &self,
         input_ids: &Tensor,
         position_ids: Option<&Tensor>,
         attn_mask: Option<&Tensor>,
-        mut cache: Option<&mut KvCache>,
-        want_hidden: bool,
+        cache: Option<&mut KvCache>,
+        hidden: &HiddenStates,
         logits_for: LogitsFor,
     ) -> Result<ForwardOutput> {
+        let pass = self.pass(input_ids, position_ids, attn_mask, cache.as_deref())?;
+        let n = self.blocks.len();
+        let mut hidden = Collector::new(hidden, n)?;
+        let mut x = Tensor::f_embedding(
+            &self.embed_tokens,
+            &input_ids.f_to_device(self.device())?,
+            -1,
+            false,
+            false,
+        )?;
+        hidden.offer(0, &x);
+        let (mut layer_caches, cache_len) = match cache {
+            Some(KvCache { layers, len, .. }) => (Some(layers.iter_mut()), Some(len)),
+            None => (None, None),
+        };
+        for (i, block) in self.blocks.iter().enumerate() {
+            let layer_cache = layer_caches.as_mut().and_then(Iterator::next);
+            x = block.forward(&x, &pass, layer_cache)?;
+            if i + 1 < n {
+                hidden.offer(i + 1, &x);
+            }
+        }
+        if let Some(len) = cache_len {
+            *len = pass.past + pass.len;
+        }
+        let x = match logits_for {
+            LogitsFor::All => x,
+            LogitsFor::Last => x.f_select(1, pass.len - 1)?,
+        };
+        let x = self.norm.forward(&x)?;
+        hidden.offer(n, &x);
+        let logits = x.f_linear::<Tensor>(&self.lm_head, None)?;
+        Ok(ForwardOutput {
+            logits,
+            hidden_states: hidden.finish(),
+        })
+    }
+
+    /// Checks the inputs and builds what every block shares: positions → RoPE tables, the mask.
+    fn pass(
+        &self,
+        input_ids: &Tensor,
+        position_ids: Option<&Tensor>,
+        attn_mask: Option<&Tensor>,
+        cache: Option<&KvCache>,
+    ) -> Result<Pass> {
         let (b, t) = match input_ids.size().as_slice() {
             &[b, t] if t > 0 => (b, t),
             other => {
@@ -303,158 +592,26 @@ impl Llama {
                 input_ids.kind()
             )));
         }
-        let past = cache.as_ref().map_or(0, |c| c.len);
-        let total = past + t;
-        if let Some(c) = cache.as_ref() {
-            if c.batch != b {
-                return Err(Error::Input(format!(
-                    "KV cache is for batch {}, input has batch {b}",
-                    c.batch
-                )));
+        let past = match cache {
+            Some(c) => {
+                c.check(b, t, self.blocks.len())?;
+                c.len
             }
-            if total > c.capacity {
-                return Err(Error::Input(format!(
-                    "KV cache holds {} positions, {total} needed",
-                    c.capacity
-                )));
-            }
-        }
+            None => 0,
+        };
         let device = self.device();
-        let positions = match position_ids {
-            Some(p) => {
-                if p.size() != [b, t] {
-                    return Err(Error::Input(format!(
-                        "position_ids must be [{b}, {t}], got {:?}",
-                        p.size()
-                    )));
-                }
-                p.f_to_device(device)?.f_to_kind(Kind::Int64)?
-            }
-            None => Tensor::f_arange_start(past, total, (Kind::Int64, device))?
-                .f_unsqueeze(0)?
-                .f_expand([b, t], false)?,
-        };
-        let mask = match attn_mask {
-            Some(m) => {
-                let s = m.size();
-                let ok = s.len() == 4
-                    && (s[0] == b || s[0] == 1)
-                    && (s[1] == 1)
-                    && s[2] == t
-                    && s[3] == total;
-                if !ok {
-                    return Err(Error::Input(format!(
-                        "attn_mask must be bool [{b}, 1, {t}, {total}], got {s:?}"
-                    )));
-                }
-                if m.kind() != Kind::Bool {
-                    return Err(Error::Input(format!(
-                        "attn_mask must be bool, got {:?}",
-                        m.kind()
-                    )));
-                }
-                Some(m.f_to_device(device)?)
-            }
-            // Plain causal attention over cached + new keys: SDPA's `is_causal` aligns the mask
-            // top-left, which is only right when there is no past.
-            None if past > 0 && t > 1 => {
-                let q =
-                    Tensor::f_arange_start(past, total, (Kind::Int64, device))?.f_unsqueeze(1)?;
-                let k = Tensor::f_arange(total, (Kind::Int64, device))?.f_unsqueeze(0)?;
-                Some(k.f_le_tensor(&q)?.f_view([1, 1, t, total])?)
-            }
-            None => None,
-        };
+        let positions = positions(position_ids, b, t, past, device)?;
+        let mask = attention_mask(attn_mask, b, t, past, device)?;
         let is_causal = mask.is_none() && past == 0 && t > 1;
-
-        let kind = self.kind();
-        let (cos, sin) = self.rope(&positions, kind)?;
-        let mut x = Tensor::f_embedding(
-            &self.embed_tokens,
-            &input_ids.f_to_device(device)?,
-            -1,
-            false,
-            false,
-        )?;
-        let mut hidden = Vec::new();
-        if want_hidden {
-            hidden.push(x.shallow_clone());
-        }
-        let (nh, nkv, hd) = (
-            self.cfg.num_attention_heads as i64,
-            self.cfg.num_key_value_heads as i64,
-            self.cfg.head_dim as i64,
-        );
-        let eps = self.cfg.rms_norm_eps;
-        let n_layers = self.layers.len();
-        for (li, layer) in self.layers.iter().enumerate() {
-            let h = rms_norm(&x, &layer.input_layernorm, eps)?;
-            let q = h
-                .f_linear::<Tensor>(&layer.q_proj, None)?
-                .f_view([b, t, nh, hd])?
-                .f_transpose(1, 2)?;
-            let k = h
-                .f_linear::<Tensor>(&layer.k_proj, None)?
-                .f_view([b, t, nkv, hd])?
-                .f_transpose(1, 2)?;
-            let v = h
-                .f_linear::<Tensor>(&layer.v_proj, None)?
-                .f_view([b, t, nkv, hd])?
-                .f_transpose(1, 2)?;
-            let q = apply_rope(&q, &cos, &sin)?;
-            let k = apply_rope(&k, &cos, &sin)?;
-            let (k, v) = match cache.as_deref_mut() {
-                Some(c) => {
-                    c.keys[li].f_narrow(2, past, t)?.f_copy_(&k)?;
-                    c.values[li].f_narrow(2, past, t)?.f_copy_(&v)?;
-                    (
-                        c.keys[li].f_narrow(2, 0, total)?,
-                        c.values[li].f_narrow(2, 0, total)?,
-                    )
-                }
-                None => (k, v),
-            };
-            let attn = Tensor::f_scaled_dot_product_attention(
-                &q,
-                &k,
-                &v,
-                mask.as_ref(),
-                0.0,
-                is_causal,
-                None,
-                nkv != nh,
-            )?;
-            let attn = attn
-                .f_transpose(1, 2)?
-                .f_reshape([b, t, nh * hd])?
-                .f_linear::<Tensor>(&layer.o_proj, None)?;
-            x = x.f_add(&attn)?;
-            let h = rms_norm(&x, &layer.post_attention_layernorm, eps)?;
-            let gate = h.f_linear::<Tensor>(&layer.gate_proj, None)?.f_silu()?;
-            let up = h.f_linear::<Tensor>(&layer.up_proj, None)?;
-            let mlp = gate
-                .f_mul(&up)?
-                .f_linear::<Tensor>(&layer.down_proj, None)?;
-            x = x.f_add(&mlp)?;
-            if want_hidden && li + 1 < n_layers {
-                hidden.push(x.shallow_clone());
-            }
-        }
-        if let Some(c) = cache {
-            c.len = total;
-        }
-        let x = match logits_for {
-            LogitsFor::All => x,
-            LogitsFor::Last => x.f_select(1, t - 1)?,
-        };
-        let x = rms_norm(&x, &self.norm, eps)?;
-        if want_hidden {
-            hidden.push(x.shallow_clone());
-        }
-        let logits = x.f_linear::<Tensor>(&self.lm_head, None)?;
-        Ok(ForwardOutput {
-            logits,
-            hidden_states: hidden,
+        let (cos, sin) = self.rope(&positions, self.kind())?;
+        Ok(Pass {
+            batch: b,
+            len: t,
+            past,
+            cos,
+            sin,
+            mask,
+            is_causal,
         })
     }
 
@@ -472,17 +629,70 @@ impl Llama {
     }
 }
 
-/// RMSNorm as transformers computes it: normalise in f32, cast back, then multiply by the weight.
-fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
-    let kind = x.kind();
-    let x32 = x.f_to_kind(Kind::Float)?;
-    let var = x32
-        .f_pow_tensor_scalar(2)?
-        .f_mean_dim(-1, true, Kind::Float)?;
-    let normed = x32
-        .f_mul(&var.f_add_scalar(eps)?.f_rsqrt()?)?
-        .f_to_kind(kind)?;
-    Ok(weight.f_mul(&normed)?)
+/// Positions `[b, t]` int64 on `device`: the given ones (checked) or `past..past + t` per row.
+fn positions(
+    position_ids: Option<&Tensor>,
+    b: i64,
+    t: i64,
+    past: i64,
+    device: Device,
+) -> Result<Tensor> {
+    Ok(match position_ids {
+        Some(p) => {
+            if p.size() != [b, t] {
+                return Err(Error::Input(format!(
+                    "position_ids must be [{b}, {t}], got {:?}",
+                    p.size()
+                )));
+            }
+            p.f_to_device(device)?.f_to_kind(Kind::Int64)?
+        }
+        None => Tensor::f_arange_start(past, past + t, (Kind::Int64, device))?
+            .f_unsqueeze(0)?
+            .f_expand([b, t], false)?,
+    })
+}
+
+/// The mask SDPA gets: the given one (checked, on `device`), a causal one over cached + new keys
+/// when there is a past and several new tokens, or `None` (then SDPA's `is_causal` or nothing).
+fn attention_mask(
+    attn_mask: Option<&Tensor>,
+    b: i64,
+    t: i64,
+    past: i64,
+    device: Device,
+) -> Result<Option<Tensor>> {
+    let total = past + t;
+    Ok(match attn_mask {
+        Some(m) => {
+            let s = m.size();
+            let ok = s.len() == 4
+                && (s[0] == b || s[0] == 1)
+                && (s[1] == 1)
+                && s[2] == t
+                && s[3] == total;
+            if !ok {
+                return Err(Error::Input(format!(
+                    "attn_mask must be bool [{b}, 1, {t}, {total}], got {s:?}"
+                )));
+            }
+            if m.kind() != Kind::Bool {
+                return Err(Error::Input(format!(
+                    "attn_mask must be bool, got {:?}",
+                    m.kind()
+                )));
+            }
+            Some(m.f_to_device(device)?)
+        }
+        // Plain causal attention over cached + new keys: SDPA's `is_causal` aligns the mask
+        // top-left, which is only right when there is no past.
+        None if past > 0 && t > 1 => {
+            let q = Tensor::f_arange_start(past, total, (Kind::Int64, device))?.f_unsqueeze(1)?;
+            let k = Tensor::f_arange(total, (Kind::Int64, device))?.f_unsqueeze(0)?;
+            Some(k.f_le_tensor(&q)?.f_view([1, 1, t, total])?)
+        }
+        None => None,
+    })
 }
 
 /// `x * cos + rotate_half(x) * sin`, with `rotate_half(x) = cat(-x2, x1)`.

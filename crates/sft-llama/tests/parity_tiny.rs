@@ -5,7 +5,7 @@
 mod common;
 
 use common::{reference, rel_err, tiny};
-use sft_llama::{KvCache, LogitsFor};
+use sft_llama::{HiddenStates, KvCache, LogitsFor};
 use tch::{Device, Kind, Tensor};
 
 const VARIANTS: [&str; 3] = ["tiny-llama-gqa", "tiny-llama-llama3", "tiny-llama-linear"];
@@ -16,7 +16,12 @@ fn logits_and_hidden_states_match_transformers_in_f32() {
         let (_vs, model, dir) = tiny(name, Kind::Float);
         let r = reference(&dir);
         let out = model
-            .forward_with_hidden_states(&r["input_ids"], Some(&r["position_ids"]), None)
+            .forward_hidden(
+                &r["input_ids"],
+                Some(&r["position_ids"]),
+                None,
+                &HiddenStates::All,
+            )
             .unwrap();
         let e = rel_err(&out.logits, &r["logits"]);
         assert!(e <= 1e-4, "{name}: logits relative error {e:e}");
@@ -32,6 +37,41 @@ fn logits_and_hidden_states_match_transformers_in_f32() {
             .unwrap();
         assert_eq!(rel_err(&logits, &out.logits), 0.0, "{name}");
     }
+}
+
+#[test]
+fn hidden_state_requests_select_from_the_full_set() {
+    let (_vs, model, dir) = tiny("tiny-llama-gqa", Kind::Float);
+    let r = reference(&dir);
+    let (ids, pos) = (&r["input_ids"], Some(&r["position_ids"]));
+    let all = model
+        .forward_hidden(ids, pos, None, &HiddenStates::All)
+        .unwrap();
+    let n = model.config().num_hidden_layers;
+    assert!(n >= 2, "the fixture needs two blocks for this test");
+    // Indices in transformers' numbering, in the order asked: the final-norm output (n), the
+    // embeddings (0), block 0's output (1).
+    let some = model
+        .forward_hidden(ids, pos, None, &HiddenStates::Layers(vec![n, 0, 1]))
+        .unwrap();
+    assert_eq!(some.hidden_states.len(), 3);
+    for (got, want) in some.hidden_states.iter().zip([n, 0, 1]) {
+        assert!(got.equal(&all.hidden_states[want]), "hidden state {want}");
+    }
+    assert!(some.logits.equal(&all.logits));
+    let none = model
+        .forward_hidden(ids, pos, None, &HiddenStates::None)
+        .unwrap();
+    assert!(none.hidden_states.is_empty());
+    assert!(none.logits.equal(&all.logits));
+    let e = model
+        .forward_hidden(ids, pos, None, &HiddenStates::Layers(vec![n + 1]))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains(&format!("hidden state {} requested", n + 1)),
+        "{e}"
+    );
 }
 
 #[test]
@@ -149,6 +189,17 @@ fn bad_inputs_are_errors_not_panics() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("KV cache holds 3 positions"), "{e}");
+    // A cache made for a model with another number of blocks.
+    let mut cfg = model.config().clone();
+    cfg.num_hidden_layers += 1;
+    let vs = tch::nn::VarStore::new(Device::Cpu);
+    let deeper = sft_llama::Llama::new(&vs.root(), &cfg).unwrap();
+    let mut cache = KvCache::new(&deeper, 1, 8).unwrap();
+    let e = model
+        .forward_step(&ids, None, None, &mut cache, LogitsFor::Last)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("KV cache has"), "{e}");
 }
 
 #[test]

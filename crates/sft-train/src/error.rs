@@ -61,6 +61,15 @@ pub enum Error {
     /// The model failed (loading, forward pass or saving).
     #[error("model: {0}")]
     Model(String),
+    /// `sft-llama` failed: loading a checkpoint (`path` says which) or a forward pass.
+    #[error("model: {}{source}", .path.as_ref().map(|p| format!("{}: ", p.display())).unwrap_or_default())]
+    Llama {
+        /// The checkpoint being loaded, when that is what failed.
+        path: Option<PathBuf>,
+        /// The model's error.
+        #[source]
+        source: sft_llama::Error,
+    },
     /// A loss or gradient was NaN or infinite and the policy says abort.
     #[error("non-finite {what} at step {step} (batch records: {record_ids})")]
     NonFinite {
