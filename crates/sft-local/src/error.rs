@@ -128,7 +128,9 @@ fn train_kind(e: &sft_train::Error) -> ErrorKind {
         T::NonFinite { .. } => ErrorKind::NonFinite,
         T::Record(_) | T::Mask { .. } | T::NoData(_) | T::Data { .. } => ErrorKind::Data,
         T::Config(_) | T::InvalidConfig(_) | T::Parse { .. } => ErrorKind::Config,
-        T::Io { .. } | T::Torch(_) | T::Model(_) | T::Checkpoint { .. } => ErrorKind::Io,
+        T::Io { .. } | T::Torch(_) | T::Model(_) | T::Llama { .. } | T::Checkpoint { .. } => {
+            ErrorKind::Io
+        }
     }
 }
 

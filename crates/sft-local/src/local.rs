@@ -477,7 +477,6 @@ fn eval_err(task: &'static str) -> impl Fn(sft_run::BoxError) -> Error {
     }
 }
 
-
 impl Backend for LocalBackend {
     fn describe(&self) -> BTreeMap<String, String> {
         let mut m = BTreeMap::new();
