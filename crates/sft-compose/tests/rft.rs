@@ -2,7 +2,7 @@
 //! generated candidates, and the `rft` example end to end.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use rand_chacha::rand_core::{RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -14,7 +14,7 @@ use sft_compose::rft::{
 use sft_compose::{load_source, LoadOptions, Role, SourceFormat};
 
 fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+    sft_testkit::workspace_root()
 }
 
 fn fixture(name: &str) -> PathBuf {

@@ -189,19 +189,8 @@ fn bad_files_fail_clearly() {
     );
 }
 
-/// The real SmolLM2 file: `$SFT_ASSETS/smollm2/...`, else `~/.cache/sft-compose/assets/smollm2/...`.
-/// Missing: a failure naming what to run.
 fn smollm2_path() -> PathBuf {
-    let rel = "smollm2/SmolLM2-135M-Instruct.Q4_1.gguf";
-    let dir = std::env::var_os("SFT_ASSETS")
-        .map(PathBuf::from)
-        .or_else(|| {
-            std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/sft-compose/assets"))
-        });
-    if let Some(p) = dir.map(|d| d.join(rel)).filter(|p| p.exists()) {
-        return p;
-    }
-    panic!("{rel} not found under $SFT_ASSETS or ~/.cache/sft-compose/assets: run `cargo xtask setup` and `eval \"$(cargo xtask env)\"`");
+    sft_testkit::smollm2_gguf()
 }
 
 fn sha256_f32(values: &[f32]) -> String {

@@ -5,18 +5,8 @@ use std::path::PathBuf;
 
 use sft_schedule::{Ratio, Strategy, CODE, DMT_K_GRID, GENERAL, MATH};
 
-/// The shared data directory; a missing one is a failure naming what to set.
 fn data_dir() -> PathBuf {
-    let dir = std::env::var_os("SFT_DATA_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data"));
-    assert!(
-        dir.join("gsm8k/train.jsonl").exists(),
-        "shared data not found: {} has no gsm8k/train.jsonl (set SFT_DATA_DIR to the data directory, \
-         or put it at ../shared/data beside the checkout)",
-        dir.display()
-    );
-    dir
+    sft_testkit::shared_data()
 }
 
 /// Record counts of the three real sources: (code, math, general).

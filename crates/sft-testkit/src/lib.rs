@@ -14,6 +14,57 @@ pub fn workspace_root() -> PathBuf {
         .expect("the workspace root exists")
 }
 
+/// The shared data directory (real GSM8K, Code Alpaca, ShareGPT, HumanEval, MT-Bench files):
+/// `$SFT_DATA_DIR` (a relative value is taken from the workspace root, since tests run in their
+/// crate's folder), else `<workspace>/../shared/data`. A directory without `gsm8k/train.jsonl`
+/// fails the calling test, naming what to set.
+pub fn shared_data() -> PathBuf {
+    let root = workspace_root();
+    let dir = match std::env::var_os("SFT_DATA_DIR").map(PathBuf::from) {
+        Some(d) if d.is_relative() => root.join(d),
+        Some(d) => d,
+        None => root.join("../shared/data"),
+    };
+    assert!(
+        dir.join("gsm8k/train.jsonl").is_file(),
+        "shared data not found: {} has no gsm8k/train.jsonl (set SFT_DATA_DIR to the data \
+         directory, or put it at ../shared/data beside the checkout)",
+        dir.display()
+    );
+    dir
+}
+
+/// The assets directory `cargo xtask setup` fills: `$SFT_ASSETS`, else
+/// `$HOME/.cache/sft-compose/assets` (the set-up default).
+pub fn assets_dir() -> PathBuf {
+    std::env::var_os("SFT_ASSETS")
+        .map(PathBuf::from)
+        .or_else(|| {
+            std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/sft-compose/assets"))
+        })
+        .expect("neither SFT_ASSETS nor HOME is set: run `eval \"$(cargo xtask env)\"`")
+}
+
+/// The asset at `rel` under [`assets_dir`]; a missing one fails the calling test, naming what
+/// to run.
+pub fn asset(rel: &str) -> PathBuf {
+    let p = assets_dir().join(rel);
+    assert!(
+        p.exists(),
+        "{} is missing: run `cargo xtask setup` (and `eval \"$(cargo xtask env)\"` to set SFT_ASSETS)",
+        p.display()
+    );
+    p
+}
+
+/// The embedded default model, SmolLM2-135M-Instruct as Q4_1 GGUF (fetched by set-up).
+pub fn smollm2_gguf() -> PathBuf {
+    asset(SMOLLM2_GGUF)
+}
+
+/// Where [`smollm2_gguf`] lies under the assets directory.
+pub const SMOLLM2_GGUF: &str = "smollm2/SmolLM2-135M-Instruct.Q4_1.gguf";
+
 /// The `name` example binary of package `package`, for the calling test's profile and target
 /// directory: used as it is when it is newer than every source file and manifest of the workspace
 /// (as after `cargo xtask test`'s `cargo build --workspace --all-targets`), otherwise built now

@@ -4,21 +4,9 @@
 
 use std::path::PathBuf;
 
-/// `$SFT_DATA_DIR`, else `<workspace>/../shared/data`. Missing data fails the test, naming what
-/// to set: a test never passes when its resource is absent.
+/// The shared data directory ([`sft_testkit::shared_data`]: missing data fails the test).
 pub fn shared_data() -> PathBuf {
-    let candidates = [
-        std::env::var_os("SFT_DATA_DIR").map(PathBuf::from),
-        Some(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data")),
-    ];
-    for c in candidates.into_iter().flatten() {
-        if c.is_dir() {
-            return c;
-        }
-    }
-    panic!(
-        "shared data not found: set SFT_DATA_DIR to the data folder (with humaneval/, gsm8k/, mt_bench/)"
-    );
+    sft_testkit::shared_data()
 }
 
 /// The checked-in fixtures folder.

@@ -41,16 +41,7 @@ pub fn rel_err(a: &Tensor, b: &Tensor) -> f64 {
     diff / scale
 }
 
-/// The real SmolLM2 GGUF (`$SFT_ASSETS/smollm2/...`), or a panic that says how to get it.
+/// The real SmolLM2 GGUF ([`sft_testkit::smollm2_gguf`]: a missing asset fails the test).
 pub fn smollm2_gguf() -> PathBuf {
-    let assets = std::env::var_os("SFT_ASSETS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/root/.cache/sft-compose/assets"));
-    let p = assets.join("smollm2/SmolLM2-135M-Instruct.Q4_1.gguf");
-    assert!(
-        p.is_file(),
-        "{} is missing: run `cargo xtask setup` (and `eval \"$(cargo xtask env)\"` to set SFT_ASSETS)",
-        p.display()
-    );
-    p
+    sft_testkit::smollm2_gguf()
 }
