@@ -25,6 +25,7 @@
 
 mod error;
 mod local;
+mod train;
 
 pub use error::{Error, Result};
 pub use local::{LocalBackend, LocalOptions};
