@@ -1,16 +1,21 @@
-//! [`LocalBackend`]'s training: one stage of a plan with `sft-train`.
+//! [`LocalBackend`]'s training: one stage of a plan is one [`sft_train::TrainJob`] run by
+//! [`sft_train::train`] (the path the `train` example takes too), whose self-contained `final/`
+//! is then moved into the stage store.
 
 use std::path::Path;
 
 use sft_run::{TrainReport, TrainRequest};
+use sft_train::{Resume, RunOptions, TrainData, TrainJob};
 
 use crate::error::{Error, Result};
 use crate::local::LocalBackend;
 
 impl LocalBackend {
-    /// [`Backend::train`] with this crate's error.
+    /// [`sft_run::Backend::train`] with this crate's error: builds the stage's job (the
+    /// backend's tokenizer, the stage's resolved config, resume from the stage's own
+    /// checkpoints, the previous stage's optimizer state when carried), runs it, and moves
+    /// `final/` to `req.model_out`.
     pub(crate) fn train_stage(&self, req: &TrainRequest<'_>) -> Result<TrainReport> {
-        let cfg = req.stage.config.clone();
         if let Some(prev) = req.init_optimizer {
             let has_state = std::fs::read_dir(prev.join("checkpoints"))
                 .map(|mut d| d.next().is_some())
@@ -25,37 +30,23 @@ impl LocalBackend {
                 )));
             }
         }
-        let encoder = self.encoder(&cfg.template)?;
-        let records =
-            sft_train::read_records(req.data).map_err(Error::train("reading stage data"))?;
-        let (examples, data_report) = sft_train::tokenize(
-            &records,
-            &encoder,
-            cfg.max_len,
-            cfg.overlong,
-            cfg.on_mask_error,
-        )
-        .map_err(Error::train("tokenizing stage data"))?;
-        let mut loaded = self.load(req.init_model)?;
-        let run = sft_train::RunOptions {
-            resume: sft_train::Resume::Auto,
-            progress: self.opts.progress,
-            stop: self.opts.stop.clone(),
-            stop_after: self.opts.stop_after,
-            carry_optimizer_from: req.init_optimizer.map(Path::to_path_buf),
-            ..sft_train::RunOptions::default()
+        let job = TrainJob {
+            model: req.init_model.to_path_buf(),
+            tokenizer: Some(self.opts.tokenizer_from.clone()),
+            data: TrainData::Path(req.data.to_path_buf()),
+            config: req.stage.config.clone(),
+            out_dir: req.work_dir.to_path_buf(),
+            device: self.opts.device,
+            run: RunOptions {
+                resume: Resume::Auto,
+                progress: self.opts.progress,
+                stop: self.opts.stop.clone(),
+                stop_after: self.opts.stop_after,
+                carry_optimizer_from: req.init_optimizer.map(Path::to_path_buf),
+                ..RunOptions::default()
+            },
         };
-        let outcome = sft_train::train_model(
-            &loaded.model,
-            &mut loaded.vs,
-            &examples,
-            &data_report,
-            &encoder,
-            &cfg,
-            req.work_dir,
-            &run,
-        )
-        .map_err(Error::train("training"))?;
+        let outcome = sft_train::train(&job).map_err(Error::train("training"))?;
         if outcome.interrupted {
             return Err(Error::Interrupted {
                 step: outcome.steps,
@@ -67,7 +58,6 @@ impl LocalBackend {
             source: "the trainer finished without a final model".into(),
         })?;
         move_dir(&final_dir, req.model_out)?;
-        self.save_tokenizer(req.model_out);
         if !req.keep_optimizer_state {
             // The weights are in model_out; the checkpoints (weights + AdamW moments, 3× the
             // model) are only needed to resume this stage, which is now done.
@@ -78,16 +68,10 @@ impl LocalBackend {
         }
         Ok(TrainReport {
             steps: outcome.steps,
-            examples: examples.len(),
+            examples: outcome.examples,
             final_train_loss: outcome.last_loss,
             resumed_from: outcome.resumed_from,
         })
-    }
-
-    fn save_tokenizer(&self, dir: &Path) {
-        if let Err(e) = self.tokenizer.save_hf_dir(dir) {
-            tracing::warn!(dir = %dir.display(), error = %e, "could not write the tokenizer next to the weights");
-        }
     }
 }
 

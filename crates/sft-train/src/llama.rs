@@ -15,7 +15,7 @@ impl CausalLm for sft_llama::Llama {
         attn_mask: Option<&Tensor>,
     ) -> Result<Tensor> {
         sft_llama::Llama::forward(self, input_ids, position_ids, attn_mask)
-            .map_err(|e| Error::Model(e.to_string()))
+            .map_err(|source| Error::Llama { path: None, source })
     }
 
     fn hf_config(&self) -> serde_json::Value {
@@ -34,6 +34,8 @@ impl CausalLm for sft_llama::Llama {
 /// Loads starting weights in f32 on `device`: an HF directory (`config.json` + safetensors, e.g.
 /// a previous stage's `final/` or a checkpoint `step-N/`) or a `.gguf` file (dequantised).
 pub fn load_model(path: &Path, device: Device) -> Result<sft_llama::LoadedModel> {
-    sft_llama::load_model(path, device, Kind::Float)
-        .map_err(|e| Error::Model(format!("{}: {e}", path.display())))
+    sft_llama::load_model(path, device, Kind::Float).map_err(|source| Error::Llama {
+        path: Some(path.to_path_buf()),
+        source,
+    })
 }
