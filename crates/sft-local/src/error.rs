@@ -45,7 +45,7 @@ pub enum Error {
     /// Reading, tokenizing or training on a stage's data failed in the trainer.
     #[error("{context}: {source}")]
     Train {
-        /// What was being done (`reading stage data`, `tokenizing stage data`, `training`).
+        /// What was being done (`training` a stage; the trainer's error names the file or record).
         context: &'static str,
         /// The trainer's error.
         #[source]

@@ -1,6 +1,6 @@
 //! [`LocalBackend`]: trains and evaluates on this machine with libtorch.
 //!
-//! * Training: `sft-train`'s [`sft_train::train_model`] on the stage's chat JSONL, starting from
+//! * Training: `sft-train`'s [`sft_train::train`] on the stage's chat JSONL, starting from
 //!   the given weights, resuming from its own checkpoints in the stage's `train/` directory.
 //!   The final weights are copied to the stage's `model/` (HF layout, plus the tokenizer files).
 //! * GSM8K: zero-shot, one user turn in the stage's chat template, greedy decoding, scored with
