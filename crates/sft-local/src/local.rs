@@ -72,7 +72,7 @@ impl LocalOptions {
 #[derive(Debug)]
 pub struct LocalBackend {
     pub(crate) opts: LocalOptions,
-    pub(crate) tokenizer: ChatTokenizer,
+    tokenizer: ChatTokenizer,
 }
 
 impl LocalBackend {
@@ -94,7 +94,7 @@ impl LocalBackend {
     }
 
     /// `sft-train`'s encoder for this backend's tokenizer and the template named `name`.
-    pub(crate) fn encoder(&self, name: &str) -> Result<TemplateEncoder> {
+    fn encoder(&self, name: &str) -> Result<TemplateEncoder> {
         Ok(TemplateEncoder::from_loaded(
             self.tokenizer.clone(),
             self.template(name)?,
@@ -102,7 +102,7 @@ impl LocalBackend {
         ))
     }
 
-    pub(crate) fn load(&self, path: &Path) -> Result<sft_llama::LoadedModel> {
+    fn load(&self, path: &Path) -> Result<sft_llama::LoadedModel> {
         sft_llama::load_model(path, self.opts.device, tch::Kind::Float).map_err(|e| Error::Model {
             context: format!("loading {}", path.display()),
             source: e.into(),
