@@ -16,7 +16,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::Parser;
 use sft_train::{
-    Dtype, ModelInput, Overlong, Resume, RunOptions, Schedule, TrainConfig, TrainOverrides,
+    Dtype, Overlong, Resume, RunOptions, Schedule, TrainConfig, TrainData, TrainJob, TrainOverrides,
 };
 
 #[derive(Parser, Debug)]
@@ -146,27 +146,31 @@ fn main() -> anyhow::Result<()> {
     let cfg = file.with_overrides(&flags);
     cfg.validate()?;
     let device = a.device.parse::<sft_examples::DeviceSpec>()?.resolve()?;
-    let opts = RunOptions {
-        resume: if a.resume {
-            Resume::Require
-        } else if a.fresh {
-            Resume::Never
-        } else {
-            Resume::Auto
+    let job = TrainJob {
+        model: a.model.clone(),
+        tokenizer: a.tokenizer.clone(),
+        data: TrainData::Path(a.data.clone()),
+        config: cfg,
+        out_dir: a.out.clone(),
+        device,
+        run: RunOptions {
+            resume: if a.resume {
+                Resume::Require
+            } else if a.fresh {
+                Resume::Never
+            } else {
+                Resume::Auto
+            },
+            dump_batches: a.dump_batches.clone(),
+            stop: Some(sft_train::install_stop_handler()?),
+            progress: true,
+            stop_after: a.stop_after,
+            inject_nan_at: None,
+            carry_optimizer_from: a.carry_optimizer_from.clone(),
         },
-        dump_batches: a.dump_batches.clone(),
-        stop: Some(sft_train::install_stop_handler()?),
-        progress: true,
-        stop_after: a.stop_after,
-        inject_nan_at: None,
-        carry_optimizer_from: a.carry_optimizer_from.clone(),
     };
-    let input = ModelInput {
-        model: &a.model,
-        tokenizer: a.tokenizer.as_deref(),
-    };
-    let outcome = sft_train::train(input, &a.data, &cfg, &a.out, device, &opts)
-        .with_context(|| format!("training {}", a.model.display()))?;
+    let outcome =
+        sft_train::train(&job).with_context(|| format!("training {}", a.model.display()))?;
     println!("{}", serde_json::to_string_pretty(&outcome)?);
     Ok(())
 }

@@ -45,7 +45,7 @@ pub enum Error {
     /// Reading, tokenizing or training on a stage's data failed in the trainer.
     #[error("{context}: {source}")]
     Train {
-        /// What was being done (`reading stage data`, `tokenizing stage data`, `training`).
+        /// What was being done (`training` a stage; the trainer's error names the file or record).
         context: &'static str,
         /// The trainer's error.
         #[source]
@@ -93,44 +93,29 @@ impl Error {
     /// failures), `eval` (a task's data, sandbox, judge or generation).
     pub fn kind(&self) -> ErrorKind {
         match self {
-            Error::Interrupted { .. } => return ErrorKind::Interrupted,
-            Error::Train {
-                source: sft_train::Error::Interrupted { .. },
-                ..
-            } => return ErrorKind::Interrupted,
-            Error::Train {
-                source: sft_train::Error::NonFinite { .. },
-                ..
-            } => return ErrorKind::NonFinite,
-            Error::Settings(_) => return ErrorKind::Config,
-            _ => {}
-        }
-        if mentions_oom(self) {
-            return ErrorKind::Oom;
-        }
-        match self {
+            Error::Interrupted { .. } => ErrorKind::Interrupted,
+            // The trainer classifies its own errors (out of memory included).
+            Error::Train { source, .. } => train_kind(source.kind()),
+            Error::Settings(_) => ErrorKind::Config,
+            _ if mentions_oom(self) => ErrorKind::Oom,
             Error::Io { .. } | Error::Model { .. } => ErrorKind::Io,
             Error::Run(e) => e.kind(),
             Error::Template { .. } => ErrorKind::Config,
-            Error::Train { source, .. } => train_kind(source),
             Error::Eval { .. } => ErrorKind::Eval,
-            Error::Interrupted { .. } => ErrorKind::Interrupted,
-            Error::Settings(_) => ErrorKind::Config,
         }
     }
 }
 
-/// The kind of a trainer error (out of memory is found before, in the cause chain).
-fn train_kind(e: &sft_train::Error) -> ErrorKind {
-    use sft_train::Error as T;
-    match e {
-        T::Interrupted { .. } => ErrorKind::Interrupted,
-        T::NonFinite { .. } => ErrorKind::NonFinite,
-        T::Record(_) | T::Mask { .. } | T::NoData(_) | T::Data { .. } => ErrorKind::Data,
-        T::Config(_) | T::InvalidConfig(_) | T::Parse { .. } => ErrorKind::Config,
-        T::Io { .. } | T::Torch(_) | T::Model(_) | T::Llama { .. } | T::Checkpoint { .. } => {
-            ErrorKind::Io
-        }
+/// The runner's kind of a trainer error kind.
+fn train_kind(kind: sft_train::ErrorKind) -> ErrorKind {
+    use sft_train::ErrorKind as T;
+    match kind {
+        T::Interrupted => ErrorKind::Interrupted,
+        T::NonFinite => ErrorKind::NonFinite,
+        T::Oom => ErrorKind::Oom,
+        T::Data => ErrorKind::Data,
+        T::Config => ErrorKind::Config,
+        T::Io => ErrorKind::Io,
     }
 }
 
@@ -186,7 +171,9 @@ mod tests {
         assert_eq!(eval("judge unreachable").kind(), ErrorKind::Eval);
         let oom = Error::Train {
             context: "training",
-            source: sft_train::Error::Model("CUDA out of memory. Tried to allocate 1 GiB".into()),
+            source: sft_train::Error::Torch(tch::TchError::Torch(
+                "CUDA out of memory. Tried to allocate 1 GiB".into(),
+            )),
         };
         assert_eq!(oom.kind(), ErrorKind::Oom);
         assert_eq!(eval("CUDA error: out of memory").kind(), ErrorKind::Oom);

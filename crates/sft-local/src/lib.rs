@@ -10,6 +10,12 @@
 //! the runner records in `status.json`: an interrupted training is `interrupted`, a NaN abort
 //! `non_finite`, a libtorch error saying `out of memory` `oom`, a bad record or loss mask
 //! `data`, bad settings or templates `config`, file system errors `io`, task failures `eval`.
+//! Trainer errors are classified by `sft-train` itself ([`sft_train::Error::kind`]) and mapped
+//! one-to-one.
+//!
+//! Training a stage is one [`sft_train::TrainJob`] run by [`sft_train::train`], the same path
+//! as the `train` example; the job's self-contained `final/` (weights, config, tokenizer files,
+//! `tokenizer_source.json`) is moved into the stage store as the stage's `model/`.
 //!
 //! ```no_run
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -25,6 +31,7 @@
 
 mod error;
 mod local;
+mod train;
 
 pub use error::{Error, Result};
 pub use local::{LocalBackend, LocalOptions};

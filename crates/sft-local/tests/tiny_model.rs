@@ -56,6 +56,9 @@ fn two_stage_plan_trains_evaluates_reuses_and_resumes() {
             "model/model.safetensors",
             "model/config.json",
             "model/tokenizer.json",
+            // model/ is the trainer's self-contained final/ (the train example's too).
+            "model/tokenizer_config.json",
+            "model/tokenizer_source.json",
             "data/train.jsonl",
             "data/manifest.json",
             "done.json",

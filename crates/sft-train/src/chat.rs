@@ -31,38 +31,48 @@ impl std::fmt::Debug for TemplateEncoder {
 
 /// Where to find the tokenizer for a model path: the path itself when it is a `.gguf` file or a
 /// directory with `tokenizer.json`, else the path recorded in its [`TOKENIZER_SOURCE`].
+///
+/// This is the one lookup of a model's tokenizer: [`crate::TrainJob`] (training) and
+/// [`crate::eval_loss_at`] use it when no tokenizer is named.
 pub fn tokenizer_path_for(model: &Path) -> Result<PathBuf> {
     if model.is_file() || model.join("tokenizer.json").exists() {
         return Ok(model.to_path_buf());
     }
     let src = model.join(TOKENIZER_SOURCE);
-    let text = std::fs::read(&src).map_err(|e| {
-        Error::Model(format!(
-            "{}: no tokenizer.json and no readable {TOKENIZER_SOURCE} ({e}); pass --tokenizer",
-            model.display()
-        ))
+    let text = std::fs::read(&src).map_err(|source| Error::NoTokenizer {
+        model: model.to_path_buf(),
+        source,
     })?;
-    let v: serde_json::Value = serde_json::from_slice(&text).map_err(|e| Error::Parse {
-        path: src.clone(),
-        message: e.to_string(),
-    })?;
-    v["path"]
-        .as_str()
-        .map(PathBuf::from)
-        .ok_or_else(|| Error::Parse {
-            path: src,
-            message: "no string `path`".into(),
-        })
+    let v: TokenizerSource =
+        serde_json::from_slice(&text).map_err(|source| Error::Json { path: src, source })?;
+    Ok(v.path)
+}
+
+/// The contents of [`TOKENIZER_SOURCE`]: where the tokenizer of a trained model came from and
+/// the template it was trained with.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct TokenizerSource {
+    /// The tokenizer (`.gguf`, HF dir or `tokenizer.json`), absolute when it could be resolved.
+    pub path: PathBuf,
+    /// The chat template's name.
+    #[serde(default)]
+    pub template: String,
 }
 
 impl TemplateEncoder {
     /// Loads the tokenizer at `tokenizer` (a `.gguf`, an HF directory or a `tokenizer.json`)
     /// and resolves `template` (`vicuna_v1.1`, `chatml`, or `model` for its own Jinja template).
     pub fn new(tokenizer: &Path, template: &str) -> Result<Self> {
-        let tok = sft_chat::ChatTokenizer::from_path(tokenizer)
-            .map_err(|e| Error::Model(format!("tokenizer {}: {e}", tokenizer.display())))?;
-        let tpl = sft_chat::ChatTemplate::resolve(template, &tok)
-            .map_err(|e| Error::Config(format!("template `{template}`: {e}")))?;
+        let tok =
+            sft_chat::ChatTokenizer::from_path(tokenizer).map_err(|source| Error::Tokenizer {
+                path: tokenizer.to_path_buf(),
+                source,
+            })?;
+        let tpl =
+            sft_chat::ChatTemplate::resolve(template, &tok).map_err(|source| Error::Template {
+                name: template.to_string(),
+                source,
+            })?;
         let abs = std::fs::canonicalize(tokenizer).unwrap_or_else(|_| tokenizer.to_path_buf());
         Ok(TemplateEncoder {
             tokenizer: tok,

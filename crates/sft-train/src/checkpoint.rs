@@ -132,14 +132,14 @@ fn tch_kind(dtype: safetensors::Dtype) -> Result<Kind> {
 /// `{"format": "pt"}` header transformers expects: [`sft_llama::safetensors_bytes`].
 pub fn safetensors_bytes(tensors: &[(String, Tensor)]) -> Result<Vec<u8>> {
     sft_llama::safetensors_bytes(tensors, Some(sft_llama::pt_metadata()))
-        .map_err(|e| Error::Model(format!("serialising safetensors: {e}")))
+        .map_err(|source| Error::Llama { path: None, source })
 }
 
 /// Reads a safetensors file into named CPU tensors.
 pub fn read_safetensors(path: &Path) -> Result<Vec<(String, Tensor)>> {
     let bytes = std::fs::read(path).map_err(|e| Error::io("read", path, e))?;
     let st = safetensors::SafeTensors::deserialize(&bytes)
-        .map_err(|e| Error::ckpt(path, format!("not a valid safetensors file: {e}")))?;
+        .map_err(|e| Error::ckpt_file(path, "not a valid safetensors file")(e.into()))?;
     let mut out = Vec::new();
     for (name, view) in st.tensors() {
         let shape: Vec<i64> = view.shape().iter().map(|&d| d as i64).collect();
@@ -183,8 +183,10 @@ pub fn commit(root: &Path, ckpt: &PendingCheckpoint, keep_last: usize) -> Result
         step: ckpt.step,
         files,
     };
-    let json = serde_json::to_vec_pretty(&manifest)
-        .map_err(|e| Error::ckpt(&tmp, format!("manifest: {e}")))?;
+    let json = serde_json::to_vec_pretty(&manifest).map_err(|source| Error::Serialize {
+        what: "checkpoint manifest",
+        source,
+    })?;
     write_synced(&tmp.join("manifest.json"), &json)?;
     fsync_dir(&tmp)?;
     if final_dir.exists() {
@@ -223,9 +225,9 @@ fn step_dirs(root: &Path) -> Result<Vec<(u64, PathBuf)>> {
 pub fn verify(dir: &Path) -> Result<Manifest> {
     let mpath = dir.join("manifest.json");
     let text = std::fs::read(&mpath)
-        .map_err(|e| Error::ckpt(dir, format!("no readable manifest.json: {e}")))?;
+        .map_err(|e| Error::ckpt_file(&mpath, "no readable manifest.json")(e.into()))?;
     let m: Manifest = serde_json::from_slice(&text)
-        .map_err(|e| Error::ckpt(&mpath, format!("bad manifest: {e}")))?;
+        .map_err(|e| Error::ckpt_file(&mpath, "bad manifest")(e.into()))?;
     if m.format_version != FORMAT_VERSION {
         return Err(Error::ckpt(
             &mpath,
@@ -237,7 +239,7 @@ pub fn verify(dir: &Path) -> Result<Manifest> {
     }
     for (name, entry) in &m.files {
         let p = dir.join(name);
-        let bytes = std::fs::read(&p).map_err(|e| Error::ckpt(&p, format!("unreadable: {e}")))?;
+        let bytes = std::fs::read(&p).map_err(|e| Error::ckpt_file(&p, "unreadable")(e.into()))?;
         if bytes.len() as u64 != entry.size {
             return Err(Error::ckpt(
                 &p,

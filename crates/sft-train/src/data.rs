@@ -29,11 +29,9 @@ pub fn read_records(path: &Path) -> Result<Vec<Record>> {
             source: Box::new(source),
         }),
         Some("jsonl") | Some("json") | Some("gz") => Ok(sft_record::read_records(path)?),
-        _ => Err(Error::Config(format!(
-            "{}: training data must be chat JSONL (.jsonl) or chat Parquet (.parquet), as \
-             `sft-compose` writes them",
-            path.display()
-        ))),
+        _ => Err(Error::DataFormat {
+            path: path.to_path_buf(),
+        }),
     }
 }
 

@@ -108,7 +108,10 @@ pub fn dump_batches(
             packed: cfg.packing,
             micro_batches: micro,
         };
-        let body = serde_json::to_vec(&js).map_err(|e| Error::Config(e.to_string()))?;
+        let body = serde_json::to_vec(&js).map_err(|source| Error::Serialize {
+            what: "batch dump",
+            source,
+        })?;
         write_atomic(&dir.join(format!("step-{:04}.json", k + 1)), &body)?;
         write_atomic(&dir.join(format!("step-{:04}.txt", k + 1)), text.as_bytes())?;
     }

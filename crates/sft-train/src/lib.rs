@@ -52,16 +52,16 @@ pub const TRAINING_SEMANTICS_VERSION: u32 = 1;
 /// masks of the same records. Recorded and checked like [`TRAINING_SEMANTICS_VERSION`].
 pub const CHAT_SEMANTICS_VERSION: u32 = 1;
 
-pub use chat::TemplateEncoder;
+pub use chat::{tokenizer_path_for, TemplateEncoder, TokenizerSource};
 pub use config::{
     Dtype, MaskErrorPolicy, NanPolicy, Overlong, Schedule, TrainConfig, TrainOverrides,
     OPERATIONAL_KEYS,
 };
 pub use data::{read_records, tokenize, ChatEncoder, DataReport, Example, IGNORE};
-pub use error::{Error, Result};
+pub use error::{Error, ErrorKind, Result};
 pub use model::CausalLm;
-pub use run::{eval_loss_at, train, ModelInput};
+pub use run::{eval_loss_at, train, ModelInput, TrainData, TrainJob};
 pub use trainer::{
     eval_loss, install_stop_handler, per_example_losses, train_model, EvalLoss, Resume, RunOptions,
-    StepMetrics, TrainOutcome,
+    StepMetrics, TrainContext, TrainOutcome,
 };

@@ -1,16 +1,90 @@
-//! [`train`]: the one call a runner needs — load weights, tokenizer and data, train, save.
+//! [`train`]: the one training path — a [`TrainJob`] (weights, tokenizer, data, config, output
+//! directory, device, run options) in, a [`TrainOutcome`] out. The `train` example and
+//! `sft-local`'s backend both build a job and call it.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
+use sft_record::Record;
 use tch::Device;
 
-use crate::chat::{tokenizer_path_for, TemplateEncoder, TOKENIZER_SOURCE};
+use crate::chat::{tokenizer_path_for, TemplateEncoder, TokenizerSource, TOKENIZER_SOURCE};
 use crate::config::TrainConfig;
 use crate::data::{read_records, tokenize, DataReport, Example};
 use crate::error::{Error, Result};
-use crate::trainer::{pretty, train_model, RunOptions, TrainOutcome};
+use crate::trainer::{pretty, train_model, RunOptions, TrainContext, TrainOutcome};
 
-/// Where the starting weights and the tokenizer come from.
+/// Where a job's training records come from.
+#[derive(Debug, Clone)]
+pub enum TrainData {
+    /// A chat JSONL (`.jsonl`, `.jsonl.gz`) or Parquet file, read by [`read_records`].
+    Path(PathBuf),
+    /// Records already in memory.
+    Records(Vec<Record>),
+}
+
+impl TrainData {
+    /// The records (read from the file, or borrowed).
+    fn records(&self) -> Result<std::borrow::Cow<'_, [Record]>> {
+        Ok(match self {
+            TrainData::Path(p) => std::borrow::Cow::Owned(read_records(p)?),
+            TrainData::Records(r) => std::borrow::Cow::Borrowed(r.as_slice()),
+        })
+    }
+}
+
+/// One training run: everything [`train`] needs.
+#[derive(Debug, Clone)]
+pub struct TrainJob {
+    /// Starting weights: an HF directory (a previous stage's `final/` or
+    /// `checkpoints/step-N/` works) or a `.gguf`.
+    pub model: PathBuf,
+    /// Tokenizer (`.gguf`, HF dir or `tokenizer.json`); `None` = found from `model` by
+    /// [`tokenizer_path_for`], the one lookup.
+    pub tokenizer: Option<PathBuf>,
+    /// The training records.
+    pub data: TrainData,
+    /// The resolved hyperparameters (validated again here).
+    pub config: TrainConfig,
+    /// Where `train_config.json`, `data_report.json`, `metrics.jsonl`, `checkpoints/` and
+    /// `final/` go.
+    pub out_dir: PathBuf,
+    /// Where tensors live.
+    pub device: Device,
+    /// Resume policy, progress, stop flag, `stop_after`, batch dump, optimizer carry-over.
+    pub run: RunOptions,
+}
+
+impl TrainJob {
+    /// A job with default [`RunOptions`] (resume when a checkpoint exists) and the tokenizer
+    /// found from `model`.
+    pub fn new(
+        model: impl Into<PathBuf>,
+        data: TrainData,
+        config: TrainConfig,
+        out_dir: impl Into<PathBuf>,
+        device: Device,
+    ) -> Self {
+        TrainJob {
+            model: model.into(),
+            tokenizer: None,
+            data,
+            config,
+            out_dir: out_dir.into(),
+            device,
+            run: RunOptions::default(),
+        }
+    }
+
+    /// The tokenizer path: [`TrainJob::tokenizer`] or the one found from the model.
+    pub fn tokenizer_path(&self) -> Result<PathBuf> {
+        match &self.tokenizer {
+            Some(p) => Ok(p.clone()),
+            None => tokenizer_path_for(&self.model),
+        }
+    }
+}
+
+/// Where the starting weights and the tokenizer come from (for [`eval_loss_at`]).
 #[derive(Debug, Clone, Copy)]
 pub struct ModelInput<'a> {
     /// An HF directory (a previous stage's `final/` or `checkpoints/step-N/` works) or a `.gguf`.
@@ -20,19 +94,61 @@ pub struct ModelInput<'a> {
     pub tokenizer: Option<&'a Path>,
 }
 
-/// Trains `input.model` on the chat JSONL or Parquet at `data` with `cfg`, writing everything under
-/// `out_dir` (see [`crate::trainer::train_model`]); `out_dir/final/` also gets the tokenizer
-/// files and `tokenizer_source.json`, so the next stage, `generate` or transformers load it as is.
-pub fn train(
-    input: ModelInput<'_>,
-    data: &Path,
-    cfg: &TrainConfig,
-    out_dir: &Path,
-    device: Device,
-    opts: &RunOptions,
-) -> Result<TrainOutcome> {
+/// Runs `job`: validates the config, loads the tokenizer and the weights, reads and tokenizes
+/// the data, trains ([`crate::trainer::train_model`]), and makes `out_dir/final/`
+/// self-contained: weights, `config.json`, the tokenizer files (`tokenizer.json` +
+/// `tokenizer_config.json` with the chat template) and `tokenizer_source.json`, so the next
+/// stage, `generate` or transformers load it as it is. Failing to save the tokenizer is an
+/// error. An interrupted run (signal or `stop_after`) is an outcome (`interrupted: true`, no
+/// `final/`), not an error.
+pub fn train(job: &TrainJob) -> Result<TrainOutcome> {
+    let cfg = &job.config;
     cfg.validate()?;
-    let (encoder, examples, report) = prepare(input, data, cfg)?;
+    let encoder = TemplateEncoder::new(&job.tokenizer_path()?, &cfg.template)?;
+    let records = job.data.records()?;
+    let (examples, report) = tokenize(
+        &records,
+        &encoder,
+        cfg.max_len,
+        cfg.overlong,
+        cfg.on_mask_error,
+    )?;
+    drop(records);
+    log_report(&report, &encoder);
+    let mut loaded = crate::llama::load_model(&job.model, job.device)?;
+    let ctx = TrainContext {
+        model: &loaded.model,
+        examples: &examples,
+        data_report: &report,
+        encoder: &encoder,
+        config: cfg,
+        out_dir: &job.out_dir,
+        run: &job.run,
+    };
+    let outcome = train_model(&ctx, &mut loaded.vs)?;
+    if let Some(dir) = &outcome.final_dir {
+        save_tokenizer(dir, &encoder)?;
+    }
+    Ok(outcome)
+}
+
+/// Writes the tokenizer files and [`TOKENIZER_SOURCE`] into the model directory `dir`.
+fn save_tokenizer(dir: &Path, encoder: &TemplateEncoder) -> Result<()> {
+    encoder
+        .tokenizer()
+        .save_hf_dir(dir)
+        .map_err(|source| Error::SaveTokenizer {
+            dir: dir.to_path_buf(),
+            source,
+        })?;
+    let v = TokenizerSource {
+        path: encoder.tokenizer_path.clone(),
+        template: encoder.template_name().to_string(),
+    };
+    crate::checkpoint::write_atomic(&dir.join(TOKENIZER_SOURCE), pretty(&v)?.as_bytes())
+}
+
+fn log_report(report: &DataReport, encoder: &TemplateEncoder) {
     tracing::info!(
         records = report.records,
         kept = report.kept,
@@ -44,28 +160,6 @@ pub fn train(
         template = encoder.template_name(),
         "tokenized"
     );
-    let mut loaded = crate::llama::load_model(input.model, device)?;
-    let outcome = train_model(
-        &loaded.model,
-        &mut loaded.vs,
-        &examples,
-        &report,
-        &encoder,
-        cfg,
-        out_dir,
-        opts,
-    )?;
-    if let Some(dir) = &outcome.final_dir {
-        // `final/` is a self-contained HF directory: weights, config and the tokenizer
-        // (`tokenizer.json` + `tokenizer_config.json` with the chat template), so `generate`,
-        // a next stage or transformers load it as it is; the source is recorded too.
-        encoder.tokenizer().save_hf_dir(dir).map_err(|e| {
-            Error::Model(format!("saving the tokenizer into {}: {e}", dir.display()))
-        })?;
-        let v = serde_json::json!({ "path": encoder.tokenizer_path, "template": encoder.template_name() });
-        crate::checkpoint::write_atomic(&dir.join(TOKENIZER_SOURCE), pretty(&v)?.as_bytes())?;
-    }
-    Ok(outcome)
 }
 
 /// Held-out loss of the model at `model` on the chat JSONL or Parquet at `data` (mean per target token),

@@ -73,6 +73,8 @@ pub struct TrainOutcome {
     pub skipped_steps: u64,
     /// Non-pad tokens processed in this invocation.
     pub tokens: u64,
+    /// Examples trained on (after tokenization).
+    pub examples: usize,
     /// HF-format weights of the finished run (`None` when stopped early).
     pub final_dir: Option<PathBuf>,
     /// Whether the run stopped early (signal or `stop_after`) after checkpointing.
@@ -223,37 +225,76 @@ fn accumulate(
     Ok(out)
 }
 
-/// Trains `model` (whose parameters are the trainable variables of `vs`) on `examples`.
+/// What [`train_model`] trains on and with: everything but the variables it updates.
+#[derive(Clone, Copy)]
+pub struct TrainContext<'a> {
+    /// The model; its parameters are the trainable variables of the `VarStore` given beside.
+    pub model: &'a dyn CausalLm,
+    /// The tokenized examples.
+    pub examples: &'a [Example],
+    /// What tokenization did (written to `data_report.json`).
+    pub data_report: &'a DataReport,
+    /// The encoder that produced `examples` (decodes the batch dump).
+    pub encoder: &'a dyn ChatEncoder,
+    /// The hyperparameters.
+    pub config: &'a TrainConfig,
+    /// Where metrics, checkpoints and `final/` go.
+    pub out_dir: &'a Path,
+    /// Resume policy, stop flag, progress, batch dump, optimizer carry-over.
+    pub run: &'a RunOptions,
+}
+
+/// The state of a run between steps: what a checkpoint saves besides weights and moments.
+struct Progress {
+    /// Completed optimizer steps (including skipped ones).
+    step: u64,
+    skipped: u64,
+    consecutive: u32,
+    resumed_from: Option<u64>,
+    last_loss: Option<f64>,
+    tokens: u64,
+}
+
+/// A run being trained: the context plus what [`train_model`] derived from it.
+struct Run<'a> {
+    ctx: TrainContext<'a>,
+    vs: &'a VarStore,
+    device: tch::Device,
+    plans: Vec<Vec<StepPlan>>,
+    total: u64,
+    sched: LrSchedule,
+    fingerprint: BTreeMap<String, String>,
+    ckpt_root: PathBuf,
+    metrics_path: PathBuf,
+}
+
+/// Trains `ctx.model` (whose parameters are the trainable variables of `vs`) on `ctx.examples`.
 ///
 /// Writes `out_dir/{train_config.json,data_report.json,metrics.jsonl}`, checkpoints under
 /// `out_dir/checkpoints/`, and the final HF-format weights (`model.safetensors` +
 /// `config.json`) under `out_dir/final/`. Resumes from the newest complete checkpoint
-/// according to `opts.resume`.
-#[allow(clippy::too_many_arguments)]
-pub fn train_model(
-    model: &dyn CausalLm,
-    vs: &mut VarStore,
-    examples: &[Example],
-    data_report: &DataReport,
-    encoder: &dyn ChatEncoder,
-    cfg: &TrainConfig,
-    out_dir: &Path,
-    opts: &RunOptions,
-) -> Result<TrainOutcome> {
+/// according to `ctx.run.resume`. Internally: `resume` (the policy, this run's checkpoint or
+/// the carried optimizer state), `train_step` per optimizer step, `save_checkpoint`.
+/// [`crate::train`] wraps it for a whole [`crate::TrainJob`].
+pub fn train_model(ctx: &TrainContext<'_>, vs: &mut VarStore) -> Result<TrainOutcome> {
+    let cfg = ctx.config;
     cfg.validate()?;
-    if examples.is_empty() {
+    if ctx.examples.is_empty() {
         return Err(Error::NoData("empty example list".into()));
     }
     let device = vs.device();
+    let out_dir = ctx.out_dir;
     std::fs::create_dir_all(out_dir).map_err(|e| Error::io("create", out_dir, e))?;
     checkpoint::write_atomic(&out_dir.join("train_config.json"), pretty(cfg)?.as_bytes())?;
     checkpoint::write_atomic(
         &out_dir.join("data_report.json"),
-        pretty(data_report)?.as_bytes(),
+        pretty(ctx.data_report)?.as_bytes(),
     )?;
 
     let epochs = cfg.epochs.max(1);
-    let plans: Vec<Vec<StepPlan>> = (0..epochs).map(|e| epoch_plan(examples, cfg, e)).collect();
+    let plans: Vec<Vec<StepPlan>> = (0..epochs)
+        .map(|e| epoch_plan(ctx.examples, cfg, e))
+        .collect();
     let planned: u64 = plans.iter().map(|p| p.len() as u64).sum();
     let total = cfg.max_steps.map_or(planned, |m| m.min(planned));
     let sched = LrSchedule::new(cfg.schedule, cfg.lr, cfg.warmup_ratio, total);
@@ -272,20 +313,135 @@ pub fn train_model(
         vs.set_kind(Kind::BFloat16);
     }
     let vs: &VarStore = vs;
-    let fp = fingerprint(cfg, examples);
-    let ckpt_root = out_dir.join("checkpoints");
-    let metrics_path = out_dir.join("metrics.jsonl");
+    let run = Run {
+        ctx: *ctx,
+        vs,
+        device,
+        plans,
+        total,
+        sched,
+        fingerprint: fingerprint(cfg, ctx.examples),
+        ckpt_root: out_dir.join("checkpoints"),
+        metrics_path: out_dir.join("metrics.jsonl"),
+    };
+    let mut p = resume(&run, &mut opt)?;
+    tch::manual_seed(cfg.seed as i64);
 
-    // Resume.
-    let mut start = 0u64;
-    let mut skipped = 0u64;
-    let mut consecutive = 0u32;
-    let mut resumed_from = None;
-    let found = checkpoint::latest_complete(&ckpt_root)?;
+    if let (Some(dir), 0) = (&ctx.run.dump_batches, p.step) {
+        crate::dump::dump_batches(dir, ctx.examples, &run.plans, cfg, ctx.encoder)?;
+    }
+
+    let pb = if ctx.run.progress {
+        indicatif::ProgressBar::new(total)
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    pb.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{bar:30} {pos}/{len} steps  {msg}  [{elapsed} < {eta}]",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    pb.set_position(p.step);
+    tracing::info!(
+        total_steps = total,
+        start = p.step,
+        examples = ctx.examples.len(),
+        "training"
+    );
+
+    let mut metrics = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&run.metrics_path)
+        .map_err(|e| Error::io("open", &run.metrics_path, e))?;
+    let mut interrupted = false;
+    let mut saved_at = p.resumed_from;
+    while p.step < total {
+        if ctx
+            .run
+            .stop
+            .as_ref()
+            .is_some_and(|s| s.load(Ordering::SeqCst))
+            || ctx.run.stop_after.is_some_and(|k| p.step >= k)
+        {
+            interrupted = true;
+            break;
+        }
+        let m = train_step(&run, &mut opt, &mut p)?;
+        let line = serde_json::to_string(&m).map_err(|source| Error::Serialize {
+            what: "metrics line",
+            source,
+        })?;
+        writeln!(metrics, "{line}").map_err(|e| Error::io("write", &run.metrics_path, e))?;
+        metrics
+            .flush()
+            .map_err(|e| Error::io("write", &run.metrics_path, e))?;
+        pb.set_message(format!("loss {:.4}  {:.0} tok/s", m.loss, m.tokens_per_s));
+        pb.set_position(p.step);
+        if cfg.save_every > 0 && p.step % cfg.save_every == 0 && p.step < total {
+            save_checkpoint(&run, &opt, &p)?;
+            saved_at = Some(p.step);
+        }
+    }
+    pb.finish_and_clear();
+
+    if saved_at != Some(p.step) {
+        save_checkpoint(&run, &opt, &p)?;
+    }
+    let final_dir = if interrupted {
+        tracing::info!(step = p.step, "stopped early after checkpointing");
+        None
+    } else {
+        let dir = out_dir.join("final");
+        write_hf_dir(
+            &dir,
+            model_bytes(vs, &opt)?,
+            pretty(&ctx.model.hf_config())?,
+        )?;
+        Some(dir)
+    };
+    Ok(TrainOutcome {
+        steps: p.step,
+        total_steps: total,
+        last_loss: p.last_loss,
+        resumed_from: p.resumed_from,
+        skipped_steps: p.skipped,
+        tokens: p.tokens,
+        examples: ctx.examples.len(),
+        final_dir,
+        interrupted,
+    })
+}
+
+/// Reads a checkpoint's `trainer_state.json`.
+fn read_state(dir: &Path) -> Result<TrainerState> {
+    let state_path = dir.join("trainer_state.json");
+    let text = std::fs::read(&state_path).map_err(|e| Error::io("read", &state_path, e))?;
+    serde_json::from_slice(&text).map_err(|source| Error::Json {
+        path: state_path,
+        source,
+    })
+}
+
+/// Applies the resume policy: loads the newest complete checkpoint of this run (weights,
+/// moments, counters; its fingerprint must match), or starts fresh (removing stale metrics and
+/// seeding the moments from [`RunOptions::carry_optimizer_from`] when given).
+fn resume(run: &Run<'_>, opt: &mut AdamW) -> Result<Progress> {
+    let opts = run.ctx.run;
+    let mut p = Progress {
+        step: 0,
+        skipped: 0,
+        consecutive: 0,
+        resumed_from: None,
+        last_loss: None,
+        tokens: 0,
+    };
+    let found = checkpoint::latest_complete(&run.ckpt_root)?;
     match (opts.resume, found) {
         (Resume::Require, None) => {
             return Err(Error::ckpt(
-                &ckpt_root,
+                &run.ckpt_root,
                 "--resume given but there is no checkpoint",
             ))
         }
@@ -296,13 +452,8 @@ pub fn train_model(
             ))
         }
         (_, Some((dir, m))) => {
-            let state_path = dir.join("trainer_state.json");
-            let text = std::fs::read(&state_path).map_err(|e| Error::io("read", &state_path, e))?;
-            let st: TrainerState = serde_json::from_slice(&text).map_err(|e| Error::Parse {
-                path: state_path.clone(),
-                message: e.to_string(),
-            })?;
-            for (k, v) in &fp {
+            let st = read_state(&dir)?;
+            for (k, v) in &run.fingerprint {
                 let old = st
                     .fingerprint
                     .get(k)
@@ -322,17 +473,17 @@ pub fn train_model(
                 st.optimizer_steps,
                 &checkpoint::read_safetensors(&dir.join("optimizer.safetensors"))?,
             )?;
-            start = m.step;
-            skipped = st.skipped_steps;
-            consecutive = st.consecutive_skips;
-            resumed_from = Some(start);
-            truncate_metrics(&metrics_path, start)?;
-            tracing::info!(step = start, dir = %dir.display(), "resumed from checkpoint");
+            p.step = m.step;
+            p.skipped = st.skipped_steps;
+            p.consecutive = st.consecutive_skips;
+            p.resumed_from = Some(m.step);
+            truncate_metrics(&run.metrics_path, m.step)?;
+            tracing::info!(step = m.step, dir = %dir.display(), "resumed from checkpoint");
         }
         (_, None) => {
-            if metrics_path.exists() {
-                std::fs::remove_file(&metrics_path)
-                    .map_err(|e| Error::io("remove", &metrics_path, e))?;
+            if run.metrics_path.exists() {
+                std::fs::remove_file(&run.metrics_path)
+                    .map_err(|e| Error::io("remove", &run.metrics_path, e))?;
             }
             if let Some(prev) = &opts.carry_optimizer_from {
                 let root = prev.join("checkpoints");
@@ -342,221 +493,143 @@ pub fn train_model(
                         "no complete checkpoint to carry the optimizer state from",
                     )
                 })?;
-                let state_path = dir.join("trainer_state.json");
-                let text =
-                    std::fs::read(&state_path).map_err(|e| Error::io("read", &state_path, e))?;
-                let st: TrainerState = serde_json::from_slice(&text).map_err(|e| Error::Parse {
-                    path: state_path.clone(),
-                    message: e.to_string(),
-                })?;
+                let st = read_state(&dir)?;
                 opt.load_state(
                     st.optimizer_steps,
                     &checkpoint::read_safetensors(&dir.join("optimizer.safetensors"))?,
                 )
-                .map_err(|e| Error::ckpt(&dir, format!("carrying optimizer state: {e}")))?;
+                .map_err(|e| Error::Carry {
+                    dir: dir.clone(),
+                    source: Box::new(e),
+                })?;
                 tracing::info!(from = %dir.display(), optimizer_steps = st.optimizer_steps, "carried optimizer state over");
             }
         }
     }
-    tch::manual_seed(cfg.seed as i64);
+    Ok(p)
+}
 
-    if let (Some(dir), 0) = (&opts.dump_batches, start) {
-        crate::dump::dump_batches(dir, examples, &plans, cfg, encoder)?;
-    }
-
-    let pb = if opts.progress {
-        indicatif::ProgressBar::new(total)
+/// One optimizer step (global step `p.step`, 0-based): forward/backward of its global batch,
+/// the non-finite policy, clipping and AdamW; advances `p` and returns the step's metrics.
+fn train_step(run: &Run<'_>, opt: &mut AdamW, p: &mut Progress) -> Result<StepMetrics> {
+    let (cfg, examples) = (run.ctx.config, run.ctx.examples);
+    let (epoch, plan) =
+        locate(&run.plans, p.step).ok_or_else(|| Error::Config("step beyond plan".into()))?;
+    let t0 = Instant::now();
+    let nan = run.ctx.run.inject_nan_at == Some(p.step + 1);
+    let r = accumulate(run.ctx.model, examples, plan, cfg, run.device, nan)?;
+    let loss = r.loss_sum / r.targets.max(1) as f64;
+    let grad_norm = if loss.is_finite() {
+        opt.grad_norm()?
     } else {
-        indicatif::ProgressBar::hidden()
+        f64::NAN
     };
-    pb.set_style(
-        indicatif::ProgressStyle::with_template(
-            "{bar:30} {pos}/{len} steps  {msg}  [{elapsed} < {eta}]",
-        )
-        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-    );
-    pb.set_position(start);
-    tracing::info!(
-        total_steps = total,
-        start,
-        examples = examples.len(),
-        "training"
-    );
-
-    let mut metrics = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&metrics_path)
-        .map_err(|e| Error::io("open", &metrics_path, e))?;
-    let mut last_loss = None;
-    let mut tokens_total = 0u64;
-    let mut step = start;
-    let mut interrupted = false;
-    let mut saved_at = resumed_from;
-    let save = |step: u64, opt: &AdamW, skipped: u64, consecutive: u32| -> Result<PathBuf> {
-        let st = TrainerState {
-            format_version: checkpoint::FORMAT_VERSION,
-            step,
-            total_steps: total,
-            skipped_steps: skipped,
-            consecutive_skips: consecutive,
-            optimizer_steps: opt.step_count(),
-            fingerprint: fp.clone(),
-            examples: examples.len(),
-            rng: "data order = f(seed, epoch); no other randomness".into(),
-        };
-        let files = vec![
-            ("model.safetensors".to_string(), model_bytes(vs, opt)?),
-            (
-                "optimizer.safetensors".to_string(),
-                checkpoint::safetensors_bytes(&opt.state_tensors())?,
-            ),
-            ("trainer_state.json".to_string(), pretty(&st)?.into_bytes()),
-            (
-                "config.json".to_string(),
-                pretty(&model.hf_config())?.into_bytes(),
-            ),
-        ];
-        let dir = checkpoint::commit(
-            &ckpt_root,
-            &PendingCheckpoint { step, files },
-            cfg.keep_last,
-        )?;
-        tracing::info!(step, dir = %dir.display(), "checkpoint committed");
-        Ok(dir)
+    let lr = run.sched.lr(p.step);
+    let bad = if !loss.is_finite() {
+        Some("loss")
+    } else if !grad_norm.is_finite() {
+        Some("gradient")
+    } else {
+        None
     };
-
-    while step < total {
-        if opts.stop.as_ref().is_some_and(|s| s.load(Ordering::SeqCst))
-            || opts.stop_after.is_some_and(|k| step >= k)
-        {
-            interrupted = true;
-            break;
-        }
-        let (epoch, plan) =
-            locate(&plans, step).ok_or_else(|| Error::Config("step beyond plan".into()))?;
-        let t0 = Instant::now();
-        let nan = opts.inject_nan_at == Some(step + 1);
-        let r = accumulate(model, examples, plan, cfg, device, nan)?;
-        let loss = r.loss_sum / r.targets.max(1) as f64;
-        let grad_norm = if loss.is_finite() {
-            opt.grad_norm()?
-        } else {
-            f64::NAN
+    let mut skipped_now = false;
+    if let Some(what) = bad {
+        let ids: Vec<&str> = plan
+            .example_indices()
+            .map(|i| examples[i].record_id.as_str())
+            .collect();
+        let err = Error::NonFinite {
+            what,
+            step: p.step + 1,
+            record_ids: ids.join(","),
         };
-        let lr = sched.lr(step);
-        let bad = if !loss.is_finite() {
-            Some("loss")
-        } else if !grad_norm.is_finite() {
-            Some("gradient")
-        } else {
-            None
-        };
-        let mut skipped_now = false;
-        if let Some(what) = bad {
-            let ids: Vec<&str> = plan
-                .example_indices()
-                .map(|i| examples[i].record_id.as_str())
-                .collect();
-            let err = Error::NonFinite {
-                what,
-                step: step + 1,
-                record_ids: ids.join(","),
-            };
-            opt.zero_grad();
-            consecutive += 1;
-            match cfg.nan_policy {
-                NanPolicy::Abort => return Err(err),
-                NanPolicy::Skip if consecutive > cfg.max_consecutive_skips => return Err(err),
-                NanPolicy::Skip => {
-                    tracing::warn!(%err, "skipping step");
-                    skipped += 1;
-                    skipped_now = true;
-                }
+        opt.zero_grad();
+        p.consecutive += 1;
+        match cfg.nan_policy {
+            NanPolicy::Abort => return Err(err),
+            NanPolicy::Skip if p.consecutive > cfg.max_consecutive_skips => return Err(err),
+            NanPolicy::Skip => {
+                tracing::warn!(%err, "skipping step");
+                p.skipped += 1;
+                skipped_now = true;
             }
-        } else {
-            consecutive = 0;
-            opt.clip(cfg.max_grad_norm, grad_norm)?;
-            opt.step(lr)?;
-            opt.zero_grad();
         }
-        step += 1;
-        tokens_total += r.tokens;
-        let secs = t0.elapsed().as_secs_f64();
-        let m = StepMetrics {
-            step,
-            epoch,
-            loss,
-            per_source_loss: r
-                .per_source
-                .iter()
-                .filter(|(_, v)| v.1 > 0)
-                .map(|(k, v)| (k.clone(), v.0 / v.1 as f64))
-                .collect(),
-            grad_norm,
-            lr,
-            tokens: r.tokens,
-            target_tokens: r.targets,
-            tokens_per_s: r.tokens as f64 / secs.max(1e-9),
-            skipped: skipped_now,
-        };
-        let line = serde_json::to_string(&m).map_err(|e| Error::Config(e.to_string()))?;
-        writeln!(metrics, "{line}").map_err(|e| Error::io("write", &metrics_path, e))?;
-        metrics
-            .flush()
-            .map_err(|e| Error::io("write", &metrics_path, e))?;
-        if !skipped_now {
-            last_loss = Some(loss);
-        }
-        tracing::debug!(
-            step,
-            loss,
-            grad_norm,
-            lr,
-            tokens_per_s = m.tokens_per_s,
-            "step"
-        );
-        pb.set_message(format!("loss {loss:.4}  {:.0} tok/s", m.tokens_per_s));
-        pb.set_position(step);
-        if cfg.save_every > 0 && step % cfg.save_every == 0 && step < total {
-            save(step, &opt, skipped, consecutive)?;
-            saved_at = Some(step);
-        }
+    } else {
+        p.consecutive = 0;
+        opt.clip(cfg.max_grad_norm, grad_norm)?;
+        opt.step(lr)?;
+        opt.zero_grad();
     }
-    pb.finish_and_clear();
+    p.step += 1;
+    p.tokens += r.tokens;
+    let secs = t0.elapsed().as_secs_f64();
+    let m = StepMetrics {
+        step: p.step,
+        epoch,
+        loss,
+        per_source_loss: r
+            .per_source
+            .iter()
+            .filter(|(_, v)| v.1 > 0)
+            .map(|(k, v)| (k.clone(), v.0 / v.1 as f64))
+            .collect(),
+        grad_norm,
+        lr,
+        tokens: r.tokens,
+        target_tokens: r.targets,
+        tokens_per_s: r.tokens as f64 / secs.max(1e-9),
+        skipped: skipped_now,
+    };
+    if !skipped_now {
+        p.last_loss = Some(loss);
+    }
+    tracing::debug!(
+        step = p.step,
+        loss,
+        grad_norm,
+        lr,
+        tokens_per_s = m.tokens_per_s,
+        "step"
+    );
+    Ok(m)
+}
 
-    if saved_at != Some(step) {
-        save(step, &opt, skipped, consecutive)?;
-    }
-    if interrupted {
-        tracing::info!(step, "stopped early after checkpointing");
-        return Ok(TrainOutcome {
-            steps: step,
-            total_steps: total,
-            last_loss,
-            resumed_from,
-            skipped_steps: skipped,
-            tokens: tokens_total,
-            final_dir: None,
-            interrupted: true,
-        });
-    }
-    let final_dir = out_dir.join("final");
-    write_hf_dir(
-        &final_dir,
-        model_bytes(vs, &opt)?,
-        pretty(&model.hf_config())?,
+/// Commits a checkpoint of step `p.step`: weights (f32 masters), AdamW moments, the trainer
+/// state and the model's `config.json`.
+fn save_checkpoint(run: &Run<'_>, opt: &AdamW, p: &Progress) -> Result<PathBuf> {
+    let st = TrainerState {
+        format_version: checkpoint::FORMAT_VERSION,
+        step: p.step,
+        total_steps: run.total,
+        skipped_steps: p.skipped,
+        consecutive_skips: p.consecutive,
+        optimizer_steps: opt.step_count(),
+        fingerprint: run.fingerprint.clone(),
+        examples: run.ctx.examples.len(),
+        rng: "data order = f(seed, epoch); no other randomness".into(),
+    };
+    let files = vec![
+        ("model.safetensors".to_string(), model_bytes(run.vs, opt)?),
+        (
+            "optimizer.safetensors".to_string(),
+            checkpoint::safetensors_bytes(&opt.state_tensors())?,
+        ),
+        ("trainer_state.json".to_string(), pretty(&st)?.into_bytes()),
+        (
+            "config.json".to_string(),
+            pretty(&run.ctx.model.hf_config())?.into_bytes(),
+        ),
+    ];
+    let dir = checkpoint::commit(
+        &run.ckpt_root,
+        &PendingCheckpoint {
+            step: p.step,
+            files,
+        },
+        run.ctx.config.keep_last,
     )?;
-    Ok(TrainOutcome {
-        steps: step,
-        total_steps: total,
-        last_loss,
-        resumed_from,
-        skipped_steps: skipped,
-        tokens: tokens_total,
-        final_dir: Some(final_dir),
-        interrupted: false,
-    })
+    tracing::info!(step = p.step, dir = %dir.display(), "checkpoint committed");
+    Ok(dir)
 }
 
 /// Every variable of `vs`, with the optimizer's f32 master copies where they exist.
@@ -744,7 +817,10 @@ pub fn per_example_losses(
 
 /// Pretty JSON of a serialisable value.
 pub(crate) fn pretty<T: Serialize + ?Sized>(v: &T) -> Result<String> {
-    serde_json::to_string_pretty(v).map_err(|e| Error::Config(format!("serialising JSON: {e}")))
+    serde_json::to_string_pretty(v).map_err(|source| Error::Serialize {
+        what: "a state file",
+        source,
+    })
 }
 
 /// Installs SIGINT/SIGTERM handlers and returns the flag they set, for [`RunOptions::stop`]:

@@ -97,14 +97,16 @@ fn three_adamw_steps_match_torch_optim_adamw() {
     };
     let out = tempfile::tempdir().unwrap();
     let o = train_model(
-        &m.model,
+        &sft_train::TrainContext {
+            model: &m.model,
+            examples: &exs,
+            data_report: &DataReport::default(),
+            encoder: &common::ToyEncoder,
+            config: &cfg,
+            out_dir: out.path(),
+            run: &RunOptions::default(),
+        },
         &mut m.vs,
-        &exs,
-        &DataReport::default(),
-        &common::ToyEncoder,
-        &cfg,
-        out.path(),
-        &RunOptions::default(),
     )
     .unwrap();
     assert_eq!(o.steps, 3);

@@ -384,14 +384,16 @@ fn bf16_mixed_precision_learns_and_tracks_f32() {
     let out = tempfile::tempdir().unwrap();
     let mut m = sft_train::llama::load_model(&common::tiny_llama_dir(), Device::Cpu).unwrap();
     let o = train_model(
-        &m.model,
+        &sft_train::TrainContext {
+            model: &m.model,
+            examples: &exs,
+            data_report: &sft_train::DataReport::default(),
+            encoder: &common::ToyEncoder,
+            config: &bf,
+            out_dir: out.path(),
+            run: &RunOptions::default(),
+        },
         &mut m.vs,
-        &exs,
-        &Default::default(),
-        &common::ToyEncoder,
-        &bf,
-        out.path(),
-        &RunOptions::default(),
     )
     .unwrap();
     assert_eq!(o.steps, 16);
@@ -629,14 +631,16 @@ fn carried_optimizer_state_continues_the_run() {
             ..RunOptions::default()
         };
         train_model(
-            &m.model,
+            &sft_train::TrainContext {
+                model: &m.model,
+                examples: &exs,
+                data_report: &sft_train::DataReport::default(),
+                encoder: &common::ToyEncoder,
+                config: &one_batch,
+                out_dir: out,
+                run: &opts,
+            },
             &mut m.vs,
-            &exs,
-            &Default::default(),
-            &common::ToyEncoder,
-            &one_batch,
-            out,
-            &opts,
         )
     };
     let b = tmp.path().join("b");
@@ -727,19 +731,14 @@ fn train_reads_parquet_and_writes_a_self_contained_final_dir() {
         ..TrainConfig::default()
     };
     let out = tmp.path().join("stage1");
-    let input = sft_train::ModelInput {
-        model: &model,
-        tokenizer: None,
-    };
-    let o = sft_train::train(
-        input,
-        &data,
-        &cfg,
+    let job = sft_train::TrainJob::new(
+        &model,
+        sft_train::TrainData::Path(data.clone()),
+        cfg.clone(),
         &out,
         Device::Cpu,
-        &RunOptions::default(),
-    )
-    .unwrap();
+    );
+    let o = sft_train::train(&job).unwrap();
     assert_eq!(o.steps, 2);
     let fin = o.final_dir.unwrap();
     for f in [
@@ -760,20 +759,18 @@ fn train_reads_parquet_and_writes_a_self_contained_final_dir() {
     assert!(sft_llama::load_model(&fin, Device::Cpu, tch::Kind::Float).is_ok());
 
     // A second stage starts from final/ alone.
-    let next = sft_train::ModelInput {
-        model: &fin,
-        tokenizer: None,
-    };
-    let o2 = sft_train::train(
-        next,
-        &data,
-        &cfg,
-        &tmp.path().join("stage2"),
+    // A second stage starts from final/ alone (its tokenizer found from final/), here with the
+    // records in memory.
+    let next = sft_train::TrainJob::new(
+        &fin,
+        sft_train::TrainData::Records(records),
+        cfg,
+        tmp.path().join("stage2"),
         Device::Cpu,
-        &RunOptions::default(),
-    )
-    .unwrap();
+    );
+    let o2 = sft_train::train(&next).unwrap();
     assert!(o2.final_dir.is_some());
+    assert_eq!(o2.examples, o.examples);
 }
 
 /// Pins what training computes to [`sft_train::TRAINING_SEMANTICS_VERSION`]: the per-step losses

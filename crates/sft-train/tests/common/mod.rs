@@ -156,13 +156,15 @@ pub fn run_tiny(
 ) -> sft_train::Result<sft_train::TrainOutcome> {
     let mut m = sft_train::llama::load_model(&tiny_llama_dir(), tch::Device::Cpu)?;
     sft_train::train_model(
-        &m.model,
+        &sft_train::TrainContext {
+            model: &m.model,
+            examples: exs,
+            data_report: &sft_train::DataReport::default(),
+            encoder: &ToyEncoder,
+            config: cfg,
+            out_dir: out,
+            run: opts,
+        },
         &mut m.vs,
-        exs,
-        &Default::default(),
-        &ToyEncoder,
-        cfg,
-        out,
-        opts,
     )
 }
