@@ -23,6 +23,7 @@ use std::sync::Arc;
 use serde_json::json;
 use sft_chat::{ChatTemplate, ChatTokenizer};
 use sft_eval::sandbox::{Sandbox, SandboxConfig};
+use sft_eval::Estimate;
 use sft_llama::{GenerationConfig, Llama, TokenizerCodec};
 use sft_record::Message;
 use sft_train::{TemplateEncoder, TrainConfig};
@@ -189,10 +190,9 @@ impl LocalBackend {
         let report = sft_eval::gsm8k::score(&items, &completions).map_err(|e| err(e.into()))?;
         write_json(
             &req.out_dir.join("gsm8k.report.json"),
-            &json!({"template": cfg.template, "generation": out.stats, "report": report}),
+            &json!({"estimate": report.estimate, "template": cfg.template, "generation": out.stats, "report": report}),
         )?;
-        let correct = report.flexible_extract.correct;
-        Ok(Some(Metric::wilson(correct, report.n)))
+        Ok(Some(report.estimate))
     }
 
     fn eval_humaneval(&self, req: &EvalRequest<'_>) -> Result<Option<Metric>> {
@@ -237,12 +237,14 @@ impl LocalBackend {
                 .map_err(|e| err(e.into()))?;
         let passed = results.iter().filter(|(r, _)| r.passed).count();
         let rows: Vec<_> = results.iter().map(|(r, _)| r.clone()).collect();
+        // One greedy sample per problem: pass@1 is a proportion.
+        let estimate = Estimate::wilson(passed, rows.len());
         write_json(
             &req.out_dir.join("humaneval.report.json"),
-            &json!({"generation": out.stats, "passed": passed, "n": rows.len(), "results": rows,
+            &json!({"estimate": estimate, "generation": out.stats, "passed": passed, "n": rows.len(), "results": rows,
                     "sandbox": sandbox.describe()}),
         )?;
-        Ok(Some(Metric::wilson(passed, rows.len())))
+        Ok(Some(estimate))
     }
 
     fn eval_heldout(&self, req: &EvalRequest<'_>) -> Result<Option<Metric>> {
@@ -275,10 +277,10 @@ impl LocalBackend {
             total += l.mean * l.target_tokens as f64;
             tokens += l.target_tokens;
         }
-        let metric = Metric::mean_normal(&per);
+        let metric = Estimate::mean_se(&per);
         write_json(
             &req.out_dir.join("general_heldout_loss.report.json"),
-            &json!({"template": cfg.template, "max_len": cfg.max_len, "data": report,
+            &json!({"estimate": metric, "template": cfg.template, "max_len": cfg.max_len, "data": report,
                     "mean_per_conversation": metric.value, "mean_per_token": total / tokens.max(1) as f64,
                     "target_tokens": tokens,
                     "per_conversation": examples.iter().zip(&per).map(|(e, l)| json!({"id": e.record_id, "loss": l})).collect::<Vec<_>>()}),
@@ -351,7 +353,7 @@ impl LocalBackend {
         let summary = mtbench::summarize(&judgments, &model_id, &judge.model, judge.repeats);
         write_json(
             &req.out_dir.join("mtbench.report.json"),
-            &json!({"template": cfg.template, "judge": {"base_url": judge.base_url, "model": judge.model},
+            &json!({"estimate": summary.estimate, "template": cfg.template, "judge": {"base_url": judge.base_url, "model": judge.model},
                     "client": client.stats(), "summary": summary}),
         )?;
         if !summary.valid {
@@ -368,21 +370,9 @@ impl LocalBackend {
             .into()));
         }
         // The score of a (question, turn) is the median of its valid judgments; the metric is
-        // their mean, as FastChat's `show_result.py` averages over both turns.
-        let mut items: BTreeMap<(u64, u8), Vec<f64>> = BTreeMap::new();
-        for j in &judgments {
-            if j.status == mtbench::JudgmentStatus::Ok {
-                items
-                    .entry((j.question_id, j.turn))
-                    .or_default()
-                    .push(j.score);
-            }
-        }
-        let scores: Vec<f64> = items
-            .values()
-            .filter_map(|v| sft_eval::stats::median(v))
-            .collect();
-        Ok(Some(Metric::mean_normal(&scores)))
+        // their mean, as FastChat's `show_result.py` averages over both turns (the summary's
+        // headline, `Some` since the coverage check passed).
+        Ok(summary.estimate)
     }
 
     /// Two-turn answers with FastChat's per-category temperatures (greedy below 1e-4).
@@ -476,7 +466,6 @@ fn eval_err(task: &'static str) -> impl Fn(sft_run::BoxError) -> Error {
         source,
     }
 }
-
 
 impl Backend for LocalBackend {
     fn describe(&self) -> BTreeMap<String, String> {

@@ -109,9 +109,7 @@ impl Backend for Recorder {
         }
         match task {
             Task::Gsm8k => Ok(Some(Metric::wilson(1, 2))),
-            Task::GeneralHeldoutLoss => {
-                Ok(Some(Metric::mean_normal(&vec![2.0; req.heldout.len()])))
-            }
+            Task::GeneralHeldoutLoss => Ok(Some(Metric::mean_se(&vec![2.0; req.heldout.len()]))),
             _ => Ok(None),
         }
     }
