@@ -1,4 +1,5 @@
-//! What the runner needs from a model stack: train one stage, evaluate one task.
+//! What the runner needs from a model stack: train one stage, evaluate a final model on a set
+//! of tasks.
 //!
 //! `sft_local::LocalBackend` (crate `sft-local`) implements it with `sft-llama`, `sft-train`,
 //! `sft-chat` and `sft-eval` on a `tch::Device`. The trait keeps the orchestration (keys, store,
@@ -13,8 +14,8 @@ use serde::{Deserialize, Serialize};
 use sft_compose::Record;
 use sft_schedule::{Stage, TrainConfig};
 
-use crate::error::BackendError;
-use crate::settings::EvalSettings;
+use crate::error::{BackendError, Error};
+use crate::settings::{EvalDtype, EvalSettings};
 
 /// One stage to train.
 #[derive(Debug, Clone, Copy)]
@@ -127,7 +128,15 @@ pub struct EvalRequest<'a> {
     /// The last stage's resolved trainer config (its chat template and `max_len` apply to
     /// evaluation); `None` for a model no stage trained (the trainer defaults apply).
     pub final_stage_train: Option<&'a TrainConfig>,
+    /// The dtype to load the model in: `settings.dtype` resolved by [`Backend::eval_dtype`]
+    /// (the runner never passes [`EvalDtype::Auto`]; a backend given it resolves it itself).
+    pub dtype: EvalDtype,
 }
+
+/// What [`Backend::evaluate`] calls with each task's result as soon as that task is done
+/// (`None`: not configured). The runner caches the result there, so a failure in a later task
+/// keeps it; an error it returns stops the evaluation and must be returned (wrapped).
+pub type TaskDone<'a> = dyn FnMut(Task, Option<Metric>) -> Result<(), Error> + 'a;
 
 /// Trains stages and evaluates models.
 pub trait Backend {
@@ -146,8 +155,22 @@ pub trait Backend {
     /// An error says its [`crate::ErrorKind`] (an interruption is [`crate::ErrorKind::Interrupted`]).
     fn train(&self, req: &TrainRequest<'_>) -> Result<TrainReport, BackendError>;
 
-    /// Evaluates one task, writing its report under `req.out_dir`; `None` when the task is not
-    /// configured (e.g. MT-Bench without a judge, or a size of 0).
-    /// An error's context names the task (`evaluating gsm8k`).
-    fn evaluate(&self, task: Task, req: &EvalRequest<'_>) -> Result<Option<Metric>, BackendError>;
+    /// The dtype an evaluation asking for `requested` runs in on this backend's device
+    /// (never [`EvalDtype::Auto`]: see [`EvalDtype::resolve`]). The runner puts it in the
+    /// [`EvalRequest`] and in the cached metrics' key.
+    fn eval_dtype(&self, requested: EvalDtype) -> EvalDtype;
+
+    /// Evaluates the model `req.model` on `tasks` (distinct, in [`Task::ALL`] order), loading it
+    /// at most once for all of them. For each task, in order, it writes the task's report under
+    /// `req.out_dir` (its headline [`Metric`] in the report's `estimate` field) and calls
+    /// `done(task, metric)` before starting the next one; `None` when the task is not
+    /// configured (e.g. MT-Bench without a judge, or a size of 0). It returns after the last
+    /// task, or at the first failure (a task's error, whose context names the task, or the
+    /// error `done` returned), having reported the tasks finished before it.
+    fn evaluate(
+        &self,
+        req: &EvalRequest<'_>,
+        tasks: &[Task],
+        done: &mut TaskDone<'_>,
+    ) -> Result<(), BackendError>;
 }
