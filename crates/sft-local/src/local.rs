@@ -14,6 +14,11 @@
 //!   `model_answer` JSONL, then single-answer grading by the OpenAI-compatible judge through
 //!   `sft-eval` (judgments cached, so a rerun after a judge outage only sends what is missing).
 //!   Without a judge the task is reported as not evaluated.
+//!
+//! One [`Backend::evaluate`] call loads the model at most once (on first use, in the resolved
+//! `[run.eval] dtype`: bf16 on CUDA and f32 on the CPU for `auto`) and serves every task it is
+//! given; each task's report carries its headline `estimate` (`sft_eval::Estimate`) and the
+//! `dtype`, and that estimate is the metric handed to the runner.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

@@ -48,7 +48,13 @@ fn two_stage_plan_trains_evaluates_reuses_and_resumes() {
 
     // 1. A full run.
     let o = opts(tmp.path(), "full");
-    let r = run_plan(&plan, &settings, &o, &backend(None)).unwrap();
+    let first = backend(None);
+    let r = run_plan(&plan, &settings, &o, &first).unwrap();
+    assert_eq!(
+        first.eval_model_loads(),
+        1,
+        "one model load serves every evaluation task"
+    );
     assert_eq!(r.stages.len(), 2);
     assert!(r.stages.iter().all(|s| !s.reused));
     for s in &r.stages {
@@ -104,17 +110,33 @@ fn two_stage_plan_trains_evaluates_reuses_and_resumes() {
             && loss.value <= loss.ci_high
     );
     assert!(!r.metrics.contains_key("mtbench_score"));
-    for f in [
-        "eval/gsm8k.report.json",
-        "eval/humaneval.report.json",
-        "eval/general_heldout_loss.report.json",
+    // results.json carries exactly each report's headline estimate, its method and the dtype.
+    let results: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(o.run_dir.join("results.json")).unwrap())
+            .unwrap();
+    for (task, metric, method) in [
+        ("gsm8k", "gsm8k_acc", "wilson"),
+        ("humaneval", "humaneval_pass@1", "wilson"),
+        ("general_heldout_loss", "general_heldout_loss", "mean_se"),
     ] {
-        assert!(o.run_dir.join(f).exists(), "{f} missing");
+        let path = o.run_dir.join(format!("eval/{task}.report.json"));
+        let report: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        assert_eq!(report["estimate"], results["metrics"][metric], "{task}");
+        assert_eq!(report["estimate"]["method"], method, "{task}");
+        assert_eq!(report["dtype"], "f32", "{task}: auto on the CPU");
     }
+    let gsm8k: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(o.run_dir.join("eval/gsm8k.report.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(gsm8k["report"]["estimate"], gsm8k["estimate"]);
 
     // 2. A rerun trains and evaluates nothing: the stage weights are untouched.
     let before = mtime(&r.stages[1].store_dir.join("model/model.safetensors"));
-    let r2 = run_plan(&plan, &settings, &o, &backend(None)).unwrap();
+    let second = backend(None);
+    let r2 = run_plan(&plan, &settings, &o, &second).unwrap();
+    assert_eq!(second.eval_model_loads(), 0, "every metric is cached");
     assert!(r2.stages.iter().all(|s| s.reused));
     assert_eq!(r2.metrics, r.metrics);
     assert_eq!(
