@@ -263,3 +263,47 @@ fn stages_keep_optimizer_state_only_when_the_next_stage_carries_it() {
         "carrying the moments changes stage 2's updates"
     );
 }
+
+/// `[run.eval] dtype`: `auto` is f32 on the CPU; `bf16` loads the model in bf16 (once), is
+/// recorded in the reports and evaluates again instead of reusing the f32 metrics, and the
+/// held-out loss stays close to the f32 one.
+#[test]
+fn the_eval_dtype_is_used_recorded_and_part_of_the_cache_key() {
+    tch::manual_seed(0);
+    let (mut plan, mut settings) =
+        sft_run::load_plan_file(&workspace().join("fixtures/plans/two-stage-tiny.toml")).unwrap();
+    plan.stages.truncate(1);
+    settings.eval.humaneval = 0;
+    let tmp = tempfile::tempdir().unwrap();
+    let o = opts(tmp.path(), "dtype");
+    let report = |task: &str| -> serde_json::Value {
+        let p = o.run_dir.join(format!("eval/{task}.report.json"));
+        serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
+    };
+
+    let f32_backend = backend(None);
+    let f32_run = run_plan(&plan, &settings, &o, &f32_backend).unwrap();
+    assert_eq!(f32_backend.eval_model_loads(), 1);
+    assert_eq!(report("general_heldout_loss")["dtype"], "f32");
+
+    settings.eval.dtype = sft_run::EvalDtype::Bf16;
+    let bf16_backend = backend(None);
+    let bf16_run = run_plan(&plan, &settings, &o, &bf16_backend).unwrap();
+    assert_eq!(
+        bf16_backend.eval_model_loads(),
+        1,
+        "evaluated again, one load"
+    );
+    for task in ["gsm8k", "general_heldout_loss"] {
+        assert_eq!(report(task)["dtype"], "bf16", "{task}");
+    }
+    let (a, b) = (
+        f32_run.metrics["general_heldout_loss"].value,
+        bf16_run.metrics["general_heldout_loss"].value,
+    );
+    assert!(
+        b.is_finite() && (a - b).abs() < 0.1 * a,
+        "f32 {a} vs bf16 {b}"
+    );
+    assert_eq!(bf16_run.metrics["gsm8k_acc"].n, 2);
+}
