@@ -261,6 +261,7 @@ fn run_gsm8k(a: Gsm8kArgs) -> Result<()> {
     }
     print_json(&serde_json::json!({
         "n": report.n,
+        "estimate": report.estimate,
         "exact_match,strict-match": report.strict_match,
         "exact_match,flexible-extract": report.flexible_extract,
         "numeric,strict-match": report.strict_numeric,

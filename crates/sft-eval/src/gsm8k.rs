@@ -17,7 +17,7 @@ use regex::Regex;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{EvalError, Result};
-use crate::stats::{bootstrap_mean_ci, MeanCi, BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED};
+use crate::stats::{bootstrap_mean_ci, Estimate, MeanCi, BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED};
 use crate::Message;
 
 /// What lm-eval's filters return when nothing matches.
@@ -205,9 +205,16 @@ pub struct Gsm8kReport {
     pub strict_numeric: FilterScore,
     /// Numeric equality after flexible-extract extraction.
     pub flexible_numeric: FilterScore,
+    /// The headline: [`HEADLINE_FILTER`] (flexible-extract exact match) accuracy with its 95%
+    /// Wilson interval ([`Estimate::wilson`]); what the runner reports as `gsm8k_acc`.
+    pub estimate: Estimate,
     /// Per-item detail, in input order.
     pub items: Vec<Gsm8kItemResult>,
 }
+
+/// The filter of the report's headline [`Gsm8kReport::estimate`]: lm-eval's
+/// `exact_match,flexible-extract` (the last number of the answer).
+pub const HEADLINE_FILTER: &str = "flexible-extract";
 
 /// Scores `completions[i]` against `items[i]`. The lengths must match.
 pub fn score(items: &[Gsm8kItem], completions: &[String]) -> Result<Gsm8kReport> {
@@ -252,10 +259,12 @@ pub fn score(items: &[Gsm8kItem], completions: &[String]) -> Result<Gsm8kReport>
     };
     let strict_invalid = |r: &Gsm8kItemResult| r.strict_extracted == INVALID;
     let flexible_invalid = |r: &Gsm8kItemResult| r.flexible_extracted == INVALID;
+    let flexible_extract = filter(|r| r.flexible_correct, flexible_invalid);
     Ok(Gsm8kReport {
         n: results.len(),
         strict_match: filter(|r| r.strict_correct, strict_invalid),
-        flexible_extract: filter(|r| r.flexible_correct, flexible_invalid),
+        estimate: Estimate::wilson(flexible_extract.correct, results.len()),
+        flexible_extract,
         strict_numeric: filter(|r| r.strict_numeric_correct, strict_invalid),
         flexible_numeric: filter(|r| r.flexible_numeric_correct, flexible_invalid),
         items: results,
@@ -345,6 +354,8 @@ mod tests {
         assert_eq!(r.flexible_numeric.correct, 3);
         assert_eq!(r.strict_match.invalid, 2);
         assert!((r.flexible_extract.accuracy.mean - 0.5).abs() < 1e-12);
+        // The headline is flexible-extract's 2/4 with its Wilson interval.
+        assert_eq!(r.estimate, Estimate::wilson(2, 4));
         assert!(r.items[1].flexible_correct && !r.items[1].strict_correct);
         assert!(score(&items, &completions[..3]).is_err());
     }

@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::error::{EvalError, Result};
-use crate::stats::median;
+use crate::stats::{median, Estimate};
 use crate::Message;
 
 /// Categories judged against reference answers (FastChat's `NEED_REF_CATS`).
@@ -448,6 +448,11 @@ pub struct MtBenchSummary {
     pub coverage: f64,
     /// `coverage >= MIN_COVERAGE`.
     pub valid: bool,
+    /// The headline: the mean of the scored (question, turn) items' scores (the overall score)
+    /// with mean ± 1.96 SE over those items ([`Estimate::mean_se`]); `None` when no item has a
+    /// score. What the runner reports as `mtbench_score`.
+    #[serde(default)]
+    pub estimate: Option<Estimate>,
 }
 
 /// Summarises judgments: per (question, turn) the median of the valid repeats, then means per
@@ -493,6 +498,8 @@ pub fn summarize(
         }
     };
     let all = group(&|_| true);
+    let item_scores: Vec<f64> = scored.iter().filter_map(|(_, _, s)| *s).collect();
+    let estimate = (!item_scores.is_empty()).then(|| Estimate::mean_se(&item_scores));
     let mut per_category = BTreeMap::new();
     for (cat, _, _) in &scored {
         if !per_category.contains_key(cat) {
@@ -513,6 +520,7 @@ pub fn summarize(
         all,
         per_category,
         status_counts,
+        estimate,
     }
 }
 
@@ -604,5 +612,9 @@ mod tests {
         assert_eq!(s.status_counts[&JudgmentStatus::OutOfRange], 1);
         assert!((s.coverage - 0.75).abs() < 1e-12);
         assert!(!s.valid);
+        // The headline is the mean over the 3 scored items, with its standard-error interval.
+        assert_eq!(s.estimate, Some(Estimate::mean_se(&[4.0, 7.0, 10.0])));
+        assert_eq!(s.estimate.unwrap().value, s.all.overall.unwrap());
+        assert_eq!(summarize(&[], "m", "judge", 1).estimate, None);
     }
 }

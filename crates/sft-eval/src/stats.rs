@@ -1,8 +1,157 @@
-//! Small statistics used by the reports: a seeded percentile bootstrap and the median.
+//! The workspace's one statistics module: every interval a report or `results.json` shows is
+//! computed here.
+//!
+//! [`Estimate`] is a point estimate with its 95% interval, its sample size and the [`Method`]
+//! that made the interval. Its constructors are the methods the evaluations use:
+//!
+//! | constructor | method tag | for |
+//! | --- | --- | --- |
+//! | [`Estimate::wilson`] | `wilson` | a proportion `k / n` (GSM8K accuracy, HumanEval pass@1) |
+//! | [`Estimate::mean_se`] | `mean_se` | a mean of per-item values, mean ± 1.96 standard errors (held-out loss, MT-Bench scores) |
+//! | [`Estimate::bootstrap`] | `bootstrap` | a mean with a seeded 95% percentile bootstrap ([`bootstrap_mean_ci`]) |
+//! | [`Estimate::paired_difference`] | `paired_mean_se` | the mean difference of paired values (two models on the same items), mean ± 1.96 SE of the differences |
+//!
+//! Besides: [`bootstrap_mean_ci`] (the bootstrap with its resample count and seed, as GSM8K's
+//! report writes per filter), [`percentile_sorted`] and [`median`].
 
 use rand_chacha::ChaCha8Rng;
 use rand_core::{RngCore, SeedableRng};
 use serde::{Deserialize, Serialize};
+
+use crate::error::{EvalError, Result};
+
+/// The standard normal's 97.5th percentile (`scipy.stats.norm.ppf(0.975)`), the Wilson
+/// interval's `z`.
+pub const Z95: f64 = 1.959_963_984_540_054;
+
+/// The multiplier of the standard error in [`Estimate::mean_se`] and
+/// [`Estimate::paired_difference`]: the conventional rounded 1.96.
+pub const SE_MULTIPLIER: f64 = 1.96;
+
+/// How an [`Estimate`]'s interval was computed (serialized in snake_case).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Method {
+    /// The 95% Wilson score interval of a proportion.
+    Wilson,
+    /// Mean ± 1.96 standard errors (sample standard deviation, `n - 1`).
+    MeanSe,
+    /// The 95% percentile bootstrap of the mean (seeded ChaCha8).
+    Bootstrap,
+    /// Mean ± 1.96 standard errors of paired differences.
+    PairedMeanSe,
+}
+
+/// A point estimate with its 95% interval and sample size: the headline of every task's report
+/// and, copied unchanged, a metric of `results.json` (`sft_run::Metric` is this type).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Estimate {
+    /// The point estimate.
+    pub value: f64,
+    /// Lower end of the 95% interval.
+    pub ci_low: f64,
+    /// Upper end of the 95% interval.
+    pub ci_high: f64,
+    /// How many items it is computed over.
+    pub n: usize,
+    /// How the interval was computed; absent in files written before it was recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub method: Option<Method>,
+}
+
+impl Estimate {
+    /// A proportion `k / n` with its 95% Wilson score interval (statsmodels'
+    /// `proportion_confint(k, n, method="wilson")`), clamped to `[0, 1]`. `n = 0` gives the
+    /// value 0 with the interval `[0, 1]`.
+    pub fn wilson(k: usize, n: usize) -> Estimate {
+        let method = Some(Method::Wilson);
+        if n == 0 {
+            return Estimate {
+                value: 0.0,
+                ci_low: 0.0,
+                ci_high: 1.0,
+                n,
+                method,
+            };
+        }
+        let z = Z95;
+        let nf = n as f64;
+        let p = k as f64 / nf;
+        let denom = 1.0 + z * z / nf;
+        let centre = (p + z * z / (2.0 * nf)) / denom;
+        let half = z * (p * (1.0 - p) / nf + z * z / (4.0 * nf * nf)).sqrt() / denom;
+        Estimate {
+            value: p,
+            ci_low: (centre - half).max(0.0),
+            ci_high: (centre + half).min(1.0),
+            n,
+            method,
+        }
+    }
+
+    /// The mean of `values` with mean ± 1.96 standard errors (sample standard deviation with
+    /// `n - 1`, as `scipy.stats.sem`; a single value has a zero-width interval). No values give
+    /// NaN everywhere.
+    pub fn mean_se(values: &[f64]) -> Estimate {
+        Self::mean_se_tagged(values, Method::MeanSe)
+    }
+
+    fn mean_se_tagged(values: &[f64], method: Method) -> Estimate {
+        let n = values.len();
+        if n == 0 {
+            return Estimate {
+                value: f64::NAN,
+                ci_low: f64::NAN,
+                ci_high: f64::NAN,
+                n,
+                method: Some(method),
+            };
+        }
+        let mean = values.iter().sum::<f64>() / n as f64;
+        let var = if n > 1 {
+            values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n as f64 - 1.0)
+        } else {
+            0.0
+        };
+        let half = SE_MULTIPLIER * (var / n as f64).sqrt();
+        Estimate {
+            value: mean,
+            ci_low: mean - half,
+            ci_high: mean + half,
+            n,
+            method: Some(method),
+        }
+    }
+
+    /// The mean of `values` with its 95% percentile bootstrap interval ([`bootstrap_mean_ci`]
+    /// with `resamples` draws and ChaCha8 `seed`).
+    pub fn bootstrap(values: &[f64], resamples: usize, seed: u64) -> Estimate {
+        let ci = bootstrap_mean_ci(values, resamples, seed);
+        Estimate {
+            value: ci.mean,
+            ci_low: ci.ci95_low,
+            ci_high: ci.ci95_high,
+            n: values.len(),
+            method: Some(Method::Bootstrap),
+        }
+    }
+
+    /// The mean of the paired differences `a[i] - b[i]` (e.g. two models scored on the same
+    /// items) with mean ± 1.96 standard errors of the differences. The pairing removes the
+    /// between-item variance an unpaired comparison of two intervals would carry.
+    /// Fails when the lengths differ.
+    pub fn paired_difference(a: &[f64], b: &[f64]) -> Result<Estimate> {
+        if a.len() != b.len() {
+            return Err(EvalError::Mismatch(format!(
+                "paired difference of {} and {} values",
+                a.len(),
+                b.len()
+            )));
+        }
+        let d: Vec<f64> = a.iter().zip(b).map(|(x, y)| x - y).collect();
+        Ok(Self::mean_se_tagged(&d, Method::PairedMeanSe))
+    }
+}
 
 /// A mean with its 95% percentile-bootstrap confidence interval.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -94,6 +243,88 @@ pub fn median(values: &[f64]) -> Option<f64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn close(a: f64, b: f64) -> bool {
+        (a - b).abs() < 1e-6
+    }
+
+    #[test]
+    fn wilson_matches_statsmodels() {
+        // statsmodels.stats.proportion.proportion_confint(8, 10, method="wilson")
+        //   → (0.490162, 0.943318)
+        let m = Estimate::wilson(8, 10);
+        assert_eq!((m.value, m.n, m.method), (0.8, 10, Some(Method::Wilson)));
+        assert!(
+            close(m.ci_low, 0.490_162) && close(m.ci_high, 0.943_318),
+            "{m:?}"
+        );
+        // proportion_confint(37, 50, method="wilson") → (0.604468, 0.841285)
+        let m = Estimate::wilson(37, 50);
+        assert!(
+            close(m.ci_low, 0.604_468) && close(m.ci_high, 0.841_285),
+            "{m:?}"
+        );
+        // proportion_confint(0, 5, method="wilson") → (0.0, 0.434482)
+        let z = Estimate::wilson(0, 5);
+        assert_eq!(z.ci_low, 0.0);
+        assert!(close(z.ci_high, 0.434_482), "{z:?}");
+        let e = Estimate::wilson(0, 0);
+        assert_eq!((e.value, e.ci_low, e.ci_high), (0.0, 0.0, 1.0));
+    }
+
+    #[test]
+    fn mean_se_matches_scipy_sem() {
+        // scipy.stats.sem([1, 2, 3, 4]) → 0.6454972243679028; 2.5 ± 1.96 · sem
+        let m = Estimate::mean_se(&[1.0, 2.0, 3.0, 4.0]);
+        assert_eq!((m.value, m.n, m.method), (2.5, 4, Some(Method::MeanSe)));
+        assert!((m.ci_low - 1.234_825_440_238_910_5).abs() < 1e-12, "{m:?}");
+        assert!((m.ci_high - 3.765_174_559_761_089_5).abs() < 1e-12, "{m:?}");
+        let one = Estimate::mean_se(&[3.0]);
+        assert_eq!((one.ci_low, one.ci_high), (3.0, 3.0));
+        assert!(Estimate::mean_se(&[]).value.is_nan());
+    }
+
+    #[test]
+    fn paired_difference_is_the_interval_of_the_differences() {
+        // d = [0.2, 0.15, -0.05, 0.1, 0.0]: mean 0.08, scipy.stats.sem(d) → 0.0463680924774785
+        let a = [0.9, 0.8, 0.75, 0.6, 0.7];
+        let b = [0.7, 0.65, 0.8, 0.5, 0.7];
+        let d = Estimate::paired_difference(&a, &b).unwrap();
+        assert_eq!((d.n, d.method), (5, Some(Method::PairedMeanSe)));
+        assert!((d.value - 0.08).abs() < 1e-12, "{d:?}");
+        assert!(
+            (d.ci_low - (0.08 - 1.96 * 0.046_368_092_477_478_5)).abs() < 1e-12,
+            "{d:?}"
+        );
+        assert!(
+            (d.ci_high - (0.08 + 1.96 * 0.046_368_092_477_478_5)).abs() < 1e-12,
+            "{d:?}"
+        );
+        assert!(Estimate::paired_difference(&a, &b[..4]).is_err());
+    }
+
+    #[test]
+    fn bootstrap_estimate_is_the_bootstrap_interval() {
+        let values: Vec<f64> = (0..40).map(|i| f64::from(i % 3 == 0)).collect();
+        let ci = bootstrap_mean_ci(&values, 500, 9);
+        let e = Estimate::bootstrap(&values, 500, 9);
+        assert_eq!(
+            (e.value, e.ci_low, e.ci_high),
+            (ci.mean, ci.ci95_low, ci.ci95_high)
+        );
+        assert_eq!((e.n, e.method), (40, Some(Method::Bootstrap)));
+    }
+
+    #[test]
+    fn the_method_tag_is_additive_in_json() {
+        let e = Estimate::wilson(1, 2);
+        let v = serde_json::to_value(e).unwrap();
+        assert_eq!(v["method"], "wilson");
+        let old: Estimate =
+            serde_json::from_str(r#"{"value":0.5,"ci_low":0.1,"ci_high":0.9,"n":2}"#).unwrap();
+        assert_eq!(old.method, None);
+        assert_eq!(serde_json::from_value::<Estimate>(v).unwrap(), e);
+    }
 
     #[test]
     fn bootstrap_brackets_the_mean_and_is_reproducible() {

@@ -14,21 +14,27 @@
 //!   `model_answer` JSONL, then single-answer grading by the OpenAI-compatible judge through
 //!   `sft-eval` (judgments cached, so a rerun after a judge outage only sends what is missing).
 //!   Without a judge the task is reported as not evaluated.
+//!
+//! One [`Backend::evaluate`] call loads the model at most once (on first use, in the resolved
+//! `[run.eval] dtype`: bf16 on CUDA and f32 on the CPU for `auto`) and serves every task it is
+//! given; each task's report carries its headline `estimate` (`sft_eval::Estimate`) and the
+//! `dtype`, and that estimate is the metric handed to the runner.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use serde_json::json;
 use sft_chat::{ChatTemplate, ChatTokenizer};
 use sft_eval::sandbox::{Sandbox, SandboxConfig};
+use sft_eval::Estimate;
 use sft_llama::{GenerationConfig, Llama, TokenizerCodec};
 use sft_record::Message;
 use sft_train::{TemplateEncoder, TrainConfig};
 
 use sft_run::files::write_json;
-use sft_run::{Backend, EvalRequest, Metric, Task, TrainReport, TrainRequest};
+use sft_run::{Backend, EvalDtype, EvalRequest, Metric, Task, TaskDone, TrainReport, TrainRequest};
 use sft_run::{BackendError, EvalSettings, RunSettings};
 
 use crate::error::{Error, Result};
@@ -73,6 +79,8 @@ impl LocalOptions {
 pub struct LocalBackend {
     pub(crate) opts: LocalOptions,
     tokenizer: ChatTokenizer,
+    /// Models loaded for evaluation so far ([`LocalBackend::eval_model_loads`]).
+    eval_loads: AtomicUsize,
 }
 
 impl LocalBackend {
@@ -83,7 +91,18 @@ impl LocalBackend {
                 context: format!("tokenizer of {}", opts.tokenizer_from.display()),
                 source: e.into(),
             })?;
-        Ok(LocalBackend { opts, tokenizer })
+        Ok(LocalBackend {
+            opts,
+            tokenizer,
+            eval_loads: AtomicUsize::new(0),
+        })
+    }
+
+    /// How many times this backend has loaded a model from disk for evaluation: at most once
+    /// per [`Backend::evaluate`] call, whatever the number of tasks (none when every task it
+    /// was given needs no model, e.g. MT-Bench re-judging stored answers).
+    pub fn eval_model_loads(&self) -> usize {
+        self.eval_loads.load(Ordering::Relaxed)
     }
 
     fn template(&self, name: &str) -> Result<ChatTemplate> {
@@ -100,13 +119,6 @@ impl LocalBackend {
             self.template(name)?,
             &self.opts.tokenizer_from,
         ))
-    }
-
-    fn load(&self, path: &Path) -> Result<sft_llama::LoadedModel> {
-        sft_llama::load_model(path, self.opts.device, tch::Kind::Float).map_err(|e| Error::Model {
-            context: format!("loading {}", path.display()),
-            source: e.into(),
-        })
     }
 
     /// Token ids that end a generation: the model's EOS ids, the tokenizer's EOS and the
@@ -145,7 +157,7 @@ impl LocalBackend {
         req.final_stage_train.cloned().unwrap_or_default()
     }
 
-    fn eval_gsm8k(&self, req: &EvalRequest<'_>) -> Result<Option<Metric>> {
+    fn eval_gsm8k(&self, req: &EvalRequest<'_>, model: &mut EvalModel) -> Result<Option<Metric>> {
         let s = req.settings;
         if s.gsm8k == 0 {
             return Ok(None);
@@ -166,7 +178,7 @@ impl LocalBackend {
                 )
             })
             .collect::<Result<Vec<String>>>()?;
-        let loaded = self.load(req.model)?;
+        let llama = model.get(self)?;
         let codec = TokenizerCodec {
             tokenizer: &self.tokenizer,
             add_special_tokens: template.adds_special_tokens(),
@@ -174,22 +186,25 @@ impl LocalBackend {
         let gen = self.generation(
             GenerationConfig::greedy(s.gsm8k_max_new_tokens),
             s,
-            &loaded.model,
+            llama,
             sft_eval::gsm8k::FEWSHOT_STOP,
         );
-        let out = sft_llama::generate(&loaded.model, &codec, &prompts, &gen)
-            .map_err(|e| err(e.into()))?;
+        let out = sft_llama::generate(llama, &codec, &prompts, &gen).map_err(|e| err(e.into()))?;
         let completions: Vec<String> = out.generations.iter().map(|g| g.text.clone()).collect();
         let report = sft_eval::gsm8k::score(&items, &completions).map_err(|e| err(e.into()))?;
         write_json(
             &req.out_dir.join("gsm8k.report.json"),
-            &json!({"template": cfg.template, "generation": out.stats, "report": report}),
+            &json!({"estimate": report.estimate, "dtype": model.dtype, "template": cfg.template,
+                    "generation": out.stats, "report": report}),
         )?;
-        let correct = report.flexible_extract.correct;
-        Ok(Some(Metric::wilson(correct, report.n)))
+        Ok(Some(report.estimate))
     }
 
-    fn eval_humaneval(&self, req: &EvalRequest<'_>) -> Result<Option<Metric>> {
+    fn eval_humaneval(
+        &self,
+        req: &EvalRequest<'_>,
+        model: &mut EvalModel,
+    ) -> Result<Option<Metric>> {
         let s = req.settings;
         if s.humaneval == 0 {
             return Ok(None);
@@ -199,7 +214,7 @@ impl LocalBackend {
         let mut problems = sft_eval::humaneval::load_problems(&path).map_err(|e| err(e.into()))?;
         problems.truncate(s.humaneval);
         let sandbox = Sandbox::new(self.opts.sandbox.clone()).map_err(|e| err(e.into()))?;
-        let loaded = self.load(req.model)?;
+        let llama = model.get(self)?;
         // Raw continuation of the prompt, as human-eval specifies; the tokenizer adds BOS if it uses one.
         let codec = TokenizerCodec {
             tokenizer: &self.tokenizer,
@@ -209,12 +224,10 @@ impl LocalBackend {
         let gen = self.generation(
             GenerationConfig::greedy(s.humaneval_max_new_tokens),
             s,
-            &loaded.model,
+            llama,
             sft_eval::humaneval::STOP_SEQUENCES,
         );
-        let out = sft_llama::generate(&loaded.model, &codec, &prompts, &gen)
-            .map_err(|e| err(e.into()))?;
-        drop(loaded);
+        let out = sft_llama::generate(llama, &codec, &prompts, &gen).map_err(|e| err(e.into()))?;
         let samples: Vec<sft_eval::humaneval::Sample> = problems
             .iter()
             .zip(&out.generations)
@@ -231,15 +244,17 @@ impl LocalBackend {
                 .map_err(|e| err(e.into()))?;
         let passed = results.iter().filter(|(r, _)| r.passed).count();
         let rows: Vec<_> = results.iter().map(|(r, _)| r.clone()).collect();
+        // One greedy sample per problem: pass@1 is a proportion.
+        let estimate = Estimate::wilson(passed, rows.len());
         write_json(
             &req.out_dir.join("humaneval.report.json"),
-            &json!({"generation": out.stats, "passed": passed, "n": rows.len(), "results": rows,
+            &json!({"estimate": estimate, "dtype": model.dtype, "generation": out.stats, "passed": passed, "n": rows.len(), "results": rows,
                     "sandbox": sandbox.describe()}),
         )?;
-        Ok(Some(Metric::wilson(passed, rows.len())))
+        Ok(Some(estimate))
     }
 
-    fn eval_heldout(&self, req: &EvalRequest<'_>) -> Result<Option<Metric>> {
+    fn eval_heldout(&self, req: &EvalRequest<'_>, model: &mut EvalModel) -> Result<Option<Metric>> {
         if req.heldout.is_empty() {
             return Ok(None);
         }
@@ -257,22 +272,21 @@ impl LocalBackend {
         if examples.is_empty() {
             return Err(err("no held-out conversation could be tokenized".into()));
         }
-        let loaded = self.load(req.model)?;
+        let llama = model.get(self)?;
         let mut per = Vec::with_capacity(examples.len());
         let mut total = 0.0;
         let mut tokens = 0u64;
         for ex in &examples {
-            let l =
-                sft_train::eval_loss(&loaded.model, std::slice::from_ref(ex), 1, self.opts.device)
-                    .map_err(|e| err(e.into()))?;
+            let l = sft_train::eval_loss(llama, std::slice::from_ref(ex), 1, self.opts.device)
+                .map_err(|e| err(e.into()))?;
             per.push(l.mean);
             total += l.mean * l.target_tokens as f64;
             tokens += l.target_tokens;
         }
-        let metric = Metric::mean_normal(&per);
+        let metric = Estimate::mean_se(&per);
         write_json(
             &req.out_dir.join("general_heldout_loss.report.json"),
-            &json!({"template": cfg.template, "max_len": cfg.max_len, "data": report,
+            &json!({"estimate": metric, "dtype": model.dtype, "template": cfg.template, "max_len": cfg.max_len, "data": report,
                     "mean_per_conversation": metric.value, "mean_per_token": total / tokens.max(1) as f64,
                     "target_tokens": tokens,
                     "per_conversation": examples.iter().zip(&per).map(|(e, l)| json!({"id": e.record_id, "loss": l})).collect::<Vec<_>>()}),
@@ -282,7 +296,7 @@ impl LocalBackend {
 }
 
 impl LocalBackend {
-    fn eval_mtbench(&self, req: &EvalRequest<'_>) -> Result<Option<Metric>> {
+    fn eval_mtbench(&self, req: &EvalRequest<'_>, model: &mut EvalModel) -> Result<Option<Metric>> {
         use sft_eval::mtbench;
         let s = req.settings;
         let Some(judge) = &s.judge else {
@@ -310,7 +324,8 @@ impl LocalBackend {
         let answers_path = out.join("model_answer.jsonl");
         let meta_path = out.join("model_answer.meta.json");
         let meta = json!({"model": req.model, "template": cfg.template, "questions": questions.len(),
-                          "max_new_tokens": s.mtbench_max_new_tokens, "seed": req.seed});
+                          "max_new_tokens": s.mtbench_max_new_tokens, "seed": req.seed,
+                          "dtype": model.dtype});
         let reuse = answers_path.exists()
             && sft_run::files::read_json::<serde_json::Value>(&meta_path).ok()
                 == Some(meta.clone());
@@ -318,7 +333,7 @@ impl LocalBackend {
             tracing::info!(path = %answers_path.display(), "reusing MT-Bench answers");
             sft_eval::io::read_jsonl(&answers_path).map_err(|e| err(e.into()))?
         } else {
-            let a = self.mtbench_answers(&questions, &cfg.template, &model_id, req)?;
+            let a = self.mtbench_answers(&questions, &cfg.template, &model_id, req, model)?;
             sft_eval::io::write_jsonl(&answers_path, &a).map_err(|e| err(e.into()))?;
             write_json(&meta_path, &meta)?;
             a
@@ -345,7 +360,7 @@ impl LocalBackend {
         let summary = mtbench::summarize(&judgments, &model_id, &judge.model, judge.repeats);
         write_json(
             &req.out_dir.join("mtbench.report.json"),
-            &json!({"template": cfg.template, "judge": {"base_url": judge.base_url, "model": judge.model},
+            &json!({"estimate": summary.estimate, "dtype": model.dtype, "template": cfg.template, "judge": {"base_url": judge.base_url, "model": judge.model},
                     "client": client.stats(), "summary": summary}),
         )?;
         if !summary.valid {
@@ -362,21 +377,9 @@ impl LocalBackend {
             .into()));
         }
         // The score of a (question, turn) is the median of its valid judgments; the metric is
-        // their mean, as FastChat's `show_result.py` averages over both turns.
-        let mut items: BTreeMap<(u64, u8), Vec<f64>> = BTreeMap::new();
-        for j in &judgments {
-            if j.status == mtbench::JudgmentStatus::Ok {
-                items
-                    .entry((j.question_id, j.turn))
-                    .or_default()
-                    .push(j.score);
-            }
-        }
-        let scores: Vec<f64> = items
-            .values()
-            .filter_map(|v| sft_eval::stats::median(v))
-            .collect();
-        Ok(Some(Metric::mean_normal(&scores)))
+        // their mean, as FastChat's `show_result.py` averages over both turns (the summary's
+        // headline, `Some` since the coverage check passed).
+        Ok(summary.estimate)
     }
 
     /// Two-turn answers with FastChat's per-category temperatures (greedy below 1e-4).
@@ -386,12 +389,13 @@ impl LocalBackend {
         template_name: &str,
         model_id: &str,
         req: &EvalRequest<'_>,
+        model: &mut EvalModel,
     ) -> Result<Vec<sft_eval::mtbench::ModelAnswer>> {
         use sft_eval::mtbench;
         let s = req.settings;
         let err = eval_err("mtbench");
         let template = self.template(template_name)?;
-        let loaded = self.load(req.model)?;
+        let llama = model.get(self)?;
         let codec = TokenizerCodec {
             tokenizer: &self.tokenizer,
             add_special_tokens: template.adds_special_tokens(),
@@ -435,8 +439,8 @@ impl LocalBackend {
                         req.seed ^ ((turn as u64) << 32),
                     )
                 };
-                let gen = self.generation(sampling, s, &loaded.model, &[]);
-                let out = sft_llama::generate(&loaded.model, &codec, &prompts, &gen)
+                let gen = self.generation(sampling, s, llama, &[]);
+                let out = sft_llama::generate(llama, &codec, &prompts, &gen)
                     .map_err(|e| err(e.into()))?;
                 for (&i, g) in idx.iter().zip(&out.generations) {
                     answers[i].push(g.text.trim().to_string());
@@ -448,6 +452,49 @@ impl LocalBackend {
             .zip(answers)
             .map(|(q, a)| mtbench::ModelAnswer::new(q.question_id, model_id, a))
             .collect())
+    }
+}
+
+/// The model under evaluation, loaded from disk on first use (in `dtype`) and shared by every
+/// task of one [`Backend::evaluate`] call.
+struct EvalModel {
+    path: PathBuf,
+    dtype: EvalDtype,
+    loaded: Option<sft_llama::LoadedModel>,
+}
+
+impl EvalModel {
+    fn new(path: &Path, dtype: EvalDtype) -> EvalModel {
+        EvalModel {
+            path: path.to_path_buf(),
+            dtype,
+            loaded: None,
+        }
+    }
+
+    /// The model, loading it (and counting the load) the first time.
+    fn get(&mut self, backend: &LocalBackend) -> Result<&Llama> {
+        if self.loaded.is_none() {
+            let kind = match self.dtype {
+                EvalDtype::Bf16 => tch::Kind::BFloat16,
+                EvalDtype::F32 | EvalDtype::Auto => tch::Kind::Float,
+            };
+            let loaded =
+                sft_llama::load_model(&self.path, backend.opts.device, kind).map_err(|e| {
+                    Error::Model {
+                        context: format!(
+                            "loading {} ({}) for evaluation",
+                            self.path.display(),
+                            self.dtype
+                        ),
+                        source: e.into(),
+                    }
+                })?;
+            backend.eval_loads.fetch_add(1, Ordering::Relaxed);
+            tracing::info!(model = %self.path.display(), dtype = %self.dtype, "model loaded for evaluation");
+            self.loaded = Some(loaded);
+        }
+        Ok(&self.loaded.as_ref().expect("loaded above").model)
     }
 }
 
@@ -501,20 +548,40 @@ impl Backend for LocalBackend {
         Ok(self.train_stage(req)?)
     }
 
-    fn evaluate(&self, task: Task, req: &EvalRequest<'_>) -> Result<Option<Metric>, BackendError> {
-        Ok(self.evaluate_task(task, req)?)
+    fn eval_dtype(&self, requested: EvalDtype) -> EvalDtype {
+        requested.resolve(self.opts.device.is_cuda())
+    }
+
+    fn evaluate(
+        &self,
+        req: &EvalRequest<'_>,
+        tasks: &[Task],
+        done: &mut TaskDone<'_>,
+    ) -> Result<(), BackendError> {
+        std::fs::create_dir_all(req.out_dir).map_err(Error::io("create", req.out_dir))?;
+        // Loaded on first use and kept for every task: one load per evaluation.
+        let mut model = EvalModel::new(req.model, self.eval_dtype(req.dtype));
+        for &task in tasks {
+            let metric = self.evaluate_task(task, req, &mut model)?;
+            done(task, metric).map_err(Error::Run)?;
+        }
+        Ok(())
     }
 }
 
 impl LocalBackend {
-    /// [`Backend::evaluate`] with this crate's error.
-    fn evaluate_task(&self, task: Task, req: &EvalRequest<'_>) -> Result<Option<Metric>> {
-        std::fs::create_dir_all(req.out_dir).map_err(Error::io("create", req.out_dir))?;
+    /// One task of [`Backend::evaluate`], with this crate's error.
+    fn evaluate_task(
+        &self,
+        task: Task,
+        req: &EvalRequest<'_>,
+        model: &mut EvalModel,
+    ) -> Result<Option<Metric>> {
         match task {
-            Task::Gsm8k => self.eval_gsm8k(req),
-            Task::HumanEval => self.eval_humaneval(req),
-            Task::GeneralHeldoutLoss => self.eval_heldout(req),
-            Task::MtBench => self.eval_mtbench(req),
+            Task::Gsm8k => self.eval_gsm8k(req, model),
+            Task::HumanEval => self.eval_humaneval(req, model),
+            Task::GeneralHeldoutLoss => self.eval_heldout(req, model),
+            Task::MtBench => self.eval_mtbench(req, model),
         }
     }
 }

@@ -187,7 +187,13 @@ fn mtbench_is_answered_judged_reported_and_survives_a_judge_outage() {
     // 2. The judge is back: the stage is reused, the answers are not regenerated, 8 calls go
     //    out, and the score is the mean over (question, turn) items.
     judge.down.store(false, Ordering::Relaxed);
-    let r = run_plan(&plan, &settings, &opts, &backend()).unwrap();
+    let rejudge = backend();
+    let r = run_plan(&plan, &settings, &opts, &rejudge).unwrap();
+    assert_eq!(
+        rejudge.eval_model_loads(),
+        0,
+        "the held-out loss was kept from the failed run and the answers are reused: no model load"
+    );
     assert!(r.stages[0].reused);
     assert_eq!(judge.requests.load(Ordering::Relaxed), 16);
     assert_eq!(
@@ -209,6 +215,13 @@ fn mtbench_is_answered_judged_reported_and_survives_a_judge_outage() {
         &std::fs::read_to_string(opts.run_dir.join("eval/mtbench.report.json")).unwrap(),
     )
     .unwrap();
+    assert_eq!(report["estimate"], report["summary"]["estimate"]);
+    assert_eq!(
+        serde_json::to_value(m).unwrap(),
+        report["estimate"],
+        "results.json's metric is the report's estimate"
+    );
+    assert_eq!(report["estimate"]["method"], "mean_se");
     assert_eq!(report["summary"]["all"]["turn1"], 6.0);
     assert_eq!(report["summary"]["all"]["turn2"], 8.0);
     let table = sft_run::table::render(&[sft_run::table::Row {

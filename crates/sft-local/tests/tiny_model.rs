@@ -48,7 +48,13 @@ fn two_stage_plan_trains_evaluates_reuses_and_resumes() {
 
     // 1. A full run.
     let o = opts(tmp.path(), "full");
-    let r = run_plan(&plan, &settings, &o, &backend(None)).unwrap();
+    let first = backend(None);
+    let r = run_plan(&plan, &settings, &o, &first).unwrap();
+    assert_eq!(
+        first.eval_model_loads(),
+        1,
+        "one model load serves every evaluation task"
+    );
     assert_eq!(r.stages.len(), 2);
     assert!(r.stages.iter().all(|s| !s.reused));
     for s in &r.stages {
@@ -107,17 +113,33 @@ fn two_stage_plan_trains_evaluates_reuses_and_resumes() {
             && loss.value <= loss.ci_high
     );
     assert!(!r.metrics.contains_key("mtbench_score"));
-    for f in [
-        "eval/gsm8k.report.json",
-        "eval/humaneval.report.json",
-        "eval/general_heldout_loss.report.json",
+    // results.json carries exactly each report's headline estimate, its method and the dtype.
+    let results: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(o.run_dir.join("results.json")).unwrap())
+            .unwrap();
+    for (task, metric, method) in [
+        ("gsm8k", "gsm8k_acc", "wilson"),
+        ("humaneval", "humaneval_pass@1", "wilson"),
+        ("general_heldout_loss", "general_heldout_loss", "mean_se"),
     ] {
-        assert!(o.run_dir.join(f).exists(), "{f} missing");
+        let path = o.run_dir.join(format!("eval/{task}.report.json"));
+        let report: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        assert_eq!(report["estimate"], results["metrics"][metric], "{task}");
+        assert_eq!(report["estimate"]["method"], method, "{task}");
+        assert_eq!(report["dtype"], "f32", "{task}: auto on the CPU");
     }
+    let gsm8k: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(o.run_dir.join("eval/gsm8k.report.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(gsm8k["report"]["estimate"], gsm8k["estimate"]);
 
     // 2. A rerun trains and evaluates nothing: the stage weights are untouched.
     let before = mtime(&r.stages[1].store_dir.join("model/model.safetensors"));
-    let r2 = run_plan(&plan, &settings, &o, &backend(None)).unwrap();
+    let second = backend(None);
+    let r2 = run_plan(&plan, &settings, &o, &second).unwrap();
+    assert_eq!(second.eval_model_loads(), 0, "every metric is cached");
     assert!(r2.stages.iter().all(|s| s.reused));
     assert_eq!(r2.metrics, r.metrics);
     assert_eq!(
@@ -243,4 +265,48 @@ fn stages_keep_optimizer_state_only_when_the_next_stage_carries_it() {
         w(&restart),
         "carrying the moments changes stage 2's updates"
     );
+}
+
+/// `[run.eval] dtype`: `auto` is f32 on the CPU; `bf16` loads the model in bf16 (once), is
+/// recorded in the reports and evaluates again instead of reusing the f32 metrics, and the
+/// held-out loss stays close to the f32 one.
+#[test]
+fn the_eval_dtype_is_used_recorded_and_part_of_the_cache_key() {
+    tch::manual_seed(0);
+    let (mut plan, mut settings) =
+        sft_run::load_plan_file(&workspace().join("fixtures/plans/two-stage-tiny.toml")).unwrap();
+    plan.stages.truncate(1);
+    settings.eval.humaneval = 0;
+    let tmp = tempfile::tempdir().unwrap();
+    let o = opts(tmp.path(), "dtype");
+    let report = |task: &str| -> serde_json::Value {
+        let p = o.run_dir.join(format!("eval/{task}.report.json"));
+        serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
+    };
+
+    let f32_backend = backend(None);
+    let f32_run = run_plan(&plan, &settings, &o, &f32_backend).unwrap();
+    assert_eq!(f32_backend.eval_model_loads(), 1);
+    assert_eq!(report("general_heldout_loss")["dtype"], "f32");
+
+    settings.eval.dtype = sft_run::EvalDtype::Bf16;
+    let bf16_backend = backend(None);
+    let bf16_run = run_plan(&plan, &settings, &o, &bf16_backend).unwrap();
+    assert_eq!(
+        bf16_backend.eval_model_loads(),
+        1,
+        "evaluated again, one load"
+    );
+    for task in ["gsm8k", "general_heldout_loss"] {
+        assert_eq!(report(task)["dtype"], "bf16", "{task}");
+    }
+    let (a, b) = (
+        f32_run.metrics["general_heldout_loss"].value,
+        bf16_run.metrics["general_heldout_loss"].value,
+    );
+    assert!(
+        b.is_finite() && (a - b).abs() < 0.1 * a,
+        "f32 {a} vs bf16 {b}"
+    );
+    assert_eq!(bf16_run.metrics["gsm8k_acc"].n, 2);
 }

@@ -1,4 +1,5 @@
-//! What the runner needs from a model stack: train one stage, evaluate one task.
+//! What the runner needs from a model stack: train one stage, evaluate a final model on a set
+//! of tasks.
 //!
 //! `sft_local::LocalBackend` (crate `sft-local`) implements it with `sft-llama`, `sft-train`,
 //! `sft-chat` and `sft-eval` on a `tch::Device`. The trait keeps the orchestration (keys, store,
@@ -13,8 +14,8 @@ use serde::{Deserialize, Serialize};
 use sft_compose::Record;
 use sft_schedule::{Stage, TrainConfig};
 
-use crate::error::BackendError;
-use crate::settings::EvalSettings;
+use crate::error::{BackendError, Error};
+use crate::settings::{EvalDtype, EvalSettings};
 
 /// One stage to train.
 #[derive(Debug, Clone, Copy)]
@@ -104,70 +105,10 @@ impl fmt::Display for Task {
     }
 }
 
-/// One metric with its 95% interval and sample size.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-pub struct Metric {
-    /// The point estimate.
-    pub value: f64,
-    /// Lower end of the 95% interval.
-    pub ci_low: f64,
-    /// Upper end of the 95% interval.
-    pub ci_high: f64,
-    /// How many items it is computed over.
-    pub n: usize,
-}
-
-impl Metric {
-    /// A proportion `k / n` with its 95% Wilson score interval.
-    pub fn wilson(k: usize, n: usize) -> Metric {
-        if n == 0 {
-            return Metric {
-                value: 0.0,
-                ci_low: 0.0,
-                ci_high: 1.0,
-                n,
-            };
-        }
-        let z = 1.959_963_984_540_054_f64;
-        let nf = n as f64;
-        let p = k as f64 / nf;
-        let denom = 1.0 + z * z / nf;
-        let centre = (p + z * z / (2.0 * nf)) / denom;
-        let half = z * (p * (1.0 - p) / nf + z * z / (4.0 * nf * nf)).sqrt() / denom;
-        Metric {
-            value: p,
-            ci_low: (centre - half).max(0.0),
-            ci_high: (centre + half).min(1.0),
-            n,
-        }
-    }
-
-    /// The mean of `values` with mean ± 1.96 standard errors.
-    pub fn mean_normal(values: &[f64]) -> Metric {
-        let n = values.len();
-        if n == 0 {
-            return Metric {
-                value: f64::NAN,
-                ci_low: f64::NAN,
-                ci_high: f64::NAN,
-                n,
-            };
-        }
-        let mean = values.iter().sum::<f64>() / n as f64;
-        let var = if n > 1 {
-            values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n as f64 - 1.0)
-        } else {
-            0.0
-        };
-        let half = 1.96 * (var / n as f64).sqrt();
-        Metric {
-            value: mean,
-            ci_low: mean - half,
-            ci_high: mean + half,
-            n,
-        }
-    }
-}
+/// One metric with its 95% interval, sample size and interval method: `sft-eval`'s
+/// [`sft_eval::Estimate`], the headline a task's report carries, copied unchanged into
+/// `results.json` (constructors in [`sft_eval::stats`]).
+pub type Metric = sft_eval::Estimate;
 
 /// One evaluation to run on a final model.
 #[derive(Debug, Clone, Copy)]
@@ -187,7 +128,15 @@ pub struct EvalRequest<'a> {
     /// The last stage's resolved trainer config (its chat template and `max_len` apply to
     /// evaluation); `None` for a model no stage trained (the trainer defaults apply).
     pub final_stage_train: Option<&'a TrainConfig>,
+    /// The dtype to load the model in: `settings.dtype` resolved by [`Backend::eval_dtype`]
+    /// (the runner never passes [`EvalDtype::Auto`]; a backend given it resolves it itself).
+    pub dtype: EvalDtype,
 }
+
+/// What [`Backend::evaluate`] calls with each task's result as soon as that task is done
+/// (`None`: not configured). The runner caches the result there, so a failure in a later task
+/// keeps it; an error it returns stops the evaluation and must be returned (wrapped).
+pub type TaskDone<'a> = dyn FnMut(Task, Option<Metric>) -> Result<(), Error> + 'a;
 
 /// Trains stages and evaluates models.
 pub trait Backend {
@@ -206,34 +155,22 @@ pub trait Backend {
     /// An error says its [`crate::ErrorKind`] (an interruption is [`crate::ErrorKind::Interrupted`]).
     fn train(&self, req: &TrainRequest<'_>) -> Result<TrainReport, BackendError>;
 
-    /// Evaluates one task, writing its report under `req.out_dir`; `None` when the task is not
-    /// configured (e.g. MT-Bench without a judge, or a size of 0).
-    /// An error's context names the task (`evaluating gsm8k`).
-    fn evaluate(&self, task: Task, req: &EvalRequest<'_>) -> Result<Option<Metric>, BackendError>;
-}
+    /// The dtype an evaluation asking for `requested` runs in on this backend's device
+    /// (never [`EvalDtype::Auto`]: see [`EvalDtype::resolve`]). The runner puts it in the
+    /// [`EvalRequest`] and in the cached metrics' key.
+    fn eval_dtype(&self, requested: EvalDtype) -> EvalDtype;
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn wilson_interval_matches_reference_values() {
-        // 8/10: Wilson 95% interval (0.4902, 0.9433) (e.g. statsmodels proportion_confint, method="wilson").
-        let m = Metric::wilson(8, 10);
-        assert!((m.value - 0.8).abs() < 1e-12);
-        assert!((m.ci_low - 0.4902).abs() < 1e-4, "{m:?}");
-        assert!((m.ci_high - 0.9433).abs() < 1e-4, "{m:?}");
-        let z = Metric::wilson(0, 5);
-        assert_eq!(z.ci_low, 0.0);
-        assert!(z.ci_high > 0.4 && z.ci_high < 0.45, "{z:?}");
-    }
-
-    #[test]
-    fn mean_interval_is_symmetric_standard_error() {
-        let m = Metric::mean_normal(&[1.0, 2.0, 3.0, 4.0]);
-        assert_eq!(m.value, 2.5);
-        let se = (1.666_666_666_666_666_7f64 / 4.0).sqrt();
-        assert!((m.ci_high - (2.5 + 1.96 * se)).abs() < 1e-12);
-        assert_eq!(m.n, 4);
-    }
+    /// Evaluates the model `req.model` on `tasks` (distinct, in [`Task::ALL`] order), loading it
+    /// at most once for all of them. For each task, in order, it writes the task's report under
+    /// `req.out_dir` (its headline [`Metric`] in the report's `estimate` field) and calls
+    /// `done(task, metric)` before starting the next one; `None` when the task is not
+    /// configured (e.g. MT-Bench without a judge, or a size of 0). It returns after the last
+    /// task, or at the first failure (a task's error, whose context names the task, or the
+    /// error `done` returned), having reported the tasks finished before it.
+    fn evaluate(
+        &self,
+        req: &EvalRequest<'_>,
+        tasks: &[Task],
+        done: &mut TaskDone<'_>,
+    ) -> Result<(), BackendError>;
 }

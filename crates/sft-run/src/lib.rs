@@ -37,14 +37,14 @@ mod runner;
 mod settings;
 pub mod table;
 
-pub use backend::{Backend, EvalRequest, Metric, Task, TrainReport, TrainRequest};
+pub use backend::{Backend, EvalRequest, Metric, Task, TaskDone, TrainReport, TrainRequest};
 pub use error::{mentions_oom, BackendError, BoxError, Error, ErrorKind, Result};
 pub use runner::{
     run_plan, RunOptions, RunResults, StageDone, StageResult, Status, RESULTS_FORMAT_VERSION,
 };
 pub use settings::{
-    default_sources, DataSettings, EvalSettings, JudgeSettings, RunSettings, SourceSettings,
-    StaleStages,
+    default_sources, DataSettings, EvalDtype, EvalSettings, JudgeSettings, RunSettings,
+    SourceSettings, StaleStages,
 };
 
 use std::path::Path;

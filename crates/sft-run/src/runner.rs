@@ -326,7 +326,7 @@ fn run_inner(
 
     let final_key = keys.last().map(|k| k.key.clone()).unwrap_or_default();
     let eval_dir = run_dir.join("eval");
-    let mut metrics = BTreeMap::new();
+    let dtype = backend.eval_dtype(settings.eval.dtype);
     let req = EvalRequest {
         model: &prev_model,
         data_dir: &opts.data_dir,
@@ -335,39 +335,9 @@ fn run_inner(
         out_dir: &eval_dir,
         seed: settings.seed,
         final_stage_train: plan.stages.last().map(|s| &s.config),
+        dtype,
     };
-    let eval_settings = json!({"eval": settings.eval, "heldout": pools.heldout.iter().map(|r| r.id.clone()).collect::<Vec<_>>()});
-    for task in Task::ALL {
-        let cache_path = eval_dir.join(format!("{}.metric.json", task.file_name()));
-        let cached: Option<CachedMetric> = if cache_path.exists() {
-            read_json(&cache_path).ok()
-        } else {
-            None
-        };
-        let metric = match cached {
-            Some(c) if c.model_key == final_key && c.settings == eval_settings => {
-                tracing::info!(%task, "evaluation already done for this model: reusing");
-                c.metric
-            }
-            _ => {
-                let t0 = Instant::now();
-                let m = backend.evaluate(task, &req)?;
-                tracing::info!(%task, seconds = t0.elapsed().as_secs_f64(), metric = ?m, "evaluated");
-                write_json(
-                    &cache_path,
-                    &CachedMetric {
-                        model_key: final_key.clone(),
-                        settings: eval_settings.clone(),
-                        metric: m,
-                    },
-                )?;
-                m
-            }
-        };
-        if let Some(m) = metric {
-            metrics.insert(task.metric_name().to_string(), m);
-        }
-    }
+    let metrics = evaluate(backend, &req, &final_key, &pools)?;
     provenance.insert("finished_unix".into(), json!(now_unix()));
     write_json(&run_dir.join("provenance.json"), &provenance)?;
     Ok(RunResults {
@@ -377,6 +347,84 @@ fn run_inner(
         stages,
         provenance,
     })
+}
+
+/// The final model's metrics: the cached ones (`eval/<task>.metric.json`, valid for this
+/// model key, evaluation settings, held-out set and resolved dtype), and one
+/// [`Backend::evaluate`] call for every task that is not cached, which caches each task's
+/// metric as soon as it is reported (so a failure in a later task keeps it).
+fn evaluate(
+    backend: &dyn Backend,
+    req: &EvalRequest<'_>,
+    final_key: &str,
+    pools: &Pools,
+) -> Result<BTreeMap<String, Metric>> {
+    let eval_settings = json!({
+        "eval": req.settings,
+        "heldout": pools.heldout.iter().map(|r| r.id.clone()).collect::<Vec<_>>(),
+        "dtype": req.dtype,
+    });
+    let cache_path = |task: Task| {
+        req.out_dir
+            .join(format!("{}.metric.json", task.file_name()))
+    };
+    let mut metrics = BTreeMap::new();
+    let mut todo = Vec::new();
+    for task in Task::ALL {
+        let path = cache_path(task);
+        let cached: Option<CachedMetric> = if path.exists() {
+            read_json(&path).ok()
+        } else {
+            None
+        };
+        match cached {
+            Some(c) if c.model_key == final_key && c.settings == eval_settings => {
+                tracing::info!(%task, "evaluation already done for this model: reusing");
+                if let Some(m) = c.metric {
+                    metrics.insert(task.metric_name().to_string(), m);
+                }
+            }
+            _ => todo.push(task),
+        }
+    }
+    if todo.is_empty() {
+        return Ok(metrics);
+    }
+    let mut reported: Vec<Task> = Vec::new();
+    let mut t0 = Instant::now();
+    let mut done = |task: Task, m: Option<Metric>| -> Result<()> {
+        if !todo.contains(&task) || reported.contains(&task) {
+            return Err(Error::Backend(BackendError::new(
+                ErrorKind::Eval,
+                format!("evaluating {task}"),
+                "the backend reported a task it was not asked for, or twice",
+            )));
+        }
+        tracing::info!(%task, seconds = t0.elapsed().as_secs_f64(), metric = ?m, "evaluated");
+        t0 = Instant::now();
+        write_json(
+            &cache_path(task),
+            &CachedMetric {
+                model_key: final_key.to_string(),
+                settings: eval_settings.clone(),
+                metric: m,
+            },
+        )?;
+        if let Some(m) = m {
+            metrics.insert(task.metric_name().to_string(), m);
+        }
+        reported.push(task);
+        Ok(())
+    };
+    backend.evaluate(req, &todo, &mut done)?;
+    if let Some(missing) = todo.iter().find(|t| !reported.contains(t)) {
+        return Err(Error::Backend(BackendError::new(
+            ErrorKind::Eval,
+            format!("evaluating {missing}"),
+            "the backend returned without a result for it",
+        )));
+    }
+    Ok(metrics)
 }
 
 /// Under the stage's lock, before training it: a finished stage (`done.json`) or a partial one

@@ -190,6 +190,73 @@ pub struct EvalSettings {
     /// The OpenAI-compatible judge; without one MT-Bench is reported as not evaluated.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub judge: Option<JudgeSettings>,
+    /// The dtype the model is loaded in for evaluation: `auto` (default: bf16 on CUDA, f32 on
+    /// the CPU, as the `generate` example does), `f32` or `bf16`. The resolved dtype is
+    /// recorded in every task's report and in the cached metrics' key, so changing it (or
+    /// `auto` resolving differently on another device) evaluates again.
+    #[serde(default)]
+    pub dtype: EvalDtype,
+}
+
+/// The dtype evaluation loads the model in (`[run.eval] dtype`).
+///
+/// Read from its lowercase name; any other value fails when the settings load, naming it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EvalDtype {
+    /// bf16 on a CUDA device, f32 on the CPU ([`EvalDtype::resolve`]).
+    #[default]
+    Auto,
+    /// 32-bit float.
+    F32,
+    /// bfloat16.
+    Bf16,
+}
+
+impl EvalDtype {
+    /// The name in settings and reports (`auto`, `f32`, `bf16`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EvalDtype::Auto => "auto",
+            EvalDtype::F32 => "f32",
+            EvalDtype::Bf16 => "bf16",
+        }
+    }
+
+    /// The dtype actually used on a device (`cuda`: whether it is a CUDA device): `auto` is
+    /// bf16 on CUDA and f32 otherwise; `f32` and `bf16` stay.
+    pub fn resolve(self, cuda: bool) -> EvalDtype {
+        match self {
+            EvalDtype::Auto if cuda => EvalDtype::Bf16,
+            EvalDtype::Auto => EvalDtype::F32,
+            other => other,
+        }
+    }
+}
+
+impl std::fmt::Display for EvalDtype {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for EvalDtype {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "auto" => Ok(EvalDtype::Auto),
+            "f32" => Ok(EvalDtype::F32),
+            "bf16" => Ok(EvalDtype::Bf16),
+            _ => Err(format!("eval dtype `{s}`: expected auto, f32 or bf16")),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for EvalDtype {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
 }
 
 /// An OpenAI-compatible MT-Bench judge (FastChat's single-answer grading).
@@ -285,6 +352,7 @@ impl Default for EvalSettings {
             mtbench: default_mtbench_n(),
             mtbench_max_new_tokens: default_mtbench_tokens(),
             judge: None,
+            dtype: EvalDtype::Auto,
         }
     }
 }
@@ -356,5 +424,26 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(msg.contains("p.toml") && msg.contains("gsm8kk"), "{msg}");
+    }
+
+    #[test]
+    fn eval_dtype_defaults_to_auto_resolves_by_device_and_is_validated_at_load() {
+        assert_eq!(RunSettings::default().eval.dtype, EvalDtype::Auto);
+        assert_eq!(EvalDtype::Auto.resolve(true), EvalDtype::Bf16);
+        assert_eq!(EvalDtype::Auto.resolve(false), EvalDtype::F32);
+        assert_eq!(EvalDtype::F32.resolve(true), EvalDtype::F32);
+        assert_eq!(EvalDtype::Bf16.resolve(false), EvalDtype::Bf16);
+        let ok = serde_json::json!({"eval": {"dtype": "bf16"}});
+        let s = RunSettings::from_plan_value(Some(&ok), Path::new("p.toml")).unwrap();
+        assert_eq!(s.eval.dtype, EvalDtype::Bf16);
+        assert_eq!(serde_json::to_value(s.eval.dtype).unwrap(), "bf16");
+        let bad = serde_json::json!({"eval": {"dtype": "fp16"}});
+        let msg = RunSettings::from_plan_value(Some(&bad), Path::new("p.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            msg.contains("p.toml") && msg.contains("`fp16`") && msg.contains("auto, f32 or bf16"),
+            "{msg}"
+        );
     }
 }

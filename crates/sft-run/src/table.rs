@@ -104,7 +104,7 @@ mod tests {
         metrics.insert("gsm8k_acc".to_string(), Metric::wilson(1, 4));
         metrics.insert(
             "general_heldout_loss".to_string(),
-            Metric::mean_normal(&[1.0, 2.0]),
+            Metric::mean_se(&[1.0, 2.0]),
         );
         let r = RunResults {
             format_version: 1,
@@ -126,7 +126,7 @@ mod tests {
         let mut judged = r.clone();
         judged
             .metrics
-            .insert("mtbench_score".into(), Metric::mean_normal(&[6.0, 8.0]));
+            .insert("mtbench_score".into(), Metric::mean_se(&[6.0, 8.0]));
         let t = render(&[
             Row {
                 label: "DMT".into(),

@@ -9,8 +9,9 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use sft_run::{
-    run_plan, Backend, BackendError, ErrorKind, EvalRequest, Metric, RunOptions, RunResults,
-    RunSettings, StageDone, StaleStages, Status, Task, TrainReport, TrainRequest,
+    run_plan, Backend, BackendError, ErrorKind, EvalDtype, EvalRequest, Metric, RunOptions,
+    RunResults, RunSettings, StageDone, StaleStages, Status, Task, TaskDone, TrainReport,
+    TrainRequest,
 };
 use sha2::{Digest, Sha256};
 
@@ -20,10 +21,15 @@ fn workspace() -> PathBuf {
 
 /// Records what it was asked to do; fails the `fail_at`-th training call (with `fail_kind`,
 /// `interrupted` by default), and the evaluation of `fail_eval`'s task with its kind.
+/// Each `evaluate` call "loads the model" once (`loads`), as a real backend must.
 #[derive(Default)]
 struct Recorder {
     trained: RefCell<Vec<(String, String)>>, // (stage name, init model content)
     evaluated: RefCell<Vec<Task>>,
+    /// Model loads: one per `evaluate` call.
+    loads: RefCell<usize>,
+    /// The dtypes the evaluations were asked for.
+    dtypes: RefCell<Vec<EvalDtype>>,
     fail_at: Option<usize>,
     fail_kind: Option<ErrorKind>,
     fail_eval: Option<(Task, ErrorKind)>,
@@ -96,24 +102,37 @@ impl Backend for Recorder {
         })
     }
 
-    fn evaluate(&self, task: Task, req: &EvalRequest<'_>) -> Result<Option<Metric>, BackendError> {
-        self.evaluated.borrow_mut().push(task);
-        if let Some((t, kind)) = self.fail_eval {
-            if t == task {
-                return Err(BackendError::new(
-                    kind,
-                    format!("evaluating {task}"),
-                    "judge down",
-                ));
+    fn eval_dtype(&self, requested: EvalDtype) -> EvalDtype {
+        requested.resolve(false)
+    }
+
+    fn evaluate(
+        &self,
+        req: &EvalRequest<'_>,
+        tasks: &[Task],
+        done: &mut TaskDone<'_>,
+    ) -> Result<(), BackendError> {
+        *self.loads.borrow_mut() += 1;
+        self.dtypes.borrow_mut().push(req.dtype);
+        for &task in tasks {
+            self.evaluated.borrow_mut().push(task);
+            if let Some((t, kind)) = self.fail_eval {
+                if t == task {
+                    return Err(BackendError::new(
+                        kind,
+                        format!("evaluating {task}"),
+                        "judge down",
+                    ));
+                }
             }
+            let m = match task {
+                Task::Gsm8k => Some(Metric::wilson(1, 2)),
+                Task::GeneralHeldoutLoss => Some(Metric::mean_se(&vec![2.0; req.heldout.len()])),
+                _ => None,
+            };
+            done(task, m).map_err(|e| BackendError::new(e.kind(), "recording", e))?;
         }
-        match task {
-            Task::Gsm8k => Ok(Some(Metric::wilson(1, 2))),
-            Task::GeneralHeldoutLoss => {
-                Ok(Some(Metric::mean_normal(&vec![2.0; req.heldout.len()])))
-            }
-            _ => Ok(None),
-        }
+        Ok(())
     }
 }
 
@@ -664,4 +683,108 @@ fn status_json_records_the_error_kind_of_a_failure() {
         raw["error_kind"].is_null() && raw["error"].is_null(),
         "{raw}"
     );
+}
+
+/// One `evaluate` call (one model load) serves every uncached task; a failure in a later task
+/// keeps the metrics of the tasks finished before it, and the rerun evaluates only the rest;
+/// a finished evaluation is reused; a dtype change evaluates again.
+#[test]
+fn one_model_load_serves_every_task_and_a_failure_keeps_the_finished_ones() {
+    let (tmp, settings, model) = setup();
+    let (plan, _) =
+        sft_run::load_plan_file(&workspace().join("fixtures/plans/two-stage-tiny.toml")).unwrap();
+    let o = opts(tmp.path(), "a", &model);
+
+    // HumanEval (the second task) fails: GSM8K's metric is cached already.
+    let failing = Recorder {
+        fail_eval: Some((Task::HumanEval, ErrorKind::Eval)),
+        ..Recorder::default()
+    };
+    run_plan(&plan, &settings, &o, &failing).unwrap_err();
+    assert_eq!(*failing.loads.borrow(), 1);
+    assert_eq!(
+        *failing.evaluated.borrow(),
+        vec![Task::Gsm8k, Task::HumanEval]
+    );
+    assert!(o.run_dir.join("eval/gsm8k.metric.json").exists());
+    assert!(!o.run_dir.join("eval/humaneval.metric.json").exists());
+
+    // The rerun evaluates the three other tasks with one load, and not GSM8K again.
+    let rerun = Recorder::default();
+    let r = run_plan(&plan, &settings, &o, &rerun).unwrap();
+    assert_eq!(*rerun.loads.borrow(), 1, "one model load for all tasks");
+    assert_eq!(
+        *rerun.evaluated.borrow(),
+        vec![Task::HumanEval, Task::GeneralHeldoutLoss, Task::MtBench]
+    );
+    assert_eq!(
+        *rerun.dtypes.borrow(),
+        vec![EvalDtype::F32],
+        "auto resolved"
+    );
+    assert_eq!(r.metrics["gsm8k_acc"], Metric::wilson(1, 2));
+    let results: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(o.run_dir.join("results.json")).unwrap())
+            .unwrap();
+    assert_eq!(results["metrics"]["gsm8k_acc"]["method"], "wilson");
+    assert_eq!(
+        results["metrics"]["general_heldout_loss"]["method"],
+        "mean_se"
+    );
+
+    // Everything is cached: no evaluate call at all.
+    let again = Recorder::default();
+    let r2 = run_plan(&plan, &settings, &o, &again).unwrap();
+    assert_eq!(*again.loads.borrow(), 0);
+    assert_eq!(r2.metrics, r.metrics);
+
+    // Another dtype is another evaluation (all tasks, one load).
+    let mut bf16 = settings.clone();
+    bf16.eval.dtype = EvalDtype::Bf16;
+    let other = Recorder::default();
+    run_plan(&plan, &bf16, &o, &other).unwrap();
+    assert_eq!(*other.loads.borrow(), 1);
+    assert_eq!(other.evaluated.borrow().len(), Task::ALL.len());
+    assert_eq!(*other.dtypes.borrow(), vec![EvalDtype::Bf16]);
+    let cached: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(o.run_dir.join("eval/gsm8k.metric.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(cached["settings"]["dtype"], "bf16", "{cached}");
+}
+
+/// A backend that returns without reporting a task it was asked for is an error, not a
+/// silently missing metric.
+#[test]
+fn a_task_the_backend_did_not_report_fails_the_run() {
+    struct Forgetful(Recorder);
+    impl Backend for Forgetful {
+        fn describe(&self) -> BTreeMap<String, String> {
+            self.0.describe()
+        }
+        fn semantics(&self) -> BTreeMap<String, u32> {
+            self.0.semantics()
+        }
+        fn train(&self, req: &TrainRequest<'_>) -> Result<TrainReport, BackendError> {
+            self.0.train(req)
+        }
+        fn eval_dtype(&self, requested: EvalDtype) -> EvalDtype {
+            self.0.eval_dtype(requested)
+        }
+        fn evaluate(
+            &self,
+            req: &EvalRequest<'_>,
+            tasks: &[Task],
+            done: &mut TaskDone<'_>,
+        ) -> Result<(), BackendError> {
+            self.0.evaluate(req, &tasks[..tasks.len() - 1], done)
+        }
+    }
+    let (tmp, settings, model) = setup();
+    let (plan, _) =
+        sft_run::load_plan_file(&workspace().join("fixtures/plans/two-stage-tiny.toml")).unwrap();
+    let o = opts(tmp.path(), "a", &model);
+    let err = run_plan(&plan, &settings, &o, &Forgetful(Recorder::default())).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Eval);
+    assert!(err.to_string().contains("evaluating mtbench"), "{err}");
 }
