@@ -519,6 +519,12 @@ fn eval_err(task: &'static str) -> impl Fn(sft_run::BoxError) -> Error {
 }
 
 impl Backend for LocalBackend {
+    fn check_stage(&self, stage: &sft_schedule::Stage) -> Result<(), BackendError> {
+        // The template must resolve for this tokenizer (`model` needs a chat template in it).
+        self.template(&stage.config.template)?;
+        Ok(())
+    }
+
     fn describe(&self) -> BTreeMap<String, String> {
         let mut m = BTreeMap::new();
         m.insert("device".into(), format!("{:?}", self.opts.device));

@@ -310,3 +310,33 @@ fn the_eval_dtype_is_used_recorded_and_part_of_the_cache_key() {
     );
     assert_eq!(bf16_run.metrics["gsm8k_acc"].n, 2);
 }
+
+/// A chat template the tokenizer does not have, in the plan's last stage: the run fails before
+/// the first stage trains (the backend checks every stage first), naming the stage and the
+/// template, with the `config` kind in `status.json`.
+#[test]
+fn an_unknown_template_in_a_later_stage_fails_before_anything_trains() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (mut plan, settings) =
+        sft_run::load_plan_file(&workspace().join("fixtures/plans/two-stage-tiny.toml")).unwrap();
+    let last = plan.stages.len() - 1;
+    plan.stages[last].train.template = Some("no-such-template".into());
+    let o = opts(tmp.path(), "bad-template");
+    let err = run_plan(&plan, &settings, &o, &backend(None)).unwrap_err();
+    let msg = err.to_string();
+    let name = &plan.stages[last].name;
+    assert!(
+        msg.contains(name.as_str()) && msg.contains("no-such-template"),
+        "{msg}"
+    );
+    assert_eq!(err.kind(), sft_run::ErrorKind::Config);
+    let store = o.store();
+    assert!(
+        !store.exists() || std::fs::read_dir(&store).unwrap().next().is_none(),
+        "no stage may have started training"
+    );
+    let status: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(o.run_dir.join("status.json")).unwrap())
+            .unwrap();
+    assert_eq!(status["error_kind"], "config");
+}

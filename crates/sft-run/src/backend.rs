@@ -150,6 +150,15 @@ pub trait Backend {
     /// numerics or outputs change for the same inputs.
     fn semantics(&self) -> BTreeMap<String, u32>;
 
+    /// Checks, before anything trains, what only the backend can check of a stage's resolved
+    /// settings (e.g. that its chat template exists for the tokenizer). The runner calls it for
+    /// every stage of a plan first, so a bad later stage fails in seconds, not after the earlier
+    /// stages have trained. The default accepts every stage.
+    fn check_stage(&self, stage: &Stage) -> Result<(), BackendError> {
+        let _ = stage;
+        Ok(())
+    }
+
     /// Trains one stage; must leave complete weights in `req.model_out`. May be called again for
     /// the same stage after an interruption, with the same `work_dir`, and should then resume.
     /// An error says its [`crate::ErrorKind`] (an interruption is [`crate::ErrorKind::Interrupted`]).

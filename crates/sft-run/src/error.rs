@@ -157,6 +157,18 @@ pub enum Error {
     /// The runner settings (`[run]` table or flags) are inconsistent.
     #[error("run settings: {0}")]
     Settings(String),
+    /// The backend refused a stage's settings before anything trained
+    /// ([`crate::Backend::check_stage`]).
+    #[error("stage {index} ({name}): {source}")]
+    StageSettings {
+        /// The stage's index.
+        index: usize,
+        /// The stage's name.
+        name: String,
+        /// The backend's error.
+        #[source]
+        source: BackendError,
+    },
     /// Training a stage failed.
     #[error("stage {index} ({name}, key {key}): {source}")]
     Stage {
@@ -227,7 +239,7 @@ impl Error {
             | Error::Settings(_)
             | Error::StaleStage { .. } => ErrorKind::Config,
             Error::Compose(_) => ErrorKind::Data,
-            Error::Stage { source, .. } => source.kind,
+            Error::Stage { source, .. } | Error::StageSettings { source, .. } => source.kind,
             Error::Backend(e) => e.kind,
         }
     }

@@ -207,6 +207,15 @@ fn run_inner(
         &settings.base_train_config(),
         &TrainOverrides::default(),
     )?;
+    for stage in &plan.stages {
+        backend
+            .check_stage(stage)
+            .map_err(|source| Error::StageSettings {
+                index: stage.index,
+                name: stage.name.clone(),
+                source,
+            })?;
+    }
     let run_dir = &opts.run_dir;
     let store = opts.store();
     let _ = std::fs::remove_file(run_dir.join("results.json"));

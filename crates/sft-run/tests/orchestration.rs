@@ -33,6 +33,8 @@ struct Recorder {
     fail_at: Option<usize>,
     fail_kind: Option<ErrorKind>,
     fail_eval: Option<(Task, ErrorKind)>,
+    /// A stage name [`Backend::check_stage`] refuses.
+    refuse_stage: Option<String>,
     calls: RefCell<usize>,
     /// The versions it reports ([`Backend::semantics`]).
     semantics: BTreeMap<String, u32>,
@@ -65,6 +67,17 @@ impl Backend for Recorder {
 
     fn semantics(&self) -> BTreeMap<String, u32> {
         self.semantics.clone()
+    }
+
+    fn check_stage(&self, stage: &sft_schedule::Stage) -> Result<(), BackendError> {
+        match &self.refuse_stage {
+            Some(name) if *name == stage.name => Err(BackendError::new(
+                ErrorKind::Config,
+                "checking the stage",
+                "chat template `nope` not found",
+            )),
+            _ => Ok(()),
+        }
     }
 
     fn train(&self, req: &TrainRequest<'_>) -> Result<TrainReport, BackendError> {
@@ -787,4 +800,29 @@ fn a_task_the_backend_did_not_report_fails_the_run() {
     let err = run_plan(&plan, &settings, &o, &Forgetful(Recorder::default())).unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Eval);
     assert!(err.to_string().contains("evaluating mtbench"), "{err}");
+}
+
+/// The backend checks every stage before the first trains: a stage it refuses (here the last)
+/// fails the run with nothing trained, naming the stage, with the `config` kind.
+#[test]
+fn a_stage_the_backend_refuses_fails_the_run_before_anything_trains() {
+    let (tmp, settings, model) = setup();
+    let (plan, _) =
+        sft_run::load_plan_file(&workspace().join("fixtures/plans/two-stage-tiny.toml")).unwrap();
+    let last = plan.stages.last().unwrap().name.clone();
+    let backend = Recorder {
+        refuse_stage: Some(last.clone()),
+        ..Recorder::default()
+    };
+    let o = opts(tmp.path(), "refused", &model);
+    let err = run_plan(&plan, &settings, &o, &backend).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Config);
+    let msg = err.to_string();
+    assert!(msg.contains(&last) && msg.contains("`nope`"), "{msg}");
+    assert!(backend.trained.borrow().is_empty(), "nothing may train");
+    let st = status(&o.run_dir);
+    assert_eq!(
+        (st.state.as_str(), st.error_kind),
+        ("failed", Some(ErrorKind::Config))
+    );
 }
