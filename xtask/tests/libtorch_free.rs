@@ -111,6 +111,17 @@ fn default_members_and_the_runner_do_not_reach_libtorch() {
         assert!(ws.default_members.iter().any(|d| ws.by_dir[d] == name));
         assert!(!ws.reach(name, true).contains("tch"), "{name} reaches tch");
     }
+    // Every crate that does not reach libtorch is a default member, so plain `cargo test`
+    // covers it (a new tch-free crate left out would go untested in a clone without libtorch).
+    for (dir, name) in &ws.by_dir {
+        let links = ["tch", "torch-sys"]
+            .iter()
+            .any(|t| ws.reach(name, true).contains(*t));
+        assert!(
+            links || ws.default_members.contains(dir),
+            "{name} ({dir}) does not link libtorch but is not in default-members"
+        );
+    }
     // The walk finds tch where it is.
     assert!(ws.reach("sft-local", false).contains("tch"));
     assert!(ws.reach("sft-examples", false).contains("sft-local"));
