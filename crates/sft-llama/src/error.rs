@@ -95,8 +95,14 @@ pub enum Error {
     #[error("invalid input: {0}")]
     Input(String),
     /// The tokenizer failed to encode or decode.
-    #[error("tokenizer: {0}")]
-    Tokenizer(String),
+    #[error("tokenizer: {context}: {source}")]
+    Tokenizer {
+        /// What was being encoded or decoded.
+        context: String,
+        /// The tokenizer's error.
+        #[source]
+        source: sft_chat::ChatError,
+    },
     /// libtorch reported an error.
     #[error("libtorch: {}", torch_message(.0))]
     Torch(#[from] tch::TchError),

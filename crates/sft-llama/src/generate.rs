@@ -20,9 +20,9 @@ use crate::model::{KvCache, Llama, LogitsFor};
 pub trait TextCodec {
     /// Token ids of `text`, exactly as the model should see them (the caller decides about BOS
     /// and chat templates before calling [`generate`]).
-    fn encode(&self, text: &str) -> std::result::Result<Vec<u32>, String>;
+    fn encode(&self, text: &str) -> std::result::Result<Vec<u32>, sft_chat::ChatError>;
     /// Text of `ids`, without special tokens.
-    fn decode(&self, ids: &[u32]) -> std::result::Result<String, String>;
+    fn decode(&self, ids: &[u32]) -> std::result::Result<String, sft_chat::ChatError>;
 }
 
 /// A [`sft_chat::ChatTokenizer`] as a [`TextCodec`].
@@ -39,13 +39,11 @@ pub struct TokenizerCodec<'a> {
 }
 
 impl TextCodec for TokenizerCodec<'_> {
-    fn encode(&self, text: &str) -> std::result::Result<Vec<u32>, String> {
-        self.tokenizer
-            .encode(text, self.add_special_tokens)
-            .map_err(|e| e.to_string())
+    fn encode(&self, text: &str) -> std::result::Result<Vec<u32>, sft_chat::ChatError> {
+        self.tokenizer.encode(text, self.add_special_tokens)
     }
-    fn decode(&self, ids: &[u32]) -> std::result::Result<String, String> {
-        self.tokenizer.decode(ids, true).map_err(|e| e.to_string())
+    fn decode(&self, ids: &[u32]) -> std::result::Result<String, sft_chat::ChatError> {
+        self.tokenizer.decode(ids, true)
     }
 }
 
@@ -213,9 +211,10 @@ pub fn generate<S: AsRef<str>>(
         .iter()
         .enumerate()
         .map(|(i, p)| {
-            codec
-                .encode(p.as_ref())
-                .map_err(|e| Error::Tokenizer(format!("prompt {i}: {e}")))
+            codec.encode(p.as_ref()).map_err(|source| Error::Tokenizer {
+                context: format!("encoding prompt {i}"),
+                source,
+            })
         })
         .collect::<Result<Vec<_>>>()?;
     generate_ids(model, &ids, cfg, Some(codec))
@@ -412,9 +411,13 @@ fn generate_batch(
                     if let Some(codec) = codec {
                         // A stop string ending in this token lies within the last `max_stop` tokens.
                         let tail_start = row.generated.len().saturating_sub(max_stop + 1);
-                        let tail = codec
-                            .decode(&row.generated[tail_start..])
-                            .map_err(Error::Tokenizer)?;
+                        let tail =
+                            codec
+                                .decode(&row.generated[tail_start..])
+                                .map_err(|source| Error::Tokenizer {
+                                    context: "decoding a generation's tail".into(),
+                                    source,
+                                })?;
                         if cfg.stop_strings.iter().any(|s| tail.contains(s.as_str())) {
                             row.finish = Some(FinishReason::Stop);
                         }
@@ -455,7 +458,12 @@ fn generate_batch(
             stats.generated_tokens += row.generated.len();
             let text = match codec {
                 Some(c) => {
-                    let mut text = c.decode(&row.generated).map_err(Error::Tokenizer)?;
+                    let mut text = c
+                        .decode(&row.generated)
+                        .map_err(|source| Error::Tokenizer {
+                            context: "decoding a generation".into(),
+                            source,
+                        })?;
                     if row.finish == Some(FinishReason::Stop) {
                         if let Some(at) = cfg
                             .stop_strings

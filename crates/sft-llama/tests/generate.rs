@@ -14,18 +14,18 @@ struct CharCodec;
 const ALPHABET: &[u8; 32] = b"abcdefghijklmnopqrstuvwxyz .,;!?";
 
 impl TextCodec for CharCodec {
-    fn encode(&self, text: &str) -> Result<Vec<u32>, String> {
+    fn encode(&self, text: &str) -> Result<Vec<u32>, sft_chat::ChatError> {
         text.bytes()
             .map(|b| {
                 ALPHABET
                     .iter()
                     .position(|&a| a == b)
                     .map(|p| p as u32)
-                    .ok_or(format!("no token for {b}"))
+                    .ok_or_else(|| sft_chat::ChatError::Tokenizer(format!("no token for {b}")))
             })
             .collect()
     }
-    fn decode(&self, ids: &[u32]) -> Result<String, String> {
+    fn decode(&self, ids: &[u32]) -> Result<String, sft_chat::ChatError> {
         Ok(ids
             .iter()
             .map(|&i| ALPHABET[i as usize % 32] as char)

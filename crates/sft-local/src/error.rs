@@ -158,7 +158,7 @@ mod tests {
             context: "tokenizing stage data",
             source: sft_train::Error::Mask {
                 record_id: "r1".into(),
-                message: "no assistant token".into(),
+                source: sft_train::MaskError::NothingTrained,
             },
         };
         assert_eq!(mask.kind(), ErrorKind::Data);

@@ -107,10 +107,11 @@ impl TemplateEncoder {
 }
 
 impl ChatEncoder for TemplateEncoder {
-    fn encode(&self, messages: &[Message]) -> std::result::Result<EncodedChat, String> {
-        self.template
-            .encode_with_mask(&self.tokenizer, messages)
-            .map_err(|e| e.to_string())
+    fn encode(
+        &self,
+        messages: &[Message],
+    ) -> std::result::Result<EncodedChat, sft_chat::ChatError> {
+        self.template.encode_with_mask(&self.tokenizer, messages)
     }
 
     fn decode(&self, ids: &[i64]) -> String {

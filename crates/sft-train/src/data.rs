@@ -41,10 +41,34 @@ pub fn read_records(path: &Path) -> Result<Vec<Record>> {
 /// the trainer only needs this. Ids are `sft-chat`'s `u32`; [`tokenize`] widens them to the
 /// `i64` tensors need, in one place.
 pub trait ChatEncoder {
-    /// Encodes one conversation, or explains why its mask cannot be computed.
-    fn encode(&self, messages: &[Message]) -> std::result::Result<EncodedChat, String>;
+    /// Encodes one conversation, or says (as `sft-chat`'s error) why its mask cannot be
+    /// computed.
+    fn encode(&self, messages: &[Message])
+        -> std::result::Result<EncodedChat, sft_chat::ChatError>;
     /// Decodes ids to text (used for the readable batch dump).
     fn decode(&self, ids: &[i64]) -> String;
+}
+
+/// Why a record's loss mask cannot be trusted ([`crate::Error::Mask`]'s cause).
+#[derive(Debug, thiserror::Error)]
+pub enum MaskError {
+    /// The encoder could not render or locate the assistant spans.
+    #[error(transparent)]
+    Encode(#[from] sft_chat::ChatError),
+    /// The mask's length differs from the ids'.
+    #[error("mask has {mask} entries for {ids} tokens")]
+    Length {
+        /// Mask entries.
+        mask: usize,
+        /// Token ids.
+        ids: usize,
+    },
+    /// The conversation has no assistant message to train on.
+    #[error("no assistant turn")]
+    NoAssistantTurn,
+    /// The template marked no token after the first as trained.
+    #[error("the template marked no assistant token as trained")]
+    NothingTrained,
 }
 
 /// One tokenized training example.
@@ -104,33 +128,35 @@ pub fn tokenize(
     };
     let mut out = Vec::with_capacity(records.len());
     for rec in records {
-        let checked = encoder.encode(&rec.messages).and_then(|enc| {
-            if enc.ids.len() != enc.labels_mask.len() {
-                return Err(format!(
-                    "mask has {} entries for {} tokens",
-                    enc.labels_mask.len(),
-                    enc.ids.len()
-                ));
-            }
-            if !rec.messages.iter().any(|m| m.role == Role::Assistant) {
-                return Err("no assistant turn".to_string());
-            }
-            if !enc.labels_mask.iter().skip(1).any(|&t| t) {
-                return Err("the template marked no assistant token as trained".to_string());
-            }
-            Ok(enc)
-        });
+        let checked = encoder
+            .encode(&rec.messages)
+            .map_err(MaskError::from)
+            .and_then(|enc| {
+                if enc.ids.len() != enc.labels_mask.len() {
+                    return Err(MaskError::Length {
+                        mask: enc.labels_mask.len(),
+                        ids: enc.ids.len(),
+                    });
+                }
+                if !rec.messages.iter().any(|m| m.role == Role::Assistant) {
+                    return Err(MaskError::NoAssistantTurn);
+                }
+                if !enc.labels_mask.iter().skip(1).any(|&t| t) {
+                    return Err(MaskError::NothingTrained);
+                }
+                Ok(enc)
+            });
         let enc = match checked {
             Ok(enc) => enc,
-            Err(message) => match on_mask_error {
+            Err(source) => match on_mask_error {
                 MaskErrorPolicy::Error => {
                     return Err(Error::Mask {
                         record_id: rec.id.clone(),
-                        message,
+                        source,
                     })
                 }
                 MaskErrorPolicy::Skip => {
-                    tracing::warn!(record = %rec.id, %message, "skipping record: mask cannot be computed");
+                    tracing::warn!(record = %rec.id, error = %source, "skipping record: mask cannot be computed");
                     report.mask_errors.push(rec.id.clone());
                     continue;
                 }

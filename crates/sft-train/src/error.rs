@@ -22,12 +22,13 @@ pub enum Error {
     #[error(transparent)]
     Record(#[from] sft_record::Error),
     /// The chat template could not produce a trustworthy loss mask for a record.
-    #[error("record {record_id}: cannot compute the loss mask: {message}")]
+    #[error("record {record_id}: cannot compute the loss mask: {source}")]
     Mask {
         /// The record's id.
         record_id: String,
         /// Why.
-        message: String,
+        #[source]
+        source: crate::data::MaskError,
     },
     /// No record survived tokenisation, so there is nothing to train on.
     #[error("no trainable examples: {0}")]
@@ -290,7 +291,7 @@ mod tests {
         assert_eq!(nan.kind(), ErrorKind::NonFinite);
         let mask = Error::Mask {
             record_id: "r".into(),
-            message: "no assistant turn".into(),
+            source: crate::data::MaskError::NoAssistantTurn,
         };
         assert_eq!(mask.kind(), ErrorKind::Data);
         assert_eq!(

@@ -57,7 +57,7 @@ pub use config::{
     Dtype, MaskErrorPolicy, NanPolicy, Overlong, Schedule, TrainConfig, TrainOverrides,
     OPERATIONAL_KEYS,
 };
-pub use data::{read_records, tokenize, ChatEncoder, DataReport, Example, IGNORE};
+pub use data::{read_records, tokenize, ChatEncoder, DataReport, Example, MaskError, IGNORE};
 pub use error::{Error, ErrorKind, Result};
 pub use model::CausalLm;
 pub use run::{eval_loss_at, train, ModelInput, TrainData, TrainJob};

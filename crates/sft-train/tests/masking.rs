@@ -51,9 +51,11 @@ fn labels_cover_every_assistant_turn_and_its_end_of_turn_only() {
 
 struct Broken;
 impl ChatEncoder for Broken {
-    fn encode(&self, messages: &[Message]) -> Result<EncodedChat, String> {
+    fn encode(&self, messages: &[Message]) -> Result<EncodedChat, sft_chat::ChatError> {
         if messages[0].content == "bad" {
-            return Err("assistant span not found in rendered text".into());
+            return Err(sft_chat::ChatError::Template(
+                "assistant span not found in rendered text".into(),
+            ));
         }
         let ids = vec![1, 2, 3];
         let trained = if messages[0].content == "short" {

@@ -16,7 +16,7 @@ pub const EOT: u32 = 2;
 pub const USER: u32 = 3;
 
 impl ChatEncoder for ToyEncoder {
-    fn encode(&self, messages: &[Message]) -> Result<EncodedChat, String> {
+    fn encode(&self, messages: &[Message]) -> Result<EncodedChat, sft_chat::ChatError> {
         let mut ids = vec![BOS];
         let mut trained = vec![false];
         for m in messages {
