@@ -2,7 +2,8 @@
 
 use std::path::PathBuf;
 
-use sft_run::{mentions_oom, BackendError, BoxError, ErrorKind};
+use sft_run::{BackendError, BoxError, ErrorKind};
+use sft_train::mentions_oom;
 
 /// What can go wrong while the local backend trains or evaluates; every variant keeps its cause.
 #[derive(Debug, thiserror::Error)]
@@ -131,6 +132,18 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn oom_is_found_in_the_cause_chain() {
+        let e = BackendError::new(
+            ErrorKind::Io,
+            "training",
+            "CUDA out of memory. Tried to allocate 2.00 GiB",
+        );
+        assert!(mentions_oom(&e));
+        let e = BackendError::new(ErrorKind::Io, "training", "shape mismatch");
+        assert!(!mentions_oom(&e));
+    }
 
     fn eval(msg: &str) -> Error {
         Error::Eval {

@@ -65,23 +65,6 @@ impl fmt::Display for ErrorKind {
     }
 }
 
-/// Whether `e` or one of its causes says the device ran out of memory (libtorch's CUDA and CPU
-/// allocators both say `out of memory`).
-pub fn mentions_oom(e: &(dyn std::error::Error + 'static)) -> bool {
-    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
-    while let Some(err) = cur {
-        if err
-            .to_string()
-            .to_ascii_lowercase()
-            .contains("out of memory")
-        {
-            return true;
-        }
-        cur = err.source();
-    }
-    false
-}
-
 /// What a [`crate::Backend`] returns when training or evaluating fails: a kind, what was being
 /// done, and the cause.
 #[derive(Debug, thiserror::Error)]
@@ -262,18 +245,6 @@ mod tests {
             assert_eq!(k.to_string(), k.as_str());
         }
         assert_eq!(ErrorKind::NonFinite.as_str(), "non_finite");
-    }
-
-    #[test]
-    fn oom_is_found_in_the_cause_chain() {
-        let e = BackendError::new(
-            ErrorKind::Io,
-            "training",
-            "CUDA out of memory. Tried to allocate 2.00 GiB",
-        );
-        assert!(mentions_oom(&e));
-        let e = BackendError::new(ErrorKind::Io, "training", "shape mismatch");
-        assert!(!mentions_oom(&e));
     }
 
     #[test]

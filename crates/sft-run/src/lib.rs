@@ -38,7 +38,7 @@ mod settings;
 pub mod table;
 
 pub use backend::{Backend, EvalRequest, Metric, Task, TaskDone, TrainReport, TrainRequest};
-pub use error::{mentions_oom, BackendError, BoxError, Error, ErrorKind, Result};
+pub use error::{BackendError, BoxError, Error, ErrorKind, Result};
 pub use runner::{
     run_plan, RunOptions, RunResults, StageDone, StageResult, Status, RESULTS_FORMAT_VERSION,
 };

@@ -255,8 +255,9 @@ impl Error {
     }
 }
 
-/// Whether `e` or one of its causes says `out of memory`.
-fn mentions_oom(e: &(dyn std::error::Error + 'static)) -> bool {
+/// Whether `e` or one of its causes says the device ran out of memory (libtorch's CUDA and CPU
+/// allocators both say `out of memory`): the one OOM test, also used by `sft-local`.
+pub fn mentions_oom(e: &(dyn std::error::Error + 'static)) -> bool {
     let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(err) = cur {
         if err

@@ -58,7 +58,7 @@ pub use config::{
     OPERATIONAL_KEYS,
 };
 pub use data::{read_records, tokenize, ChatEncoder, DataReport, Example, MaskError, IGNORE};
-pub use error::{Error, ErrorKind, Result};
+pub use error::{mentions_oom, Error, ErrorKind, Result};
 pub use model::CausalLm;
 pub use run::{eval_loss_at, train, ModelInput, TrainData, TrainJob};
 pub use trainer::{
