@@ -104,16 +104,7 @@ pub struct ModelInput<'a> {
 pub fn train(job: &TrainJob) -> Result<TrainOutcome> {
     let cfg = &job.config;
     cfg.validate()?;
-    let encoder = TemplateEncoder::new(&job.tokenizer_path()?, &cfg.template)?;
-    let records = job.data.records()?;
-    let (examples, report) = tokenize(
-        &records,
-        &encoder,
-        cfg.max_len,
-        cfg.overlong,
-        cfg.on_mask_error,
-    )?;
-    drop(records);
+    let (encoder, examples, report) = prepare(&job.tokenizer_path()?, &job.data.records()?, cfg)?;
     log_report(&report, &encoder);
     let mut loaded = crate::llama::load_model(&job.model, job.device)?;
     let ctx = TrainContext {
@@ -170,26 +161,25 @@ pub fn eval_loss_at(
     cfg: &TrainConfig,
     device: Device,
 ) -> Result<crate::trainer::EvalLoss> {
-    let (_, examples, _) = prepare(input, data, cfg)?;
-    let loaded = crate::llama::load_model(input.model, device)?;
-    crate::trainer::eval_loss(&loaded.model, &examples, cfg.micro_batch_size, device)
-}
-
-/// The tokenizer + template of `input` (or the one its `final/` records), and `data` read and
-/// tokenized with `cfg`'s template, `max_len` and policies.
-fn prepare(
-    input: ModelInput<'_>,
-    data: &Path,
-    cfg: &TrainConfig,
-) -> Result<(TemplateEncoder, Vec<Example>, DataReport)> {
     let tok_path = match input.tokenizer {
         Some(p) => p.to_path_buf(),
         None => tokenizer_path_for(input.model)?,
     };
-    let encoder = TemplateEncoder::new(&tok_path, &cfg.template)?;
-    let records = read_records(data)?;
+    let (_, examples, _) = prepare(&tok_path, &read_records(data)?, cfg)?;
+    let loaded = crate::llama::load_model(input.model, device)?;
+    crate::trainer::eval_loss(&loaded.model, &examples, cfg.micro_batch_size, device)
+}
+
+/// The tokenizer at `tokenizer` with `cfg`'s template, and `records` tokenized with `cfg`'s
+/// template, `max_len` and policies: the one preparation of training and held-out data.
+fn prepare(
+    tokenizer: &Path,
+    records: &[Record],
+    cfg: &TrainConfig,
+) -> Result<(TemplateEncoder, Vec<Example>, DataReport)> {
+    let encoder = TemplateEncoder::new(tokenizer, &cfg.template)?;
     let (examples, report) = tokenize(
-        &records,
+        records,
         &encoder,
         cfg.max_len,
         cfg.overlong,
