@@ -76,7 +76,8 @@ impl<'a> Collector<'a> {
         }
     }
 
-    /// The requested states, once every index `0..=L` has been offered.
+    /// The requested states, once every requested index has been offered (for
+    /// [`HiddenStates::All`]: every index `0..=L`).
     fn finish(self) -> Vec<Tensor> {
         match self.request {
             HiddenStates::None => Vec::new(),
@@ -86,7 +87,7 @@ impl<'a> Collector<'a> {
                 .map(|&i| {
                     self.slots[i]
                         .as_ref()
-                        .expect("every index 0..=L is offered before finish")
+                        .expect("every requested index is offered before finish")
                         .shallow_clone()
                 })
                 .collect(),
@@ -490,6 +491,47 @@ impl Llama {
             hidden,
             LogitsFor::All,
         )
+    }
+
+    /// Only the hidden states `hidden` asks for (numbered as in [`HiddenStates`]), each
+    /// `[B, T, H]`: the same values as [`Llama::forward_hidden`]'s, but the pass stops after
+    /// the deepest requested state and never computes the LM head, so layer 15 of a 40-layer
+    /// model costs 15 blocks and no `[B, T, V]` logits. Without gradients.
+    pub fn hidden_states(
+        &self,
+        input_ids: &Tensor,
+        position_ids: Option<&Tensor>,
+        attn_mask: Option<&Tensor>,
+        hidden: &HiddenStates,
+    ) -> Result<Vec<Tensor>> {
+        let n = self.blocks.len();
+        let deepest = match hidden {
+            HiddenStates::None => return Ok(Vec::new()),
+            HiddenStates::All => n,
+            HiddenStates::Layers(ids) => ids.iter().copied().max().unwrap_or(0),
+        };
+        let mut collect = Collector::new(hidden, n)?;
+        tch::no_grad(|| {
+            let pass = self.pass(input_ids, position_ids, attn_mask, None)?;
+            let mut x = Tensor::f_embedding(
+                &self.embed_tokens,
+                &input_ids.f_to_device(self.device())?,
+                -1,
+                false,
+                false,
+            )?;
+            collect.offer(0, &x);
+            for (i, block) in self.blocks.iter().enumerate().take(deepest) {
+                x = block.forward(&x, &pass, None)?;
+                if i + 1 < n {
+                    collect.offer(i + 1, &x);
+                }
+            }
+            if deepest == n {
+                collect.offer(n, &self.norm.forward(&x)?);
+            }
+            Ok(collect.finish())
+        })
     }
 
     /// One incremental step for generation, without gradients: appends the keys and values of

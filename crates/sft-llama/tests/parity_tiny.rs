@@ -236,3 +236,41 @@ fn gradients_reach_every_parameter() {
         );
     }
 }
+
+#[test]
+fn hidden_states_alone_stop_at_the_deepest_request_with_the_same_values() {
+    let (_vs, model, dir) = tiny("tiny-llama-gqa", Kind::Float);
+    let r = reference(&dir);
+    let (ids, pos) = (&r["input_ids"], Some(&r["position_ids"]));
+    let all = model
+        .forward_hidden(ids, pos, None, &HiddenStates::All)
+        .unwrap();
+    let n = model.config().num_hidden_layers;
+    // Stopping early (0 and 1 need one block, no final norm, no head) and going to the end
+    // (n is the final-norm output) give the full pass's bits.
+    for request in [vec![1, 0], vec![0], vec![n, 1]] {
+        let got = model
+            .hidden_states(ids, pos, None, &HiddenStates::Layers(request.clone()))
+            .unwrap();
+        assert_eq!(got.len(), request.len());
+        for (g, &want) in got.iter().zip(&request) {
+            assert!(g.equal(&all.hidden_states[want]), "hidden state {want}");
+        }
+    }
+    let every = model
+        .hidden_states(ids, pos, None, &HiddenStates::All)
+        .unwrap();
+    assert_eq!(every.len(), n + 1);
+    for (g, w) in every.iter().zip(&all.hidden_states) {
+        assert!(g.equal(w));
+    }
+    assert!(model
+        .hidden_states(ids, pos, None, &HiddenStates::None)
+        .unwrap()
+        .is_empty());
+    let e = model
+        .hidden_states(ids, pos, None, &HiddenStates::Layers(vec![n + 1]))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("requested"), "{e}");
+}
