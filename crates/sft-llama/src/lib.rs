@@ -34,6 +34,6 @@ pub use generate::{
 };
 pub use model::{ForwardOutput, HiddenStates, KvCache, Llama, LogitsFor};
 pub use weights::{
-    load_gguf, load_model, load_safetensors, pt_metadata, safetensors_bytes, save_safetensors,
-    LoadReport, LoadedModel, ModelSource,
+    load_gguf, load_model, load_safetensors, model_config, pt_metadata, safetensors_bytes,
+    save_safetensors, LoadReport, LoadedModel, ModelSource,
 };

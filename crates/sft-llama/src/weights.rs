@@ -396,6 +396,44 @@ impl std::fmt::Debug for LoadedModel {
     }
 }
 
+/// The configuration of the model at `path` (a `.gguf` file, or an HF directory or a file in
+/// one), read without loading any weights: what [`load_model`] would build. For checks that
+/// must fail before anything heavy starts (e.g. a hidden-state layer out of range).
+pub fn model_config(path: impl AsRef<Path>) -> Result<LlamaConfig> {
+    let path = path.as_ref();
+    if !path.exists() {
+        return Err(Error::io(
+            path,
+            std::io::Error::new(std::io::ErrorKind::NotFound, "no such file or directory"),
+        ));
+    }
+    if is_gguf(path) {
+        let gguf = sft_gguf::GgufFile::open(path).map_err(|source| Error::Gguf {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        LlamaConfig::from_gguf(&gguf)
+    } else {
+        LlamaConfig::from_hf_file(hf_dir(path))
+    }
+}
+
+fn is_gguf(path: &Path) -> bool {
+    path.is_file()
+        && path
+            .extension()
+            .is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
+}
+
+/// The HF directory of `path`: itself, or the directory of a file in it.
+fn hf_dir(path: &Path) -> PathBuf {
+    if path.is_dir() {
+        path.to_path_buf()
+    } else {
+        path.parent().unwrap_or(Path::new(".")).to_path_buf()
+    }
+}
+
 /// Load a model from an HF directory (or its `config.json`'s directory) or a `.gguf` file onto
 /// `device` in `kind` (`Kind::Float`, `Kind::BFloat16` or `Kind::Half`).
 pub fn load_model(path: impl AsRef<Path>, device: Device, kind: Kind) -> Result<LoadedModel> {
@@ -414,12 +452,8 @@ pub fn load_model(path: impl AsRef<Path>, device: Device, kind: Kind) -> Result<
             std::io::Error::new(std::io::ErrorKind::NotFound, "no such file or directory"),
         ));
     }
-    let is_gguf = path.is_file()
-        && path
-            .extension()
-            .is_some_and(|e| e.eq_ignore_ascii_case("gguf"));
     let mut vs = VarStore::new(device);
-    if is_gguf {
+    if is_gguf(path) {
         let gguf = sft_gguf::GgufFile::open(path).map_err(|source| Error::Gguf {
             path: path.to_path_buf(),
             source,
@@ -434,11 +468,7 @@ pub fn load_model(path: impl AsRef<Path>, device: Device, kind: Kind) -> Result<
             source: ModelSource::Gguf(path.to_path_buf()),
         })
     } else {
-        let dir = if path.is_dir() {
-            path.to_path_buf()
-        } else {
-            path.parent().unwrap_or(Path::new(".")).to_path_buf()
-        };
+        let dir = hf_dir(path);
         let cfg = LlamaConfig::from_hf_file(&dir)?;
         let model = Llama::new(&vs.root(), &cfg)?;
         vs.set_kind(kind);

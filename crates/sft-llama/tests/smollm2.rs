@@ -40,6 +40,8 @@ fn greedy_continuations_match_transformers_token_for_token() {
     );
     assert_eq!(loaded.source, ModelSource::Gguf(path.clone()));
     let cfg = loaded.model.config();
+    // The configuration alone, without the weights, is the one the model was built from.
+    assert_eq!(&sft_llama::model_config(&path).unwrap(), cfg);
     assert_eq!(
         (
             cfg.hidden_size,

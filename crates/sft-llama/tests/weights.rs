@@ -79,6 +79,11 @@ fn loads_sharded_checkpoints_through_the_index() {
     .unwrap();
     std::fs::copy(dir.join("config.json"), out.path().join("config.json")).unwrap();
     let loaded = sft_llama::load_model(out.path(), Device::Cpu, Kind::Float).unwrap();
+    assert_eq!(
+        &sft_llama::model_config(out.path()).unwrap(),
+        loaded.model.config()
+    );
+    assert!(sft_llama::model_config(out.path().join("missing")).is_err());
     assert_same_vars(&vs, &loaded.vs);
     let r = reference(&dir);
     let logits = loaded
