@@ -43,8 +43,11 @@ fn model(label: &str, per: usize, dim: usize, spread: [f64; 3], seed: u64) -> Em
             e.ids.push(format!("{name}-{i}"));
             e.sources.push(name.to_string());
             e.n_tokens.push(40);
-            e.vectors
-                .extend(centres[s].iter().map(|c| (c + 0.5 * normal(&mut rng)) as f32));
+            e.vectors.extend(
+                centres[s]
+                    .iter()
+                    .map(|c| (c + 0.5 * normal(&mut rng)) as f32),
+            );
         }
     }
     e
@@ -52,12 +55,14 @@ fn model(label: &str, per: usize, dim: usize, spread: [f64; 3], seed: u64) -> Em
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let out = args.first().ok_or("usage: synthetic OUT_DIR [PER_SOURCE] [DIM]")?;
+    let out = args
+        .first()
+        .ok_or("usage: synthetic OUT_DIR [PER_SOURCE] [DIM]")?;
     let per: usize = args.get(1).map_or(Ok(100), |s| s.parse())?;
     let dim: usize = args.get(2).map_or(Ok(576), |s| s.parse())?;
     let models = [
-        model("base", per, dim, [0.04, 0.04, 0.04], 1),
-        model("tuned", per, dim, [0.12, 0.03, 0.03], 2),
+        model("base", per, dim, [0.1, 0.1, 0.1], 1),
+        model("tuned", per, dim, [0.3, 0.08, 0.08], 2),
     ];
     let started = Instant::now();
     let bar = ProgressBar::new(0).with_style(ProgressStyle::with_template(

@@ -40,7 +40,9 @@ impl FromStr for Pool {
         match s {
             "mean" => Ok(Pool::Mean),
             "last" => Ok(Pool::Last),
-            other => Err(format!("unknown pooling `{other}` (expected `mean` or `last`)")),
+            other => Err(format!(
+                "unknown pooling `{other}` (expected `mean` or `last`)"
+            )),
         }
     }
 }
@@ -111,7 +113,11 @@ impl Embeddings {
             return Err(bad(format!("{} ids but {} sources", n, self.sources.len())));
         }
         if self.n_tokens.len() != n {
-            return Err(bad(format!("{} ids but {} token counts", n, self.n_tokens.len())));
+            return Err(bad(format!(
+                "{} ids but {} token counts",
+                n,
+                self.n_tokens.len()
+            )));
         }
         if self.dim == 0 {
             return Err(bad("vector dimension is 0".into()));
@@ -143,7 +149,10 @@ impl Embeddings {
             }
         }
         if let Some(i) = self.sources.iter().position(String::is_empty) {
-            return Err(bad(format!("record `{}` has an empty source name", self.ids[i])));
+            return Err(bad(format!(
+                "record `{}` has an empty source name",
+                self.ids[i]
+            )));
         }
         let names = self.source_names();
         if names.len() < 2 {

@@ -258,10 +258,11 @@ const COLOURS: [RGBColor; 10] = [
 ];
 
 const PANEL: u32 = 620;
+const LEGEND: u32 = 44;
 
 fn plot(png: &Path, svg: &Path, models: &[Embeddings], analysis: &Analysis) -> Result<()> {
     sft_sweep::register_font().map_err(Error::Font)?;
-    let size = (PANEL * models.len() as u32, PANEL + 40);
+    let size = (PANEL * models.len() as u32, PANEL + 40 + LEGEND);
     {
         let root = BitMapBackend::new(png, size).into_drawing_area();
         draw(&root, models, analysis).map_err(|message| Error::Plot {
@@ -295,7 +296,9 @@ fn draw<DB: DrawingBackend>(
 ) -> std::result::Result<(), String> {
     let e = |e: &dyn std::fmt::Display| e.to_string();
     root.fill(&WHITE).map_err(|x| e(&x))?;
-    let (top, body) = root.split_vertically(40);
+    let (_, h) = root.dim_in_pixel();
+    let (top, rest) = root.split_vertically(40);
+    let (body, legend) = rest.split_vertically(h - 40 - LEGEND);
     top.draw_text(
         "t-SNE of the PCA-reduced hidden states, coloured by source (axes have no units)",
         &("sans-serif", 18).into_font().color(&BLACK),
@@ -345,25 +348,32 @@ fn draw<DB: DrawingBackend>(
                 .filter(|(_, s)| *s == source)
                 .map(|(p, _)| (p[0], p[1]))
                 .collect();
-            let count = points.len();
             chart
                 .draw_series(
                     points
                         .into_iter()
                         .map(|p| Circle::new(p, 4, colour.mix(0.75).filled())),
                 )
-                .map_err(|x| e(&x))?
-                .label(format!("{source} ({count})"))
-                .legend(move |(x, y)| Circle::new((x + 6, y), 5, colour.filled()));
+                .map_err(|x| e(&x))?;
         }
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::UpperRight)
-            .background_style(WHITE.mix(0.85))
-            .border_style(BLACK.mix(0.3))
-            .label_font(("sans-serif", 15))
-            .draw()
+    }
+    // One legend below the panels: every panel has the same records, so the same sources.
+    let mut x = 60i32;
+    for (si, source) in analysis.sources.iter().enumerate() {
+        let colour = COLOURS[si % COLOURS.len()];
+        let count = models[0].sources.iter().filter(|s| *s == source).count();
+        let text = format!("{source} ({count})");
+        legend
+            .draw(&Circle::new((x, 20), 6, colour.filled()))
             .map_err(|x| e(&x))?;
+        legend
+            .draw_text(
+                &text,
+                &("sans-serif", 17).into_font().color(&BLACK),
+                (x + 14, 10),
+            )
+            .map_err(|x| e(&x))?;
+        x += 40 + 10 * text.chars().count() as i32;
     }
     Ok(())
 }

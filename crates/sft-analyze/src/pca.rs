@@ -36,9 +36,13 @@ pub fn components_kept(wanted: usize, n: usize, dim: usize) -> usize {
 
 /// PCA of `n` row-major rows of `dim` values, keeping `k` components
 /// (`k ≤ min(n - 1, dim)`; see [`components_kept`]).
+///
+/// # Panics
+///
+/// If `data` is not `n × dim` values or `k` is out of that range.
 pub fn pca(data: &[f64], n: usize, dim: usize, k: usize) -> Pca {
     assert_eq!(data.len(), n * dim, "pca: data is not n × dim");
-    assert!(k >= 1 && k <= n.max(2) - 1 && k <= dim, "pca: k out of range");
+    assert!(k >= 1 && k < n.max(2) && k <= dim, "pca: k out of range");
     let mut x = DMatrix::<f64>::from_row_slice(n, dim, data);
     for j in 0..dim {
         let mean = x.column(j).sum() / n as f64;

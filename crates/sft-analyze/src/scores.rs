@@ -76,7 +76,10 @@ pub fn knn_purity(dist: &[f64], labels: &[usize], k: usize) -> Vec<f64> {
         .map(|i| {
             let mut others: Vec<usize> = (0..n).filter(|&j| j != i).collect();
             others.sort_by(|&a, &b| dist[i * n + a].total_cmp(&dist[i * n + b]).then(a.cmp(&b)));
-            let same = others[..k].iter().filter(|&&j| labels[j] == labels[i]).count();
+            let same = others[..k]
+                .iter()
+                .filter(|&&j| labels[j] == labels[i])
+                .count();
             same as f64 / k as f64
         })
         .collect()

@@ -49,7 +49,14 @@ pub fn separation_table(analysis: &Analysis) -> String {
     let dims = analysis
         .models
         .iter()
-        .map(|m| format!("{} {} ({:.0}% of variance)", m.label, m.pca_dims, 100.0 * m.pca_variance_kept))
+        .map(|m| {
+            format!(
+                "{} {} ({:.0}% of variance)",
+                m.label,
+                m.pca_dims,
+                100.0 * m.pca_variance_kept
+            )
+        })
         .collect::<Vec<_>>()
         .join(", ");
     out.push_str(&format!(

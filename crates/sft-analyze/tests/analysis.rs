@@ -32,9 +32,15 @@ fn separated_clusters_score_near_one() {
     let s = &m.separation.overall;
     assert!(s.silhouette.value > 0.8, "silhouette {:?}", s.silhouette);
     assert!(s.knn_purity.value > 0.99, "purity {:?}", s.knn_purity);
-    assert!(s.probe_accuracy.value > 0.99, "probe {:?}", s.probe_accuracy);
+    assert!(
+        s.probe_accuracy.value > 0.99,
+        "probe {:?}",
+        s.probe_accuracy
+    );
     assert_eq!(s.silhouette.n, 120);
-    assert!(s.silhouette.ci_low <= s.silhouette.value && s.silhouette.value <= s.silhouette.ci_high);
+    assert!(
+        s.silhouette.ci_low <= s.silhouette.value && s.silhouette.value <= s.silhouette.ci_high
+    );
     let keys: Vec<&str> = m.separation.pairs.keys().map(String::as_str).collect();
     assert_eq!(keys, ["code-general", "math-code", "math-general"]);
     for (pair, p) in &m.separation.pairs {
@@ -51,7 +57,8 @@ fn separated_clusters_score_near_one() {
                 .filter(|&j| j != i)
                 .min_by(|&x, &y| {
                     let d = |j: usize| {
-                        (m.tsne[i][0] - m.tsne[j][0]).powi(2) + (m.tsne[i][1] - m.tsne[j][1]).powi(2)
+                        (m.tsne[i][0] - m.tsne[j][0]).powi(2)
+                            + (m.tsne[i][1] - m.tsne[j][1]).powi(2)
                     };
                     d(x).total_cmp(&d(y))
                 })
@@ -73,9 +80,21 @@ fn shuffled_sources_score_near_chance() {
     }
     let a = run(&[e]);
     let s = &a.models[0].separation.overall;
-    assert!(s.silhouette.value.abs() < 0.1, "silhouette {:?}", s.silhouette);
-    assert!((s.knn_purity.value - 1.0 / 3.0).abs() < 0.1, "purity {:?}", s.knn_purity);
-    assert!(s.probe_accuracy.value < 0.55, "probe {:?}", s.probe_accuracy);
+    assert!(
+        s.silhouette.value.abs() < 0.1,
+        "silhouette {:?}",
+        s.silhouette
+    );
+    assert!(
+        (s.knn_purity.value - 1.0 / 3.0).abs() < 0.1,
+        "purity {:?}",
+        s.knn_purity
+    );
+    assert!(
+        s.probe_accuracy.value < 0.55,
+        "probe {:?}",
+        s.probe_accuracy
+    );
 }
 
 #[test]
@@ -89,12 +108,23 @@ fn changes_are_paired_differences_against_the_first_model() {
     let want = a.models[1].separation.overall.silhouette.value
         - a.models[0].separation.overall.silhouette.value;
     assert!((c.overall.silhouette.value - want).abs() < 1e-12);
-    assert!(c.overall.silhouette.ci_high < 0.0, "{:?}", c.overall.silhouette);
-    assert_eq!(c.overall.silhouette.method, Some(sft_eval::Method::PairedBootstrap));
+    assert!(
+        c.overall.silhouette.ci_high < 0.0,
+        "{:?}",
+        c.overall.silhouette
+    );
+    assert_eq!(
+        c.overall.silhouette.method,
+        Some(sft_eval::Method::PairedBootstrap)
+    );
     assert_eq!(c.pairs.len(), 3);
     // The same vectors under another label: no change at all.
     let same = &a.changes[1];
-    for e in [same.overall.silhouette, same.overall.knn_purity, same.overall.probe_accuracy] {
+    for e in [
+        same.overall.silhouette,
+        same.overall.knn_purity,
+        same.overall.probe_accuracy,
+    ] {
         assert_eq!((e.value, e.ci_low, e.ci_high), (0.0, 0.0, 0.0));
     }
     let table = separation_table(&a);
@@ -123,14 +153,21 @@ fn rerun_writes_byte_identical_tsne_csv_and_readable_outputs() {
         let a = run(&models);
         written.push((write_outputs(d.path(), &models, &a).unwrap(), a));
     }
-    let csv: Vec<Vec<u8>> = written.iter().map(|(o, _)| std::fs::read(&o.tsne_csv).unwrap()).collect();
+    let csv: Vec<Vec<u8>> = written
+        .iter()
+        .map(|(o, _)| std::fs::read(&o.tsne_csv).unwrap())
+        .collect();
     assert_eq!(csv[0], csv[1], "tsne.csv differs between reruns");
     let text = String::from_utf8(csv[0].clone()).unwrap();
     let lines: Vec<&str> = text.lines().collect();
     assert_eq!(lines[0], "model,id,source,x,y");
     assert_eq!(lines.len(), 1 + 2 * 105);
     assert!(lines[1].starts_with("base,math-0,math,"), "{}", lines[1]);
-    assert!(lines[106].starts_with("tuned,math-0,math,"), "{}", lines[106]);
+    assert!(
+        lines[106].starts_with("tuned,math-0,math,"),
+        "{}",
+        lines[106]
+    );
 
     let (out, analysis) = &written[0];
     // separation.json is the analysis.
@@ -144,8 +181,16 @@ fn rerun_writes_byte_identical_tsne_csv_and_readable_outputs() {
     let builder =
         parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file).unwrap();
     assert_eq!(builder.metadata().file_metadata().num_rows(), 210);
-    let names: Vec<String> = builder.schema().fields().iter().map(|f| f.name().clone()).collect();
-    assert_eq!(names, ["model", "id", "source", "layer", "pool", "n_tokens", "vector"]);
+    let names: Vec<String> = builder
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| f.name().clone())
+        .collect();
+    assert_eq!(
+        names,
+        ["model", "id", "source", "layer", "pool", "n_tokens", "vector"]
+    );
     // The plots exist, are a real PNG and SVG, and the SVG carries the panel titles and legend.
     let png = std::fs::read(&out.tsne_png).unwrap();
     assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
@@ -167,7 +212,10 @@ fn barnes_hut_path_is_deterministic_too() {
     };
     let a = analyze(std::slice::from_ref(&e), &s, &ProgressBar::hidden()).unwrap();
     let b = analyze(std::slice::from_ref(&e), &s, &ProgressBar::hidden()).unwrap();
-    assert!(matches!(a.models[0].tsne_method, sft_analyze::TsneMethod::BarnesHut { .. }));
+    assert!(matches!(
+        a.models[0].tsne_method,
+        sft_analyze::TsneMethod::BarnesHut { .. }
+    ));
     assert_eq!(a.models[0].tsne, b.models[0].tsne);
 }
 
@@ -191,11 +239,15 @@ fn bad_inputs_fail_with_clear_messages() {
 
     let mut short = good.clone();
     short.sources.pop();
-    assert_eq!(err(&[short]), "embeddings of model `base`: 105 ids but 104 sources");
+    assert_eq!(
+        err(&[short]),
+        "embeddings of model `base`: 105 ids but 104 sources"
+    );
 
     let mut ragged = good.clone();
     ragged.vectors.pop();
-    assert!(err(&[ragged]).contains("1679 values in `vectors`, expected 105 records × 16 dimensions = 1680"));
+    assert!(err(&[ragged])
+        .contains("1679 values in `vectors`, expected 105 records × 16 dimensions = 1680"));
 
     let mut one = good.clone();
     one.sources.iter_mut().for_each(|s| *s = "math".into());
@@ -208,7 +260,9 @@ fn bad_inputs_fail_with_clear_messages() {
     for (i, s) in few.sources.iter_mut().enumerate() {
         *s = if i < 3 { "code".into() } else { "math".into() };
     }
-    assert!(err(&[few]).contains("source `code` has 3 record(s); the 5-fold probe needs at least 5"));
+    assert!(
+        err(&[few]).contains("source `code` has 3 record(s); the 5-fold probe needs at least 5")
+    );
 
     let mut nan = good.clone();
     nan.vectors[16 * 4 + 2] = f32::NAN;
@@ -225,7 +279,11 @@ fn bad_inputs_fail_with_clear_messages() {
     let small = clusters("base", 20, 16, 5.0, 1);
     let e = err(&[small]);
     assert!(matches!(
-        analyze(&[clusters("base", 20, 16, 5.0, 1)], &settings(), &ProgressBar::hidden()),
+        analyze(
+            &[clusters("base", 20, 16, 5.0, 1)],
+            &settings(),
+            &ProgressBar::hidden()
+        ),
         Err(Error::Settings(_))
     ));
     assert!(e.contains("perplexity 30 needs at least 91 records"), "{e}");
@@ -238,5 +296,8 @@ fn pool_names_round_trip() {
         assert_eq!(serde_json::to_string(&p).unwrap(), format!("\"{p}\""));
     }
     assert_eq!("mean".parse::<Pool>(), Ok(Pool::Mean));
-    assert!("max".parse::<Pool>().unwrap_err().contains("unknown pooling `max`"));
+    assert!("max"
+        .parse::<Pool>()
+        .unwrap_err()
+        .contains("unknown pooling `max`"));
 }

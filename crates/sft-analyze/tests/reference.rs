@@ -9,7 +9,10 @@ use sft_analyze::tsne::pca_init;
 const TOL: f64 = 1e-6;
 
 fn reference() -> Value {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../fixtures/analyze/reference.json");
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../fixtures/analyze/reference.json"
+    );
     serde_json::from_str(&std::fs::read_to_string(path).expect("reference.json")).unwrap()
 }
 
@@ -39,7 +42,10 @@ fn assert_close(what: &str, got: &[f64], want: &[f64]) {
 #[test]
 fn silhouette_matches_sklearn() {
     let r = reference();
-    let (n, d) = (r["n"].as_u64().unwrap() as usize, r["d"].as_u64().unwrap() as usize);
+    let (n, d) = (
+        r["n"].as_u64().unwrap() as usize,
+        r["d"].as_u64().unwrap() as usize,
+    );
     let x = floats(&r["x"]);
     let labels = ints(&r["labels"]);
     let s = silhouette_samples(&distances(&x, n, d), &labels, 3);
@@ -48,7 +54,10 @@ fn silhouette_matches_sklearn() {
     // The pair subset (labels 0 and 1), as the per-pair scores compute it.
     let mask = ints(&r["pair_mask"]);
     let keep: Vec<usize> = (0..n).filter(|&i| mask[i] == 1).collect();
-    let sub: Vec<f64> = keep.iter().flat_map(|&i| x[i * d..(i + 1) * d].to_vec()).collect();
+    let sub: Vec<f64> = keep
+        .iter()
+        .flat_map(|&i| x[i * d..(i + 1) * d].to_vec())
+        .collect();
     let sub_l: Vec<usize> = keep.iter().map(|&i| labels[i]).collect();
     let s = silhouette_samples(&distances(&sub, keep.len(), d), &sub_l, 2);
     assert_close("pair silhouette", &s, &floats(&r["pair_silhouette"]));
@@ -57,7 +66,10 @@ fn silhouette_matches_sklearn() {
 #[test]
 fn knn_purity_matches_sklearn_neighbours() {
     let r = reference();
-    let (n, d) = (r["n"].as_u64().unwrap() as usize, r["d"].as_u64().unwrap() as usize);
+    let (n, d) = (
+        r["n"].as_u64().unwrap() as usize,
+        r["d"].as_u64().unwrap() as usize,
+    );
     let k = r["k"].as_u64().unwrap() as usize;
     let x = floats(&r["x"]);
     let labels = ints(&r["labels"]);
@@ -68,7 +80,10 @@ fn knn_purity_matches_sklearn_neighbours() {
 #[test]
 fn ridge_probe_predicts_as_ridge_classifier() {
     let r = reference();
-    let (n, d) = (r["n"].as_u64().unwrap() as usize, r["d"].as_u64().unwrap() as usize);
+    let (n, d) = (
+        r["n"].as_u64().unwrap() as usize,
+        r["d"].as_u64().unwrap() as usize,
+    );
     let x = floats(&r["x"]);
     let labels = ints(&r["labels"]);
     let folds = ints(&r["folds"]);
@@ -80,7 +95,10 @@ fn ridge_probe_predicts_as_ridge_classifier() {
 
     let mask = ints(&r["pair_mask"]);
     let keep: Vec<usize> = (0..n).filter(|&i| mask[i] == 1).collect();
-    let sub: Vec<f64> = keep.iter().flat_map(|&i| x[i * d..(i + 1) * d].to_vec()).collect();
+    let sub: Vec<f64> = keep
+        .iter()
+        .flat_map(|&i| x[i * d..(i + 1) * d].to_vec())
+        .collect();
     let sub_l: Vec<usize> = keep.iter().map(|&i| labels[i]).collect();
     let sub_f: Vec<usize> = keep.iter().map(|&i| folds[i]).collect();
     let pred = probe_predictions(&sub, d, &sub_l, 2, &sub_f, 5, 1.0).unwrap();
@@ -92,8 +110,16 @@ fn check_pca(r: &Value, data_key: &str, key: &str, rows: usize, dim: usize) {
     let want = &r[key];
     let k = want["explained_variance"].as_array().unwrap().len();
     let p = pca(&x, rows, dim, k);
-    assert_close(&format!("{key} components"), &p.components, &floats(&want["components"]));
-    assert_close(&format!("{key} scores"), &p.scores, &floats(&want["scores"]));
+    assert_close(
+        &format!("{key} components"),
+        &p.components,
+        &floats(&want["components"]),
+    );
+    assert_close(
+        &format!("{key} scores"),
+        &p.scores,
+        &floats(&want["scores"]),
+    );
     assert_close(
         &format!("{key} explained variance"),
         &p.explained_variance,
@@ -109,7 +135,10 @@ fn check_pca(r: &Value, data_key: &str, key: &str, rows: usize, dim: usize) {
 #[test]
 fn pca_matches_sklearn_with_its_signs() {
     let r = reference();
-    let (n, d) = (r["n"].as_u64().unwrap() as usize, r["d"].as_u64().unwrap() as usize);
+    let (n, d) = (
+        r["n"].as_u64().unwrap() as usize,
+        r["d"].as_u64().unwrap() as usize,
+    );
     // More records than dimensions: the scatter-matrix route.
     check_pca(&r, "x", "pca_tall", n, d);
     // Fewer records than dimensions: the Gram-matrix route.
@@ -119,12 +148,18 @@ fn pca_matches_sklearn_with_its_signs() {
 #[test]
 fn tsne_init_is_sklearns_pca_init() {
     let r = reference();
-    let (n, d) = (r["n"].as_u64().unwrap() as usize, r["d"].as_u64().unwrap() as usize);
+    let (n, d) = (
+        r["n"].as_u64().unwrap() as usize,
+        r["d"].as_u64().unwrap() as usize,
+    );
     let init = pca_init(&floats(&r["x"]), n, d);
     // The values are ~1e-4: compare relative to their scale.
     let want = floats(&r["tsne_init"]);
     let scale = want.iter().fold(0.0f64, |m, v| m.max(v.abs()));
     for (i, (g, w)) in init.iter().zip(&want).enumerate() {
-        assert!((g - w).abs() <= TOL * scale, "init[{i}]: got {g}, scikit-learn {w}");
+        assert!(
+            (g - w).abs() <= TOL * scale,
+            "init[{i}]: got {g}, scikit-learn {w}"
+        );
     }
 }
