@@ -1,7 +1,7 @@
 //! Times the whole analysis on synthetic embeddings the size of the measurement: two
 //! models × 3 sources × 100 records of SmolLM2-135M's width (576), and writes the outputs.
 //!
-//!     cargo run --release -p sft-analyze --example synthetic -- OUT_DIR [PER_SOURCE] [DIM]
+//!     cargo run --release -p sft-analyze --example synthetic -- OUT_DIR [PER_SOURCE] [DIM] [THREADS]
 //!
 //! The "base" model has three overlapping Gaussian clusters, the "tuned" one separates math from
 //! the other two (code and general overlap), a shape like the paper's figure. The numbers are
@@ -57,9 +57,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let out = args
         .first()
-        .ok_or("usage: synthetic OUT_DIR [PER_SOURCE] [DIM]")?;
+        .ok_or("usage: synthetic OUT_DIR [PER_SOURCE] [DIM] [THREADS]")?;
     let per: usize = args.get(1).map_or(Ok(100), |s| s.parse())?;
     let dim: usize = args.get(2).map_or(Ok(576), |s| s.parse())?;
+    let threads: usize = args.get(3).map_or(Ok(1), |s| s.parse())?;
+    let settings = AnalysisSettings {
+        threads,
+        ..AnalysisSettings::default()
+    };
     let models = [
         model("base", per, dim, [0.1, 0.1, 0.1], 1),
         model("tuned", per, dim, [0.3, 0.08, 0.08], 2),
@@ -68,7 +73,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let bar = ProgressBar::new(0).with_style(ProgressStyle::with_template(
         "{bar:40} {pos}/{len} {elapsed}",
     )?);
-    let analysis = analyze(&models, &AnalysisSettings::default(), &bar)?;
+    let analysis = analyze(&models, &settings, &bar)?;
     let analysed = started.elapsed().as_secs_f64();
     let files = write_outputs(std::path::Path::new(out), &models, &analysis)?;
     println!("{}", separation_table(&analysis));
