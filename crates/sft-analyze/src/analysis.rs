@@ -144,6 +144,47 @@ pub struct Analysis {
     pub settings: AnalysisSettings,
 }
 
+impl Scores {
+    /// The three estimates with their names: `silhouette`, `knn_purity`, `probe_accuracy`.
+    pub fn named(&self) -> [(&'static str, Estimate); 3] {
+        [
+            ("silhouette", self.silhouette),
+            ("knn_purity", self.knn_purity),
+            ("probe_accuracy", self.probe_accuracy),
+        ]
+    }
+}
+
+impl Analysis {
+    /// Every estimate under a flat dotted key, for a `results.json`-style metric map:
+    /// `<label>.<scope>.<score>` for each model and `<model>-vs-<baseline>.<scope>.<score>` for
+    /// each change, where `scope` is `all` or a source pair (`math-general`) and `score` one of
+    /// [`Scores::named`]'s names.
+    pub fn metrics(&self) -> BTreeMap<String, Estimate> {
+        let mut out = BTreeMap::new();
+        let mut put = |who: &str, overall: &Scores, pairs: &BTreeMap<String, Scores>| {
+            let scopes =
+                std::iter::once(("all", overall)).chain(pairs.iter().map(|(k, v)| (k.as_str(), v)));
+            for (scope, scores) in scopes {
+                for (name, e) in scores.named() {
+                    out.insert(format!("{who}.{scope}.{name}"), e);
+                }
+            }
+        };
+        for m in &self.models {
+            put(&m.label, &m.separation.overall, &m.separation.pairs);
+        }
+        for c in &self.changes {
+            put(
+                &format!("{}-vs-{}", c.model, c.baseline),
+                &c.overall,
+                &c.pairs,
+            );
+        }
+        out
+    }
+}
+
 struct Computed {
     overall: RecordScores,
     pairs: BTreeMap<String, RecordScores>,

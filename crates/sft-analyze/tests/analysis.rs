@@ -127,6 +127,17 @@ fn changes_are_paired_differences_against_the_first_model() {
     ] {
         assert_eq!((e.value, e.ci_low, e.ci_high), (0.0, 0.0, 0.0));
     }
+    // The flat metric map: 4 scopes × 3 scores for each of 3 models and 2 changes.
+    let metrics = a.metrics();
+    assert_eq!(metrics.len(), 5 * 4 * 3);
+    assert_eq!(
+        metrics["tuned-vs-base.all.silhouette"], c.overall.silhouette,
+        "change key"
+    );
+    assert_eq!(
+        metrics["base.math-general.knn_purity"],
+        a.models[0].separation.pairs["math-general"].knn_purity
+    );
     let table = separation_table(&a);
     assert!(table.contains("| tuned − base | all | 120 |"), "{table}");
     assert!(table.contains("| base | math-general | 80 |"), "{table}");
