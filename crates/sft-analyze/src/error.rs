@@ -75,9 +75,9 @@ pub enum Error {
         /// The backend's message.
         message: String,
     },
-    /// No usable plot font (see `sft_sweep::register_font`).
+    /// No usable plot font (see `sft_plot::register_font`).
     #[error("plot font: {0}")]
-    Font(#[source] sft_sweep::Error),
+    Font(#[from] sft_plot::FontError),
     /// A paired difference could not be formed.
     #[error("change between models: {0}")]
     Stats(#[source] sft_eval::EvalError),

@@ -243,25 +243,11 @@ fn csv_field(s: &str) -> String {
     }
 }
 
-/// Colours of the sources in order (Tableau 10: blue, orange, green, red, purple, …).
-const COLOURS: [RGBColor; 10] = [
-    RGBColor(31, 119, 180),
-    RGBColor(255, 127, 14),
-    RGBColor(44, 160, 44),
-    RGBColor(214, 39, 40),
-    RGBColor(148, 103, 189),
-    RGBColor(140, 86, 75),
-    RGBColor(227, 119, 194),
-    RGBColor(127, 127, 127),
-    RGBColor(188, 189, 34),
-    RGBColor(23, 190, 207),
-];
-
 const PANEL: u32 = 620;
 const LEGEND: u32 = 44;
 
 fn plot(png: &Path, svg: &Path, models: &[Embeddings], analysis: &Analysis) -> Result<()> {
-    sft_sweep::register_font().map_err(Error::Font)?;
+    sft_plot::register_font()?;
     let size = (PANEL * models.len() as u32, PANEL + 40 + LEGEND);
     {
         let root = BitMapBackend::new(png, size).into_drawing_area();
@@ -340,7 +326,7 @@ fn draw<DB: DrawingBackend>(
             .draw()
             .map_err(|x| e(&x))?;
         for (si, source) in analysis.sources.iter().enumerate() {
-            let colour = COLOURS[si % COLOURS.len()];
+            let colour = sft_plot::colour(si);
             let points: Vec<(f64, f64)> = a
                 .tsne
                 .iter()
@@ -360,7 +346,7 @@ fn draw<DB: DrawingBackend>(
     // One legend below the panels: every panel has the same records, so the same sources.
     let mut x = 60i32;
     for (si, source) in analysis.sources.iter().enumerate() {
-        let colour = COLOURS[si % COLOURS.len()];
+        let colour = sft_plot::colour(si);
         let count = models[0].sources.iter().filter(|s| *s == source).count();
         let text = format!("{source} ({count})");
         legend

@@ -92,8 +92,8 @@ pub enum Error {
         message: String,
     },
     /// No usable TrueType font was found for plot text.
-    #[error("no font for plots: {0}")]
-    Font(String),
+    #[error(transparent)]
+    Font(#[from] sft_plot::FontError),
 }
 
 /// The crate's result type.

@@ -6,57 +6,18 @@
 //!   mixed grids share the panels) and RQ3's three set-ups all come out as this figure.
 //! * `<sweep>-k-scan`: the same for grids that scan DMT's k.
 //!
-//! Text is drawn with `ab_glyph` from a TrueType file found at run time ([`register_font`]), so
+//! Text is drawn with `ab_glyph` from a TrueType file found at run time ([`sft_plot::register_font`]), so
 //! plotting needs neither fontconfig nor freetype.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
 
 use plotters::coord::Shift;
 use plotters::prelude::*;
-use plotters::style::FontStyle;
 
 use crate::error::{io, Error, Result};
 use crate::results::{metric_info, ResultsTable, METRICS};
 use crate::spec::SweepSpec;
-
-/// TrueType files tried in order when `SFT_FONT` is not set (Debian/Ubuntu `fonts-dejavu-core`,
-/// Fedora/Arch DejaVu, Liberation, macOS).
-pub const FONT_CANDIDATES: [&str; 6] = [
-    "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
-    "/usr/share/fonts/dejavu-sans-fonts/DejaVuSans.ttf",
-    "/usr/share/fonts/TTF/DejaVuSans.ttf",
-    "/usr/share/fonts/dejavu/DejaVuSans.ttf",
-    "/usr/share/fonts/truetype/liberation/LiberationSans-Regular.ttf",
-    "/System/Library/Fonts/Supplemental/Arial.ttf",
-];
-
-static FONT: OnceLock<std::result::Result<PathBuf, String>> = OnceLock::new();
-
-/// Registers the plot font once per process: `SFT_FONT` if set, else the first of
-/// [`FONT_CANDIDATES`] that exists. Returns the file used.
-pub fn register_font() -> Result<PathBuf> {
-    FONT.get_or_init(|| {
-        let candidates: Vec<PathBuf> = match std::env::var_os("SFT_FONT") {
-            Some(p) => vec![PathBuf::from(p)],
-            None => FONT_CANDIDATES.iter().map(PathBuf::from).collect(),
-        };
-        let path = candidates.iter().find(|p| p.is_file()).ok_or_else(|| {
-            format!(
-                "none of {} exists; install a TrueType font (Debian: apt-get install fonts-dejavu-core) or set SFT_FONT",
-                candidates.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
-            )
-        })?;
-        let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
-        let bytes: &'static [u8] = Box::leak(bytes.into_boxed_slice());
-        plotters::style::register_font("sans-serif", FontStyle::Normal, bytes)
-            .map_err(|_| format!("{}: not a usable TrueType font", path.display()))?;
-        Ok(path.clone())
-    })
-    .clone()
-    .map_err(Error::Font)
-}
 
 /// The files [`plot_all`] wrote.
 #[derive(Debug, Clone, Default)]
@@ -97,7 +58,7 @@ struct Figure {
 
 /// Draws every figure the results support into `dir`; a figure without data is skipped.
 pub fn plot_all(spec: &SweepSpec, table: &ResultsTable, dir: &Path) -> Result<PlotFiles> {
-    register_font()?;
+    sft_plot::register_font()?;
     std::fs::create_dir_all(dir).map_err(io(dir))?;
     let mut files = PlotFiles::default();
     for k_scan in [false, true] {
@@ -312,19 +273,7 @@ fn figure(spec: &SweepSpec, table: &ResultsTable, k_scan: bool) -> Option<Figure
 }
 
 fn color(i: usize) -> RGBColor {
-    const C: [RGBColor; 10] = [
-        RGBColor(31, 119, 180),
-        RGBColor(214, 39, 40),
-        RGBColor(44, 160, 44),
-        RGBColor(255, 127, 14),
-        RGBColor(148, 103, 189),
-        RGBColor(140, 86, 75),
-        RGBColor(227, 119, 194),
-        RGBColor(127, 127, 127),
-        RGBColor(188, 189, 34),
-        RGBColor(23, 190, 207),
-    ];
-    C[i % C.len()]
+    sft_plot::colour(i)
 }
 
 const LEGEND_FONT: u32 = 16;
