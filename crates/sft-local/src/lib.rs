@@ -30,6 +30,7 @@
 #![deny(missing_docs)]
 
 mod error;
+pub mod hidden;
 mod local;
 mod train;
 
