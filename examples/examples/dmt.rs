@@ -41,11 +41,11 @@ struct Args {
     #[arg(long)]
     ratio: Option<Ratio>,
     /// Pool of each source in records.
-    #[arg(long, default_value_t = 32)]
+    #[arg(long, default_value_t = 24)]
     pool: usize,
     /// Held-out records per source (math, code, general), drawn before the pools and never
     /// trained on: every strategy's models are scored on them.
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, default_value_t = 12)]
     heldout: usize,
     /// Epochs per stage.
     #[arg(long, default_value_t = 1)]

