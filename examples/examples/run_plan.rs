@@ -68,25 +68,63 @@ fn main() -> anyhow::Result<()> {
     local.progress = !args.quiet;
     local.stop = Some(sft_examples::stop_flag());
     let backend = LocalBackend::new(local)?;
-    let opts = RunOptions {
-        run_dir: args.run_dir.clone(),
-        stage_store: args.stage_store,
-        data_dir,
-        base_model: model,
-        provenance: sft_examples::run_provenance(),
-    };
-    let results = sft_run::run_plan(&plan, &settings, &opts, &backend).with_context(|| {
-        format!(
-            "plan {} failed; see {}/status.json",
-            plan.name,
-            args.run_dir.display()
-        )
-    })?;
-    let rows = [sft_run::table::Row {
-        label: plan.name.clone(),
-        results: &results,
-    }];
+    // One run per replicate seed (`[run] seeds`): into RUN_DIR itself for one seed, else into
+    // RUN_DIR/seed-<s>/ with the stage store shared.
+    let replicates = settings.replicates();
+    let several = replicates.len() > 1;
+    let store = args.stage_store.clone().unwrap_or_else(|| {
+        RunOptions {
+            run_dir: args.run_dir.clone(),
+            stage_store: None,
+            data_dir: PathBuf::new(),
+            base_model: PathBuf::new(),
+            provenance: Default::default(),
+        }
+        .store()
+    });
+    let mut done = Vec::new();
+    for s in &replicates {
+        let run_dir = if several {
+            args.run_dir.join(format!("seed-{}", s.seed))
+        } else {
+            args.run_dir.clone()
+        };
+        let opts = RunOptions {
+            run_dir: run_dir.clone(),
+            stage_store: Some(store.clone()),
+            data_dir: data_dir.clone(),
+            base_model: model.clone(),
+            provenance: sft_examples::run_provenance(),
+        };
+        let results = sft_run::run_plan(&plan, s, &opts, &backend).with_context(|| {
+            format!(
+                "plan {} (seed {}) failed; see {}/status.json",
+                plan.name,
+                s.seed,
+                run_dir.display()
+            )
+        })?;
+        let heldout = sft_run::heldout::HeldoutLosses::read(&run_dir).ok();
+        let items = sft_run::items::read_run(&run_dir)?;
+        done.push((
+            format!("{} (seed {})", plan.name, s.seed),
+            results,
+            heldout,
+            items,
+        ));
+    }
+    let rows: Vec<sft_run::table::Row<'_>> = done
+        .iter()
+        .map(|(label, results, heldout, items)| sft_run::table::Row {
+            label: label.clone(),
+            results,
+            heldout: heldout.as_ref(),
+            items: Some(items),
+        })
+        .collect();
     print!("{}", sft_run::table::render(&rows));
+    println!();
+    print!("{}", sft_run::table::render_comparison(&rows, None));
     println!("run directory: {}", args.run_dir.display());
     Ok(())
 }

@@ -106,6 +106,47 @@ pub fn select_fewshot(train: &[Gsm8kItem], k: usize, seed: u64) -> Vec<Gsm8kItem
     idx.into_iter().take(k).map(|i| train[i].clone()).collect()
 }
 
+/// The indices of a seeded random subset of `n` of `len` items (all of them when `n ≥ len`),
+/// ascending: the first `n` of a Fisher–Yates permutation (unbiased draws) by a ChaCha8 stream
+/// keyed by `SHA-256("sft-eval/subset\0" ‖ task ‖ "\0" ‖ seed)`. The same `(task, seed)` gives
+/// the same subset for every model scored, and a smaller `n` gives a subset of a larger one.
+/// Used for GSM8K ([`subset`]) and HumanEval ([`crate::humaneval::subset`]).
+pub fn seeded_subset_indices(len: usize, n: usize, task: &str, seed: u64) -> Vec<usize> {
+    use rand_chacha::ChaCha8Rng;
+    use rand_core::{RngCore, SeedableRng};
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update(b"sft-eval/subset\0");
+    h.update(task.as_bytes());
+    h.update(b"\0");
+    h.update(seed.to_le_bytes());
+    let mut rng = ChaCha8Rng::from_seed(h.finalize().into());
+    let mut idx: Vec<usize> = (0..len).collect();
+    for i in (1..len).rev() {
+        // Unbiased draw in 0..=i by rejection.
+        let bound = i as u64 + 1;
+        let zone = u64::MAX - (u64::MAX % bound);
+        let j = loop {
+            let x = rng.next_u64();
+            if x < zone {
+                break (x % bound) as usize;
+            }
+        };
+        idx.swap(i, j);
+    }
+    idx.truncate(n.min(len));
+    idx.sort_unstable();
+    idx
+}
+
+/// A seeded random subset of `n` GSM8K items ([`seeded_subset_indices`] with task `gsm8k`):
+/// their indices in `items` and the items, in file order.
+pub fn subset(items: &[Gsm8kItem], n: usize, seed: u64) -> (Vec<usize>, Vec<Gsm8kItem>) {
+    let idx = seeded_subset_indices(items.len(), n, "gsm8k", seed);
+    let chosen = idx.iter().map(|&i| items[i].clone()).collect();
+    (idx, chosen)
+}
+
 /// Cuts `text` at the earliest of `stops` (the stop sequence itself is removed).
 pub fn truncate_at_stops<'a>(text: &'a str, stops: &[&str]) -> &'a str {
     let end = stops
@@ -274,6 +315,32 @@ pub fn score(items: &[Gsm8kItem], completions: &[String]) -> Result<Gsm8kReport>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn subsets_are_seeded_nested_and_not_the_first_n() {
+        let a = seeded_subset_indices(100, 10, "gsm8k", 42);
+        assert_eq!(a.len(), 10);
+        assert!(a.windows(2).all(|w| w[0] < w[1]));
+        assert_eq!(
+            a,
+            seeded_subset_indices(100, 10, "gsm8k", 42),
+            "deterministic"
+        );
+        assert_ne!(
+            a,
+            (0..10).collect::<Vec<_>>(),
+            "a random subset, not the first n"
+        );
+        assert_ne!(a, seeded_subset_indices(100, 10, "gsm8k", 43));
+        assert_ne!(a, seeded_subset_indices(100, 10, "humaneval", 42));
+        let wider = seeded_subset_indices(100, 30, "gsm8k", 42);
+        assert!(
+            a.iter().all(|i| wider.contains(i)),
+            "nested in a larger subset"
+        );
+        assert_eq!(seeded_subset_indices(5, 9, "gsm8k", 1), vec![0, 1, 2, 3, 4]);
+        assert!(seeded_subset_indices(5, 0, "gsm8k", 1).is_empty());
+    }
 
     /// (response, strict, flexible) as lm-eval's RegexFilter returns them.
     const EXTRACTION_CASES: &[(&str, &str, &str)] = &[

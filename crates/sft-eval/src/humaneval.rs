@@ -77,6 +77,15 @@ pub struct SampleResult {
     pub extra: serde_json::Map<String, serde_json::Value>,
 }
 
+/// A seeded random subset of `n` problems (the GSM8K rule,
+/// [`crate::gsm8k::seeded_subset_indices`], with task `humaneval`), in file order.
+pub fn subset(problems: &[Problem], n: usize, seed: u64) -> Vec<Problem> {
+    crate::gsm8k::seeded_subset_indices(problems.len(), n, "humaneval", seed)
+        .into_iter()
+        .map(|i| problems[i].clone())
+        .collect()
+}
+
 /// Loads `HumanEval.jsonl` or `HumanEval.jsonl.gz`; task ids must be unique.
 pub fn load_problems(path: &Path) -> Result<Vec<Problem>> {
     let problems: Vec<Problem> = crate::io::read_jsonl(path)?;

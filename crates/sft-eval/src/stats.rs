@@ -11,6 +11,7 @@
 //! | [`Estimate::bootstrap`] | `bootstrap` | a mean with a seeded 95% percentile bootstrap ([`bootstrap_mean_ci`]) |
 //! | [`Estimate::paired_difference`] | `paired_mean_se` | the mean difference of paired values (two models on the same items), mean ± 1.96 SE of the differences |
 //! | [`Estimate::paired_bootstrap`] | `paired_bootstrap` | the same mean difference with a seeded 95% percentile bootstrap over the items (resampling pairs) |
+//! | [`Estimate::mean_t`] | `mean_t` | a mean over a few replicates (seeds), mean ± t(n−1) · SE |
 //!
 //! Besides: [`bootstrap_mean_ci`] (the bootstrap with its resample count and seed, as GSM8K's
 //! report writes per filter), [`percentile_sorted`] and [`median`].
@@ -44,6 +45,9 @@ pub enum Method {
     /// The 95% percentile bootstrap of the mean paired difference (items resampled as pairs,
     /// seeded ChaCha8).
     PairedBootstrap,
+    /// Mean ± the t distribution's 97.5th percentile (`n − 1` degrees of freedom) times the
+    /// standard error: a 95% interval for a mean over a few replicates (e.g. seeds).
+    MeanT,
 }
 
 /// A point estimate with its 95% interval and sample size: the headline of every task's report
@@ -180,6 +184,45 @@ impl Estimate {
     }
 }
 
+impl Estimate {
+    /// The mean of `values` (e.g. one metric over replicate seeds) with the 95% Student-t
+    /// interval: mean ± [`t975`]`(n − 1)` · SD / √n (sample SD, `n − 1`), as
+    /// `scipy.stats.t.interval(0.95, n - 1, mean, sem)`. One value has a zero-width interval;
+    /// none gives NaN everywhere.
+    pub fn mean_t(values: &[f64]) -> Estimate {
+        let mut e = Self::mean_se_tagged(values, Method::MeanT);
+        if values.len() > 1 {
+            let half = (e.ci_high - e.value) / SE_MULTIPLIER * t975(values.len() - 1);
+            e.ci_low = e.value - half;
+            e.ci_high = e.value + half;
+        }
+        e
+    }
+}
+
+/// The t distribution's 97.5th percentile with `df` degrees of freedom
+/// (`scipy.stats.t.ppf(0.975, df)`): tabulated to 6 decimals for `df ≤ 30`, the Cornish–Fisher
+/// expansion (error below 1e-5) above. `df = 0` is infinite.
+pub fn t975(df: usize) -> f64 {
+    const T: [f64; 30] = [
+        12.706205, 4.302653, 3.182446, 2.776445, 2.570582, 2.446912, 2.364624, 2.306004, 2.262157,
+        2.228139, 2.200985, 2.178813, 2.160369, 2.144787, 2.131450, 2.119905, 2.109816, 2.100922,
+        2.093024, 2.085963, 2.079614, 2.073873, 2.068658, 2.063899, 2.059539, 2.055529, 2.051831,
+        2.048407, 2.045230, 2.042272,
+    ];
+    match df {
+        0 => f64::INFINITY,
+        d if d <= 30 => T[d - 1],
+        d => {
+            let (z, n) = (Z95, d as f64);
+            z + (z.powi(3) + z) / (4.0 * n)
+                + (5.0 * z.powi(5) + 16.0 * z.powi(3) + 3.0 * z) / (96.0 * n * n)
+                + (3.0 * z.powi(7) + 19.0 * z.powi(5) + 17.0 * z.powi(3) - 15.0 * z)
+                    / (384.0 * n.powi(3))
+        }
+    }
+}
+
 /// A mean with its 95% percentile-bootstrap confidence interval.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct MeanCi {
@@ -270,6 +313,23 @@ pub fn median(values: &[f64]) -> Option<f64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn mean_t_is_the_student_t_interval() {
+        // scipy.stats.t.interval(0.95, 2, loc=2.0, scale=sem([1, 2, 3])) = (-0.4841377, 4.4841377)
+        let e = Estimate::mean_t(&[1.0, 2.0, 3.0]);
+        assert_eq!(e.method, Some(Method::MeanT));
+        assert!((e.value - 2.0).abs() < 1e-12);
+        assert!((e.ci_low - -0.4841377).abs() < 1e-6, "{e:?}");
+        assert!((e.ci_high - 4.4841377).abs() < 1e-6, "{e:?}");
+        let one = Estimate::mean_t(&[0.5]);
+        assert_eq!((one.ci_low, one.ci_high, one.n), (0.5, 0.5, 1));
+        // scipy.stats.t.ppf(0.975, [31, 60, 1000]) = 2.039513, 2.000298, 1.962339
+        for (df, want) in [(31, 2.039513), (60, 2.000298), (1000, 1.962339)] {
+            assert!((t975(df) - want).abs() < 2e-5, "df {df}: {}", t975(df));
+        }
+        assert_eq!(serde_json::to_value(Method::MeanT).unwrap(), "mean_t");
+    }
 
     fn close(a: f64, b: f64) -> bool {
         (a - b).abs() < 1e-6

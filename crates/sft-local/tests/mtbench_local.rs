@@ -227,6 +227,8 @@ fn mtbench_is_answered_judged_reported_and_survives_a_judge_outage() {
     let table = sft_run::table::render(&[sft_run::table::Row {
         label: "Specialized".into(),
         results: &r,
+        heldout: None,
+        items: None,
     }]);
     assert!(
         table.contains("MT-Bench") && table.contains("7.000"),

@@ -120,7 +120,6 @@ fn two_stage_plan_trains_evaluates_reuses_and_resumes() {
     for (task, metric, method) in [
         ("gsm8k", "gsm8k_acc", "wilson"),
         ("humaneval", "humaneval_pass@1", "wilson"),
-        ("general_heldout_loss", "general_heldout_loss", "mean_se"),
     ] {
         let path = o.run_dir.join(format!("eval/{task}.report.json"));
         let report: serde_json::Value =
@@ -140,6 +139,11 @@ fn two_stage_plan_trains_evaluates_reuses_and_resumes() {
     let second = backend(None);
     let r2 = run_plan(&plan, &settings, &o, &second).unwrap();
     assert_eq!(second.eval_model_loads(), 0, "every metric is cached");
+    assert_eq!(
+        second.heldout_model_loads(),
+        0,
+        "every held-out loss is cached"
+    );
     assert!(r2.stages.iter().all(|s| s.reused));
     assert_eq!(r2.metrics, r.metrics);
     assert_eq!(
@@ -287,7 +291,7 @@ fn the_eval_dtype_is_used_recorded_and_part_of_the_cache_key() {
     let f32_backend = backend(None);
     let f32_run = run_plan(&plan, &settings, &o, &f32_backend).unwrap();
     assert_eq!(f32_backend.eval_model_loads(), 1);
-    assert_eq!(report("general_heldout_loss")["dtype"], "f32");
+    assert_eq!(report("gsm8k")["dtype"], "f32");
 
     settings.eval.dtype = sft_run::EvalDtype::Bf16;
     let bf16_backend = backend(None);
@@ -297,9 +301,12 @@ fn the_eval_dtype_is_used_recorded_and_part_of_the_cache_key() {
         1,
         "evaluated again, one load"
     );
-    for task in ["gsm8k", "general_heldout_loss"] {
-        assert_eq!(report(task)["dtype"], "bf16", "{task}");
-    }
+    assert_eq!(report("gsm8k")["dtype"], "bf16");
+    assert_eq!(
+        bf16_backend.heldout_model_loads(),
+        2,
+        "the held-out losses of both models are computed again in bf16"
+    );
     let (a, b) = (
         f32_run.metrics["general_heldout_loss"].value,
         bf16_run.metrics["general_heldout_loss"].value,
@@ -339,4 +346,119 @@ fn an_unknown_template_in_a_later_stage_fails_before_anything_trains() {
         serde_json::from_str(&std::fs::read_to_string(o.run_dir.join("status.json")).unwrap())
             .unwrap();
     assert_eq!(status["error_kind"], "config");
+}
+
+/// Held-out records of every source, scored with the real trainer's masking for the base model
+/// and after every stage: each per-record loss equals the trainer's own held-out loss
+/// (`sft_train::eval_loss_at`) of that one record under the stage's settings, and training
+/// changes them.
+#[test]
+fn every_stage_is_scored_per_source_with_the_trainers_masking() {
+    tch::manual_seed(0);
+    let (plan, mut settings) =
+        sft_run::load_plan_file(&workspace().join("fixtures/plans/two-stage-tiny.toml")).unwrap();
+    settings.eval.gsm8k = 0;
+    settings.eval.humaneval = 0;
+    settings.data.general_heldout = None;
+    settings.data.heldout = Some(sft_run::Heldout::PerSource(BTreeMap::from([
+        ("math".to_string(), 2),
+        ("code".to_string(), 2),
+        ("general".to_string(), 3),
+    ])));
+    let tmp = tempfile::tempdir().unwrap();
+    let o = opts(tmp.path(), "per-stage");
+    let b = backend(None);
+    let r = run_plan(&plan, &settings, &o, &b).unwrap();
+    assert_eq!(b.heldout_model_loads(), 3, "the base model and both stages");
+    let losses = sft_run::heldout::HeldoutLosses::read(&o.run_dir).unwrap();
+    assert_eq!(losses.models.len(), 3);
+    let counts: Vec<(String, usize)> = losses
+        .ids
+        .iter()
+        .map(|(s, v)| (s.clone(), v.len()))
+        .collect();
+    assert_eq!(
+        counts,
+        vec![
+            ("code".into(), 2),
+            ("general".into(), 3),
+            ("math".into(), 2)
+        ]
+    );
+    // The held-out records themselves, by id, from the source files (via the ids the runner drew).
+    let resolved: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(o.run_dir.join("plan.resolved.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        resolved["heldout_ids"],
+        serde_json::to_value(&losses.ids).unwrap()
+    );
+    let mut records: BTreeMap<String, sft_record::Record> = BTreeMap::new();
+    for (source, file, format) in [
+        ("code", "code.json", "alpaca"),
+        ("math", "math.jsonl", "gsm8k"),
+        ("general", "general.json", "sharegpt"),
+    ] {
+        let loaded = sft_compose::load_source(
+            source,
+            &workspace().join("fixtures/demo").join(file),
+            &sft_compose::LoadOptions {
+                format: Some(format.parse().unwrap()),
+                ..sft_compose::LoadOptions::strict()
+            },
+        )
+        .unwrap();
+        for rec in loaded.records {
+            records.insert(rec.id.clone(), rec);
+        }
+    }
+    let base_model = workspace().join("fixtures/run/tiny-bytes");
+    for (i, m) in losses.models.iter().enumerate() {
+        let (model, config) = match m.stage {
+            None => (base_model.clone(), &plan.stages[0].config),
+            Some(s) => (r.stages[s].store_dir.join("model"), &plan.stages[s].config),
+        };
+        assert_eq!(m.stage, if i == 0 { None } else { Some(i - 1) });
+        for (source, ls) in &m.losses {
+            assert_eq!(ls.len(), losses.ids[source].len(), "model {i} {source}");
+            for l in ls {
+                let one = tmp.path().join("one.jsonl");
+                std::fs::write(
+                    &one,
+                    format!("{}\n", serde_json::to_string(&records[&l.id]).unwrap()),
+                )
+                .unwrap();
+                let want = sft_train::eval_loss_at(
+                    sft_train::ModelInput {
+                        model: &model,
+                        tokenizer: Some(&base_model),
+                    },
+                    &one,
+                    config,
+                    tch::Device::Cpu,
+                )
+                .unwrap();
+                assert!(
+                    (l.loss - want.mean).abs() < 1e-5 && l.tokens == want.target_tokens,
+                    "model {i} {}: {} vs the trainer's {}",
+                    l.id,
+                    l.loss,
+                    want.mean
+                );
+            }
+        }
+    }
+    // Per-stage values in results.json, and training moved them.
+    for source in ["math", "code", "general"] {
+        let base = r.base_heldout_loss[source].value;
+        let s0 = r.stages[0].heldout_loss[source].value;
+        let s1 = r.stages[1].heldout_loss[source].value;
+        assert!(base.is_finite() && s0.is_finite() && s1.is_finite());
+        assert!(base != s0 && s0 != s1, "{source}: {base} {s0} {s1}");
+        assert_eq!(
+            r.metrics[&format!("heldout_loss.{source}")],
+            r.stages[1].heldout_loss[source]
+        );
+    }
 }

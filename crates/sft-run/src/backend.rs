@@ -63,27 +63,22 @@ pub enum Task {
     Gsm8k,
     /// HumanEval pass@1 (`humaneval_pass@1`).
     HumanEval,
-    /// Mean per-token loss on held-out general conversations (`general_heldout_loss`).
-    GeneralHeldoutLoss,
     /// MT-Bench single-answer judge score (`mtbench_score`).
     MtBench,
 }
 
 impl Task {
     /// Every task, in report order.
-    pub const ALL: [Task; 4] = [
-        Task::Gsm8k,
-        Task::HumanEval,
-        Task::GeneralHeldoutLoss,
-        Task::MtBench,
-    ];
+    ///
+    /// Held-out losses are not a task: the runner asks for them per model
+    /// ([`Backend::heldout_losses`]), for the base model and after every stage.
+    pub const ALL: [Task; 3] = [Task::Gsm8k, Task::HumanEval, Task::MtBench];
 
     /// The metric name in `results.json` (see `docs/formats.md`).
     pub fn metric_name(self) -> &'static str {
         match self {
             Task::Gsm8k => "gsm8k_acc",
             Task::HumanEval => "humaneval_pass@1",
-            Task::GeneralHeldoutLoss => "general_heldout_loss",
             Task::MtBench => "mtbench_score",
         }
     }
@@ -93,7 +88,6 @@ impl Task {
         match self {
             Task::Gsm8k => "gsm8k",
             Task::HumanEval => "humaneval",
-            Task::GeneralHeldoutLoss => "general_heldout_loss",
             Task::MtBench => "mtbench",
         }
     }
@@ -119,18 +113,47 @@ pub struct EvalRequest<'a> {
     pub data_dir: &'a Path,
     /// Sizes and generation limits.
     pub settings: &'a EvalSettings,
-    /// The held-out general conversations.
-    pub heldout: &'a [Record],
     /// Where to write the task's report and completions (`<run>/eval/`).
     pub out_dir: &'a Path,
     /// The run's seed.
     pub seed: u64,
+    /// The seed of the benchmark subsets ([`crate::RunSettings::split_seed`]): the same for
+    /// every strategy and replicate.
+    pub split_seed: u64,
     /// The last stage's resolved trainer config (its chat template and `max_len` apply to
     /// evaluation); `None` for a model no stage trained (the trainer defaults apply).
     pub final_stage_train: Option<&'a TrainConfig>,
     /// The dtype to load the model in: `settings.dtype` resolved by [`Backend::eval_dtype`]
     /// (the runner never passes [`EvalDtype::Auto`]; a backend given it resolves it itself).
     pub dtype: EvalDtype,
+}
+
+/// One model to score on held-out records ([`Backend::heldout_losses`]).
+#[derive(Debug, Clone, Copy)]
+pub struct LossRequest<'a> {
+    /// The model (the base model, or a stage's `model/` directory).
+    pub model: &'a Path,
+    /// The held-out records of every source.
+    pub records: &'a [Record],
+    /// The trainer config whose chat template, `max_len` and overlong policy apply: the
+    /// trainer's own tokenization and masking (assistant tokens only).
+    pub config: &'a TrainConfig,
+    /// The dtype to load the model in (already resolved by [`Backend::eval_dtype`]).
+    pub dtype: EvalDtype,
+}
+
+/// The loss of one held-out record: the mean per-token cross entropy (nats) over its trained
+/// (assistant) tokens.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RecordLoss {
+    /// The record's id.
+    pub id: String,
+    /// Its source.
+    pub source: String,
+    /// Mean loss per target token.
+    pub loss: f64,
+    /// Target tokens scored.
+    pub tokens: u64,
 }
 
 /// What [`Backend::evaluate`] calls with each task's result as soon as that task is done
@@ -168,6 +191,12 @@ pub trait Backend {
     /// (never [`EvalDtype::Auto`]: see [`EvalDtype::resolve`]). The runner puts it in the
     /// [`EvalRequest`] and in the cached metrics' key.
     fn eval_dtype(&self, requested: EvalDtype) -> EvalDtype;
+
+    /// The loss of the model `req.model` on each of `req.records` (one forward pass per record,
+    /// no gradients), with the trainer's tokenization and masking under `req.config`. A record
+    /// the trainer would drop (mask error, no target token left) is left out of the result;
+    /// the others keep their order.
+    fn heldout_losses(&self, req: &LossRequest<'_>) -> Result<Vec<RecordLoss>, BackendError>;
 
     /// Evaluates the model `req.model` on `tasks` (distinct, in [`Task::ALL`] order), loading it
     /// at most once for all of them. For each task, in order, it writes the task's report under

@@ -6,17 +6,29 @@
 //! permutation per (seed, source), every stage's selection is a subset of the pool, and smaller
 //! proportions are subsets of larger ones: DMT's `k = 1/256` code data is part of its stage-1 code.
 //!
-//! The general source additionally has held-out conversations: the `general_heldout` records that
-//! follow the pool in the same permutation, so no stage ever trains on them.
+//! Held-out records ([`crate::DataSettings::heldout`]) are drawn first, per source, as the first
+//! `n` of a seeded permutation of the whole file (stream `heldout/<source>` of the run's split
+//! seed, [`crate::RunSettings::split_seed`]). The pool and every stage then draw only from the
+//! other records: the held-out ids are written to a tag file (`<store>/heldout/`) that tags them
+//! [`HELDOUT_TAG`], and each source with held-out records is composed with the filter
+//! `not sft-run-heldout`. So the held-out records do not depend on pool sizes, strategies or
+//! replicate seeds, and no stage can select them.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
-use sft_compose::{compose_with, Catalog, Mixture, MixtureSpec, Order, Record, SourceSpec};
+use sft_compose::{
+    compose_with, Catalog, Mixture, MixtureSpec, Order, Record, SourceSpec, TagsSpec,
+};
 use sft_schedule::Stage;
 
 use crate::error::{Error, Result};
+use crate::files::write_atomic;
 use crate::settings::RunSettings;
+
+/// The tag the held-out tag files give held-out records; sources with held-out records are
+/// composed with the filter `not sft-run-heldout`.
+pub const HELDOUT_TAG: &str = "sft-run-heldout";
 
 /// One source resolved against the data directory.
 #[derive(Debug, Clone)]
@@ -34,16 +46,26 @@ pub struct Pool {
     /// Loaded leniently (a JSON array cut off mid-record): every composition of this source must
     /// load it the same way, or it would fail on the cut.
     pub lenient: bool,
+    /// Held-out records of this source (excluded from the pool by the spec's filter).
+    pub heldout: usize,
+    /// Hex SHA-256 of the held-out ids (one per line, in order); empty without held-out records.
+    pub heldout_sha256: String,
 }
 
 impl Pool {
-    /// The fingerprint that enters stage keys: file hash, format, pool size and seed.
-    pub fn fingerprint(&self, seed: u64, heldout: usize) -> String {
+    /// The fingerprint that enters stage keys: file hash, format, pool size, seed and the
+    /// held-out records excluded from it.
+    pub fn fingerprint(&self, seed: u64) -> String {
         let format = self
             .spec
             .format
             .map(|f| f.as_str().to_string())
             .unwrap_or_else(|| "auto".into());
+        let heldout = if self.heldout == 0 {
+            "0".to_string()
+        } else {
+            format!("{}/{}", self.heldout, &self.heldout_sha256[..16])
+        };
         format!(
             "sha256={};format={format};pool={};seed={seed};heldout={heldout}",
             self.sha256, self.size
@@ -51,28 +73,30 @@ impl Pool {
     }
 }
 
-/// The pools of every source, plus the held-out general records.
+/// The pools of every source, plus the held-out records of each.
 #[derive(Debug)]
 pub struct Pools {
     /// Source name → pool.
     pub pools: BTreeMap<String, Pool>,
-    /// The held-out general records (never in any stage).
-    pub heldout: Vec<Record>,
+    /// Source name → its held-out records (never in any stage), in file order; sources holding
+    /// none back are absent.
+    pub heldout: BTreeMap<String, Vec<Record>>,
     /// The seed of every selection.
     pub seed: u64,
+    /// The seed that drew the held-out records.
+    pub split_seed: u64,
     catalog: Catalog,
-    heldout_n: usize,
-    general: String,
 }
 
 impl Pools {
-    /// Loads every configured source from `data_dir` and fixes the pools and the held-out split.
-    pub fn open(settings: &RunSettings, data_dir: &Path) -> Result<Pools> {
+    /// Loads every configured source from `data_dir`, draws the held-out records (writing their
+    /// tag files under `heldout_dir`) and fixes the pools.
+    pub fn open(settings: &RunSettings, data_dir: &Path, heldout_dir: &Path) -> Result<Pools> {
         let mut catalog = Catalog::new().with_progress(false);
         let mut pools = BTreeMap::new();
-        let general = settings.data.general_source.clone();
-        let heldout_n = settings.data.general_heldout;
-        let mut heldout = Vec::new();
+        let counts = settings.data.heldout_counts()?;
+        let split_seed = settings.split_seed();
+        let mut heldout = BTreeMap::new();
         for (name, src) in &settings.data.sources {
             let path = RunSettings::data_path(data_dir, &src.path);
             if !path.exists() {
@@ -107,7 +131,7 @@ impl Pools {
                 other => other?,
             };
             let available = prepared.loaded.records.len();
-            let reserve = if *name == general { heldout_n } else { 0 };
+            let reserve = counts.get(name).copied().unwrap_or(0);
             let max_pool = available.checked_sub(reserve).filter(|&n| n > 0).ok_or_else(|| {
                 Error::Settings(format!(
                     "source {name:?} has {available} records, not enough for {reserve} held-out ones and a pool"
@@ -138,6 +162,36 @@ impl Pools {
                 Some(p) => p,
                 None => max_pool,
             };
+            let mut heldout_sha256 = String::new();
+            if reserve > 0 {
+                let records = &prepared.loaded.records;
+                let mut rng = sft_compose::sample::rng_for(split_seed, &format!("heldout/{name}"));
+                let mut chosen = sft_compose::sample::permutation(available, &mut rng);
+                chosen.truncate(reserve);
+                chosen.sort_unstable();
+                let held: Vec<Record> = chosen.iter().map(|&i| records[i].clone()).collect();
+                let ids: String = held.iter().map(|r| format!("{}\n", r.id)).collect();
+                heldout_sha256 = crate::files::sha256_hex(ids.as_bytes());
+                let tags = heldout_dir.join(format!("{name}-{}.tags.jsonl", &heldout_sha256[..16]));
+                if !tags.exists() {
+                    let lines: String = held
+                        .iter()
+                        .map(|r| {
+                            format!(
+                                "{}\n",
+                                serde_json::json!({"id": r.id, "tags": [HELDOUT_TAG]})
+                            )
+                        })
+                        .collect();
+                    write_atomic(&tags, lines.as_bytes())?;
+                }
+                spec.tags = Some(TagsSpec {
+                    file: Some(tags),
+                    tagger: None,
+                });
+                spec.filter = Some(format!("not {HELDOUT_TAG}"));
+                heldout.insert(name.clone(), held);
+            }
             let pool = Pool {
                 name: name.clone(),
                 spec,
@@ -145,40 +199,67 @@ impl Pools {
                 size,
                 sha256: prepared.loaded.sha256.clone(),
                 lenient,
+                heldout: reserve,
+                heldout_sha256,
             };
-            if *name == general && heldout_n > 0 {
-                heldout = heldout_records(&pool, heldout_n, settings.seed, &mut catalog)?;
-            }
             pools.insert(name.clone(), pool);
         }
-        if heldout_n > 0 && !pools.contains_key(&general) {
-            return Err(Error::Settings(format!(
-                "general_source {general:?} is not among the sources ({})",
-                settings.source_names().join(", ")
-            )));
-        }
-        Ok(Pools {
+        let mut pools = Pools {
             pools,
             heldout,
             seed: settings.seed,
+            split_seed,
             catalog,
-            heldout_n,
-            general,
-        })
+        };
+        pools.check_disjoint()?;
+        Ok(pools)
+    }
+
+    /// Verifies, by composing each source's whole pool, that no held-out record is in it (the
+    /// filter is what keeps them out; this checks the tag file matched every one of them).
+    fn check_disjoint(&mut self) -> Result<()> {
+        for p in self.pools.values().filter(|p| p.heldout > 0) {
+            let mut spec =
+                MixtureSpec::new(self.seed, vec![p.spec.clone().with_count(p.size as u64)])
+                    .with_order(Order::Concatenated);
+            spec.lenient = p.lenient;
+            let m = compose_with(&spec, &mut self.catalog)?;
+            let kept = m.source_stats().first().map(|s| s.available).unwrap_or(0);
+            let held: BTreeSet<&str> = self.heldout[&p.name]
+                .iter()
+                .map(|r| r.id.as_str())
+                .collect();
+            if kept + p.heldout != p.available || m.record_ids().any(|id| held.contains(id)) {
+                return Err(Error::Settings(format!(
+                    "source {:?}: the held-out filter kept {kept} of {} records, expected {} \
+                     (are record ids unique in the file?)",
+                    p.name,
+                    p.available,
+                    p.available - p.heldout
+                )));
+            }
+        }
+        Ok(())
     }
 
     /// Source name → fingerprint, for stage keys.
     pub fn fingerprints(&self) -> BTreeMap<String, String> {
         self.pools
             .iter()
-            .map(|(n, p)| {
-                let h = if *n == self.general {
-                    self.heldout_n
-                } else {
-                    0
-                };
-                (n.clone(), p.fingerprint(self.seed, h))
-            })
+            .map(|(n, p)| (n.clone(), p.fingerprint(self.seed)))
+            .collect()
+    }
+
+    /// Every held-out record, sources in name order.
+    pub fn heldout_records(&self) -> Vec<Record> {
+        self.heldout.values().flatten().cloned().collect()
+    }
+
+    /// Source name → held-out ids, for `plan.resolved.json` and cache keys.
+    pub fn heldout_ids(&self) -> BTreeMap<String, Vec<String>> {
+        self.heldout
+            .iter()
+            .map(|(s, rs)| (s.clone(), rs.iter().map(|r| r.id.clone()).collect()))
             .collect()
     }
 
@@ -214,35 +295,6 @@ impl Pools {
         let spec = self.stage_spec(stage)?;
         Ok(compose_with(&spec, &mut self.catalog)?)
     }
-}
-
-/// The `n` general records after the pool in the seeded permutation: composed with `pool + n`,
-/// minus the pool's records.
-fn heldout_records(pool: &Pool, n: usize, seed: u64, catalog: &mut Catalog) -> Result<Vec<Record>> {
-    let ids = |count: usize, catalog: &mut Catalog| -> Result<Mixture> {
-        let mut spec = MixtureSpec::new(seed, vec![pool.spec.clone().with_count(count as u64)])
-            .with_order(Order::Concatenated);
-        spec.lenient = pool.lenient;
-        Ok(compose_with(&spec, catalog)?)
-    };
-    let in_pool: BTreeSet<String> = ids(pool.size, catalog)?
-        .record_ids()
-        .map(str::to_string)
-        .collect();
-    let wider = ids(pool.size + n, catalog)?;
-    let out: Vec<Record> = wider
-        .records()
-        .filter(|r| !in_pool.contains(&r.id))
-        .cloned()
-        .collect();
-    if out.len() != n {
-        return Err(Error::Settings(format!(
-            "source {:?}: expected {n} held-out records, found {} (duplicate records in the file?)",
-            pool.name,
-            out.len()
-        )));
-    }
-    Ok(out)
 }
 
 /// Where the shared data lives: `explicit`, else `$SFT_DATA_DIR`, else `<workspace>/../shared/data`

@@ -16,8 +16,9 @@
 //!   resumes from the trainer's last checkpoint in the stage's `train/` directory.
 //! * **Honest status.** `status.json` says `running`, `done` or `failed` (with the error), and
 //!   `results.json` exists only for a finished run.
-//! * **No held-out leakage.** The held-out general conversations are drawn from the same seeded
-//!   permutation as the pools, after them, so no stage can select them ([`data`]).
+//! * **No held-out leakage.** Each source's held-out records are drawn first, with the split
+//!   seed, and filtered out of its pool, so no stage can select them ([`data`]); every model of
+//!   the plan (the base model, each stage, the final model) is scored on them ([`heldout`]).
 //!
 //! The orchestration ([`run_plan`]) talks to models only through the [`Backend`] trait;
 //! `sft_local::LocalBackend` (crate `sft-local`) is the real one (libtorch on a given
@@ -33,17 +34,22 @@ mod backend;
 pub mod data;
 mod error;
 pub mod files;
+pub mod heldout;
+pub mod items;
 mod runner;
 mod settings;
 pub mod table;
 
-pub use backend::{Backend, EvalRequest, Metric, Task, TaskDone, TrainReport, TrainRequest};
+pub use backend::{
+    Backend, EvalRequest, LossRequest, Metric, RecordLoss, Task, TaskDone, TrainReport,
+    TrainRequest,
+};
 pub use error::{BackendError, BoxError, Error, ErrorKind, Result};
 pub use runner::{
     run_plan, RunOptions, RunResults, StageDone, StageResult, Status, RESULTS_FORMAT_VERSION,
 };
 pub use settings::{
-    default_sources, DataSettings, EvalDtype, EvalSettings, JudgeSettings, RunSettings,
+    default_sources, DataSettings, EvalDtype, EvalSettings, Heldout, JudgeSettings, RunSettings,
     SourceSettings, StaleStages,
 };
 

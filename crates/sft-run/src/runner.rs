@@ -124,6 +124,11 @@ pub struct StageResult {
     pub final_train_loss: Option<f64>,
     /// Where its weights are.
     pub store_dir: PathBuf,
+    /// Source name → held-out loss of this stage's model (mean over the held-out records, mean
+    /// ± 1.96 SE); per-record values in `heldout_loss.json`. Empty without held-out records
+    /// (and in results written before per-stage losses were recorded).
+    #[serde(default)]
+    pub heldout_loss: BTreeMap<String, Metric>,
 }
 
 /// `results.json`.
@@ -137,6 +142,10 @@ pub struct RunResults {
     pub metrics: BTreeMap<String, Metric>,
     /// Every stage, in order.
     pub stages: Vec<StageResult>,
+    /// Source name → the base model's held-out loss (before any stage), as in
+    /// [`StageResult::heldout_loss`].
+    #[serde(default)]
+    pub base_heldout_loss: BTreeMap<String, Metric>,
     /// Git revision, seed, libtorch, device, base model, times.
     pub provenance: BTreeMap<String, Value>,
 }
@@ -220,7 +229,7 @@ fn run_inner(
     let store = opts.store();
     let _ = std::fs::remove_file(run_dir.join("results.json"));
 
-    let mut pools = Pools::open(settings, &opts.data_dir)?;
+    let mut pools = Pools::open(settings, &opts.data_dir, &store.join("heldout"))?;
     plan.check_sources(&pools.names())?;
     if !opts.base_model.exists() {
         return Err(Error::Settings(format!(
@@ -243,9 +252,40 @@ fn run_inner(
             "keys": keys.iter().map(|k| json!({"key": k.key, "parent": k.parent})).collect::<Vec<_>>(),
             "settings": settings,
             "pools": pools.pools.iter().map(|(n, p)| (n.clone(), json!({"path": p.spec.path, "available": p.available, "pool": p.size, "sha256": p.sha256}))).collect::<BTreeMap<_, _>>(),
-            "heldout_ids": pools.heldout.iter().map(|r| r.id.clone()).collect::<Vec<_>>(),
+            "heldout_ids": pools.heldout_ids(),
+            "split_seed": pools.split_seed,
         }),
     )?;
+    let heldout_ids = pools.heldout_ids();
+    let heldout_records = pools.heldout_records();
+    let dtype = backend.eval_dtype(settings.eval.dtype);
+    let default_config = sft_schedule::TrainConfig::default();
+    let mut losses = crate::heldout::HeldoutLosses {
+        format_version: crate::heldout::FORMAT_VERSION,
+        split_seed: pools.split_seed,
+        ids: heldout_ids.clone(),
+        models: Vec::new(),
+    };
+    // The base model in the first stage's template and lengths (what stage 0 starts from).
+    let base_losses = crate::heldout::score(
+        backend,
+        &store.join("base").join(&base_fp[..16]),
+        &opts.base_model,
+        &heldout_records,
+        &heldout_ids,
+        plan.stages
+            .first()
+            .map(|s| &s.config)
+            .unwrap_or(&default_config),
+        dtype,
+    )?;
+    losses.models.push(crate::heldout::ModelLosses {
+        label: "base".into(),
+        stage: None,
+        model_key: format!("base:{base_fp}"),
+        losses: base_losses,
+    });
+    let base_heldout_loss = losses.models[0].estimates();
     let mut provenance: BTreeMap<String, Value> = opts.provenance.clone();
     provenance.insert("seed".into(), json!(settings.seed));
     provenance.insert("base_model".into(), json!(opts.base_model));
@@ -323,7 +363,27 @@ fn run_inner(
             train_seconds: done.train_seconds,
             final_train_loss: done.final_train_loss,
             store_dir: dir.clone(),
+            heldout_loss: BTreeMap::new(),
         };
+        let stage_losses = crate::heldout::ModelLosses {
+            label: stage.name.clone(),
+            stage: Some(stage.index),
+            model_key: key.key.clone(),
+            losses: crate::heldout::score(
+                backend,
+                &dir,
+                &dir.join("model"),
+                &heldout_records,
+                &heldout_ids,
+                &stage.config,
+                dtype,
+            )?,
+        };
+        let result = StageResult {
+            heldout_loss: stage_losses.estimates(),
+            ..result
+        };
+        losses.models.push(stage_losses);
         write_json(
             &run_dir.join("stages").join(format!("{}.json", stage.index)),
             &result,
@@ -333,20 +393,41 @@ fn run_inner(
         prev_train = Some(dir.join("train"));
     }
 
+    write_json(&run_dir.join(crate::heldout::FILE), &losses)?;
+
     let final_key = keys.last().map(|k| k.key.clone()).unwrap_or_default();
     let eval_dir = run_dir.join("eval");
-    let dtype = backend.eval_dtype(settings.eval.dtype);
     let req = EvalRequest {
         model: &prev_model,
         data_dir: &opts.data_dir,
         settings: &settings.eval,
-        heldout: &pools.heldout,
         out_dir: &eval_dir,
         seed: settings.seed,
+        split_seed: pools.split_seed,
         final_stage_train: plan.stages.last().map(|s| &s.config),
         dtype,
     };
-    let metrics = evaluate(backend, &req, &final_key, &pools)?;
+    let mut metrics = evaluate(backend, &req, &final_key)?;
+    // GSM8K's strict-match accuracy beside the headline flexible-extract one, from its items.
+    if let Some(flex) = metrics.get("gsm8k_acc").copied() {
+        let p = crate::items::path(&eval_dir, Task::Gsm8k);
+        if p.exists() {
+            let items: crate::items::TaskItems = read_json(&p)?;
+            if let Some(strict) = items.proportion(crate::items::STRICT) {
+                if strict.n == flex.n {
+                    metrics.insert("gsm8k_strict_acc".to_string(), strict);
+                }
+            }
+        }
+    }
+    if let Some(last) = losses.final_model() {
+        for (source, m) in last.estimates() {
+            if source == settings.data.general_source {
+                metrics.insert("general_heldout_loss".to_string(), m);
+            }
+            metrics.insert(format!("heldout_loss.{source}"), m);
+        }
+    }
     provenance.insert("finished_unix".into(), json!(now_unix()));
     write_json(&run_dir.join("provenance.json"), &provenance)?;
     Ok(RunResults {
@@ -354,23 +435,23 @@ fn run_inner(
         plan: plan.name.clone(),
         metrics,
         stages,
+        base_heldout_loss,
         provenance,
     })
 }
 
 /// The final model's metrics: the cached ones (`eval/<task>.metric.json`, valid for this
-/// model key, evaluation settings, held-out set and resolved dtype), and one
+/// model key, evaluation settings, split seed and resolved dtype), and one
 /// [`Backend::evaluate`] call for every task that is not cached, which caches each task's
 /// metric as soon as it is reported (so a failure in a later task keeps it).
 fn evaluate(
     backend: &dyn Backend,
     req: &EvalRequest<'_>,
     final_key: &str,
-    pools: &Pools,
 ) -> Result<BTreeMap<String, Metric>> {
     let eval_settings = json!({
         "eval": req.settings,
-        "heldout": pools.heldout.iter().map(|r| r.id.clone()).collect::<Vec<_>>(),
+        "split_seed": req.split_seed,
         "dtype": req.dtype,
     });
     let cache_path = |task: Task| {

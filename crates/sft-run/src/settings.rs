@@ -18,9 +18,20 @@ pub struct RunSettings {
     /// Relative paths resolve against the plan file's directory. Flags override it.
     #[serde(default)]
     pub model: Option<PathBuf>,
-    /// The seed of data selection (pools, held-out split, stage mixtures) and of the trainer.
+    /// The seed of data selection (pools, stage mixtures, data order) and of the trainer; also
+    /// the seed of the held-out records and benchmark subsets unless `split_seed` is set.
     #[serde(default = "default_seed")]
     pub seed: u64,
+    /// The seed that draws the held-out records and the GSM8K/HumanEval subsets (default:
+    /// `seed`). A run of a `seeds = [...]` list keeps it at the plan's `seed`
+    /// ([`RunSettings::for_seed`]), so every replicate is scored on the same records.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub split_seed: Option<u64>,
+    /// Replicate seeds: the plan is run once per seed ([`RunSettings::replicates`]); each
+    /// changes the pools' sampling, the data order and the trainer's seed, not the held-out
+    /// records or the benchmark subsets. Empty = one run with `seed`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub seeds: Vec<u64>,
     /// The data sources and how much of each the plan's proportions refer to.
     #[serde(default)]
     pub data: DataSettings,
@@ -65,6 +76,8 @@ impl Default for RunSettings {
         RunSettings {
             model: None,
             seed: default_seed(),
+            split_seed: None,
+            seeds: Vec::new(),
             data: DataSettings::default(),
             eval: EvalSettings::default(),
             stale_stages: StaleStages::default(),
@@ -102,9 +115,25 @@ pub struct DataSettings {
     /// The source whose held-out conversations measure general ability (never trained on).
     #[serde(default = "default_general")]
     pub general_source: String,
-    /// How many held-out general conversations to score the loss on (0 = skip).
-    #[serde(default = "default_heldout")]
-    pub general_heldout: usize,
+    /// Held-out records per source, never trained on by any stage: one number for every source
+    /// or a table `{ math = 32, code = 32, general = 32 }` (a source left out holds none back).
+    /// Default (with `general_heldout` also absent): 16 records of the general source.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub heldout: Option<Heldout>,
+    /// The older spelling of `heldout = { <general_source> = N }`; kept so existing plans load.
+    /// Giving both is an error.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub general_heldout: Option<usize>,
+}
+
+/// `[run.data] heldout`: one count for every source, or a count per source.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Heldout {
+    /// The same number of records from every source.
+    All(usize),
+    /// Source name → number of records (absent sources hold none back).
+    PerSource(BTreeMap<String, usize>),
 }
 
 fn default_general() -> String {
@@ -113,6 +142,45 @@ fn default_general() -> String {
 
 fn default_heldout() -> usize {
     16
+}
+
+impl DataSettings {
+    /// Held-out records per configured source (sources holding none back are absent), from
+    /// `heldout`, the `general_heldout` alias, or the default (16 general records). Fails when
+    /// both spellings are given or a table names a source that is not configured.
+    pub fn heldout_counts(&self) -> Result<BTreeMap<String, usize>> {
+        let counts: BTreeMap<String, usize> = match (&self.heldout, self.general_heldout) {
+            (Some(_), Some(_)) => {
+                return Err(Error::Settings(
+                    "[run.data] sets both `heldout` and `general_heldout`; `general_heldout = N` \
+                     is the older spelling of `heldout = { general = N }`: keep only `heldout`"
+                        .into(),
+                ))
+            }
+            (Some(Heldout::All(n)), None) => self.sources.keys().map(|s| (s.clone(), *n)).collect(),
+            (Some(Heldout::PerSource(m)), None) => {
+                if let Some(bad) = m.keys().find(|k| !self.sources.contains_key(*k)) {
+                    return Err(Error::Settings(format!(
+                        "[run.data] heldout names source {bad:?}, which is not configured (sources: {})",
+                        self.sources.keys().cloned().collect::<Vec<_>>().join(", ")
+                    )));
+                }
+                m.clone()
+            }
+            (None, g) => {
+                let n = g.unwrap_or_else(default_heldout);
+                if n > 0 && !self.sources.contains_key(&self.general_source) {
+                    return Err(Error::Settings(format!(
+                        "general_source {:?} is not among the sources ({})",
+                        self.general_source,
+                        self.sources.keys().cloned().collect::<Vec<_>>().join(", ")
+                    )));
+                }
+                BTreeMap::from([(self.general_source.clone(), n)])
+            }
+        };
+        Ok(counts.into_iter().filter(|(_, n)| *n > 0).collect())
+    }
 }
 
 /// The three sources of the shared data directory (see `/work/shared/data/README.md`).
@@ -147,7 +215,8 @@ impl Default for DataSettings {
         DataSettings {
             sources: default_sources(),
             general_source: default_general(),
-            general_heldout: default_heldout(),
+            heldout: None,
+            general_heldout: None,
         }
     }
 }
@@ -159,7 +228,9 @@ pub struct EvalSettings {
     /// GSM8K test file, relative to the data directory.
     #[serde(default = "default_gsm8k_path")]
     pub gsm8k_path: PathBuf,
-    /// How many GSM8K test questions (the first n; 0 = skip; the paper uses all 1,319).
+    /// How many GSM8K test questions: a seeded random subset of n (drawn with the split seed,
+    /// the same for every strategy and replicate; all of them when n ≥ the file's size; 0 =
+    /// skip; the paper uses all 1,319).
     #[serde(default = "default_gsm8k_n")]
     pub gsm8k: usize,
     /// New-token limit for GSM8K answers.
@@ -168,7 +239,8 @@ pub struct EvalSettings {
     /// HumanEval problems file (`.jsonl` or `.jsonl.gz`), relative to the data directory.
     #[serde(default = "default_humaneval_path")]
     pub humaneval_path: PathBuf,
-    /// How many HumanEval problems (the first n; 0 = skip; the paper uses all 164).
+    /// How many HumanEval problems: a seeded random subset of n, like `gsm8k` (0 = skip; the
+    /// paper uses all 164).
     #[serde(default = "default_humaneval_n")]
     pub humaneval: usize,
     /// New-token limit for HumanEval completions.
@@ -382,6 +454,41 @@ impl RunSettings {
         }
     }
 
+    /// The seed of the held-out records and benchmark subsets: `split_seed`, else `seed`.
+    pub fn split_seed(&self) -> u64 {
+        self.split_seed.unwrap_or(self.seed)
+    }
+
+    /// The seeds this plan runs with: `seeds`, or `[seed]` when it is empty.
+    pub fn replicate_seeds(&self) -> Vec<u64> {
+        if self.seeds.is_empty() {
+            vec![self.seed]
+        } else {
+            self.seeds.clone()
+        }
+    }
+
+    /// The settings of the replicate with seed `seed`: data selection and training use `seed`,
+    /// the held-out records and benchmark subsets keep this run's split seed, and the replicate
+    /// runs once (`seeds` empty).
+    pub fn for_seed(&self, seed: u64) -> RunSettings {
+        RunSettings {
+            seed,
+            split_seed: Some(self.split_seed()),
+            seeds: Vec::new(),
+            ..self.clone()
+        }
+    }
+
+    /// One settings value per replicate seed ([`RunSettings::replicate_seeds`], each through
+    /// [`RunSettings::for_seed`]).
+    pub fn replicates(&self) -> Vec<RunSettings> {
+        self.replicate_seeds()
+            .into_iter()
+            .map(|s| self.for_seed(s))
+            .collect()
+    }
+
     /// The names of the configured sources, sorted.
     pub fn source_names(&self) -> Vec<&str> {
         self.data.sources.keys().map(String::as_str).collect()
@@ -445,5 +552,71 @@ mod tests {
             msg.contains("p.toml") && msg.contains("`fp16`") && msg.contains("auto, f32 or bf16"),
             "{msg}"
         );
+    }
+
+    fn data(toml_text: &str) -> Result<RunSettings> {
+        let v = serde_json::to_value(toml::from_str::<toml::Value>(toml_text).unwrap()).unwrap();
+        RunSettings::from_plan_value(Some(&v), Path::new("p.toml"))
+    }
+
+    #[test]
+    fn heldout_is_one_number_a_table_or_the_older_general_heldout() {
+        let all = data("[data]\nheldout = 8\n").unwrap();
+        assert_eq!(
+            all.data.heldout_counts().unwrap(),
+            BTreeMap::from([
+                ("code".into(), 8),
+                ("general".into(), 8),
+                ("math".into(), 8)
+            ])
+        );
+        let table = data("[data]\nheldout = { math = 5, general = 2, code = 0 }\n").unwrap();
+        assert_eq!(
+            table.data.heldout_counts().unwrap(),
+            BTreeMap::from([("general".into(), 2), ("math".into(), 5)])
+        );
+        let alias = data("[data]\ngeneral_heldout = 4\n").unwrap();
+        assert_eq!(
+            alias.data.heldout_counts().unwrap(),
+            BTreeMap::from([("general".into(), 4)])
+        );
+        assert_eq!(
+            RunSettings::default().data.heldout_counts().unwrap(),
+            BTreeMap::from([("general".into(), 16)])
+        );
+        let both = data("[data]\nheldout = 3\ngeneral_heldout = 4\n").unwrap();
+        let msg = both.data.heldout_counts().unwrap_err().to_string();
+        assert!(
+            msg.contains("both") && msg.contains("heldout = { general = N }"),
+            "{msg}"
+        );
+        let unknown = data("[data]\nheldout = { maths = 3 }\n").unwrap();
+        let msg = unknown.data.heldout_counts().unwrap_err().to_string();
+        assert!(
+            msg.contains("\"maths\"") && msg.contains("code, general, math"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn replicates_change_the_seed_but_not_the_split_seed() {
+        let s = data("seed = 5\nseeds = [1, 2, 3]\n").unwrap();
+        assert_eq!(s.replicate_seeds(), vec![1, 2, 3]);
+        let reps = s.replicates();
+        assert_eq!(
+            reps.iter().map(|r| r.seed).collect::<Vec<_>>(),
+            vec![1, 2, 3]
+        );
+        assert!(reps
+            .iter()
+            .all(|r| r.split_seed() == 5 && r.seeds.is_empty()));
+        assert_eq!(
+            reps[1].base_train_config().seed,
+            2,
+            "the trainer's seed follows"
+        );
+        let one = data("seed = 5\n").unwrap();
+        assert_eq!(one.replicate_seeds(), vec![5]);
+        assert_eq!(one.split_seed(), 5);
     }
 }

@@ -9,9 +9,9 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use sft_run::{
-    run_plan, Backend, BackendError, ErrorKind, EvalDtype, EvalRequest, Metric, RunOptions,
-    RunResults, RunSettings, StageDone, StaleStages, Status, Task, TaskDone, TrainReport,
-    TrainRequest,
+    run_plan, Backend, BackendError, ErrorKind, EvalDtype, EvalRequest, LossRequest, Metric,
+    RecordLoss, RunOptions, RunResults, RunSettings, StageDone, StaleStages, Status, Task,
+    TaskDone, TrainReport, TrainRequest,
 };
 use sha2::{Digest, Sha256};
 
@@ -38,6 +38,24 @@ struct Recorder {
     calls: RefCell<usize>,
     /// The versions it reports ([`Backend::semantics`]).
     semantics: BTreeMap<String, u32>,
+    /// The models scored on held-out records (their weights' content, `base` for the base).
+    scored: RefCell<Vec<String>>,
+}
+
+/// The content of a model: its `weights` file, or `base` for the base model file.
+fn model_content(model: &Path) -> String {
+    if model.is_dir() {
+        std::fs::read_to_string(model.join("weights")).unwrap()
+    } else {
+        "base".to_string()
+    }
+}
+
+/// A fake loss in [1, 3): a hash of the model's content and the record id, so every model has
+/// its own losses and a wrong model or record shows.
+fn fake_loss(model: &str, id: &str) -> f64 {
+    let h = Sha256::digest(format!("{model}\0{id}").as_bytes());
+    1.0 + 2.0 * (u16::from_le_bytes([h[0], h[1]]) as f64 / 65536.0)
 }
 
 /// Semantics versions `training v{training}, chat 1`.
@@ -92,11 +110,7 @@ impl Backend for Recorder {
                 "killed",
             ));
         }
-        let init = if req.init_model.is_dir() {
-            std::fs::read_to_string(req.init_model.join("weights")).unwrap()
-        } else {
-            "base".to_string()
-        };
+        let init = model_content(req.init_model);
         let data = std::fs::read_to_string(req.data).unwrap();
         let lines = data.lines().count();
         let mut h = Sha256::new();
@@ -119,6 +133,21 @@ impl Backend for Recorder {
         requested.resolve(false)
     }
 
+    fn heldout_losses(&self, req: &LossRequest<'_>) -> Result<Vec<RecordLoss>, BackendError> {
+        let content = model_content(req.model);
+        self.scored.borrow_mut().push(content.clone());
+        Ok(req
+            .records
+            .iter()
+            .map(|r| RecordLoss {
+                id: r.id.clone(),
+                source: r.source.clone(),
+                loss: fake_loss(&content, &r.id),
+                tokens: 5,
+            })
+            .collect())
+    }
+
     fn evaluate(
         &self,
         req: &EvalRequest<'_>,
@@ -139,13 +168,36 @@ impl Backend for Recorder {
                 }
             }
             let m = match task {
-                Task::Gsm8k => Some(Metric::wilson(1, 2)),
-                Task::GeneralHeldoutLoss => Some(Metric::mean_se(&vec![2.0; req.heldout.len()])),
+                Task::Gsm8k => {
+                    // Item 0 right under both filters, item 1 only under flexible-extract for
+                    // some models (a hash of the model), so runs differ item by item.
+                    let content = model_content(req.model);
+                    let flex1 = fake_loss(&content, "gsm8k:1") > 2.0;
+                    let items = sft_run::items::TaskItems {
+                        task,
+                        items: vec![
+                            item("gsm8k:0", 1.0, 1.0),
+                            item("gsm8k:1", if flex1 { 1.0 } else { 0.0 }, 0.0),
+                        ],
+                    };
+                    sft_run::items::write(req.out_dir, &items).unwrap();
+                    Some(Metric::wilson(1 + flex1 as usize, 2))
+                }
                 _ => None,
             };
             done(task, m).map_err(|e| BackendError::new(e.kind(), "recording", e))?;
         }
         Ok(())
+    }
+}
+
+fn item(id: &str, flexible: f64, strict: f64) -> sft_run::items::ItemScore {
+    sft_run::items::ItemScore {
+        id: id.to_string(),
+        scores: BTreeMap::from([
+            (sft_run::items::FLEXIBLE.to_string(), flexible),
+            (sft_run::items::STRICT.to_string(), strict),
+        ]),
     }
 }
 
@@ -227,7 +279,7 @@ fn two_stage_plan_writes_the_contract_and_reruns_without_training() {
         &std::fs::read_to_string(o.run_dir.join("plan.resolved.json")).unwrap(),
     )
     .unwrap();
-    let heldout: Vec<String> = resolved["heldout_ids"]
+    let heldout: Vec<String> = resolved["heldout_ids"]["general"]
         .as_array()
         .unwrap()
         .iter()
@@ -250,6 +302,10 @@ fn two_stage_plan_writes_the_contract_and_reruns_without_training() {
     let r2 = run_plan(&plan, &settings, &o, &again).unwrap();
     assert!(again.trained.borrow().is_empty());
     assert!(again.evaluated.borrow().is_empty());
+    assert!(
+        again.scored.borrow().is_empty(),
+        "held-out losses are cached"
+    );
     assert!(r2.stages.iter().all(|s| s.reused));
     assert_eq!(r2.metrics, r.metrics);
 }
@@ -540,7 +596,10 @@ fn a_truncated_json_array_source_runs_with_its_complete_records() {
         &std::fs::read_to_string(o.run_dir.join("plan.resolved.json")).unwrap(),
     )
     .unwrap();
-    assert_eq!(resolved["heldout_ids"].as_array().unwrap().len(), 4);
+    assert_eq!(
+        resolved["heldout_ids"]["general"].as_array().unwrap().len(),
+        4
+    );
 }
 
 /// The fixture plan with `edit` applied, written to `<root>/<name>.toml`.
@@ -721,21 +780,25 @@ fn one_model_load_serves_every_task_and_a_failure_keeps_the_finished_ones() {
     );
     assert!(o.run_dir.join("eval/gsm8k.metric.json").exists());
     assert!(!o.run_dir.join("eval/humaneval.metric.json").exists());
+    let failing_gsm8k: Metric = serde_json::from_value(
+        read_value(&o.run_dir.join("eval/gsm8k.metric.json"))["metric"].clone(),
+    )
+    .unwrap();
 
-    // The rerun evaluates the three other tasks with one load, and not GSM8K again.
+    // The rerun evaluates the two other tasks with one load, and not GSM8K again.
     let rerun = Recorder::default();
     let r = run_plan(&plan, &settings, &o, &rerun).unwrap();
     assert_eq!(*rerun.loads.borrow(), 1, "one model load for all tasks");
     assert_eq!(
         *rerun.evaluated.borrow(),
-        vec![Task::HumanEval, Task::GeneralHeldoutLoss, Task::MtBench]
+        vec![Task::HumanEval, Task::MtBench]
     );
     assert_eq!(
         *rerun.dtypes.borrow(),
         vec![EvalDtype::F32],
         "auto resolved"
     );
-    assert_eq!(r.metrics["gsm8k_acc"], Metric::wilson(1, 2));
+    assert_eq!(r.metrics["gsm8k_acc"], failing_gsm8k);
     let results: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(o.run_dir.join("results.json")).unwrap())
             .unwrap();
@@ -784,6 +847,9 @@ fn a_task_the_backend_did_not_report_fails_the_run() {
         fn eval_dtype(&self, requested: EvalDtype) -> EvalDtype {
             self.0.eval_dtype(requested)
         }
+        fn heldout_losses(&self, req: &LossRequest<'_>) -> Result<Vec<RecordLoss>, BackendError> {
+            self.0.heldout_losses(req)
+        }
         fn evaluate(
             &self,
             req: &EvalRequest<'_>,
@@ -824,5 +890,270 @@ fn a_stage_the_backend_refuses_fails_the_run_before_anything_trains() {
     assert_eq!(
         (st.state.as_str(), st.error_kind),
         ("failed", Some(ErrorKind::Config))
+    );
+}
+
+/// Held-out records for `math = 3, code = 3, general = 4` on the fixture data.
+fn heldout_settings(settings: &RunSettings) -> RunSettings {
+    let mut s = settings.clone();
+    s.data.general_heldout = None;
+    s.data.heldout = Some(sft_run::Heldout::PerSource(BTreeMap::from([
+        ("math".to_string(), 3),
+        ("code".to_string(), 3),
+        ("general".to_string(), 4),
+    ])));
+    s
+}
+
+fn read_value(path: &Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+/// Source → held-out ids, from a run's `plan.resolved.json`.
+fn heldout_ids(run_dir: &Path) -> BTreeMap<String, Vec<String>> {
+    serde_json::from_value(read_value(&run_dir.join("plan.resolved.json"))["heldout_ids"].clone())
+        .unwrap()
+}
+
+/// Every record id a stage trained on, from its manifest.
+fn manifest_ids(store_dir: &Path) -> Vec<String> {
+    serde_json::from_value(read_value(&store_dir.join("data/manifest.json"))["record_ids"].clone())
+        .unwrap()
+}
+
+#[test]
+fn heldout_records_of_every_source_are_never_trained_on_and_the_same_for_every_plan_and_seed() {
+    let (tmp, settings, model) = setup();
+    let settings = heldout_settings(&settings);
+    let (two_stage, _) =
+        sft_run::load_plan_file(&workspace().join("fixtures/plans/two-stage-tiny.toml")).unwrap();
+    let multi = sft_schedule::Strategy::parse("multi-task").unwrap().plan();
+    let sequential = sft_schedule::Strategy::parse("sequential").unwrap().plan();
+    let runs = [
+        ("two-stage-7", &two_stage, settings.for_seed(7)),
+        ("two-stage-8", &two_stage, settings.for_seed(8)),
+        ("multi-task-7", &multi, settings.for_seed(7)),
+        ("sequential-9", &sequential, settings.for_seed(9)),
+    ];
+    let mut all_ids = Vec::new();
+    let mut first_stage_data = Vec::new();
+    for (name, plan, s) in &runs {
+        let o = opts(tmp.path(), name, &model);
+        let r = run_plan(plan, s, &o, &Recorder::default()).unwrap();
+        let ids = heldout_ids(&o.run_dir);
+        assert_eq!(
+            ids.iter()
+                .map(|(k, v)| (k.as_str(), v.len()))
+                .collect::<Vec<_>>(),
+            vec![("code", 3), ("general", 4), ("math", 3)],
+            "{name}"
+        );
+        let held: Vec<&String> = ids.values().flatten().collect();
+        for st in &r.stages {
+            let trained = manifest_ids(&st.store_dir);
+            assert!(!trained.is_empty());
+            for id in &held {
+                assert!(
+                    !trained.contains(id),
+                    "{name}: held-out {id} is in stage {} ({})",
+                    st.index,
+                    st.name
+                );
+            }
+            // The pools are the files minus the held-out records: 12 - 3 code, 12 - 3 math.
+            let manifest = read_value(&st.store_dir.join("data/manifest.json"));
+            for src in manifest["sources"].as_array().unwrap() {
+                let avail = src["available"].as_u64().unwrap();
+                let n = if src["name"] == "general" {
+                    20 - 4
+                } else {
+                    12 - 3
+                };
+                assert_eq!(avail, n, "{name}: {src}");
+            }
+        }
+        first_stage_data.push(manifest_ids(&r.stages[0].store_dir));
+        all_ids.push(ids);
+    }
+    assert!(
+        all_ids.windows(2).all(|w| w[0] == w[1]),
+        "the same held-out ids for every plan and seed: {all_ids:?}"
+    );
+    assert_ne!(
+        first_stage_data[0], first_stage_data[1],
+        "another seed samples and orders the data differently"
+    );
+    let mut sorted: Vec<Vec<String>> = first_stage_data[..2].to_vec();
+    for v in &mut sorted {
+        v.sort();
+    }
+    assert_eq!(
+        sorted[0], sorted[1],
+        "the whole pool of both sources is used in stage 1, only its order differs"
+    );
+}
+
+#[test]
+fn every_model_of_a_plan_is_scored_per_source_and_reruns_score_nothing() {
+    let (tmp, settings, model) = setup();
+    let settings = heldout_settings(&settings);
+    let sequential = sft_schedule::Strategy::parse("sequential").unwrap().plan();
+    let o = opts(tmp.path(), "seq", &model);
+    let b = Recorder::default();
+    let r = run_plan(&sequential, &settings, &o, &b).unwrap();
+    let n = sequential.stages.len();
+    assert_eq!(
+        b.scored.borrow().len(),
+        1 + n,
+        "the base model and every stage"
+    );
+
+    let losses = sft_run::heldout::HeldoutLosses::read(&o.run_dir).unwrap();
+    assert_eq!(losses.models.len(), 1 + n);
+    assert_eq!(losses.models[0].label, "base");
+    assert_eq!(losses.models[0].stage, None);
+    let ids = heldout_ids(&o.run_dir);
+    assert_eq!(losses.ids, ids);
+    // Each entry is that model's own losses on every held-out record of every source.
+    for (i, m) in losses.models.iter().enumerate() {
+        let content = if i == 0 {
+            "base".to_string()
+        } else {
+            std::fs::read_to_string(r.stages[i - 1].store_dir.join("model/weights")).unwrap()
+        };
+        for (source, want) in &ids {
+            let got: Vec<(String, f64)> = m.losses[source]
+                .iter()
+                .map(|l| (l.id.clone(), l.loss))
+                .collect();
+            let expect: Vec<(String, f64)> = want
+                .iter()
+                .map(|id| (id.clone(), fake_loss(&content, id)))
+                .collect();
+            assert_eq!(got, expect, "model {i} source {source}");
+        }
+        let est = m.estimates();
+        if i == 0 {
+            assert_eq!(r.base_heldout_loss, est);
+        } else {
+            assert_eq!(r.stages[i - 1].heldout_loss, est, "stage {}", i - 1);
+        }
+    }
+    // The final model's losses are the headline metrics; general has its older alias.
+    let last = losses.final_model().unwrap().estimates();
+    for source in ["math", "code", "general"] {
+        assert_eq!(r.metrics[&format!("heldout_loss.{source}")], last[source]);
+    }
+    assert_eq!(r.metrics["general_heldout_loss"], last["general"]);
+    let results = read_value(&o.run_dir.join("results.json"));
+    assert_eq!(results["metrics"]["heldout_loss.math"]["n"], 3);
+    assert_eq!(results["stages"][0]["heldout_loss"]["code"]["n"], 3);
+    assert_eq!(results["base_heldout_loss"]["general"]["n"], 4);
+
+    // A paired difference is the stats bootstrap of the same per-record values.
+    let (fin, base) = (losses.final_model().unwrap(), losses.base().unwrap());
+    let d = sft_run::heldout::paired(fin, base, "math").unwrap();
+    let a: Vec<f64> = fin.losses["math"].iter().map(|l| l.loss).collect();
+    let bb: Vec<f64> = base.losses["math"].iter().map(|l| l.loss).collect();
+    assert_eq!(
+        d,
+        Metric::paired_bootstrap(
+            &a,
+            &bb,
+            sft_run::heldout::RESAMPLES,
+            sft_run::heldout::BOOTSTRAP_SEED
+        )
+        .unwrap()
+    );
+
+    // Rerun: nothing trained or scored; another plan sharing the base scores only its stages.
+    let again = Recorder::default();
+    let r2 = run_plan(&sequential, &settings, &o, &again).unwrap();
+    assert!(again.scored.borrow().is_empty());
+    assert_eq!(r2.metrics, r.metrics);
+    let multi = sft_schedule::Strategy::parse("multi-task").unwrap().plan();
+    let other = Recorder::default();
+    run_plan(
+        &multi,
+        &settings,
+        &opts(tmp.path(), "multi", &model),
+        &other,
+    )
+    .unwrap();
+    assert_eq!(
+        other.scored.borrow().len(),
+        1,
+        "the base model's losses are cached in the store"
+    );
+}
+
+#[test]
+fn gsm8k_reports_both_filters_and_benchmarks_compare_item_by_item() {
+    let (tmp, settings, model) = setup();
+    let (two_stage, _) =
+        sft_run::load_plan_file(&workspace().join("fixtures/plans/two-stage-tiny.toml")).unwrap();
+    let multi = sft_schedule::Strategy::parse("multi-task").unwrap().plan();
+    let mut runs = Vec::new();
+    for (name, plan) in [("two-stage", &two_stage), ("multi-task", &multi)] {
+        let o = opts(tmp.path(), name, &model);
+        let r = run_plan(plan, &settings, &o, &Recorder::default()).unwrap();
+        // Strict-match is reported beside the headline flexible-extract accuracy.
+        assert_eq!(
+            r.metrics["gsm8k_strict_acc"],
+            Metric::wilson(1, 2),
+            "{name}"
+        );
+        let items = sft_run::items::read_run(&o.run_dir).unwrap();
+        let heldout = sft_run::heldout::HeldoutLosses::read(&o.run_dir).unwrap();
+        assert_eq!(
+            items[&Task::Gsm8k].proportion(sft_run::items::FLEXIBLE),
+            Some(r.metrics["gsm8k_acc"])
+        );
+        runs.push((name, r, items, heldout));
+    }
+    let (a, b) = (&runs[0].2[&Task::Gsm8k], &runs[1].2[&Task::Gsm8k]);
+    let d = sft_run::items::paired(a, b, sft_run::items::FLEXIBLE).unwrap();
+    let v = |t: &sft_run::items::TaskItems| -> Vec<f64> {
+        t.items
+            .iter()
+            .map(|i| i.scores[sft_run::items::FLEXIBLE])
+            .collect()
+    };
+    assert_eq!(
+        d,
+        Metric::paired_bootstrap(
+            &v(a),
+            &v(b),
+            sft_run::heldout::RESAMPLES,
+            sft_run::heldout::BOOTSTRAP_SEED
+        )
+        .unwrap()
+    );
+    let rows: Vec<sft_run::table::Row<'_>> = runs
+        .iter()
+        .map(|(name, r, items, heldout)| sft_run::table::Row {
+            label: name.to_string(),
+            results: r,
+            heldout: Some(heldout),
+            items: Some(items),
+        })
+        .collect();
+    let t = sft_run::table::render_comparison(&rows, Some("multi-task"));
+    for want in [
+        "Δ vs multi-task",
+        "GSM8K acc % (flexible-extract)",
+        "GSM8K acc % (strict-match)",
+        "held-out loss: general",
+        "(baseline)",
+    ] {
+        assert!(t.contains(want), "{want} missing in\n{t}");
+    }
+    let strict_row = t
+        .lines()
+        .find(|l| l.starts_with("| two-stage") && l.contains("strict-match"))
+        .unwrap();
+    assert!(
+        strict_row.contains("+0.0 [+0.0, +0.0]"),
+        "both models get the same strict items: {strict_row}"
     );
 }

@@ -16,7 +16,7 @@ use plotters::coord::Shift;
 use plotters::prelude::*;
 
 use crate::error::{io, Error, Result};
-use crate::results::{metric_info, ResultsTable, METRICS};
+use crate::results::{metric_info, ResultsTable};
 use crate::spec::SweepSpec;
 
 /// The files [`plot_all`] wrote.
@@ -54,6 +54,8 @@ struct Figure {
     legend: Vec<String>,
     /// A row of panels (one per metric) per model.
     rows: Vec<Vec<Panel>>,
+    /// Bars at categorical x positions (strategies) instead of lines over an ordered axis.
+    bars: bool,
 }
 
 /// Draws every figure the results support into `dir`; a figure without data is skipped.
@@ -61,16 +63,24 @@ pub fn plot_all(spec: &SweepSpec, table: &ResultsTable, dir: &Path) -> Result<Pl
     sft_plot::register_font()?;
     std::fs::create_dir_all(dir).map_err(io(dir))?;
     let mut files = PlotFiles::default();
-    for k_scan in [false, true] {
-        let Some(fig) = figure(spec, table, k_scan) else {
-            continue;
-        };
+    let figures = [
+        figure(spec, table, false),
+        figure(spec, table, true),
+        strategy_bars(spec, table),
+    ];
+    for fig in figures.into_iter().flatten() {
         let png = dir.join(format!("{}.png", fig.name));
         let svg = dir.join(format!("{}.svg", fig.name));
         let cols = fig.rows.iter().map(Vec::len).max().unwrap_or(1) as u32;
+        // Bars need room for every strategy's label under its bar.
+        let panel_w = if fig.bars {
+            (fig.x_labels.len() as u32 * 110).max(430)
+        } else {
+            430
+        };
         let size = (
-            (cols * 430).max(860),
-            70 + fig.rows.len() as u32 * 400 + legend_height(&fig, cols * 430),
+            (cols * panel_w).max(860),
+            70 + fig.rows.len() as u32 * 400 + legend_height(&fig, cols * panel_w),
         );
         {
             let root = BitMapBackend::new(&png, size).into_drawing_area();
@@ -167,18 +177,7 @@ fn figure(spec: &SweepSpec, table: &ResultsTable, k_scan: bool) -> Option<Figure
         }
         parts.join(": ")
     };
-    let mut metric_keys: Vec<String> = Vec::new();
-    for r in &table.rows {
-        if !metric_keys.contains(&r.metric) {
-            metric_keys.push(r.metric.clone());
-        }
-    }
-    metric_keys.sort_by_key(|m| {
-        METRICS
-            .iter()
-            .position(|x| x.0 == m.as_str())
-            .unwrap_or(METRICS.len())
-    });
+    let metric_keys = crate::results::shown_metrics(table.rows.iter().map(|r| r.metric.as_str()));
     let mut legend: Vec<String> = Vec::new();
     let mut rows = Vec::new();
     for model in &models {
@@ -218,11 +217,9 @@ fn figure(spec: &SweepSpec, table: &ResultsTable, k_scan: bool) -> Option<Figure
                 let pts = acc[&label]
                     .iter()
                     .map(|(xi, v)| {
-                        let n = v.len() as f64;
-                        let m = |f: fn(&(f64, f64, f64)) -> f64| {
-                            v.iter().map(f).sum::<f64>() / n * scale
-                        };
-                        (*xi as f64, m(|t| t.0), m(|t| t.1), m(|t| t.2))
+                        // One seed: its per-item interval; several: a t interval across seeds.
+                        let (m, lo, hi) = crate::results::across_seeds(v);
+                        (*xi as f64, m * scale, lo * scale, hi * scale)
                     })
                     .collect();
                 series.push(Series { label, points: pts });
@@ -269,6 +266,94 @@ fn figure(spec: &SweepSpec, table: &ResultsTable, k_scan: bool) -> Option<Figure
         x_labels: xs.iter().map(|r| r.to_string()).collect(),
         legend,
         rows,
+        bars: false,
+    })
+}
+
+/// Per-source held-out loss per strategy, as bars with their 95% intervals (across seeds when
+/// a strategy has several): the cells trained on full data (every proportion 1), a row of panels
+/// (one per source) per model. `None` without held-out losses.
+fn strategy_bars(spec: &SweepSpec, table: &ResultsTable) -> Option<Figure> {
+    let full: Vec<&crate::spec::Cell> = table
+        .cells
+        .iter()
+        .map(|s| &s.cell)
+        .filter(|c| c.proportions.values().all(|r| r.numer() == r.denom()))
+        .collect();
+    let mut labels: Vec<String> = Vec::new();
+    let mut models: Vec<String> = Vec::new();
+    for c in &full {
+        if !labels.contains(&c.strategy_label) {
+            labels.push(c.strategy_label.clone());
+        }
+        if !models.contains(&c.model) {
+            models.push(c.model.clone());
+        }
+    }
+    let metrics: Vec<String> = crate::results::shown_metrics(
+        table
+            .rows
+            .iter()
+            .map(|r| r.metric.as_str())
+            .filter(|m| m.starts_with("heldout_loss.")),
+    );
+    let mut rows = Vec::new();
+    for model in &models {
+        let mut panels = Vec::new();
+        for metric in &metrics {
+            let (name, _, _) = metric_info(metric);
+            let mut points = Vec::new();
+            for (xi, label) in labels.iter().enumerate() {
+                let v: Vec<(f64, f64, f64)> = full
+                    .iter()
+                    .filter(|c| &c.model == model && &c.strategy_label == label)
+                    .flat_map(|c| {
+                        table
+                            .rows
+                            .iter()
+                            .filter(|r| r.cell == c.id && &r.metric == metric)
+                            .map(|r| (r.value, r.ci_low, r.ci_high))
+                    })
+                    .collect();
+                if !v.is_empty() {
+                    let (m, lo, hi) = crate::results::across_seeds(&v);
+                    points.push((xi as f64, m, lo, hi));
+                }
+            }
+            if points.is_empty() {
+                continue;
+            }
+            panels.push(Panel {
+                title: if models.len() > 1 {
+                    format!("{name} · {model}")
+                } else {
+                    name.clone()
+                },
+                y_desc: format!("{name}, lower is better"),
+                series: vec![Series {
+                    label: "final model".into(),
+                    points,
+                }],
+            });
+        }
+        if !panels.is_empty() {
+            rows.push(panels);
+        }
+    }
+    if rows.is_empty() {
+        return None;
+    }
+    Some(Figure {
+        name: format!("{}-heldout-by-strategy", spec.name),
+        title: format!(
+            "{}: held-out loss per source and strategy (95% intervals; across seeds when several)",
+            spec.name
+        ),
+        x_desc: "strategy".to_string(),
+        x_labels: labels,
+        legend: Vec::new(),
+        rows,
+        bars: true,
     })
 }
 
@@ -368,6 +453,25 @@ fn draw<DB: DrawingBackend>(
                 .bold_line_style(BLACK.mix(0.12))
                 .draw()
                 .map_err(|x| e(&x))?;
+            if fig.bars {
+                for s in &panel.series {
+                    chart
+                        .draw_series(s.points.iter().map(|p| {
+                            let i = p.0 as usize;
+                            Rectangle::new(
+                                [(p.0 - 0.3, y0), (p.0 + 0.3, p.1)],
+                                color(i).mix(0.75).filled(),
+                            )
+                        }))
+                        .map_err(|x| e(&x))?;
+                    chart
+                        .draw_series(s.points.iter().map(|p| {
+                            ErrorBar::new_vertical(p.0, p.2, p.1, p.3, BLACK.stroke_width(2), 12)
+                        }))
+                        .map_err(|x| e(&x))?;
+                }
+                continue;
+            }
             for s in &panel.series {
                 let ci = fig.legend.iter().position(|l| *l == s.label).unwrap_or(0);
                 let c = color(ci);

@@ -18,10 +18,19 @@ use crate::spec::Cell;
 use crate::state::{read_state, CellState};
 
 /// The metrics the runner reports: `(key, display name, shown as percent, higher is better)`.
-pub const METRICS: [(&str, &str, bool, bool); 4] = [
-    ("gsm8k_acc", "GSM8K", true, true),
+pub const METRICS: [(&str, &str, bool, bool); 8] = [
+    ("gsm8k_acc", "GSM8K (flexible-extract)", true, true),
+    ("gsm8k_strict_acc", "GSM8K (strict-match)", true, true),
     ("humaneval_pass@1", "HumanEval", true, true),
     ("mtbench_score", "MT-Bench", false, true),
+    ("heldout_loss.math", "Math held-out loss", false, false),
+    ("heldout_loss.code", "Code held-out loss", false, false),
+    (
+        "heldout_loss.general",
+        "General held-out loss",
+        false,
+        false,
+    ),
     (
         "general_heldout_loss",
         "General held-out loss",
@@ -29,6 +38,45 @@ pub const METRICS: [(&str, &str, bool, bool); 4] = [
         false,
     ),
 ];
+
+/// The metrics a table or plot shows: every metric of the rows, in [`METRICS`] order, less
+/// `general_heldout_loss` when `heldout_loss.general` is there (the same value under its older
+/// name).
+pub(crate) fn shown_metrics<'a>(keys: impl IntoIterator<Item = &'a str>) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for k in keys {
+        if !out.iter().any(|m| m == k) {
+            out.push(k.to_string());
+        }
+    }
+    if out.iter().any(|m| m == "heldout_loss.general") {
+        out.retain(|m| m != "general_heldout_loss");
+    }
+    out.sort_by_key(|m| {
+        (
+            METRICS
+                .iter()
+                .position(|x| x.0 == m.as_str())
+                .unwrap_or(METRICS.len()),
+            m.clone(),
+        )
+    });
+    out
+}
+
+/// One value per seed → what a table or plot shows: the value with its own (per-item)
+/// interval for one seed, the mean with a 95% Student-t interval across seeds
+/// ([`Metric::mean_t`]) for several.
+pub(crate) fn across_seeds(values: &[(f64, f64, f64)]) -> (f64, f64, f64) {
+    match values {
+        [one] => *one,
+        _ => {
+            let v: Vec<f64> = values.iter().map(|t| t.0).collect();
+            let e = Metric::mean_t(&v);
+            (e.value, e.ci_low, e.ci_high)
+        }
+    }
+}
 
 /// How a metric is shown: its display name, and whether values are fractions shown in percent.
 pub(crate) fn metric_info(key: &str) -> (String, bool, bool) {
@@ -330,7 +378,8 @@ fn write_parquet(table: &ResultsTable, path: &Path) -> Result<()> {
 }
 
 /// The paper's Table 1 in Markdown from the cells trained on full data (every proportion 1):
-/// a row per strategy, a column per model and metric, the mean over seeds with its 95% interval.
+/// a row per strategy, a column per model and metric; several seeds give the mean over seeds with
+/// a 95% Student-t interval across them, one seed its value with its per-item interval.
 /// Percent metrics are shown ×100 as in the paper. `None` when no such cell is done.
 pub fn table1(table: &ResultsTable) -> Option<String> {
     let full: BTreeSet<&str> = table
@@ -391,13 +440,8 @@ pub fn table1(table: &ResultsTable) -> Option<String> {
         };
         (a.0, kv(&a.2).to_bits(), &a.1).cmp(&(b.0, kv(&b.2).to_bits(), &b.1))
     });
-    let metric_rank = |m: &str| {
-        METRICS
-            .iter()
-            .position(|x| x.0 == m)
-            .unwrap_or(METRICS.len())
-    };
-    metrics.sort_by_key(|m| metric_rank(m));
+    let metrics = shown_metrics(metrics.iter().map(String::as_str));
+    let mut max_seeds = 1;
     let mut out = String::from("| Method |");
     let mut sep = String::from("|---|");
     for model in &models {
@@ -422,15 +466,20 @@ pub fn table1(table: &ResultsTable) -> Option<String> {
                 let scale = if pct { 100.0 } else { 1.0 };
                 match cells.get(&(label.clone(), model.clone(), m.clone())) {
                     Some(v) if !v.is_empty() => {
-                        let n = v.len() as f64;
-                        let mean = |f: fn(&ResultRow) -> f64| {
-                            v.iter().map(|r| f(r)).sum::<f64>() / n * scale
+                        max_seeds = max_seeds.max(v.len());
+                        let t: Vec<(f64, f64, f64)> =
+                            v.iter().map(|r| (r.value, r.ci_low, r.ci_high)).collect();
+                        let (m, lo, hi) = across_seeds(&t);
+                        let seeds = if v.len() > 1 {
+                            format!(" (s={})", v.len())
+                        } else {
+                            String::new()
                         };
                         out.push_str(&format!(
-                            " {:.2} [{:.2}, {:.2}] |",
-                            mean(|r| r.value),
-                            mean(|r| r.ci_low),
-                            mean(|r| r.ci_high)
+                            " {:.2} [{:.2}, {:.2}]{seeds} |",
+                            m * scale,
+                            lo * scale,
+                            hi * scale
                         ));
                     }
                     _ => out.push_str(" – |"),
@@ -439,6 +488,14 @@ pub fn table1(table: &ResultsTable) -> Option<String> {
         }
         out.push('\n');
     }
-    out.push_str("\nValues are means over seeds; brackets hold the mean 95% interval bounds. ↓: lower is better.\n");
+    out.push_str(if max_seeds > 1 {
+        "\nA cell with several seeds (s=N) shows the mean over seeds with a 95% Student-t interval across \
+         seeds; a cell with one seed shows its value with its 95% per-item interval (results.md has every \
+         seed's per-item interval). GSM8K is lm-eval's flexible-extract unless marked strict-match. \
+         ↓: lower is better.\n"
+    } else {
+        "\nBrackets hold the 95% per-item interval (one seed). GSM8K is lm-eval's flexible-extract unless \
+         marked strict-match. ↓: lower is better.\n"
+    });
     Some(out)
 }

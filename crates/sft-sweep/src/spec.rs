@@ -91,7 +91,9 @@ pub struct SweepSpec {
     /// math) and `general` are predefined.
     #[serde(default)]
     pub groups: BTreeMap<String, Vec<String>>,
-    /// Default seeds of every grid.
+    /// Default seeds of every grid. A seed changes the cells' data sampling, data order and
+    /// trainer seed; the held-out records and benchmark subsets are drawn with the first of
+    /// these seeds in every cell (`run.split_seed`, unless the `[run]` tables set it).
     #[serde(default = "default_seeds")]
     pub seeds: Vec<u64>,
     /// Where a cell's seed goes in its plan: `run.<field>` (default `run.seed`, which seeds the
@@ -538,6 +540,19 @@ impl SweepSpec {
             "train" => train.insert(seed_at.1.to_string(), seed_value),
             _ => run.insert(seed_at.1.to_string(), seed_value),
         };
+        // The held-out records and benchmark subsets stay those of the spec's first seed in
+        // every cell (unless the `[run]` tables set `split_seed`), so every strategy and seed
+        // is scored on the same records and items and cells compare pairwise.
+        if !run.contains_key("split_seed") {
+            let first = self.seeds.first().copied().unwrap_or(seed);
+            run.insert(
+                "split_seed".to_string(),
+                toml::Value::Integer(i64::try_from(first).map_err(|_| Error::SpecInvalid {
+                    path: path.to_path_buf(),
+                    message: format!("seed {first} is larger than TOML's integer range"),
+                })?),
+            );
+        }
         // Typed here, so a typo or a wrongly typed value in any `[train]` table (the spec's, a
         // model's, a grid's) fails when the spec is loaded, naming the key.
         let train = serde_json::to_value(&train)

@@ -85,6 +85,7 @@ fn builtin_specs_expand_to_the_papers_grids() {
         ("k_scan.toml", 27, 27),
         ("ablation_no_code_math.toml", 60, 60),
         ("tiny.toml", 4, 4),
+        ("mini_rq4.toml", 24, 24),
     ];
     let on_disk: BTreeSet<String> = std::fs::read_dir(root().join("sweeps"))
         .unwrap()
@@ -747,4 +748,90 @@ fn slurm_array_task_i_runs_cell_i() {
         !out.status.success(),
         "outside Slurm the script refuses to guess a task"
     );
+}
+
+/// The CPU mini-study spec: 24 cells over 3 seeds that all draw their held-out records and
+/// benchmark subsets with the spec's first seed; its tables aggregate seeds with a t interval and
+/// its plots include the per-source held-out loss by strategy (bars) and against k.
+#[test]
+fn mini_rq4_scores_every_cell_on_one_split_and_aggregates_seeds() {
+    let (spec, cells) = load("mini_rq4.toml");
+    assert_eq!(cells.len(), 24);
+    for c in &cells {
+        let plan: toml::Table = toml::from_str(&c.plan_toml().unwrap()).unwrap();
+        assert_eq!(plan["run"]["split_seed"].as_integer(), Some(1), "{}", c.id);
+        assert_eq!(
+            plan["run"]["seed"].as_integer(),
+            Some(c.seed as i64),
+            "{}",
+            c.id
+        );
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let layout = Layout::new(tmp.path().join(&spec.name));
+    let s = run_cells(
+        &cells,
+        &layout,
+        &opts(fake_runner(), 2, &[("FAKE_RUNNER_HELDOUT", "1")]),
+    )
+    .unwrap();
+    assert!(s.failed.is_empty(), "{:?}", s.failed);
+    let table = collect(&cells, &layout).unwrap();
+    assert_eq!(table.rows.len(), cells.len() * 6);
+    let t1 = table1(&table).unwrap();
+    assert!(
+        t1.contains("Math held-out loss ↓") && t1.contains("(s=3)"),
+        "{t1}"
+    );
+    assert!(t1.contains("Student-t"), "{t1}");
+    assert!(
+        !t1.contains(
+            "| smollm2-135m General held-out loss ↓ | smollm2-135m General held-out loss ↓"
+        ),
+        "the older general_heldout_loss name is not shown twice: {t1}"
+    );
+    // The multi-task row's math loss: the mean over its three seeds with a t interval.
+    let mt: Vec<f64> = table
+        .rows
+        .iter()
+        .filter(|r| r.strategy == "multi-task" && r.metric == "heldout_loss.math")
+        .map(|r| r.value)
+        .collect();
+    assert_eq!(mt.len(), 3);
+    let e = sft_run::Metric::mean_t(&mt);
+    let row = t1.lines().find(|l| l.starts_with("| Multi-task")).unwrap();
+    let want = format!("{:.2} [{:.2}, {:.2}] (s=3)", e.value, e.ci_low, e.ci_high);
+    assert!(row.contains(&want), "{want} not in {row}");
+    let plots = plot_all(&spec, &table, &layout.plots_dir()).unwrap();
+    let names: Vec<String> = plots
+        .png
+        .iter()
+        .map(|p| p.file_name().unwrap().to_string_lossy().to_string())
+        .collect();
+    assert!(
+        names.contains(&"mini-rq4-heldout-by-strategy.png".to_string())
+            && names.contains(&"mini-rq4-k-scan.png".to_string()),
+        "{names:?}"
+    );
+    let keep = Path::new(env!("CARGO_TARGET_TMPDIR")).join("sweep-plots");
+    std::fs::create_dir_all(&keep).unwrap();
+    for p in &plots.png {
+        std::fs::copy(p, keep.join(p.file_name().unwrap())).unwrap();
+    }
+    let bars = std::fs::read_to_string(
+        plots
+            .svg
+            .iter()
+            .find(|p| p.to_string_lossy().contains("heldout-by-strategy"))
+            .unwrap(),
+    )
+    .unwrap();
+    for label in [
+        "Multi-task",
+        "Sequential",
+        "Mixed sequential",
+        "Math held-out loss",
+    ] {
+        assert!(bars.contains(label), "{label} missing from the bar plot");
+    }
 }
