@@ -63,7 +63,22 @@ fn tiny_spec_runs_end_to_end_with_the_real_runner() {
         .iter()
         .any(|r| r.metric == "general_heldout_loss"));
     let plots = plot_all(&spec, &table, &layout.plots_dir()).unwrap();
-    assert_eq!(plots.png.len(), 2, "math scaling curves and the k scan");
+    let names: Vec<String> = plots
+        .png
+        .iter()
+        .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(
+        names.len(),
+        3,
+        "math scaling curves, the k scan and held-out loss by strategy: {names:?}"
+    );
+    assert!(
+        names
+            .iter()
+            .any(|n| n.ends_with("-heldout-by-strategy.png")),
+        "{names:?}"
+    );
     let s = run_cells(&cells, &layout, &o).unwrap();
     assert_eq!(
         (s.skipped, s.executed.len()),
