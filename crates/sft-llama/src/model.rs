@@ -513,13 +513,7 @@ impl Llama {
         let mut collect = Collector::new(hidden, n)?;
         tch::no_grad(|| {
             let pass = self.pass(input_ids, position_ids, attn_mask, None)?;
-            let mut x = Tensor::f_embedding(
-                &self.embed_tokens,
-                &input_ids.f_to_device(self.device())?,
-                -1,
-                false,
-                false,
-            )?;
+            let mut x = self.embed(input_ids)?;
             collect.offer(0, &x);
             for (i, block) in self.blocks.iter().enumerate().take(deepest) {
                 x = block.forward(&x, &pass, None)?;
@@ -577,13 +571,7 @@ impl Llama {
         let pass = self.pass(input_ids, position_ids, attn_mask, cache.as_deref())?;
         let n = self.blocks.len();
         let mut hidden = Collector::new(hidden, n)?;
-        let mut x = Tensor::f_embedding(
-            &self.embed_tokens,
-            &input_ids.f_to_device(self.device())?,
-            -1,
-            false,
-            false,
-        )?;
+        let mut x = self.embed(input_ids)?;
         hidden.offer(0, &x);
         let (mut layer_caches, cache_len) = match cache {
             Some(KvCache { layers, len, .. }) => (Some(layers.iter_mut()), Some(len)),
@@ -610,6 +598,17 @@ impl Llama {
             logits,
             hidden_states: hidden.finish(),
         })
+    }
+
+    /// The token embeddings of `input_ids` on the model's device (hidden state 0).
+    fn embed(&self, input_ids: &Tensor) -> Result<Tensor> {
+        Ok(Tensor::f_embedding(
+            &self.embed_tokens,
+            &input_ids.f_to_device(self.device())?,
+            -1,
+            false,
+            false,
+        )?)
     }
 
     /// Checks the inputs and builds what every block shares: positions → RoPE tables, the mask.

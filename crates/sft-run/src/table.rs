@@ -247,31 +247,8 @@ pub fn render(rows: &[Row<'_>]) -> String {
         row.push(format!("{}/{}", r.results.stages.len() - reused, reused));
         body.push(row);
     }
-    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
-    for row in &body {
-        for (w, c) in widths.iter_mut().zip(row) {
-            *w = (*w).max(c.chars().count());
-        }
-    }
-    let line = |cells: &[String]| -> String {
-        let parts: Vec<String> = cells
-            .iter()
-            .zip(&widths)
-            .map(|(c, w)| format!("{c}{}", " ".repeat(w - c.chars().count())))
-            .collect();
-        format!("| {} |", parts.join(" | "))
-    };
-    let mut out = String::new();
-    out.push_str(&line(
-        &header.iter().map(|h| h.to_string()).collect::<Vec<_>>(),
-    ));
-    out.push('\n');
-    let rule: Vec<String> = widths.iter().map(|w| "-".repeat(*w)).collect();
-    out.push_str(&format!("|-{}-|\n", rule.join("-|-")));
-    for row in &body {
-        out.push_str(&line(row));
-        out.push('\n');
-    }
+    let header: Vec<String> = header.iter().map(|h| h.to_string()).collect();
+    let mut out = markdown(&header, &body);
     out.push_str(if judged {
         "Intervals are 95% (Wilson for accuracies, mean ± 1.96·SE for the loss and MT-Bench).\n"
     } else {
