@@ -19,8 +19,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand};
-use sft_analyze::{AnalysisSettings, Embeddings, Pool};
-use sft_chat::ChatTokenizer;
+use sft_analyze::{AnalysisSettings, Pool};
 use sft_compose::{load_source, LoadOptions, SourceFormat};
 use sft_examples::{init_logging, DeviceSpec};
 use sft_llama::device::DType;
@@ -231,80 +230,49 @@ fn hidden_cmd(args: HiddenArgs) -> anyhow::Result<()> {
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("creating {}", args.out.display()))?;
 
-    let mut embeddings: Vec<Embeddings> = Vec::new();
-    let mut timings = serde_json::Map::new();
-    let mut model_info = Vec::new();
-    for (path, label) in models.iter().zip(&labels) {
-        let t0 = Instant::now();
-        let tokenizer = ChatTokenizer::from_path(path)
-            .with_context(|| format!("loading the tokenizer of {}", path.display()))?;
-        let loaded = sft_llama::load_model(path, device, dtype.kind())
-            .with_context(|| format!("loading {}", path.display()))?;
-        let load_s = t0.elapsed().as_secs_f64();
-        let req = HiddenRequest {
-            label: label.clone(),
-            layer: args.layer,
-            pool: args.pool,
-            view: view.clone(),
-            batch_size: args.batch_size,
-            max_tokens: args.max_tokens,
-            progress: true,
-        };
-        let t1 = Instant::now();
-        let (emb, report) = hidden::embed(&loaded.model, &tokenizer, &queries, &req)
-            .with_context(|| format!("hidden states of {label} ({})", path.display()))?;
-        let embed_s = t1.elapsed().as_secs_f64();
-        tracing::info!(model = %label, layer = report.layer, tokens = report.tokens, truncated = report.truncated, secs = embed_s, "hidden states");
-        timings.insert(format!("{label}.load_s"), serde_json::json!(load_s));
-        timings.insert(
-            format!("{label}.hidden_states_s"),
-            serde_json::json!(embed_s),
-        );
-        model_info.push(serde_json::json!({
-            "label": label, "path": path.display().to_string(), "layer": report.layer,
-            "num_hidden_layers": loaded.model.config().num_hidden_layers,
-            "tokens": report.tokens, "truncated": report.truncated,
-        }));
-        embeddings.push(emb);
-    }
-
-    let t2 = Instant::now();
-    let pb = indicatif::ProgressBar::new(0);
-    pb.set_style(
-        indicatif::ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} ({elapsed})")
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-    );
-    pb.set_message("PCA, scores, t-SNE");
-    let analysis = sft_analyze::analyze(&embeddings, &settings, &pb)?;
-    pb.finish_and_clear();
-    timings.insert(
-        "analysis_s".into(),
-        serde_json::json!(t2.elapsed().as_secs_f64()),
-    );
-    let t3 = Instant::now();
-    sft_analyze::write_outputs(&args.out, &embeddings, &analysis)?;
-    timings.insert(
-        "write_s".into(),
-        serde_json::json!(t3.elapsed().as_secs_f64()),
-    );
-    timings.insert(
-        "total_s".into(),
-        serde_json::json!(started.elapsed().as_secs_f64()),
-    );
+    let req = HiddenRequest {
+        label: String::new(),
+        layer: args.layer,
+        pool: args.pool,
+        view: view.clone(),
+        batch_size: args.batch_size,
+        max_tokens: args.max_tokens,
+        progress: true,
+    };
+    let pairs: Vec<(&str, &Path)> = labels
+        .iter()
+        .map(String::as_str)
+        .zip(models.iter().map(PathBuf::as_path))
+        .collect();
+    let done = hidden::analyze_models(
+        &pairs,
+        None,
+        &queries,
+        &req,
+        &settings,
+        device,
+        dtype.kind(),
+        &args.out,
+    )?;
+    let summary = done.summary();
     let run = serde_json::json!({
         "command": std::env::args().collect::<Vec<_>>(),
-        "models": model_info,
+        "models": summary["models"],
         "sources": sources.iter().map(|(n, r)| serde_json::json!({"name": n, "records": r.len()})).collect::<Vec<_>>(),
         "n": args.n, "seed": args.seed, "layer": args.layer, "pool": args.pool.to_string(),
         "view": view.to_string(), "max_tokens": args.max_tokens, "batch_size": args.batch_size,
         "device": format!("{device:?}"), "dtype": dtype.to_string(),
-        "threads": tch::get_num_threads(), "timings": timings,
+        "threads": tch::get_num_threads(),
+        "timings": {
+            "analysis_s": done.analysis_s, "write_s": done.write_s,
+            "total_s": started.elapsed().as_secs_f64(),
+        },
         "revision": sft_examples::git_revision().map(|(r, dirty)| if dirty { format!("{r}+dirty") } else { r }),
     });
     let run_json = args.out.join("run.json");
     std::fs::write(&run_json, serde_json::to_string_pretty(&run)? + "\n")
         .with_context(|| format!("writing {}", run_json.display()))?;
-    println!("{}", sft_analyze::separation_table(&analysis));
+    println!("{}", sft_analyze::separation_table(&done.analysis));
     eprintln!(
         "wrote {} in {:.1} s",
         args.out.display(),

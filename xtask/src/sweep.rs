@@ -7,8 +7,8 @@ use std::process::Command;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use sft_sweep::{
-    collect, plot_all, prepare, run_cells, slurm_script, table1, write_tables, Layout, RunOptions,
-    SlurmOptions, SweepSpec,
+    collect, paired_tables, plot_all, prepare, run_cells, slurm_script, table1, write_tables,
+    Layout, RunOptions, SlurmOptions, SweepSpec,
 };
 
 use crate::setup;
@@ -144,6 +144,11 @@ pub fn sweep(args: SweepArgs) -> Result<()> {
         std::fs::write(&path, &t1)?;
         println!("{}", path.display());
         print!("{t1}");
+    }
+    if let Some(paired) = paired_tables(&table, &layout)? {
+        let path = layout.results_dir().join("paired.md");
+        std::fs::write(&path, &paired)?;
+        println!("{}", path.display());
     }
     let plots = plot_all(&spec, &table, &layout.plots_dir())?;
     for p in plots.png.iter().chain(&plots.svg) {

@@ -18,12 +18,15 @@
 //! first `max_tokens` tokens (counted in [`EmbedReport::truncated`]; `n_tokens` says how many
 //! were used).
 
-use sft_analyze::{Embeddings, Pool};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use sft_analyze::{Analysis, AnalysisSettings, Embeddings, Pool};
 use sft_chat::{ChatTemplate, ChatTokenizer};
 use sft_compose::{sample, Take};
 use sft_llama::{HiddenStates, Llama};
 use sft_record::{Record, Role};
-use tch::{Kind, Tensor};
+use tch::{Device, Kind, Tensor};
 
 /// What can go wrong while computing hidden states.
 #[derive(Debug, thiserror::Error)]
@@ -47,6 +50,18 @@ pub enum HiddenError {
     /// A libtorch call failed.
     #[error(transparent)]
     Torch(#[from] tch::TchError),
+    /// Loading a model or its tokenizer failed.
+    #[error("{context}: {source}")]
+    Load {
+        /// What was being loaded (names the file).
+        context: String,
+        /// The cause.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// The analysis of the vectors, or writing its files, failed.
+    #[error(transparent)]
+    Analyze(#[from] sft_analyze::Error),
 }
 
 type Result<T> = std::result::Result<T, HiddenError>;
@@ -299,4 +314,141 @@ pub fn embed(
         vectors: vectors.into_iter().flatten().collect(),
     };
     Ok((embeddings, report))
+}
+
+/// What [`analyze_models`] did with one model.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelRun {
+    /// The label.
+    pub label: String,
+    /// The model file or directory.
+    pub path: PathBuf,
+    /// The model's decoder layers.
+    pub num_hidden_layers: usize,
+    /// The layer used, truncations, tokens.
+    pub report: EmbedReport,
+    /// Seconds to load the model (and its tokenizer).
+    pub load_s: f64,
+    /// Seconds to compute the hidden states.
+    pub embed_s: f64,
+}
+
+/// What [`analyze_models`] returns.
+#[derive(Debug)]
+pub struct AnalyzeRun {
+    /// One model's vectors each, in the order given.
+    pub embeddings: Vec<Embeddings>,
+    /// The scores, the t-SNE maps and the changes against the first model.
+    pub analysis: Analysis,
+    /// What was done with each model.
+    pub models: Vec<ModelRun>,
+    /// Seconds of PCA, scores and t-SNE.
+    pub analysis_s: f64,
+    /// Seconds to write the files.
+    pub write_s: f64,
+}
+
+impl AnalyzeRun {
+    /// The models (label, path, layer, tokens, truncations) and the timings, for a `run.json`.
+    pub fn summary(&self) -> serde_json::Value {
+        let models: Vec<serde_json::Value> = self
+            .models
+            .iter()
+            .map(|m| {
+                serde_json::json!({
+                    "label": m.label, "path": m.path.display().to_string(),
+                    "layer": m.report.layer, "num_hidden_layers": m.num_hidden_layers,
+                    "tokens": m.report.tokens, "truncated": m.report.truncated,
+                    "load_s": m.load_s, "hidden_states_s": m.embed_s,
+                })
+            })
+            .collect();
+        serde_json::json!({
+            "models": models,
+            "analysis_s": self.analysis_s,
+            "write_s": self.write_s,
+        })
+    }
+}
+
+/// The whole representation analysis of `models` ((label, path) pairs, the first the reference
+/// of the changes) on `records`: each model loaded in turn on `device` in `kind` (and dropped
+/// before the next), its pooled hidden states ([`embed`], `req.label` replaced by the model's),
+/// then [`sft_analyze::analyze`] and [`sft_analyze::write_outputs`] into `out`. Every model is
+/// tokenized with `tokenizer` when given (the runner passes the base model's, which every stage
+/// keeps), else with its own. The one path of the `analyze hidden` command and of
+/// `[run.eval.hidden]`.
+#[allow(clippy::too_many_arguments)]
+pub fn analyze_models(
+    models: &[(&str, &Path)],
+    tokenizer: Option<&ChatTokenizer>,
+    records: &[Record],
+    req: &HiddenRequest,
+    settings: &AnalysisSettings,
+    device: Device,
+    kind: Kind,
+    out: &Path,
+) -> Result<AnalyzeRun> {
+    let mut embeddings = Vec::with_capacity(models.len());
+    let mut runs = Vec::with_capacity(models.len());
+    for &(label, path) in models {
+        let t0 = Instant::now();
+        let own;
+        let tok = match tokenizer {
+            Some(t) => t,
+            None => {
+                own = ChatTokenizer::from_path(path).map_err(|e| HiddenError::Load {
+                    context: format!("loading the tokenizer of {}", path.display()),
+                    source: e.into(),
+                })?;
+                &own
+            }
+        };
+        let loaded = sft_llama::load_model(path, device, kind).map_err(|e| HiddenError::Load {
+            context: format!("loading {} ({kind:?})", path.display()),
+            source: e.into(),
+        })?;
+        let load_s = t0.elapsed().as_secs_f64();
+        let t1 = Instant::now();
+        let model_req = HiddenRequest {
+            label: label.to_string(),
+            ..req.clone()
+        };
+        let (emb, report) = embed(&loaded.model, tok, records, &model_req)?;
+        let embed_s = t1.elapsed().as_secs_f64();
+        tracing::info!(model = %label, layer = report.layer, tokens = report.tokens, truncated = report.truncated, secs = embed_s, "hidden states");
+        runs.push(ModelRun {
+            label: label.to_string(),
+            path: path.to_path_buf(),
+            num_hidden_layers: loaded.model.config().num_hidden_layers,
+            report,
+            load_s,
+            embed_s,
+        });
+        embeddings.push(emb);
+    }
+    let t2 = Instant::now();
+    let pb = if req.progress {
+        let pb = indicatif::ProgressBar::new(0);
+        pb.set_style(
+            indicatif::ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} ({elapsed})")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        pb.set_message("PCA, scores, t-SNE");
+        pb
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    let analysis = sft_analyze::analyze(&embeddings, settings, &pb)?;
+    pb.finish_and_clear();
+    let analysis_s = t2.elapsed().as_secs_f64();
+    let t3 = Instant::now();
+    sft_analyze::write_outputs(out, &embeddings, &analysis)?;
+    Ok(AnalyzeRun {
+        embeddings,
+        analysis,
+        models: runs,
+        analysis_s,
+        write_s: t3.elapsed().as_secs_f64(),
+    })
 }

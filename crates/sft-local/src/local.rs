@@ -16,6 +16,11 @@
 //!   `sft-eval` (judgments cached, so a rerun after a judge outage only sends what is missing).
 //!   Without a judge the task is reported as not evaluated.
 //!
+//! * The representation analysis (`[run.eval.hidden]`, [`Backend::analyze_hidden`]): the base
+//!   and final models' pooled hidden states of the held-out queries and `sft-analyze`'s scores,
+//!   through [`crate::hidden::analyze_models`], the `analyze hidden` command's own path; every
+//!   model is tokenized with the base model's tokenizer (which every stage keeps).
+//!
 //! One [`Backend::evaluate`] call loads the model at most once (on first use, in the resolved
 //! `[run.eval] dtype`: bf16 on CUDA and f32 on the CPU for `auto`) and serves every task it is
 //! given; each task's report carries its headline `estimate` (`sft_eval::Estimate`) and the
@@ -526,10 +531,7 @@ impl EvalModel {
     /// The model, loading it (and counting the load in `loads`) the first time.
     fn get(&mut self, backend: &LocalBackend, loads: &AtomicUsize) -> Result<&Llama> {
         if self.loaded.is_none() {
-            let kind = match self.dtype {
-                EvalDtype::Bf16 => tch::Kind::BFloat16,
-                EvalDtype::F32 | EvalDtype::Auto => tch::Kind::Float,
-            };
+            let kind = eval_kind(self.dtype);
             let loaded =
                 sft_llama::load_model(&self.path, backend.opts.device, kind).map_err(|e| {
                     Error::Model {
@@ -546,6 +548,14 @@ impl EvalModel {
             self.loaded = Some(loaded);
         }
         Ok(&self.loaded.as_ref().expect("loaded above").model)
+    }
+}
+
+/// The libtorch kind of an evaluation dtype (`auto` unresolved loads as f32).
+fn eval_kind(dtype: EvalDtype) -> tch::Kind {
+    match dtype {
+        EvalDtype::Bf16 => tch::Kind::BFloat16,
+        EvalDtype::F32 | EvalDtype::Auto => tch::Kind::Float,
     }
 }
 
@@ -632,6 +642,26 @@ impl Backend for LocalBackend {
         Ok(self.losses(req)?)
     }
 
+    fn check_hidden(
+        &self,
+        base_model: &Path,
+        settings: &sft_run::HiddenSettings,
+    ) -> Result<(), BackendError> {
+        crate::hidden::check_layer(base_model, settings.layer)
+            .map_err(|e| Error::Settings(format!("[run.eval.hidden] layer: {e}")))?;
+        if let Some(t) = &settings.template {
+            self.template(t)?;
+        }
+        Ok(())
+    }
+
+    fn analyze_hidden(
+        &self,
+        req: &sft_run::HiddenRequest<'_>,
+    ) -> Result<BTreeMap<String, Metric>, BackendError> {
+        Ok(self.hidden(req)?)
+    }
+
     fn evaluate(
         &self,
         req: &EvalRequest<'_>,
@@ -650,6 +680,46 @@ impl Backend for LocalBackend {
 }
 
 impl LocalBackend {
+    /// [`Backend::analyze_hidden`] with this crate's error; also writes `run.json` (models,
+    /// layers, tokens, timings) beside the analysis files.
+    fn hidden(&self, req: &sft_run::HiddenRequest<'_>) -> Result<BTreeMap<String, Metric>> {
+        let s = req.settings;
+        let err = eval_err("hidden");
+        let view = match req.template {
+            Some(t) => crate::hidden::QueryView::Template(t.to_string()),
+            None => crate::hidden::QueryView::Raw,
+        };
+        let hreq = crate::hidden::HiddenRequest {
+            label: String::new(),
+            layer: s.layer,
+            pool: s.pool,
+            view: view.clone(),
+            batch_size: s.batch_size,
+            max_tokens: s.max_tokens,
+            progress: self.opts.progress,
+        };
+        let dtype = self.eval_dtype(req.dtype);
+        let run = crate::hidden::analyze_models(
+            req.models,
+            Some(&self.tokenizer),
+            req.records,
+            &hreq,
+            &s.analysis(req.seed),
+            self.opts.device,
+            eval_kind(dtype),
+            req.out_dir,
+        )
+        .map_err(|e| err(e.into()))?;
+        let mut summary = run.summary();
+        summary["view"] = json!(view.to_string());
+        summary["pool"] = json!(s.pool.as_str());
+        summary["dtype"] = json!(dtype.as_str());
+        summary["device"] = json!(format!("{:?}", self.opts.device));
+        summary["queries"] = json!(req.records.len());
+        write_json(&req.out_dir.join("run.json"), &summary)?;
+        Ok(run.analysis.metrics())
+    }
+
     /// One task of [`Backend::evaluate`], with this crate's error.
     fn evaluate_task(
         &self,

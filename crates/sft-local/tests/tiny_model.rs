@@ -462,3 +462,145 @@ fn every_stage_is_scored_per_source_with_the_trainers_masking() {
         );
     }
 }
+
+/// `[run.eval.hidden]` end to end: the base and final models' hidden states of the held-out
+/// queries, analysed, in `results.json` and `hidden/`; the base model's vectors are exactly what
+/// `sft_local::hidden::embed` gives for those records in the final stage's template; a rerun
+/// analyses nothing; a layer the model does not have fails before anything trains.
+#[test]
+fn the_representation_analysis_compares_base_and_final_on_the_heldout_queries() {
+    tch::manual_seed(0);
+    let (plan, mut settings) =
+        sft_run::load_plan_file(&workspace().join("fixtures/plans/two-stage-tiny.toml")).unwrap();
+    settings.eval.gsm8k = 0;
+    settings.eval.humaneval = 0;
+    settings.data.general_heldout = None;
+    settings.data.heldout = Some(sft_run::Heldout::All(6));
+    let hidden = sft_run::HiddenSettings {
+        layer: -1,
+        perplexity: 4.0,
+        iterations: 250,
+        batch_size: 4,
+        ..Default::default()
+    };
+    settings.eval.hidden = Some(hidden.clone());
+    let tmp = tempfile::tempdir().unwrap();
+    let o = opts(tmp.path(), "hidden");
+    let r = run_plan(&plan, &settings, &o, &backend(None)).unwrap();
+    for key in [
+        "hidden.base.all.silhouette",
+        "hidden.final.all.knn_purity",
+        "hidden.final.all.probe_accuracy",
+        "hidden.final-vs-base.all.silhouette",
+        "hidden.final.code-math.silhouette",
+        "hidden.base.general-math.knn_purity",
+    ] {
+        let m = r
+            .metrics
+            .get(key)
+            .unwrap_or_else(|| panic!("{key} missing"));
+        assert!(
+            m.value.is_finite() && m.ci_low <= m.value && m.value <= m.ci_high,
+            "{key}: {m:?}"
+        );
+        let n = if key.contains(".all.") { 18 } else { 12 };
+        assert_eq!(
+            m.n, n,
+            "{key}: 6 held-out queries a source, 3 sources or a pair"
+        );
+    }
+    let dir = o.run_dir.join("hidden");
+    for f in [
+        "embeddings.parquet",
+        "tsne.csv",
+        "tsne.png",
+        "tsne.svg",
+        "separation.json",
+        "run.json",
+        "metrics.json",
+    ] {
+        assert!(dir.join(f).exists(), "{f}");
+    }
+    let emb = sft_analyze::read_embeddings(&dir.join("embeddings.parquet")).unwrap();
+    assert_eq!(
+        emb.iter().map(|e| e.model.as_str()).collect::<Vec<_>>(),
+        ["base", "final"]
+    );
+    assert_eq!(emb[0].layer, 2, "-1 is the last of the 3 hidden states");
+    // The queries are the held-out records, source by source.
+    let ids = sft_run::heldout::HeldoutLosses::read(&o.run_dir)
+        .unwrap()
+        .ids;
+    let want: Vec<String> = ids.values().flatten().cloned().collect();
+    assert_eq!(emb[0].ids, want);
+    assert_eq!(emb[1].ids, want);
+    assert_ne!(
+        emb[0].vectors, emb[1].vectors,
+        "training changed the states"
+    );
+
+    // The base model's vectors: the held-out records embedded directly, in the final stage's
+    // template (`model`, the tokenizer's own).
+    let mut records = Vec::new();
+    for (source, file, format) in [
+        ("code", "code.json", "alpaca"),
+        ("general", "general.json", "sharegpt"),
+        ("math", "math.jsonl", "gsm8k"),
+    ] {
+        let loaded = sft_compose::load_source(
+            source,
+            &workspace().join("fixtures/demo").join(file),
+            &sft_compose::LoadOptions {
+                format: Some(format.parse().unwrap()),
+                ..sft_compose::LoadOptions::strict()
+            },
+        )
+        .unwrap();
+        for id in &ids[source] {
+            records.push(loaded.records.iter().find(|x| &x.id == id).unwrap().clone());
+        }
+    }
+    let base = workspace().join("fixtures/run/tiny-bytes");
+    let loaded = sft_llama::load_model(&base, tch::Device::Cpu, tch::Kind::Float).unwrap();
+    let tok = sft_chat::ChatTokenizer::from_path(&base).unwrap();
+    let req = sft_local::hidden::HiddenRequest {
+        label: "base".into(),
+        layer: -1,
+        pool: sft_analyze::Pool::Mean,
+        view: sft_local::hidden::QueryView::Template("model".into()),
+        batch_size: 4,
+        max_tokens: 512,
+        progress: false,
+    };
+    let (direct, _) = sft_local::hidden::embed(&loaded.model, &tok, &records, &req).unwrap();
+    assert_eq!(direct.ids, emb[0].ids);
+    assert_eq!(direct.vectors, emb[0].vectors);
+
+    // A rerun reuses the analysis.
+    let cached = mtime(&dir.join("metrics.json"));
+    let again = run_plan(&plan, &settings, &o, &backend(None)).unwrap();
+    assert_eq!(mtime(&dir.join("metrics.json")), cached);
+    assert_eq!(again.metrics, r.metrics);
+
+    // A layer the model does not have: a config error before the first stage trains.
+    let mut bad = settings.clone();
+    bad.eval.hidden = Some(sft_run::HiddenSettings { layer: 3, ..hidden });
+    let o2 = RunOptions {
+        stage_store: Some(tmp.path().join("empty-store")),
+        ..opts(tmp.path(), "bad-layer")
+    };
+    let e = run_plan(&plan, &bad, &o2, &backend(None)).unwrap_err();
+    assert_eq!(e.kind(), sft_run::ErrorKind::Config, "{e}");
+    let msg = e.to_string();
+    assert!(
+        msg.contains("layer 3") && msg.contains("tiny-bytes"),
+        "{msg}"
+    );
+    assert!(
+        !tmp.path().join("empty-store").exists()
+            || std::fs::read_dir(tmp.path().join("empty-store"))
+                .unwrap()
+                .all(|e| e.unwrap().file_name() == "heldout"),
+        "nothing trained"
+    );
+}

@@ -15,7 +15,7 @@ use sft_compose::Record;
 use sft_schedule::{Stage, TrainConfig};
 
 use crate::error::{BackendError, Error};
-use crate::settings::{EvalDtype, EvalSettings};
+use crate::settings::{EvalDtype, EvalSettings, HiddenSettings};
 
 /// One stage to train.
 #[derive(Debug, Clone, Copy)]
@@ -156,6 +156,28 @@ pub struct RecordLoss {
     pub tokens: u64,
 }
 
+/// One representation analysis ([`Backend::analyze_hidden`], `[run.eval.hidden]`).
+#[derive(Debug, Clone, Copy)]
+pub struct HiddenRequest<'a> {
+    /// (label, model) pairs in order: the first is the reference the changes are measured
+    /// against (the runner passes `base`, then `final`).
+    pub models: &'a [(&'a str, &'a Path)],
+    /// The queries (held-out records, each with its source), the same for every model.
+    pub records: &'a [Record],
+    /// Layer, pooling, rendering, batch and analysis settings.
+    pub settings: &'a HiddenSettings,
+    /// The chat template the queries are rendered in (`None`: raw, `settings.raw`): already
+    /// resolved by the runner from `settings.template` or the final stage's template.
+    pub template: Option<&'a str>,
+    /// The seed of the probe's folds and of the bootstrap (the run's split seed).
+    pub seed: u64,
+    /// The dtype the models load in (resolved by [`Backend::eval_dtype`]).
+    pub dtype: EvalDtype,
+    /// Where the analysis files go (`<run>/hidden/`: `embeddings.parquet`, `tsne.csv`,
+    /// `tsne.png`, `tsne.svg`, `separation.json`).
+    pub out_dir: &'a Path,
+}
+
 /// What [`Backend::evaluate`] calls with each task's result as soon as that task is done
 /// (`None`: not configured). The runner caches the result there, so a failure in a later task
 /// keeps it; an error it returns stops the evaluation and must be returned (wrapped).
@@ -197,6 +219,35 @@ pub trait Backend {
     /// the trainer would drop (mask error, no target token left) is left out of the result;
     /// the others keep their order.
     fn heldout_losses(&self, req: &LossRequest<'_>) -> Result<Vec<RecordLoss>, BackendError>;
+
+    /// Checks, before anything trains, what only the backend can check of `[run.eval.hidden]`:
+    /// that `settings.layer` exists in the base model (read from its configuration, without the
+    /// weights). The runner calls it only when the analysis is configured. The default accepts.
+    fn check_hidden(
+        &self,
+        base_model: &Path,
+        settings: &HiddenSettings,
+    ) -> Result<(), BackendError> {
+        let _ = (base_model, settings);
+        Ok(())
+    }
+
+    /// Runs the representation analysis of `req.models` on `req.records`: each model's pooled
+    /// hidden states of the queries, then `sft_analyze::analyze` and its files under
+    /// `req.out_dir`. Returns [`sft_analyze::Analysis::metrics`] (`<label>.<scope>.<score>`,
+    /// and `<label>-vs-<first label>.…` for the changes). The default fails with
+    /// [`crate::ErrorKind::Config`]: a backend without hidden states cannot run it.
+    fn analyze_hidden(
+        &self,
+        req: &HiddenRequest<'_>,
+    ) -> Result<BTreeMap<String, Metric>, BackendError> {
+        let _ = req;
+        Err(BackendError::new(
+            crate::ErrorKind::Config,
+            "[run.eval.hidden]",
+            "this backend does not compute hidden states",
+        ))
+    }
 
     /// Evaluates the model `req.model` on `tasks` (distinct, in [`Task::ALL`] order), loading it
     /// at most once for all of them. For each task, in order, it writes the task's report under

@@ -41,16 +41,17 @@ mod settings;
 pub mod table;
 
 pub use backend::{
-    Backend, EvalRequest, LossRequest, Metric, RecordLoss, Task, TaskDone, TrainReport,
-    TrainRequest,
+    Backend, EvalRequest, HiddenRequest, LossRequest, Metric, RecordLoss, Task, TaskDone,
+    TrainReport, TrainRequest,
 };
 pub use error::{BackendError, BoxError, Error, ErrorKind, Result};
 pub use runner::{
-    run_plan, RunOptions, RunResults, StageDone, StageResult, Status, RESULTS_FORMAT_VERSION,
+    run_plan, RunOptions, RunResults, StageDone, StageResult, Status, HIDDEN_DIR,
+    RESULTS_FORMAT_VERSION,
 };
 pub use settings::{
-    default_sources, DataSettings, EvalDtype, EvalSettings, Heldout, JudgeSettings, RunSettings,
-    SourceSettings, StaleStages,
+    default_sources, DataSettings, EvalDtype, EvalSettings, Heldout, HiddenSettings, JudgeSettings,
+    RunSettings, SourceSettings, StaleStages,
 };
 
 use std::path::Path;

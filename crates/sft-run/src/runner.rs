@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use sft_schedule::{KeyContext, OptimizerState, Plan, TrainOverrides};
 
-use crate::backend::{Backend, EvalRequest, Metric, Task, TrainRequest};
+use crate::backend::{Backend, EvalRequest, HiddenRequest, Metric, Task, TrainRequest};
 use crate::data::Pools;
 use crate::error::{BackendError, Error, ErrorKind, Result};
 use crate::files::{fingerprint_model, read_json, write_json, DirLock};
@@ -237,6 +237,26 @@ fn run_inner(
             opts.base_model.display()
         )));
     }
+    // `[run.eval.hidden]`: its queries (held-out records) and its layer, checked before
+    // anything trains.
+    let hidden_queries = match &settings.eval.hidden {
+        Some(h) => {
+            let counts = h.queries(&settings.data.heldout_counts()?)?;
+            backend
+                .check_hidden(&opts.base_model, h)
+                .map_err(Error::Backend)?;
+            let mut queries = Vec::new();
+            for (name, n) in &counts {
+                for r in pools.heldout.get(name).into_iter().flatten().take(*n) {
+                    let mut r = r.clone();
+                    r.source = name.clone();
+                    queries.push(r);
+                }
+            }
+            Some(queries)
+        }
+        None => None,
+    };
     let base_fp = fingerprint_model(&opts.base_model)?;
     let ctx = KeyContext {
         base_model: base_fp.clone(),
@@ -428,6 +448,36 @@ fn run_inner(
             metrics.insert(format!("heldout_loss.{source}"), m);
         }
     }
+    if let (Some(h), Some(queries)) = (&settings.eval.hidden, &hidden_queries) {
+        let template = if h.raw {
+            None
+        } else {
+            Some(h.template.clone().unwrap_or_else(|| {
+                plan.stages
+                    .last()
+                    .map(|s| &s.config)
+                    .unwrap_or(&default_config)
+                    .template
+                    .clone()
+            }))
+        };
+        let mut models: Vec<(&str, &Path)> = vec![("base", opts.base_model.as_path())];
+        if !plan.stages.is_empty() {
+            models.push(("final", prev_model.as_path()));
+        }
+        let req = HiddenRequest {
+            models: &models,
+            records: queries,
+            settings: h,
+            template: template.as_deref(),
+            seed: pools.split_seed,
+            dtype,
+            out_dir: &run_dir.join(HIDDEN_DIR),
+        };
+        for (k, m) in analyze_hidden(backend, &req, &format!("{base_fp}:{final_key}"))? {
+            metrics.insert(format!("hidden.{k}"), m);
+        }
+    }
     provenance.insert("finished_unix".into(), json!(now_unix()));
     write_json(&run_dir.join("provenance.json"), &provenance)?;
     Ok(RunResults {
@@ -438,6 +488,60 @@ fn run_inner(
         base_heldout_loss,
         provenance,
     })
+}
+
+/// The directory of a run's representation analysis (`[run.eval.hidden]`).
+pub const HIDDEN_DIR: &str = "hidden";
+
+/// A cached representation analysis (`hidden/metrics.json`), valid for one pair of models.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct CachedAnalysis {
+    model_key: String,
+    settings: Value,
+    metrics: BTreeMap<String, Metric>,
+}
+
+/// The representation analysis' metrics: cached in `hidden/metrics.json` for these models
+/// (`model_key`: base fingerprint and final stage key), queries, settings, seed and dtype, else
+/// one [`Backend::analyze_hidden`] call.
+fn analyze_hidden(
+    backend: &dyn Backend,
+    req: &HiddenRequest<'_>,
+    model_key: &str,
+) -> Result<BTreeMap<String, Metric>> {
+    let settings = json!({
+        "hidden": req.settings,
+        "template": req.template,
+        "seed": req.seed,
+        "dtype": req.dtype,
+        "labels": req.models.iter().map(|(l, _)| *l).collect::<Vec<_>>(),
+        "queries": req.records.iter().map(|r| (&r.source, &r.id)).collect::<Vec<_>>(),
+    });
+    let cache = req.out_dir.join("metrics.json");
+    if cache.exists() {
+        if let Ok(c) = read_json::<CachedAnalysis>(&cache) {
+            if c.model_key == model_key && c.settings == settings {
+                tracing::info!("representation analysis already done for these models: reusing");
+                return Ok(c.metrics);
+            }
+        }
+    }
+    let t0 = Instant::now();
+    let metrics = backend.analyze_hidden(req).map_err(Error::Backend)?;
+    tracing::info!(
+        seconds = t0.elapsed().as_secs_f64(),
+        metrics = metrics.len(),
+        "representation analysis done"
+    );
+    write_json(
+        &cache,
+        &CachedAnalysis {
+            model_key: model_key.to_string(),
+            settings,
+            metrics: metrics.clone(),
+        },
+    )?;
+    Ok(metrics)
 }
 
 /// The final model's metrics: the cached ones (`eval/<task>.metric.json`, valid for this

@@ -268,6 +268,189 @@ pub struct EvalSettings {
     /// `auto` resolving differently on another device) evaluates again.
     #[serde(default)]
     pub dtype: EvalDtype,
+    /// The representation analysis of the final model next to the base model
+    /// (`[run.eval.hidden]`); absent = not run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hidden: Option<HiddenSettings>,
+}
+
+/// `[run.eval.hidden]`: how well the sources separate in one layer's hidden states, for the base
+/// model and the plan's final model, on the same queries (`sft-analyze`; `docs/analysis.md`).
+///
+/// The queries are the run's **held-out records** of each analysed source (never trained on by
+/// any stage, the same for every strategy, seed and sweep cell), so a strategy cannot have seen
+/// some of them and not others. The seed of the probe's folds and of the bootstrap is the run's
+/// split seed. Every value is checked when the settings load ([`RunSettings::from_plan_value`]):
+/// the sources, that each holds at least `n` (and `folds`) records back, and that the queries are
+/// enough for t-SNE's perplexity. The layer is checked against the base model before anything
+/// trains ([`crate::Backend::check_hidden`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HiddenSettings {
+    /// The sources whose held-out records are the queries (at least two; default: every source
+    /// that holds records back).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sources: Vec<String>,
+    /// Queries per source: the first `n` held-out records of each (default: all of them).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub n: Option<usize>,
+    /// The hidden state in transformers' numbering (0 the embeddings, `L` the final-norm output;
+    /// negative counts from the end). Default 15, the paper's.
+    #[serde(default = "default_hidden_layer")]
+    pub layer: i64,
+    /// How a query's token states become one vector.
+    #[serde(default = "default_hidden_pool")]
+    pub pool: sft_analyze::Pool,
+    /// The chat template the query is rendered in, with the generation prompt (a name
+    /// `sft-chat` resolves). Default: the final stage's training template, which is how the
+    /// runner's evaluation prompts the model.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub template: Option<String>,
+    /// The first user message as is, tokenized with the tokenizer's special tokens, instead of
+    /// a chat template.
+    #[serde(default)]
+    pub raw: bool,
+    /// Queries per forward pass.
+    #[serde(default = "default_hidden_batch")]
+    pub batch_size: usize,
+    /// Longer queries are cut to their first this-many tokens.
+    #[serde(default = "default_hidden_max_tokens")]
+    pub max_tokens: usize,
+    /// PCA components the scores and t-SNE work in.
+    #[serde(default = "default_pca_dims")]
+    pub pca_dims: usize,
+    /// t-SNE perplexity (needs at least `3 · perplexity + 1` queries in all).
+    #[serde(default = "default_perplexity")]
+    pub perplexity: f64,
+    /// t-SNE iterations.
+    #[serde(default = "default_tsne_iterations")]
+    pub iterations: usize,
+}
+
+fn default_hidden_layer() -> i64 {
+    15
+}
+fn default_hidden_pool() -> sft_analyze::Pool {
+    sft_analyze::Pool::Mean
+}
+fn default_hidden_batch() -> usize {
+    16
+}
+fn default_hidden_max_tokens() -> usize {
+    512
+}
+fn default_pca_dims() -> usize {
+    sft_analyze::AnalysisSettings::default().pca_dims
+}
+fn default_perplexity() -> f64 {
+    sft_analyze::AnalysisSettings::default().perplexity
+}
+fn default_tsne_iterations() -> usize {
+    sft_analyze::AnalysisSettings::default().iterations
+}
+
+impl Default for HiddenSettings {
+    fn default() -> Self {
+        HiddenSettings {
+            sources: Vec::new(),
+            n: None,
+            layer: default_hidden_layer(),
+            pool: default_hidden_pool(),
+            template: None,
+            raw: false,
+            batch_size: default_hidden_batch(),
+            max_tokens: default_hidden_max_tokens(),
+            pca_dims: default_pca_dims(),
+            perplexity: default_perplexity(),
+            iterations: default_tsne_iterations(),
+        }
+    }
+}
+
+impl HiddenSettings {
+    /// The analysis settings: these values, the other ones `sft-analyze`'s defaults, and `seed`
+    /// (the run's split seed) for the probe's folds and the bootstrap.
+    pub fn analysis(&self, seed: u64) -> sft_analyze::AnalysisSettings {
+        sft_analyze::AnalysisSettings {
+            pca_dims: self.pca_dims,
+            perplexity: self.perplexity,
+            iterations: self.iterations,
+            seed,
+            ..sft_analyze::AnalysisSettings::default()
+        }
+    }
+
+    /// Source name → queries taken from its held-out records (the first `n`, or all), given the
+    /// held-out counts of [`DataSettings::heldout_counts`]. Fails, naming the setting, when a
+    /// source is unknown or holds too few records back, fewer than two sources are analysed,
+    /// or the queries are too few for the perplexity or the probe's folds.
+    pub fn queries(&self, heldout: &BTreeMap<String, usize>) -> Result<BTreeMap<String, usize>> {
+        let bad = |m: String| Err(Error::Settings(format!("[run.eval.hidden] {m}")));
+        let names: Vec<String> = if self.sources.is_empty() {
+            heldout.keys().cloned().collect()
+        } else {
+            self.sources.clone()
+        };
+        if names.len() < 2 {
+            return bad(format!(
+                "needs at least two sources to measure how they separate; the analysed sources \
+                 are the ones holding records back ([run.data] heldout), here: {}",
+                if names.is_empty() {
+                    "none".to_string()
+                } else {
+                    names.join(", ")
+                }
+            ));
+        }
+        if !(self.perplexity > 0.0 && self.perplexity.is_finite())
+            || self.iterations == 0
+            || self.pca_dims < 2
+        {
+            return bad("perplexity must be > 0, iterations ≥ 1 and pca_dims ≥ 2".into());
+        }
+        let folds = sft_analyze::AnalysisSettings::default().folds;
+        let mut out = BTreeMap::new();
+        for name in &names {
+            if out.contains_key(name) {
+                return bad(format!("sources names {name:?} twice"));
+            }
+            let Some(&held) = heldout.get(name) else {
+                return bad(format!(
+                    "source {name:?} holds no records back: the queries are held-out records, \
+                     so give it some in [run.data] heldout (sources holding records back: {})",
+                    heldout.keys().cloned().collect::<Vec<_>>().join(", ")
+                ));
+            };
+            let n = self.n.unwrap_or(held);
+            if n > held {
+                return bad(format!(
+                    "n = {n}, but source {name:?} holds only {held} records back ([run.data] heldout)"
+                ));
+            }
+            if n < folds {
+                return bad(format!(
+                    "source {name:?} would give {n} queries, fewer than the probe's {folds} folds"
+                ));
+            }
+            out.insert(name.clone(), n);
+        }
+        let total: usize = out.values().sum();
+        let need = sft_analyze::tsne::min_points(self.perplexity);
+        if total < need {
+            return bad(format!(
+                "{total} queries in all are too few for t-SNE at perplexity {} (it needs at \
+                 least 3 · perplexity + 1 = {need}): lower `perplexity` or hold more records back",
+                self.perplexity
+            ));
+        }
+        if self.batch_size == 0 || self.max_tokens == 0 {
+            return bad("batch_size and max_tokens must be at least 1".into());
+        }
+        if self.raw && self.template.is_some() {
+            return bad("sets both `raw = true` and `template`: choose one".into());
+        }
+        Ok(out)
+    }
 }
 
 /// The dtype evaluation loads the model in (`[run.eval] dtype`).
@@ -425,6 +608,7 @@ impl Default for EvalSettings {
             mtbench_max_new_tokens: default_mtbench_tokens(),
             judge: None,
             dtype: EvalDtype::Auto,
+            hidden: None,
         }
     }
 }
@@ -437,10 +621,19 @@ impl RunSettings {
     ) -> Result<RunSettings> {
         match value {
             None => Ok(RunSettings::default()),
-            Some(v) => serde_json::from_value(v.clone()).map_err(|source| Error::RunTable {
-                path: origin.to_path_buf(),
-                source,
-            }),
+            Some(v) => {
+                let settings: RunSettings =
+                    serde_json::from_value(v.clone()).map_err(|source| Error::RunTable {
+                        path: origin.to_path_buf(),
+                        source,
+                    })?;
+                if let Some(h) = &settings.eval.hidden {
+                    let counts = settings.data.heldout_counts()?;
+                    h.queries(&counts)
+                        .map_err(|e| Error::Settings(format!("{}: {e}", origin.display())))?;
+                }
+                Ok(settings)
+            }
         }
     }
 

@@ -9,9 +9,9 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use sft_run::{
-    run_plan, Backend, BackendError, ErrorKind, EvalDtype, EvalRequest, LossRequest, Metric,
-    RecordLoss, RunOptions, RunResults, RunSettings, StageDone, StaleStages, Status, Task,
-    TaskDone, TrainReport, TrainRequest,
+    run_plan, Backend, BackendError, ErrorKind, EvalDtype, EvalRequest, HiddenRequest,
+    HiddenSettings, LossRequest, Metric, RecordLoss, RunOptions, RunResults, RunSettings,
+    StageDone, StaleStages, Status, Task, TaskDone, TrainReport, TrainRequest,
 };
 use sha2::{Digest, Sha256};
 
@@ -40,6 +40,19 @@ struct Recorder {
     semantics: BTreeMap<String, u32>,
     /// The models scored on held-out records (their weights' content, `base` for the base).
     scored: RefCell<Vec<String>>,
+    /// Each representation analysis: (label, model content) pairs, (source, id) of the
+    /// queries, the template.
+    analyses: RefCell<Vec<Analysed>>,
+    /// The layer [`Backend::check_hidden`] refuses.
+    refuse_layer: Option<i64>,
+}
+
+/// What one [`Backend::analyze_hidden`] call was given.
+#[derive(Debug, Clone, PartialEq)]
+struct Analysed {
+    models: Vec<(String, String)>,
+    queries: Vec<(String, String)>,
+    template: Option<String>,
 }
 
 /// The content of a model: its `weights` file, or `base` for the base model file.
@@ -144,6 +157,49 @@ impl Backend for Recorder {
                 source: r.source.clone(),
                 loss: fake_loss(&content, &r.id),
                 tokens: 5,
+            })
+            .collect())
+    }
+
+    fn check_hidden(&self, _base: &Path, settings: &HiddenSettings) -> Result<(), BackendError> {
+        match self.refuse_layer {
+            Some(l) if l == settings.layer => Err(BackendError::new(
+                ErrorKind::Config,
+                "[run.eval.hidden] layer",
+                format!("layer {l} is out of range"),
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    fn analyze_hidden(
+        &self,
+        req: &HiddenRequest<'_>,
+    ) -> Result<BTreeMap<String, Metric>, BackendError> {
+        let models: Vec<(String, String)> = req
+            .models
+            .iter()
+            .map(|(l, p)| (l.to_string(), model_content(p)))
+            .collect();
+        self.analyses.borrow_mut().push(Analysed {
+            models: models.clone(),
+            queries: req
+                .records
+                .iter()
+                .map(|r| (r.source.clone(), r.id.clone()))
+                .collect(),
+            template: req.template.map(str::to_string),
+        });
+        std::fs::create_dir_all(req.out_dir).unwrap();
+        std::fs::write(req.out_dir.join("separation.json"), "{}").unwrap();
+        // One score per model, a hash of its content: a wrong model shows.
+        Ok(models
+            .iter()
+            .map(|(l, c)| {
+                (
+                    format!("{l}.all.silhouette"),
+                    Metric::mean_se(&[fake_loss(c, "hidden") - 2.0; 2]),
+                )
             })
             .collect())
     }
@@ -1156,4 +1212,146 @@ fn gsm8k_reports_both_filters_and_benchmarks_compare_item_by_item() {
         strict_row.contains("+0.0 [+0.0, +0.0]"),
         "both models get the same strict items: {strict_row}"
     );
+}
+
+/// `[run.eval.hidden]` with held-out `math = 5, code = 5, general = 6` (the probe needs 5 a
+/// source) and the given table.
+fn hidden_settings(settings: &RunSettings, table: &str) -> Result<RunSettings, sft_run::Error> {
+    let mut s = settings.clone();
+    s.data.general_heldout = None;
+    s.data.heldout = Some(sft_run::Heldout::PerSource(BTreeMap::from([
+        ("math".to_string(), 5),
+        ("code".to_string(), 5),
+        ("general".to_string(), 6),
+    ])));
+    s.eval.hidden = None;
+    let mut v = serde_json::to_value(s).unwrap();
+    let hidden: toml::Value = toml::from_str(table).unwrap();
+    v["eval"]["hidden"] = serde_json::to_value(hidden).unwrap();
+    RunSettings::from_plan_value(Some(&v), Path::new("plan.toml"))
+}
+
+#[test]
+fn the_representation_analysis_compares_base_and_final_on_the_heldout_queries_once() {
+    let (tmp, settings, model) = setup();
+    let settings = hidden_settings(
+        &settings,
+        "n = 5\nsources = [\"math\", \"general\"]\nlayer = 2\nperplexity = 1.0\n",
+    )
+    .unwrap();
+    let (plan, _) =
+        sft_run::load_plan_file(&workspace().join("fixtures/plans/two-stage-tiny.toml")).unwrap();
+    let o = opts(tmp.path(), "hidden", &model);
+    let b = Recorder::default();
+    let r = run_plan(&plan, &settings, &o, &b).unwrap();
+    let analyses = b.analyses.borrow().clone();
+    assert_eq!(analyses.len(), 1);
+    let a = &analyses[0];
+    let final_content = model_content(&r.stages[1].store_dir.join("model"));
+    assert_eq!(
+        a.models,
+        vec![
+            ("base".to_string(), "base".to_string()),
+            ("final".to_string(), final_content.clone())
+        ]
+    );
+    // The queries: the first n held-out records of each listed source, with their source.
+    let ids = heldout_ids(&o.run_dir);
+    let want: Vec<(String, String)> = ["general", "math"]
+        .iter()
+        .flat_map(|s| ids[*s].iter().take(5).map(|id| (s.to_string(), id.clone())))
+        .collect();
+    assert_eq!(a.queries, want);
+    assert_eq!(
+        a.template.as_deref(),
+        Some("model"),
+        "the final stage's training template by default"
+    );
+    let m = &r.metrics;
+    assert_eq!(
+        m["hidden.final.all.silhouette"].value,
+        fake_loss(&final_content, "hidden") - 2.0
+    );
+    assert_eq!(
+        m["hidden.base.all.silhouette"].value,
+        fake_loss("base", "hidden") - 2.0
+    );
+    let written: RunResults =
+        serde_json::from_str(&std::fs::read_to_string(o.run_dir.join("results.json")).unwrap())
+            .unwrap();
+    assert_eq!(written.metrics, r.metrics);
+    assert!(o.run_dir.join("hidden/separation.json").exists());
+    assert!(o.run_dir.join("hidden/metrics.json").exists());
+
+    // A rerun analyses nothing; other settings analyse again.
+    let again = Recorder::default();
+    let r2 = run_plan(&plan, &settings, &o, &again).unwrap();
+    assert!(again.analyses.borrow().is_empty());
+    assert_eq!(r2.metrics, r.metrics);
+    let raw = hidden_settings(
+        &settings,
+        "n = 5\nsources = [\"math\", \"general\"]\nlayer = 2\nperplexity = 1.0\nraw = true\n",
+    )
+    .unwrap();
+    let third = Recorder::default();
+    run_plan(&plan, &raw, &o, &third).unwrap();
+    assert_eq!(third.analyses.borrow().len(), 1);
+    assert_eq!(third.analyses.borrow()[0].template, None);
+
+    // A plan without stages analyses the base model alone.
+    let base_only = sft_schedule::Plan {
+        stages: Vec::new(),
+        ..plan.clone()
+    };
+    let lone = Recorder::default();
+    let o2 = opts(tmp.path(), "base-only", &model);
+    run_plan(&base_only, &settings, &o2, &lone).unwrap();
+    assert_eq!(
+        lone.analyses.borrow()[0].models,
+        vec![("base".to_string(), "base".to_string())]
+    );
+}
+
+#[test]
+fn bad_hidden_settings_fail_at_load_and_a_bad_layer_before_anything_trains() {
+    let (tmp, settings, model) = setup();
+    let err = |table: &str| hidden_settings(&settings, table).unwrap_err().to_string();
+    let e = err("layers = 3\n");
+    assert!(e.contains("plan.toml") && e.contains("layers"), "{e}");
+    let e = err("n = 6\nperplexity = 1.0\n");
+    assert!(
+        e.contains("n = 6") && e.contains("\"code\" holds only 5"),
+        "{e}"
+    );
+    let e = err("sources = [\"math\"]\nperplexity = 1.0\n");
+    assert!(e.contains("at least two sources"), "{e}");
+    let e = err("sources = [\"math\", \"poetry\"]\nperplexity = 1.0\n");
+    assert!(e.contains("\"poetry\" holds no records back"), "{e}");
+    let e = err("sources = [\"math\", \"code\"]\n");
+    assert!(
+        e.contains("10 queries") && e.contains("perplexity 30"),
+        "the default perplexity needs 91 queries: {e}"
+    );
+    let e = err("pool = \"max\"\nperplexity = 1.0\n");
+    assert!(e.contains("max"), "{e}");
+    let e = err("raw = true\ntemplate = \"chatml\"\nperplexity = 1.0\n");
+    assert!(e.contains("choose one"), "{e}");
+    // n below the probe's folds.
+    let e = err("n = 2\nperplexity = 1.0\n");
+    assert!(e.contains("folds"), "{e}");
+
+    // The layer is the backend's to check, before the first stage trains.
+    let ok = hidden_settings(&settings, "layer = 99\nperplexity = 1.0\n").unwrap();
+    let (plan, _) =
+        sft_run::load_plan_file(&workspace().join("fixtures/plans/two-stage-tiny.toml")).unwrap();
+    let b = Recorder {
+        refuse_layer: Some(99),
+        ..Recorder::default()
+    };
+    let o = opts(tmp.path(), "bad-layer", &model);
+    let e = run_plan(&plan, &ok, &o, &b).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Config);
+    assert!(e.to_string().contains("layer 99"), "{e}");
+    assert!(b.trained.borrow().is_empty(), "nothing trained");
+    assert_eq!(status(&o.run_dir).error_kind, Some(ErrorKind::Config));
 }

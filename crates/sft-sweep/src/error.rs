@@ -53,6 +53,27 @@ pub enum Error {
         #[source]
         source: Box<sft_schedule::Error>,
     },
+    /// The runner settings a spec's `[run]` tables give a model's cells do not load.
+    #[error("{path}: the [run] tables of the spec and model {model:?}: {source}")]
+    RunSettings {
+        /// The spec file.
+        path: PathBuf,
+        /// The model whose cells get these settings.
+        model: String,
+        /// The runner's error (names the key).
+        #[source]
+        source: Box<sft_run::Error>,
+    },
+    /// A file of a done cell's run directory (`heldout_loss.json`, `eval/*.items.json`) does
+    /// not read.
+    #[error("cell {cell}: {source}")]
+    RunFile {
+        /// The cell id.
+        cell: String,
+        /// The runner's error (names the file).
+        #[source]
+        source: Box<sft_run::Error>,
+    },
     /// A cell's `results.json` or `status.json` is malformed.
     #[error("{path}: {message}")]
     CellFile {

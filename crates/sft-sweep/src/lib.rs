@@ -34,7 +34,9 @@ mod state;
 pub use error::{Error, Result};
 pub use layout::Layout;
 pub use plot::{plot_all, PlotFiles};
-pub use results::{collect, table1, write_tables, CellSummary, ResultRow, ResultsTable, METRICS};
+pub use results::{
+    collect, paired_tables, table1, write_tables, CellSummary, ResultRow, ResultsTable, METRICS,
+};
 pub use run::{prepare, run_cells, runner_args, states, RunOptions, RunSummary};
 pub use slurm::{slurm_script, SlurmOptions};
 pub use spec::{slug, Cell, GridSpec, ModelSpec, SlurmSpec, SweepSpec, SPEC_FORMAT_VERSION};

@@ -5,6 +5,11 @@
 //!   error bars. RQ1's scaling curves, RQ2's mixed-vs-individual overlay (the individual and
 //!   mixed grids share the panels) and RQ3's three set-ups all come out as this figure.
 //! * `<sweep>-k-scan`: the same for grids that scan DMT's k.
+//! * `<sweep>-heldout-by-strategy`: per-source held-out loss per strategy (bars), the cells
+//!   trained on full data.
+//! * `<sweep>-separation-by-strategy`: the representation analysis' scores of each strategy's
+//!   final model (silhouette, 10-NN purity, probe accuracy of the sources; `[run.eval.hidden]`),
+//!   each panel titled with the base model's value, which every strategy shares.
 //!
 //! Text is drawn with `ab_glyph` from a TrueType file found at run time ([`sft_plot::register_font`]), so
 //! plotting needs neither fontconfig nor freetype.
@@ -66,7 +71,8 @@ pub fn plot_all(spec: &SweepSpec, table: &ResultsTable, dir: &Path) -> Result<Pl
     let figures = [
         figure(spec, table, false),
         figure(spec, table, true),
-        strategy_bars(spec, table),
+        heldout_bars(spec, table),
+        separation_bars(spec, table),
     ];
     for fig in figures.into_iter().flatten() {
         let png = dir.join(format!("{}.png", fig.name));
@@ -273,7 +279,74 @@ fn figure(spec: &SweepSpec, table: &ResultsTable, k_scan: bool) -> Option<Figure
 /// Per-source held-out loss per strategy, as bars with their 95% intervals (across seeds when
 /// a strategy has several): the cells trained on full data (every proportion 1), a row of panels
 /// (one per source) per model. `None` without held-out losses.
-fn strategy_bars(spec: &SweepSpec, table: &ResultsTable) -> Option<Figure> {
+fn heldout_bars(spec: &SweepSpec, table: &ResultsTable) -> Option<Figure> {
+    let metrics: Vec<String> = crate::results::shown_metrics(
+        table
+            .rows
+            .iter()
+            .map(|r| r.metric.as_str())
+            .filter(|m| m.starts_with("heldout_loss.")),
+    );
+    bars_by_strategy(
+        table,
+        &metrics,
+        |_, _| None,
+        format!("{}-heldout-by-strategy", spec.name),
+        format!(
+            "{}: held-out loss per source and strategy (95% intervals; across seeds when several)",
+            spec.name
+        ),
+    )
+}
+
+/// The representation analysis per strategy: the final model's overall silhouette, 10-NN purity
+/// and probe accuracy of the sources, as bars like [`heldout_bars`], each panel titled with the
+/// base model's value (the same queries and model for every strategy). `None` without
+/// `hidden.*` metrics.
+fn separation_bars(spec: &SweepSpec, table: &ResultsTable) -> Option<Figure> {
+    let scores = ["silhouette", "knn_purity", "probe_accuracy"];
+    let metrics: Vec<String> = scores
+        .iter()
+        .map(|s| format!("hidden.final.all.{s}"))
+        .filter(|m| table.rows.iter().any(|r| &r.metric == m))
+        .collect();
+    let base = |model: &str, metric: &str| -> Option<String> {
+        let key = metric.replacen("hidden.final.", "hidden.base.", 1);
+        let v: Vec<f64> = table
+            .rows
+            .iter()
+            .filter(|r| r.model == model && r.metric == key)
+            .map(|r| r.value)
+            .collect();
+        if v.is_empty() {
+            return None;
+        }
+        let (_, pct, _) = metric_info(metric);
+        let mean = v.iter().sum::<f64>() / v.len() as f64 * if pct { 100.0 } else { 1.0 };
+        Some(format!("base {mean:.2}"))
+    };
+    bars_by_strategy(
+        table,
+        &metrics,
+        base,
+        format!("{}-separation-by-strategy", spec.name),
+        format!(
+            "{}: how the sources separate in the final model's hidden states, per strategy (95% intervals)",
+            spec.name
+        ),
+    )
+}
+
+/// Bars per strategy for `metrics` of the cells trained on full data (every proportion 1), with
+/// 95% intervals (across seeds when a strategy has several), a row of panels (one per metric) per
+/// model; `note(model, metric)` is added to a panel's title. `None` when no cell has them.
+fn bars_by_strategy(
+    table: &ResultsTable,
+    metrics: &[String],
+    note: impl Fn(&str, &str) -> Option<String>,
+    name: String,
+    title: String,
+) -> Option<Figure> {
     let full: Vec<&crate::spec::Cell> = table
         .cells
         .iter()
@@ -290,18 +363,12 @@ fn strategy_bars(spec: &SweepSpec, table: &ResultsTable) -> Option<Figure> {
             models.push(c.model.clone());
         }
     }
-    let metrics: Vec<String> = crate::results::shown_metrics(
-        table
-            .rows
-            .iter()
-            .map(|r| r.metric.as_str())
-            .filter(|m| m.starts_with("heldout_loss.")),
-    );
     let mut rows = Vec::new();
     for model in &models {
         let mut panels = Vec::new();
-        for metric in &metrics {
-            let (name, _, _) = metric_info(metric);
+        for metric in metrics {
+            let (metric_name, pct, higher) = metric_info(metric);
+            let scale = if pct { 100.0 } else { 1.0 };
             let mut points = Vec::new();
             for (xi, label) in labels.iter().enumerate() {
                 let v: Vec<(f64, f64, f64)> = full
@@ -317,19 +384,27 @@ fn strategy_bars(spec: &SweepSpec, table: &ResultsTable) -> Option<Figure> {
                     .collect();
                 if !v.is_empty() {
                     let (m, lo, hi) = crate::results::across_seeds(&v);
-                    points.push((xi as f64, m, lo, hi));
+                    points.push((xi as f64, m * scale, lo * scale, hi * scale));
                 }
             }
             if points.is_empty() {
                 continue;
             }
+            let mut panel_title = if models.len() > 1 {
+                format!("{metric_name} · {model}")
+            } else {
+                metric_name.clone()
+            };
+            if let Some(n) = note(model, metric) {
+                panel_title.push_str(&format!(" ({n})"));
+            }
             panels.push(Panel {
-                title: if models.len() > 1 {
-                    format!("{name} · {model}")
-                } else {
-                    name.clone()
-                },
-                y_desc: format!("{name}, lower is better"),
+                title: panel_title,
+                y_desc: format!(
+                    "{metric_name}{}{}",
+                    if pct { " (%)" } else { "" },
+                    if higher { "" } else { ", lower is better" }
+                ),
                 series: vec![Series {
                     label: "final model".into(),
                     points,
@@ -344,11 +419,8 @@ fn strategy_bars(spec: &SweepSpec, table: &ResultsTable) -> Option<Figure> {
         return None;
     }
     Some(Figure {
-        name: format!("{}-heldout-by-strategy", spec.name),
-        title: format!(
-            "{}: held-out loss per source and strategy (95% intervals; across seeds when several)",
-            spec.name
-        ),
+        name,
+        title,
         x_desc: "strategy".to_string(),
         x_labels: labels,
         legend: Vec::new(),

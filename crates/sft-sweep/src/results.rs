@@ -18,7 +18,11 @@ use crate::spec::Cell;
 use crate::state::{read_state, CellState};
 
 /// The metrics the runner reports: `(key, display name, shown as percent, higher is better)`.
-pub const METRICS: [(&str, &str, bool, bool); 8] = [
+/// Of the representation analysis (`hidden.*`, `[run.eval.hidden]`) only the final model's
+/// overall scores and its silhouette change from the base model are shown in tables and plots
+/// (separation is not better or worse: "higher" only means no ↓ arrow); every `hidden.*` key is
+/// in the long table.
+pub const METRICS: [(&str, &str, bool, bool); 12] = [
     ("gsm8k_acc", "GSM8K (flexible-extract)", true, true),
     ("gsm8k_strict_acc", "GSM8K (strict-match)", true, true),
     ("humaneval_pass@1", "HumanEval", true, true),
@@ -37,15 +41,44 @@ pub const METRICS: [(&str, &str, bool, bool); 8] = [
         false,
         false,
     ),
+    (
+        "hidden.final.all.silhouette",
+        "Source silhouette",
+        false,
+        true,
+    ),
+    (
+        "hidden.final.all.knn_purity",
+        "Source 10-NN purity",
+        true,
+        true,
+    ),
+    (
+        "hidden.final.all.probe_accuracy",
+        "Source probe accuracy",
+        true,
+        true,
+    ),
+    (
+        "hidden.final-vs-base.all.silhouette",
+        "Silhouette change from base",
+        false,
+        true,
+    ),
 ];
+
+/// The prefix of the representation analysis' metrics.
+pub(crate) const HIDDEN_PREFIX: &str = "hidden.";
 
 /// The metrics a table or plot shows: every metric of the rows, in [`METRICS`] order, less
 /// `general_heldout_loss` when `heldout_loss.general` is there (the same value under its older
-/// name).
+/// name), and less the `hidden.*` scores that [`METRICS`] does not list (per source pair, per
+/// model, per score: dozens of them).
 pub(crate) fn shown_metrics<'a>(keys: impl IntoIterator<Item = &'a str>) -> Vec<String> {
     let mut out: Vec<String> = Vec::new();
     for k in keys {
-        if !out.iter().any(|m| m == k) {
+        let unlisted_hidden = k.starts_with(HIDDEN_PREFIX) && !METRICS.iter().any(|m| m.0 == k);
+        if !unlisted_hidden && !out.iter().any(|m| m == k) {
             out.push(k.to_string());
         }
     }
@@ -498,4 +531,84 @@ pub fn table1(table: &ResultsTable) -> Option<String> {
          marked strict-match. ↓: lower is better.\n"
     });
     Some(out)
+}
+
+/// The paired comparisons of the cells trained on full data (every proportion 1), one table per
+/// model and seed: the runner's [`sft_run::table::render_comparison`] over those cells (each
+/// strategy's held-out losses per source and benchmark items, with the paired difference to the
+/// base model and to multi-task on the same records and items). Paired intervals only exist
+/// within a seed (the same held-out records, the same base model): across seeds, compare the
+/// per-seed differences. `None` when no such cell has `heldout_loss.json`.
+pub fn paired_tables(table: &ResultsTable, layout: &Layout) -> Result<Option<String>> {
+    struct Loaded {
+        strategy: String,
+        label: String,
+        results: Box<sft_run::RunResults>,
+        heldout: sft_run::heldout::HeldoutLosses,
+        items: BTreeMap<sft_run::Task, sft_run::items::TaskItems>,
+    }
+    let run_err = |cell: &str| {
+        let cell = cell.to_string();
+        move |e: sft_run::Error| Error::RunFile {
+            cell: cell.clone(),
+            source: Box::new(e),
+        }
+    };
+    // (model, seed) → the done full-data cells, in cell order.
+    let mut groups: BTreeMap<(String, u64), Vec<Loaded>> = BTreeMap::new();
+    for s in &table.cells {
+        let c = &s.cell;
+        if !c.proportions.values().all(|r| r.numer() == r.denom()) {
+            continue;
+        }
+        let dir = layout.run_dir(&c.id);
+        let CellState::Done(results) = read_state(&dir)? else {
+            continue;
+        };
+        if !dir.join(sft_run::heldout::FILE).exists() {
+            continue;
+        }
+        let heldout = sft_run::heldout::HeldoutLosses::read(&dir).map_err(run_err(&c.id))?;
+        let items = sft_run::items::read_run(&dir).map_err(run_err(&c.id))?;
+        groups
+            .entry((c.model.clone(), c.seed))
+            .or_default()
+            .push(Loaded {
+                strategy: c.strategy.clone(),
+                label: c.strategy_label.clone(),
+                results,
+                heldout,
+                items,
+            });
+    }
+    if groups.is_empty() {
+        return Ok(None);
+    }
+    let mut out = String::from(
+        "Paired comparisons of the full-data cells: every strategy of a model and seed is scored \
+         on the same held-out records (and benchmark items), so each Δ is the paired difference \
+         with a 95% bootstrap interval over those records. For a loss a negative Δ means a lower \
+         loss than the model compared to.\n",
+    );
+    for ((model, seed), cells) in &groups {
+        let baseline = cells
+            .iter()
+            .find(|l| l.strategy == "multi-task")
+            .map(|l| l.label.clone());
+        let rows: Vec<sft_run::table::Row<'_>> = cells
+            .iter()
+            .map(|l| sft_run::table::Row {
+                label: l.label.clone(),
+                results: &l.results,
+                heldout: Some(&l.heldout),
+                items: Some(&l.items),
+            })
+            .collect();
+        out.push_str(&format!("\n### {model}, seed {seed}\n\n"));
+        out.push_str(&sft_run::table::render_comparison(
+            &rows,
+            baseline.as_deref(),
+        ));
+    }
+    Ok(Some(out))
 }

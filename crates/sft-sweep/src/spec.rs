@@ -577,6 +577,15 @@ impl SweepSpec {
             path: path.to_path_buf(),
             message: format!("[run]: {e}"),
         })?;
+        // The runner's settings as the runner will read them: a typo or an impossible
+        // `[run.eval.hidden]` fails when the spec loads, not in every cell.
+        sft_run::RunSettings::from_plan_value(Some(&run), path).map_err(|e| {
+            Error::RunSettings {
+                path: path.to_path_buf(),
+                model: model.name.clone(),
+                source: Box::new(e),
+            }
+        })?;
         let used: BTreeMap<String, Ratio> = template
             .sources()
             .into_iter()

@@ -273,6 +273,9 @@ fn spec_errors_name_the_file_and_grid() {
         // in a grid's `train` names the key.
         ("[[grid]]\nname = \"g\"\nstrategies = [\"multi-task\"]\ntrain = { lrr = 1e-4 }\n", "unknown training setting `lrr`"),
         ("[[grid]]\nname = \"g\"\nstrategies = [\"sequential\"]\ntrain = { lr = -1.0 }\n", "stage \"code\": `lr`: must be finite"),
+        // So are the runner's settings: a typo in `[run]`, an impossible `[run.eval.hidden]`.
+        ("[run.eval]\ngsm8kk = 3\n[[grid]]\nname = \"g\"\nstrategies = [\"multi-task\"]\n", "gsm8kk"),
+        ("[run.data]\nheldout = 4\n[run.eval.hidden]\nlayer = 3\n[[grid]]\nname = \"g\"\nstrategies = [\"multi-task\"]\n", "fewer than the probe's 5 folds"),
     ];
     let path = Path::new("specs/bad.toml");
     for (grid, want) in cases {
@@ -775,12 +778,18 @@ fn mini_rq4_scores_every_cell_on_one_split_and_aggregates_seeds() {
     let s = run_cells(
         &cells,
         &layout,
-        &opts(fake_runner(), 2, &[("FAKE_RUNNER_HELDOUT", "1")]),
+        &opts(
+            fake_runner(),
+            2,
+            &[("FAKE_RUNNER_HELDOUT", "1"), ("FAKE_RUNNER_HIDDEN", "1")],
+        ),
     )
     .unwrap();
     assert!(s.failed.is_empty(), "{:?}", s.failed);
     let table = collect(&cells, &layout).unwrap();
-    assert_eq!(table.rows.len(), cells.len() * 6);
+    // 6 benchmark and held-out metrics, 18 of the representation analysis (3 models × 2 scopes
+    // × 3 scores): every one in the long table.
+    assert_eq!(table.rows.len(), cells.len() * (6 + 18));
     let t1 = table1(&table).unwrap();
     assert!(
         t1.contains("Math held-out loss ↓") && t1.contains("(s=3)"),
@@ -792,6 +801,18 @@ fn mini_rq4_scores_every_cell_on_one_split_and_aggregates_seeds() {
             "| smollm2-135m General held-out loss ↓ | smollm2-135m General held-out loss ↓"
         ),
         "the older general_heldout_loss name is not shown twice: {t1}"
+    );
+    // Of the representation analysis, Table 1 shows the final model's overall scores and the
+    // silhouette change, not the per-pair or base-model ones.
+    assert!(
+        t1.contains("Source silhouette")
+            && t1.contains("Source probe accuracy (%)")
+            && t1.contains("Silhouette change from base"),
+        "{t1}"
+    );
+    assert!(
+        !t1.contains("math-code") && !t1.contains("hidden.base"),
+        "{t1}"
     );
     // The multi-task row's math loss: the mean over its three seeds with a t interval.
     let mt: Vec<f64> = table
@@ -805,6 +826,27 @@ fn mini_rq4_scores_every_cell_on_one_split_and_aggregates_seeds() {
     let row = t1.lines().find(|l| l.starts_with("| Multi-task")).unwrap();
     let want = format!("{:.2} [{:.2}, {:.2}] (s=3)", e.value, e.ci_low, e.ci_high);
     assert!(row.contains(&want), "{want} not in {row}");
+    // The paired comparisons: a table per seed, every full-data strategy against the base model
+    // and multi-task on the same held-out records.
+    let paired = sft_sweep::paired_tables(&table, &layout).unwrap().unwrap();
+    for seed in [1, 2, 3] {
+        assert!(
+            paired.contains(&format!("### smollm2-135m, seed {seed}")),
+            "{paired}"
+        );
+    }
+    assert!(
+        paired.contains("Δ vs Multi-task") && paired.contains("Δ vs base model"),
+        "{paired}"
+    );
+    let seq_math = paired
+        .lines()
+        .find(|l| l.contains("Sequential") && l.contains("held-out loss: math"))
+        .unwrap_or_else(|| panic!("{paired}"));
+    assert!(
+        seq_math.matches('[').count() == 3,
+        "value, Δ base, Δ multi-task: {seq_math}"
+    );
     let plots = plot_all(&spec, &table, &layout.plots_dir()).unwrap();
     let names: Vec<String> = plots
         .png
@@ -813,9 +855,28 @@ fn mini_rq4_scores_every_cell_on_one_split_and_aggregates_seeds() {
         .collect();
     assert!(
         names.contains(&"mini-rq4-heldout-by-strategy.png".to_string())
+            && names.contains(&"mini-rq4-separation-by-strategy.png".to_string())
             && names.contains(&"mini-rq4-k-scan.png".to_string()),
         "{names:?}"
     );
+    let separation = std::fs::read_to_string(
+        plots
+            .svg
+            .iter()
+            .find(|p| p.to_string_lossy().contains("separation-by-strategy"))
+            .unwrap(),
+    )
+    .unwrap();
+    for label in [
+        "Source silhouette (base 0.30)",
+        "Source 10-NN purity (base 80.00)",
+        "Multi-task",
+    ] {
+        assert!(
+            separation.contains(label),
+            "{label} missing from the separation plot"
+        );
+    }
     let keep = Path::new(env!("CARGO_TARGET_TMPDIR")).join("sweep-plots");
     std::fs::create_dir_all(&keep).unwrap();
     for p in &plots.png {
