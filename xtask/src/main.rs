@@ -7,8 +7,11 @@
 //!   `test summary: N passed, N failed, N skipped` line; `test --fresh` rehearses it on a fresh
 //!   clone with an empty cache.
 //! * `fetch-data` downloads GSM8K and Code Alpaca from their public sources (pinned, checked).
+//! * `demo` runs the DMT demo; `sweep` builds and runs the `sft-sweep` command line with the
+//!   release `run_plan` as its runner.
 //!
-//! xtask never links libtorch, so it builds in seconds on a bare machine.
+//! xtask depends on no crate of the workspace and never links libtorch, so it builds in about a
+//! minute on a bare machine (its own `xtask` profile, `Cargo.toml`), before the workspace build.
 
 mod data;
 mod setup;

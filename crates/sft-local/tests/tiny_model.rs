@@ -35,6 +35,30 @@ fn done(dir: &Path) -> StageDone {
     serde_json::from_str(&std::fs::read_to_string(dir.join("done.json")).unwrap()).unwrap()
 }
 
+/// Every record of the fixture data (fixtures/demo), by id.
+fn fixture_records() -> BTreeMap<String, sft_record::Record> {
+    let mut records = BTreeMap::new();
+    for (source, file, format) in [
+        ("code", "code.json", "alpaca"),
+        ("math", "math.jsonl", "gsm8k"),
+        ("general", "general.json", "sharegpt"),
+    ] {
+        let loaded = sft_compose::load_source(
+            source,
+            &workspace().join("fixtures/demo").join(file),
+            &sft_compose::LoadOptions {
+                format: Some(format.parse().unwrap()),
+                ..sft_compose::LoadOptions::strict()
+            },
+        )
+        .unwrap();
+        for rec in loaded.records {
+            records.insert(rec.id.clone(), rec);
+        }
+    }
+    records
+}
+
 fn mtime(p: &Path) -> std::time::SystemTime {
     std::fs::metadata(p).unwrap().modified().unwrap()
 }
@@ -394,25 +418,7 @@ fn every_stage_is_scored_per_source_with_the_trainers_masking() {
         resolved["heldout_ids"],
         serde_json::to_value(&losses.ids).unwrap()
     );
-    let mut records: BTreeMap<String, sft_record::Record> = BTreeMap::new();
-    for (source, file, format) in [
-        ("code", "code.json", "alpaca"),
-        ("math", "math.jsonl", "gsm8k"),
-        ("general", "general.json", "sharegpt"),
-    ] {
-        let loaded = sft_compose::load_source(
-            source,
-            &workspace().join("fixtures/demo").join(file),
-            &sft_compose::LoadOptions {
-                format: Some(format.parse().unwrap()),
-                ..sft_compose::LoadOptions::strict()
-            },
-        )
-        .unwrap();
-        for rec in loaded.records {
-            records.insert(rec.id.clone(), rec);
-        }
-    }
+    let records = fixture_records();
     let base_model = workspace().join("fixtures/run/tiny-bytes");
     for (i, m) in losses.models.iter().enumerate() {
         let (model, config) = match m.stage {
@@ -541,25 +547,9 @@ fn the_representation_analysis_compares_base_and_final_on_the_heldout_queries() 
 
     // The base model's vectors: the held-out records embedded directly, in the final stage's
     // template (`model`, the tokenizer's own).
-    let mut records = Vec::new();
-    for (source, file, format) in [
-        ("code", "code.json", "alpaca"),
-        ("general", "general.json", "sharegpt"),
-        ("math", "math.jsonl", "gsm8k"),
-    ] {
-        let loaded = sft_compose::load_source(
-            source,
-            &workspace().join("fixtures/demo").join(file),
-            &sft_compose::LoadOptions {
-                format: Some(format.parse().unwrap()),
-                ..sft_compose::LoadOptions::strict()
-            },
-        )
-        .unwrap();
-        for id in &ids[source] {
-            records.push(loaded.records.iter().find(|x| &x.id == id).unwrap().clone());
-        }
-    }
+    let by_id = fixture_records();
+    let records: Vec<sft_record::Record> =
+        ids.values().flatten().map(|id| by_id[id].clone()).collect();
     let base = workspace().join("fixtures/run/tiny-bytes");
     let loaded = sft_llama::load_model(&base, tch::Device::Cpu, tch::Kind::Float).unwrap();
     let tok = sft_chat::ChatTokenizer::from_path(&base).unwrap();

@@ -899,3 +899,84 @@ fn mini_rq4_scores_every_cell_on_one_split_and_aggregates_seeds() {
         assert!(bars.contains(label), "{label} missing from the bar plot");
     }
 }
+
+/// The `sft-sweep` command line: `--dry-run` lists the cells; a run with `--runner` and
+/// `--runner-env` (the fake runner, told to report held-out losses through the environment)
+/// finishes every cell and writes the tables and plots; a rerun runs nothing; `--slurm` exports
+/// the runner's environment; without a runner it fails saying what to pass.
+#[test]
+fn the_command_line_runs_collects_and_writes_slurm_scripts() {
+    let bin = env!("CARGO_BIN_EXE_sft-sweep");
+    let spec = spec_path("tiny.toml");
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("out");
+    let run = |extra: &[&str]| {
+        Command::new(bin)
+            .arg(&spec)
+            .arg("--out")
+            .arg(&out)
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let dry = run(&["--dry-run"]);
+    assert!(dry.status.success());
+    let listed = String::from_utf8_lossy(&dry.stdout);
+    assert_eq!(listed.lines().count(), 4, "{listed}");
+
+    let none = run(&[]);
+    assert!(!none.status.success());
+    let err = String::from_utf8_lossy(&none.stderr);
+    assert!(
+        err.contains("no runner") && err.contains("--runner"),
+        "{err}"
+    );
+
+    let runner = fake_runner().join(" ");
+    let first = run(&["--runner", &runner, "--runner-env", "FAKE_RUNNER_HELDOUT=1"]);
+    assert!(
+        first.status.success(),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    let (_, cells) = load("tiny.toml");
+    let layout = Layout::new(&out);
+    let table = collect(&cells, &layout).unwrap();
+    assert!(table.cells.iter().all(|c| c.state == "done"));
+    assert!(
+        table.rows.iter().any(|r| r.metric == "heldout_loss.math"),
+        "--runner-env reached the runner"
+    );
+    for f in [
+        "results/table1.md",
+        "results/cells.md",
+        "results/results.parquet",
+    ] {
+        assert!(out.join(f).exists(), "{f}");
+    }
+    assert!(std::fs::read_dir(out.join("plots")).unwrap().count() > 0);
+    let again = run(&["--runner", &runner]);
+    assert!(again.status.success());
+    assert!(
+        String::from_utf8_lossy(&again.stderr).contains("4 skipped (done), 0 run"),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+
+    let slurm = run(&[
+        "--slurm",
+        "--runner",
+        "/opt/run_plan",
+        "--runner-env",
+        "LIBTORCH=/opt/torch",
+    ]);
+    assert!(slurm.status.success());
+    let script = std::fs::read_to_string(out.join("slurm/sweep.sbatch")).unwrap();
+    assert!(
+        script.contains("LIBTORCH=/opt/torch") && script.contains("/opt/run_plan"),
+        "{script}"
+    );
+    let bad = run(&["--runner", &runner, "--runner-env", "NOEQUALS"]);
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("NAME=VALUE"));
+}
