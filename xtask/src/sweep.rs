@@ -29,19 +29,12 @@ fn has_flag(args: &[String], flag: &str) -> bool {
         .any(|a| a == flag || a.starts_with(&format!("{flag}=")))
 }
 
-/// Whether the spec names its own runner (a top-level `runner = [...]`).
-fn spec_has_runner(spec: &Path) -> Result<bool> {
+/// The spec's top-level table (xtask reads only `runner` and `name` from it; `sft-sweep` validates
+/// the rest).
+fn spec_table(spec: &Path) -> Result<toml::Table> {
     let text =
         std::fs::read_to_string(spec).with_context(|| format!("reading {}", spec.display()))?;
-    let table: toml::Table =
-        toml::from_str(&text).with_context(|| format!("parsing {}", spec.display()))?;
-    Ok(table.contains_key("runner"))
-}
-
-/// The spec's `name` (the default output directory's last component), if it parses.
-fn spec_name(spec: &Path) -> Option<String> {
-    let table: toml::Table = toml::from_str(&std::fs::read_to_string(spec).ok()?).ok()?;
-    table.get("name")?.as_str().map(str::to_string)
+    toml::from_str(&text).with_context(|| format!("parsing {}", spec.display()))
 }
 
 /// Runs the subcommand.
@@ -50,9 +43,17 @@ pub fn sweep(args: SweepArgs) -> Result<()> {
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| root.join("target"));
+    // Read once; when nothing is to be built for it, a spec that does not parse is left to
+    // `sft-sweep`, whose error names the line.
+    let spec = spec_table(&args.spec);
     let listing = has_flag(&args.args, "--dry-run") || has_flag(&args.args, "--collect-only");
-    let needs_run_plan =
-        !listing && !has_flag(&args.args, "--runner") && !spec_has_runner(&args.spec)?;
+    let needs_run_plan = !listing
+        && !has_flag(&args.args, "--runner")
+        && !spec
+            .as_ref()
+            .map_err(|e| anyhow::anyhow!("{e:#}"))?
+            .contains_key("runner");
+    let spec = spec.unwrap_or_default();
     let mut build = vec![
         "build",
         "--release",
@@ -79,7 +80,7 @@ pub fn sweep(args: SweepArgs) -> Result<()> {
     let mut cmd = Command::new(target.join("release/sft-sweep"));
     cmd.current_dir(std::env::current_dir()?).arg(&args.spec);
     if !has_flag(&args.args, "--out") {
-        if let Some(name) = spec_name(&args.spec) {
+        if let Some(name) = spec.get("name").and_then(|n| n.as_str()) {
             cmd.arg("--out").arg(target.join("sweeps").join(name));
         }
     }
