@@ -64,7 +64,7 @@ pub enum EvalError {
     Sandbox(String),
     /// A judge request failed for good (after retries, or at once on 400/401/403).
     #[error("judge request failed: {0}")]
-    Judge(String),
+    Judge(#[from] sft_complete::Error),
 }
 
 /// Shorthand for this crate's results.
