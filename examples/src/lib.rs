@@ -121,3 +121,107 @@ pub fn stop_flag() -> std::sync::Arc<std::sync::atomic::AtomicBool> {
     }
     flag
 }
+
+/// Where completions come from, as the `rft sample` and `tag` commands take it: the local model
+/// (`--model PATH`, default the embedded SmolLM2) or an OpenAI-compatible server
+/// (`--base-url URL --model NAME`).
+#[derive(clap::Args, Debug, Clone)]
+pub struct CompleterArgs {
+    /// Local: a model path (HF directory or GGUF; default the embedded SmolLM2). With
+    /// --base-url: the model name the server serves.
+    #[arg(long)]
+    pub model: Option<String>,
+    /// An OpenAI-compatible server's base URL up to `/v1` (vLLM, llama.cpp, a hosted API).
+    #[arg(long)]
+    pub base_url: Option<String>,
+    /// The environment variable holding the server's API key (the key is never printed or
+    /// written).
+    #[arg(long, default_value = "OPENAI_API_KEY")]
+    pub api_key_env: String,
+    /// Concurrent requests to the server.
+    #[arg(long, default_value_t = 8)]
+    pub parallel: usize,
+    /// Retries per request after the first attempt (429, 408, 5xx, transport errors).
+    #[arg(long, default_value_t = 8)]
+    pub max_retries: u32,
+    /// Per-request timeout, seconds.
+    #[arg(long, default_value_t = 600.0)]
+    pub timeout_s: f64,
+    /// The server's reply cache (default: inside the output).
+    #[arg(long)]
+    pub cache: Option<PathBuf>,
+    /// Local: the device.
+    #[arg(long, default_value = "auto")]
+    pub device: DeviceSpec,
+    /// Local: f32, bf16 or f16 (default bf16 on CUDA, f32 on the CPU).
+    #[arg(long)]
+    pub dtype: Option<sft_llama::device::DType>,
+    /// Local: prompts generated together.
+    #[arg(long, default_value_t = 16)]
+    pub batch_size: usize,
+    /// Local: the chat template for chat prompts (`model`, `vicuna_v1.1`, `chatml`, or a file).
+    #[arg(long, default_value = "model")]
+    pub template: String,
+}
+
+impl CompleterArgs {
+    /// The completer these options describe; `default_cache` is the server cache unless
+    /// `--cache` is given.
+    pub fn build(
+        &self,
+        default_cache: PathBuf,
+    ) -> anyhow::Result<Box<dyn sft_complete::Completer>> {
+        use anyhow::Context;
+        if let Some(url) = &self.base_url {
+            let model = self
+                .model
+                .clone()
+                .context("--base-url needs --model NAME (the model the server serves)")?;
+            let config = sft_complete::EndpointConfig {
+                base_url: url.clone(),
+                model,
+                api_key_env: self.api_key_env.clone(),
+                timeout_s: self.timeout_s,
+                max_retries: self.max_retries,
+                parallel: self.parallel,
+                cache_path: Some(self.cache.clone().unwrap_or(default_cache)),
+                ..sft_complete::EndpointConfig::default()
+            };
+            let client = sft_complete::OpenAiClient::new(config)?;
+            return Ok(Box::new(sft_complete::OpenAiCompleter::new(client)));
+        }
+        let path = match &self.model {
+            Some(p) => PathBuf::from(p),
+            None => default_model()?,
+        };
+        let device = self.device.resolve()?;
+        let dtype = self.dtype.unwrap_or(if device.is_cuda() {
+            sft_llama::device::DType::Bf16
+        } else {
+            sft_llama::device::DType::F32
+        });
+        tracing::info!(model = %path.display(), ?device, %dtype, "loading the local model");
+        let local = sft_local::LocalCompleter::load(
+            &path,
+            device,
+            dtype.kind(),
+            Some(&self.template),
+            self.batch_size,
+        )
+        .with_context(|| format!("loading {}", path.display()))?;
+        Ok(Box::new(local))
+    }
+
+    /// Client statistics to report, for a server completer.
+    pub fn describe(&self) -> String {
+        match &self.base_url {
+            Some(url) => format!("{} at {url}", self.model.as_deref().unwrap_or("?")),
+            None => format!(
+                "local {}",
+                self.model
+                    .as_deref()
+                    .unwrap_or("SmolLM2-135M-Instruct (embedded default)")
+            ),
+        }
+    }
+}

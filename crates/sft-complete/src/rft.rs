@@ -12,6 +12,8 @@
 //!   completions exist, so a killed run continues at the first missing shard and never redoes a
 //!   finished one. (With a server, the client's request cache also keeps the finished part of an
 //!   interrupted shard.)
+//! - Keep anything else out of the directory's top level: the filter reads every `*.jsonl` in it
+//!   (the `rft` command keeps a server's request cache in `cache/`).
 //!
 //! Each request's seed is derived from (seed, sample index, question index), so shard `i` is the
 //! same whatever `k` and whatever the batching.

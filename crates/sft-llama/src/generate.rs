@@ -228,7 +228,33 @@ pub fn generate_ids(
     cfg: &GenerationConfig,
     codec: Option<&dyn TextCodec>,
 ) -> Result<GenerationOutput> {
+    let seeds: Vec<u64> = (0..prompts.len()).map(|i| row_seed(cfg.seed, i)).collect();
+    generate_ids_seeded(model, prompts, &seeds, cfg, codec)
+}
+
+/// The sampling seed of prompt `index` under `seed` in [`generate_ids`].
+pub fn row_seed(seed: u64, index: usize) -> u64 {
+    seed ^ (index as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)
+}
+
+/// [`generate_ids`] with each prompt's own sampling seed (`seeds[i]` for `prompts[i]`;
+/// `cfg.seed` is not used): a prompt samples the same continuation whatever else is generated
+/// with it.
+pub fn generate_ids_seeded(
+    model: &Llama,
+    prompts: &[Vec<u32>],
+    seeds: &[u64],
+    cfg: &GenerationConfig,
+    codec: Option<&dyn TextCodec>,
+) -> Result<GenerationOutput> {
     cfg.validate()?;
+    if seeds.len() != prompts.len() {
+        return Err(Error::Input(format!(
+            "{} seeds for {} prompts",
+            seeds.len(),
+            prompts.len()
+        )));
+    }
     if !cfg.stop_strings.is_empty() && codec.is_none() {
         return Err(Error::Input(
             "stop strings need a tokenizer to decode with".into(),
@@ -266,7 +292,8 @@ pub fn generate_ids(
     };
     for chunk in order.chunks(cfg.batch_size) {
         let batch: Vec<&[u32]> = chunk.iter().map(|&i| prompts[i].as_slice()).collect();
-        let outs = generate_batch(model, &batch, chunk, cfg, &eos, codec, &mut stats)?;
+        let batch_seeds: Vec<u64> = chunk.iter().map(|&i| seeds[i]).collect();
+        let outs = generate_batch(model, &batch, &batch_seeds, cfg, &eos, codec, &mut stats)?;
         for (&i, g) in chunk.iter().zip(outs) {
             results[i] = Some(g);
         }
@@ -304,7 +331,7 @@ struct Row {
 fn generate_batch(
     model: &Llama,
     prompts: &[&[u32]],
-    indices: &[usize],
+    seeds: &[u64],
     cfg: &GenerationConfig,
     eos: &[u32],
     codec: Option<&dyn TextCodec>,
@@ -384,14 +411,12 @@ fn generate_batch(
         stats.prompt_tokens += lens.iter().sum::<i64>() as usize;
 
         let t1 = Instant::now();
-        let mut rows: Vec<Row> = indices
+        let mut rows: Vec<Row> = seeds
             .iter()
-            .map(|&i| Row {
+            .map(|&seed| Row {
                 generated: Vec::new(),
                 finish: None,
-                rng: ChaCha8Rng::seed_from_u64(
-                    cfg.seed ^ (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15),
-                ),
+                rng: ChaCha8Rng::seed_from_u64(seed),
             })
             .collect();
         let mut next_pos = Tensor::f_from_slice(&lens)?

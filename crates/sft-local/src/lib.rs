@@ -29,10 +29,12 @@
 
 #![deny(missing_docs)]
 
+mod complete;
 mod error;
 pub mod hidden;
 mod local;
 mod train;
 
+pub use complete::LocalCompleter;
 pub use error::{Error, Result};
 pub use local::{LocalBackend, LocalOptions};

@@ -3,6 +3,8 @@
 //! A test that needs a resource builds or finds it, and fails loudly naming what to run when it
 //! cannot: nothing here returns "skip".
 
+pub mod fake_openai;
+
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
