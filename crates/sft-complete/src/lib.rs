@@ -8,6 +8,8 @@
 //!   none on 401/403, a request cache, the API key never printed); MT-Bench's judge uses it too.
 //! - [`rft`]: `k` sampled reasoning paths per GSM8K question, as resumable shards for
 //!   `sft_compose::rft`'s filter.
+//! - [`server::ServerProcess`]: the user's server command (vLLM, ...) started on a model for one
+//!   job and always stopped.
 //! - [`instag`]: an InsTag-style tagger writing the tag file `sft_compose::load_tag_file` reads.
 //!
 //! No libtorch: this crate builds and tests without it.
@@ -19,6 +21,7 @@ mod error;
 pub mod instag;
 pub mod openai;
 pub mod rft;
+pub mod server;
 
 pub use completer::{Completer, Completion, CompletionRequest, Prompt, SamplingParams};
 pub use error::{Error, ErrorKind, Result};

