@@ -1,5 +1,5 @@
 //! The `rft` example end to end: `filter` on the hand-written fixture, and `sample` with the
-//! embedded SmolLM2 on 6 real GSM8K questions × k = 3 (killed midway and resumed), then `filter`, then
+//! embedded SmolLM2 on 8 real GSM8K train questions × k = 4 (killed midway and resumed), then `filter`, then
 //! loading the result as source format `rft`.
 
 use std::path::PathBuf;
@@ -136,7 +136,7 @@ fn sample_with_smollm2_is_killed_resumed_filtered_and_composed() {
             .arg(&model)
             .arg("--questions")
             .arg(&questions)
-            .args(["--limit", "6", "--k", "3", "--temperature", "0.7"])
+            .args(["--limit", "8", "--k", "4", "--temperature", "0.7"])
             .args([
                 "--max-new-tokens",
                 "32",
@@ -145,7 +145,7 @@ fn sample_with_smollm2_is_killed_resumed_filtered_and_composed() {
                 "--seed",
                 "3",
             ])
-            .args(["--device", "cpu", "--batch-size", "6", "--chunk", "6"])
+            .args(["--device", "cpu", "--batch-size", "8", "--chunk", "8"])
             .arg("--out")
             .arg(&out);
     };
@@ -168,9 +168,9 @@ fn sample_with_smollm2_is_killed_resumed_filtered_and_composed() {
     }
     child.kill().expect("kill");
     child.wait().expect("reap");
-    let done: Vec<usize> = (0..3).filter(|&i| shard(i).exists()).collect();
+    let done: Vec<usize> = (0..4).filter(|&i| shard(i).exists()).collect();
     assert!(
-        !done.is_empty() && done.len() < 3,
+        !done.is_empty() && done.len() < 4,
         "the kill came midway: {done:?}"
     );
     let mtime = |i| {
@@ -189,7 +189,7 @@ fn sample_with_smollm2_is_killed_resumed_filtered_and_composed() {
     assert!(
         stderr.contains(&format!(
             "{} shards written, {} already complete",
-            3 - done.len(),
+            4 - done.len(),
             done.len()
         )),
         "{stderr}"
@@ -197,13 +197,13 @@ fn sample_with_smollm2_is_killed_resumed_filtered_and_composed() {
     let after: Vec<_> = done.iter().map(|&i| mtime(i)).collect();
     assert_eq!(before, after, "finished shards were redone");
     let qs = sft_compose::rft::read_questions(&questions).expect("questions");
-    for i in 0..3 {
+    for i in 0..4 {
         let text = std::fs::read_to_string(shard(i)).expect("shard");
         let lines: Vec<serde_json::Value> = text
             .lines()
             .map(|l| serde_json::from_str(l).expect("json line"))
             .collect();
-        assert_eq!(lines.len(), 6, "shard {i}");
+        assert_eq!(lines.len(), 8, "shard {i}");
         for (q, l) in qs.iter().zip(&lines) {
             assert_eq!(l["query"], q.query.as_str());
             assert_eq!(l["sample"], i);
@@ -231,7 +231,7 @@ fn sample_with_smollm2_is_killed_resumed_filtered_and_composed() {
     assert!(run.status.success(), "filter failed: {stderr}");
     let (want, stats) =
         filter_files(&questions, &out, FilterOptions::default()).expect("filter in process");
-    assert_eq!(stats.candidates, 18);
+    assert_eq!(stats.candidates, 32);
     assert_eq!(stats.unmatched_candidates, 0);
     let loaded = load_source("math", &rft, &LoadOptions::strict()).expect("compose loads it");
     assert_eq!(loaded.format, SourceFormat::Rft);
