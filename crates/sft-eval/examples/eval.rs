@@ -390,15 +390,18 @@ fn run_mtbench(a: MtBenchArgs) -> Result<()> {
     let requests =
         mtbench::build_judge_requests(&questions, &answers, &model, &references, &prompts)?;
     let config = JudgeConfig {
-        base_url: a.judge_base_url,
-        model: a.judge_model,
-        api_key_env: a.judge_api_key_env,
+        endpoint: sft_complete::EndpointConfig {
+            base_url: a.judge_base_url,
+            model: a.judge_model,
+            api_key_env: a.judge_api_key_env,
+            timeout_s: a.request_timeout,
+            max_retries: a.max_retries,
+            parallel: a.parallel,
+            cache_path: Some(a.cache.unwrap_or_else(|| suffixed(&a.out, ".cache.jsonl"))),
+            ..sft_complete::EndpointConfig::default()
+        },
         max_tokens: a.max_tokens,
-        timeout_s: a.request_timeout,
-        max_retries: a.max_retries,
-        parallel: a.parallel,
         repeats: a.repeats,
-        cache_path: Some(a.cache.unwrap_or_else(|| suffixed(&a.out, ".cache.jsonl"))),
         ..JudgeConfig::default()
     };
     let client = JudgeClient::new(config)?;
@@ -410,7 +413,12 @@ fn run_mtbench(a: MtBenchArgs) -> Result<()> {
     }
     let judgments = client.judge_all(&requests);
     io::write_jsonl(&a.out, &judgments)?;
-    let summary = mtbench::summarize(&judgments, &model, &client.config().model, a.repeats);
+    let summary = mtbench::summarize(
+        &judgments,
+        &model,
+        &client.config().endpoint.model,
+        a.repeats,
+    );
     let summary_path = a
         .summary
         .unwrap_or_else(|| suffixed(&a.out, ".summary.json"));

@@ -6,12 +6,12 @@
 
 mod common;
 
-use std::collections::{BTreeMap, HashMap};
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use sft_testkit::fake_openai::{FakeOpenAi, Received, Reply};
 
 use sft_eval::mtbench::judge::{ApiKey, JudgeClient, JudgeConfig};
 use sft_eval::mtbench::{self, JudgmentStatus, ModelAnswer};
@@ -27,119 +27,39 @@ struct Seen {
     user_prompt: String,
 }
 
-type Reply = (u16, Vec<(String, String)>, String);
 type Behaviour = dyn Fn(&Seen, usize, bool) -> Reply + Send + Sync;
 
-/// A tiny HTTP/1.1 server: one request per connection, `Connection: close`. It stops when dropped
-/// or after two minutes, whichever comes first.
+/// `sft_testkit`'s fake OpenAI server with a second phase the test can switch to.
 struct FakeJudge {
+    server: FakeOpenAi,
     url: String,
-    seen: Arc<Mutex<Vec<Seen>>>,
     phase2: Arc<AtomicBool>,
-    stop: Arc<AtomicBool>,
-    thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl FakeJudge {
     fn start(behaviour: Box<Behaviour>) -> FakeJudge {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-        listener.set_nonblocking(true).expect("nonblocking");
-        let url = format!("http://{}/v1", listener.local_addr().expect("addr"));
-        let seen = Arc::new(Mutex::new(Vec::new()));
         let phase2 = Arc::new(AtomicBool::new(false));
-        let stop = Arc::new(AtomicBool::new(false));
-        let (seen2, phase22, stop2) = (seen.clone(), phase2.clone(), stop.clone());
-        let thread = std::thread::spawn(move || {
-            let deadline = Instant::now() + Duration::from_secs(120);
-            let mut attempts: HashMap<String, usize> = HashMap::new();
-            while !stop2.load(Ordering::Relaxed) && Instant::now() < deadline {
-                match listener.accept() {
-                    Ok((stream, _)) => {
-                        let Some(req) = read_request(stream.try_clone().expect("clone")) else {
-                            continue;
-                        };
-                        let n = attempts.entry(req.user_prompt.clone()).or_insert(0);
-                        let reply = behaviour(&req, *n, phase22.load(Ordering::Relaxed));
-                        *n += 1;
-                        seen2.lock().expect("lock").push(req);
-                        write_response(stream, reply);
-                    }
-                    Err(_) => std::thread::sleep(Duration::from_millis(2)),
-                }
-            }
-        });
+        let p2 = phase2.clone();
+        let server =
+            FakeOpenAi::start(move |r, n| behaviour(&seen(r), n, p2.load(Ordering::Relaxed)));
         FakeJudge {
-            url,
-            seen,
+            url: server.url.clone(),
+            server,
             phase2,
-            stop,
-            thread: Some(thread),
         }
     }
 
     fn requests(&self) -> Vec<Seen> {
-        self.seen.lock().expect("lock").clone()
+        self.server.received().iter().map(seen).collect()
     }
 }
 
-impl Drop for FakeJudge {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
+fn seen(r: &Received) -> Seen {
+    Seen {
+        at: r.at,
+        authorization: r.authorization.clone(),
+        user_prompt: r.prompt_text(),
     }
-}
-
-fn read_request(stream: TcpStream) -> Option<Seen> {
-    stream.set_nonblocking(false).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    let mut reader = BufReader::new(stream);
-    let mut content_length = 0usize;
-    let mut authorization = None;
-    loop {
-        let mut line = String::new();
-        if reader.read_line(&mut line).ok()? == 0 {
-            return None;
-        }
-        let line = line.trim_end();
-        if line.is_empty() {
-            break;
-        }
-        if let Some((k, v)) = line.split_once(':') {
-            match k.trim().to_ascii_lowercase().as_str() {
-                "content-length" => content_length = v.trim().parse().ok()?,
-                "authorization" => authorization = Some(v.trim().to_string()),
-                _ => {}
-            }
-        }
-    }
-    let mut body = vec![0u8; content_length];
-    reader.read_exact(&mut body).ok()?;
-    let v: serde_json::Value = serde_json::from_slice(&body).ok()?;
-    let user_prompt = v.pointer("/messages/1/content")?.as_str()?.to_string();
-    Some(Seen {
-        at: Instant::now(),
-        authorization,
-        user_prompt,
-    })
-}
-
-fn write_response(mut stream: TcpStream, (status, headers, body): Reply) {
-    let reason = match status {
-        200 => "OK",
-        401 => "Unauthorized",
-        429 => "Too Many Requests",
-        _ => "Error",
-    };
-    let mut head = format!("HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n", body.len());
-    for (k, v) in headers {
-        head.push_str(&format!("{k}: {v}\r\n"));
-    }
-    head.push_str("\r\n");
-    let _ = stream.write_all(head.as_bytes());
-    let _ = stream.write_all(body.as_bytes());
-    let _ = stream.flush();
 }
 
 fn ok(content: &str) -> Reply {
@@ -221,17 +141,19 @@ fn answers(markers: &[(u64, &str, &str)]) -> BTreeMap<u64, ModelAnswer> {
 
 fn config(url: &str, cache: &std::path::Path) -> JudgeConfig {
     JudgeConfig {
-        base_url: url.to_string(),
-        model: "fake-judge".into(),
-        api_key_env: KEY_ENV.into(),
-        timeout_s: 10.0,
-        max_retries: 2,
-        backoff_base_s: 0.01,
-        backoff_max_s: 0.05,
-        retry_after_max_s: 5.0,
-        parallel: 3,
+        endpoint: sft_complete::EndpointConfig {
+            base_url: url.to_string(),
+            model: "fake-judge".into(),
+            api_key_env: KEY_ENV.into(),
+            timeout_s: 10.0,
+            max_retries: 2,
+            backoff_base_s: 0.01,
+            backoff_max_s: 0.05,
+            retry_after_max_s: 5.0,
+            parallel: 3,
+            cache_path: Some(cache.to_path_buf()),
+        },
         repeats: 1,
-        cache_path: Some(cache.to_path_buf()),
         ..JudgeConfig::default()
     }
 }
@@ -429,7 +351,7 @@ fn unauthorized_is_not_retried_and_the_key_is_redacted() {
     }));
     let work = tempfile::tempdir().expect("tempdir");
     let mut cfg = config(&server.url, &work.path().join("cache.jsonl"));
-    cfg.max_retries = 5;
+    cfg.endpoint.max_retries = 5;
     let client = JudgeClient::with_key(cfg, Some(ApiKey::new(KEY))).expect("client");
     let err = client
         .complete("system", "user", 0)
@@ -461,7 +383,7 @@ fn repeated_judging_takes_the_median() {
     let work = tempfile::tempdir().expect("tempdir");
     let mut cfg = config(&server.url, &work.path().join("cache.jsonl"));
     cfg.repeats = 3;
-    cfg.parallel = 1;
+    cfg.endpoint.parallel = 1;
     let client = JudgeClient::with_key(cfg, Some(ApiKey::new(KEY))).expect("client");
     let js = client.judge_all(&requests);
     assert_eq!(js.len(), 6);

@@ -405,12 +405,15 @@ impl LocalBackend {
             mtbench::build_judge_requests(&questions, &answers, &model_id, &references, &prompts)
                 .map_err(|e| err(e.into()))?;
         let config = sft_eval::mtbench::judge::JudgeConfig {
-            base_url: judge.base_url.clone(),
-            model: judge.model.clone(),
-            api_key_env: judge.api_key_env.clone(),
-            parallel: judge.parallel,
+            endpoint: sft_complete::EndpointConfig {
+                base_url: judge.base_url.clone(),
+                model: judge.model.clone(),
+                api_key_env: judge.api_key_env.clone(),
+                parallel: judge.parallel,
+                cache_path: Some(out.join("judge_cache.jsonl")),
+                ..Default::default()
+            },
             repeats: judge.repeats,
-            cache_path: Some(out.join("judge_cache.jsonl")),
             ..Default::default()
         };
         let client =

@@ -4,104 +4,50 @@
 //! the trained stage and the generated answers, and a rerun only sends the judge calls.
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use sft_local::{LocalBackend, LocalOptions};
 use sft_run::{run_plan, JudgeSettings, RunOptions};
+use sft_testkit::fake_openai::{chat_reply, FakeOpenAi};
 
 fn workspace() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
-/// A one-request-per-connection HTTP server: 401 while `down`, else `[[6]]` for first turns and
+/// `sft_testkit`'s fake OpenAI server: 401 while `down`, else `[[6]]` for first turns and
 /// `[[8]]` for second turns (FastChat's multi-turn prompt shows "### Assistant A:").
 struct Judge {
+    _server: FakeOpenAi,
     url: String,
     down: Arc<AtomicBool>,
     requests: Arc<AtomicUsize>,
-    stop: Arc<AtomicBool>,
 }
 
 impl Judge {
     fn start() -> Judge {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.set_nonblocking(true).unwrap();
-        let url = format!("http://{}/v1", listener.local_addr().unwrap());
         let down = Arc::new(AtomicBool::new(true));
         let requests = Arc::new(AtomicUsize::new(0));
-        let stop = Arc::new(AtomicBool::new(false));
-        let (d, r, s) = (down.clone(), requests.clone(), stop.clone());
-        std::thread::spawn(move || {
-            let deadline = Instant::now() + Duration::from_secs(600);
-            while !s.load(Ordering::Relaxed) && Instant::now() < deadline {
-                let Ok((stream, _)) = listener.accept() else {
-                    std::thread::sleep(Duration::from_millis(2));
-                    continue;
-                };
-                stream.set_nonblocking(false).unwrap();
-                let mut reader = BufReader::new(stream.try_clone().unwrap());
-                let mut len = 0usize;
-                loop {
-                    let mut line = String::new();
-                    if reader.read_line(&mut line).unwrap_or(0) == 0 {
-                        break;
-                    }
-                    let line = line.trim_end();
-                    if line.is_empty() {
-                        break;
-                    }
-                    if let Some((k, v)) = line.split_once(':') {
-                        if k.eq_ignore_ascii_case("content-length") {
-                            len = v.trim().parse().unwrap();
-                        }
-                    }
-                }
-                let mut body = vec![0u8; len];
-                reader.read_exact(&mut body).unwrap();
-                r.fetch_add(1, Ordering::Relaxed);
-                let req: serde_json::Value = serde_json::from_slice(&body).unwrap();
-                let prompt = req["messages"][1]["content"].as_str().unwrap_or("");
-                let (status, body) = if d.load(Ordering::Relaxed) {
-                    (401, "{\"error\":\"judge unavailable\"}".to_string())
-                } else {
-                    let score = if prompt.contains("### Assistant A:") {
-                        8
-                    } else {
-                        6
-                    };
-                    let content = format!("A fair answer. Rating: [[{score}]]");
-                    (
-                        200,
-                        serde_json::json!({"choices": [{"index": 0, "message": {"role": "assistant", "content": content}}]})
-                            .to_string(),
-                    )
-                };
-                let mut out = stream;
-                let _ = write!(
-                    out,
-                    "HTTP/1.1 {status} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                    body.len()
-                );
-                let _ = out.flush();
+        let (d, r) = (down.clone(), requests.clone());
+        let server = FakeOpenAi::start(move |req, _| {
+            r.fetch_add(1, Ordering::Relaxed);
+            if d.load(Ordering::Relaxed) {
+                return (401, vec![], "{\"error\":\"judge unavailable\"}".to_string());
             }
+            let score = if req.prompt_text().contains("### Assistant A:") {
+                8
+            } else {
+                6
+            };
+            chat_reply(&format!("A fair answer. Rating: [[{score}]]"))
         });
         Judge {
-            url,
+            url: server.url.clone(),
+            _server: server,
             down,
             requests,
-            stop,
         }
-    }
-}
-
-impl Drop for Judge {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
     }
 }
 

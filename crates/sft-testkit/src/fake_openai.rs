@@ -8,6 +8,8 @@ use std::time::Duration;
 /// One request the server received.
 #[derive(Debug, Clone)]
 pub struct Received {
+    /// When it arrived.
+    pub at: std::time::Instant,
     /// The path (`/v1/chat/completions`).
     pub path: String,
     /// The `Authorization` header, if any.
@@ -88,6 +90,7 @@ impl FakeOpenAi {
                 let mut text = String::new();
                 let _ = req.as_reader().read_to_string(&mut text);
                 let received = Received {
+                    at: std::time::Instant::now(),
                     path: req.url().to_string(),
                     authorization: req
                         .headers()

@@ -11,16 +11,14 @@
 //!   same prompts sends zero requests.
 //! - Parallelism: `parallel` worker threads share one agent.
 
-use std::path::PathBuf;
-
 use serde::{Deserialize, Serialize};
 use sft_complete::openai::cache_key;
-use sft_complete::{EndpointConfig, OpenAiClient, Route};
+use sft_complete::{OpenAiClient, Route};
 
 use super::{classify, JudgeRequest, Judgment, JudgmentStatus};
 use crate::error::{EvalError, Result};
 
-pub use sft_complete::ApiKey;
+pub use sft_complete::{ApiKey, EndpointConfig};
 
 /// What the judge's client did ([`sft_complete::ClientStats`]).
 pub type JudgeStats = sft_complete::ClientStats;
@@ -28,72 +26,30 @@ pub type JudgeStats = sft_complete::ClientStats;
 /// FastChat's placeholder judgment for a failed request.
 pub const API_ERROR_OUTPUT: &str = "$ERROR$";
 
-/// Judge endpoint and retry settings.
+/// The judge: its endpoint (`sft-complete`'s, with its retry and cache settings) and FastChat's
+/// sampling settings. Serialized flat (`base_url`, `model`, ..., `temperature`, `max_tokens`,
+/// `repeats`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct JudgeConfig {
-    /// Base URL up to and including `/v1` (e.g. `https://api.openai.com/v1`);
-    /// `/chat/completions` is appended.
-    pub base_url: String,
-    /// Judge model name sent in the request (FastChat's default is `gpt-4`).
-    pub model: String,
-    /// Name of the environment variable holding the API key (never the key itself).
-    pub api_key_env: String,
+    /// Base URL (`/chat/completions` is appended), judge model (FastChat's default `gpt-4`),
+    /// key variable, timeouts, retries, parallelism and the judgment cache file.
+    #[serde(flatten)]
+    pub endpoint: EndpointConfig,
     /// Sampling temperature (FastChat: 0).
     pub temperature: f64,
     /// `max_tokens` (FastChat: 2048 for OpenAI judges).
     pub max_tokens: u32,
-    /// Per-request timeout, seconds.
-    pub timeout_s: f64,
-    /// Retries after the first attempt.
-    pub max_retries: u32,
-    /// First backoff delay, seconds; doubles per retry.
-    pub backoff_base_s: f64,
-    /// Backoff ceiling, seconds.
-    pub backoff_max_s: f64,
-    /// Longest `Retry-After` honoured, seconds (longer values are clamped).
-    pub retry_after_max_s: f64,
-    /// Concurrent requests.
-    pub parallel: usize,
     /// Judgments per (question, turn); the summary takes their median.
     pub repeats: usize,
-    /// Judgment cache file (append-only JSONL); `None` disables caching.
-    pub cache_path: Option<PathBuf>,
 }
 
 impl Default for JudgeConfig {
     fn default() -> Self {
-        let e = EndpointConfig::default();
         JudgeConfig {
-            base_url: e.base_url,
-            model: e.model,
-            api_key_env: e.api_key_env,
+            endpoint: EndpointConfig::default(),
             temperature: 0.0,
             max_tokens: 2048,
-            timeout_s: e.timeout_s,
-            max_retries: e.max_retries,
-            backoff_base_s: e.backoff_base_s,
-            backoff_max_s: e.backoff_max_s,
-            retry_after_max_s: e.retry_after_max_s,
-            parallel: e.parallel,
             repeats: 1,
-            cache_path: None,
-        }
-    }
-}
-
-impl JudgeConfig {
-    fn endpoint(&self) -> EndpointConfig {
-        EndpointConfig {
-            base_url: self.base_url.clone(),
-            model: self.model.clone(),
-            api_key_env: self.api_key_env.clone(),
-            timeout_s: self.timeout_s,
-            max_retries: self.max_retries,
-            backoff_base_s: self.backoff_base_s,
-            backoff_max_s: self.backoff_max_s,
-            retry_after_max_s: self.retry_after_max_s,
-            parallel: self.parallel,
-            cache_path: self.cache_path.clone(),
         }
     }
 }
@@ -108,9 +64,9 @@ pub struct JudgeClient {
 impl JudgeClient {
     /// A client reading its key from `config.api_key_env` and loading the cache file if any.
     pub fn new(config: JudgeConfig) -> Result<JudgeClient> {
-        let key = ApiKey::from_env(&config.api_key_env);
+        let key = ApiKey::from_env(&config.endpoint.api_key_env);
         if key.is_none() {
-            tracing::warn!(var = %config.api_key_env, "judge API key variable is unset or empty; sending no Authorization header");
+            tracing::warn!(var = %config.endpoint.api_key_env, "judge API key variable is unset or empty; sending no Authorization header");
         }
         Self::with_key(config, key)
     }
@@ -120,7 +76,7 @@ impl JudgeClient {
         if config.repeats == 0 {
             return Err(EvalError::Config("repeats must be at least 1".into()));
         }
-        let client = OpenAiClient::with_key(config.endpoint(), key)
+        let client = OpenAiClient::with_key(config.endpoint.clone(), key)
             .map_err(|e| EvalError::Config(e.to_string()))?;
         Ok(JudgeClient { config, client })
     }
@@ -138,7 +94,7 @@ impl JudgeClient {
     /// The cache key: unchanged since judge caches were first written, so old caches still hit.
     fn cache_key(&self, system: &str, user: &str, repeat: usize) -> String {
         cache_key(&serde_json::json!({
-            "model": self.config.model,
+            "model": self.config.endpoint.model,
             "messages": [{"role": "system", "content": system}, {"role": "user", "content": user}],
             "temperature": self.config.temperature,
             "max_tokens": self.config.max_tokens,
@@ -206,7 +162,7 @@ impl JudgeClient {
             Judgment {
                 question_id: req.question_id,
                 model: req.model.clone(),
-                judge: (self.config.model.clone(), req.prompt_name.clone()),
+                judge: (self.config.endpoint.model.clone(), req.prompt_name.clone()),
                 user_prompt: req.user_prompt.clone(),
                 judgment,
                 score,
