@@ -16,6 +16,9 @@ use sft_llama::{FinishReason, GenerationConfig, Sampling, TokenizerCodec};
 
 use crate::error::{Error, Result};
 
+/// Requests with one sampling setting (its JSON): (request index, prompt ids).
+type SamplingGroup = (String, Vec<(usize, Vec<u32>)>);
+
 /// The local model as a [`Completer`].
 pub struct LocalCompleter {
     loaded: Mutex<sft_llama::LoadedModel>,
@@ -127,7 +130,7 @@ impl Completer for LocalCompleter {
             }
         }
         // Group by sampling settings, in first-seen order.
-        let mut groups: Vec<(String, Vec<(usize, Vec<u32>)>)> = Vec::new();
+        let mut groups: Vec<SamplingGroup> = Vec::new();
         for (i, ids) in encoded {
             let key = serde_json::to_string(&requests[i].sampling).unwrap_or_default();
             match groups.iter_mut().find(|(k, _)| *k == key) {
