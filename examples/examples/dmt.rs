@@ -299,6 +299,8 @@ fn settings(args: &Args, data_dir: &Path) -> anyhow::Result<RunSettings> {
                 format: Some(f.parse().map_err(|e: String| anyhow::anyhow!(e))?),
                 pool: None,
                 pool_ratio: None,
+                tags: None,
+                filter: None,
             })
         };
         s.data.sources = [

@@ -37,8 +37,13 @@ pub struct Pool {
     pub name: String,
     /// The compose spec of the whole file (no ratio or count).
     pub spec: SourceSpec,
-    /// Records in the file.
+    /// Records of the source: the file's, less those `filter` dropped.
     pub available: usize,
+    /// Records of the file that the source's `filter` dropped (0 without one).
+    pub filtered_out: usize,
+    /// The source's own filter and the SHA-256 of its tag file, when it has them (they enter
+    /// the fingerprint).
+    pub user_filter: Option<(String, String)>,
     /// Records in the pool.
     pub size: usize,
     /// Hex SHA-256 of the file.
@@ -66,8 +71,15 @@ impl Pool {
         } else {
             format!("{}/{}", self.heldout, &self.heldout_sha256[..16])
         };
+        let filter = match &self.user_filter {
+            Some((expr, tags_sha)) => format!(
+                ";filter={expr};tags={}",
+                &tags_sha[..16.min(tags_sha.len())]
+            ),
+            None => String::new(),
+        };
         format!(
-            "sha256={};format={format};pool={};seed={seed};heldout={heldout}",
+            "sha256={};format={format};pool={};seed={seed};heldout={heldout}{filter}",
             self.sha256, self.size
         )
     }
@@ -130,7 +142,41 @@ impl Pools {
                 }
                 other => other?,
             };
-            let available = prepared.loaded.records.len();
+            // The source's own tag file and filter: the source is the records it keeps.
+            let (kept, user_tags, user_filter) = match &src.filter {
+                Some(expr) => {
+                    let filter = sft_compose::TagFilter::parse(expr).map_err(|e| {
+                        Error::Settings(format!("source {name:?}: filter {expr:?}: {e}"))
+                    })?;
+                    let mut records = prepared.loaded.records.clone();
+                    let mut tags_sha = String::new();
+                    if let Some(t) = &src.tags {
+                        let tag_path = RunSettings::data_path(data_dir, t);
+                        let file = sft_compose::load_tag_file(&tag_path)?;
+                        let stats = sft_compose::apply_tag_file(&file, &mut records);
+                        tracing::info!(source = %name, tags = %tag_path.display(), matched = stats.records_matched, of = records.len(), "tag file applied");
+                        tags_sha = file.sha256;
+                    }
+                    let kept: Vec<usize> = (0..records.len())
+                        .filter(|&i| filter.matches(&records[i].tags))
+                        .collect();
+                    (Some(kept), Some(records), Some((expr.clone(), tags_sha)))
+                }
+                None if src.tags.is_some() => {
+                    return Err(Error::Settings(format!(
+                        "source {name:?}: `tags` without a `filter` does nothing; add the filter"
+                    )))
+                }
+                None => (None, None, None),
+            };
+            let file_records = prepared.loaded.records.len();
+            let available = kept.as_ref().map_or(file_records, Vec::len);
+            if available == 0 {
+                return Err(Error::Settings(format!(
+                    "source {name:?}: the filter {:?} keeps none of its {file_records} records",
+                    src.filter.as_deref().unwrap_or("")
+                )));
+            }
             let reserve = counts.get(name).copied().unwrap_or(0);
             let max_pool = available.checked_sub(reserve).filter(|&n| n > 0).ok_or_else(|| {
                 Error::Settings(format!(
@@ -164,38 +210,81 @@ impl Pools {
             };
             let mut heldout_sha256 = String::new();
             if reserve > 0 {
-                let records = &prepared.loaded.records;
+                let records = user_tags.as_ref().unwrap_or(&prepared.loaded.records);
                 let mut rng = sft_compose::sample::rng_for(split_seed, &format!("heldout/{name}"));
                 let mut chosen = sft_compose::sample::permutation(available, &mut rng);
                 chosen.truncate(reserve);
+                if let Some(kept) = &kept {
+                    for c in chosen.iter_mut() {
+                        *c = kept[*c];
+                    }
+                }
                 chosen.sort_unstable();
                 let held: Vec<Record> = chosen.iter().map(|&i| records[i].clone()).collect();
                 let ids: String = held.iter().map(|r| format!("{}\n", r.id)).collect();
                 heldout_sha256 = crate::files::sha256_hex(ids.as_bytes());
-                let tags = heldout_dir.join(format!("{name}-{}.tags.jsonl", &heldout_sha256[..16]));
+                // With the source's own filter, the file also carries every record's tags, so one
+                // tag file and one filter express both.
+                let suffix = match &user_filter {
+                    Some((expr, tags_sha)) => {
+                        let h = crate::files::sha256_hex(format!("{expr}\n{tags_sha}").as_bytes());
+                        format!("-{}", &h[..16])
+                    }
+                    None => String::new(),
+                };
+                let tags = heldout_dir.join(format!(
+                    "{name}-{}{suffix}.tags.jsonl",
+                    &heldout_sha256[..16]
+                ));
                 if !tags.exists() {
-                    let lines: String = held
-                        .iter()
-                        .map(|r| {
-                            format!(
-                                "{}\n",
-                                serde_json::json!({"id": r.id, "tags": [HELDOUT_TAG]})
-                            )
-                        })
-                        .collect();
+                    let held_ids: BTreeSet<&str> = held.iter().map(|r| r.id.as_str()).collect();
+                    let lines: String = match &user_tags {
+                        None => held
+                            .iter()
+                            .map(|r| {
+                                format!(
+                                    "{}\n",
+                                    serde_json::json!({"id": r.id, "tags": [HELDOUT_TAG]})
+                                )
+                            })
+                            .collect(),
+                        Some(all) => all
+                            .iter()
+                            .filter_map(|r| {
+                                let mut t = r.tags.clone();
+                                if held_ids.contains(r.id.as_str()) {
+                                    t.push(HELDOUT_TAG.to_string());
+                                }
+                                (!t.is_empty()).then(|| {
+                                    format!("{}\n", serde_json::json!({"id": r.id, "tags": t}))
+                                })
+                            })
+                            .collect(),
+                    };
                     write_atomic(&tags, lines.as_bytes())?;
                 }
                 spec.tags = Some(TagsSpec {
                     file: Some(tags),
                     tagger: None,
                 });
-                spec.filter = Some(format!("not {HELDOUT_TAG}"));
+                spec.filter = Some(match &src.filter {
+                    Some(expr) => format!("({expr}) and not {HELDOUT_TAG}"),
+                    None => format!("not {HELDOUT_TAG}"),
+                });
                 heldout.insert(name.clone(), held);
+            } else if let Some(expr) = &src.filter {
+                spec.tags = src.tags.as_ref().map(|t| TagsSpec {
+                    file: Some(RunSettings::data_path(data_dir, t)),
+                    tagger: None,
+                });
+                spec.filter = Some(expr.clone());
             }
             let pool = Pool {
                 name: name.clone(),
                 spec,
                 available,
+                filtered_out: file_records - available,
+                user_filter,
                 size,
                 sha256: prepared.loaded.sha256.clone(),
                 lenient,

@@ -271,7 +271,7 @@ fn run_inner(
             "plan": plan,
             "keys": keys.iter().map(|k| json!({"key": k.key, "parent": k.parent})).collect::<Vec<_>>(),
             "settings": settings,
-            "pools": pools.pools.iter().map(|(n, p)| (n.clone(), json!({"path": p.spec.path, "available": p.available, "pool": p.size, "sha256": p.sha256}))).collect::<BTreeMap<_, _>>(),
+            "pools": pools.pools.iter().map(|(n, p)| (n.clone(), json!({"path": p.spec.path, "available": p.available, "filtered_out": p.filtered_out, "filter": p.user_filter.as_ref().map(|f| &f.0), "pool": p.size, "sha256": p.sha256}))).collect::<BTreeMap<_, _>>(),
             "heldout_ids": pools.heldout_ids(),
             "split_seed": pools.split_seed,
         }),

@@ -103,6 +103,16 @@ pub struct SourceSettings {
     /// The pool as a proportion of the file instead (`"1/64"`): `floor(n · r)` records, at least 1.
     #[serde(default)]
     pub pool_ratio: Option<sft_compose::Ratio>,
+    /// An InsTag-style tag file for the source (relative to the data directory, or absolute;
+    /// e.g. the `tag` example's output): its tags are added to the records' own before `filter`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tags: Option<PathBuf>,
+    /// Keep only the records whose tags match this tag filter (`sft_compose::TagFilter`, e.g.
+    /// `"not (code|program|math)"` for the paper's ablation). The source *is* the kept records:
+    /// held-out records, the pool and every stage draw from them only. Checked when the plan
+    /// loads; the counts are in `plan.resolved.json` (`pools.<name>.filtered_out`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub filter: Option<String>,
 }
 
 /// The sources and the held-out split.
@@ -190,6 +200,8 @@ pub fn default_sources() -> BTreeMap<String, SourceSettings> {
         format: Some(f),
         pool: None,
         pool_ratio: None,
+        tags: None,
+        filter: None,
     };
     BTreeMap::from([
         (
@@ -686,6 +698,16 @@ impl RunSettings {
                         path: origin.to_path_buf(),
                         source,
                     })?;
+                for (name, src) in &settings.data.sources {
+                    if let Some(expr) = &src.filter {
+                        sft_compose::TagFilter::parse(expr).map_err(|e| {
+                            Error::Settings(format!(
+                                "{}: [run.data.sources.{name}] filter {expr:?}: {e}",
+                                origin.display()
+                            ))
+                        })?;
+                    }
+                }
                 if let Some(server) = &settings.eval.server {
                     server
                         .validate()

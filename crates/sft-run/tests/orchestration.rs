@@ -1355,3 +1355,105 @@ fn bad_hidden_settings_fail_at_load_and_a_bad_layer_before_anything_trains() {
     assert!(b.trained.borrow().is_empty(), "nothing trained");
     assert_eq!(status(&o.run_dir).error_kind, Some(ErrorKind::Config));
 }
+
+#[test]
+fn a_source_filtered_by_a_tag_file_is_only_its_kept_records_everywhere() {
+    let (tmp, settings, model) = setup();
+    let mut settings = heldout_settings(&settings);
+    // InsTag-style tags as the `tag` example writes them: 5 code and 2 math records of 20.
+    let tags = tmp.path().join("general.tags.jsonl");
+    let tagged: Vec<(usize, &str)> = vec![
+        (0, "python program"),
+        (3, "code generat"),
+        (5, "sql queri"),
+        (8, "code debug"),
+        (13, "program languag"),
+        (2, "mathemat"),
+        (17, "math problem"),
+    ];
+    let lines: String = (0..20)
+        .map(|i| {
+            let t: Vec<serde_json::Value> = tagged
+                .iter()
+                .filter(|(j, _)| *j == i)
+                .map(|(_, tag)| serde_json::json!({"tag": tag, "explanation": "", "raw": tag}))
+                .chain(std::iter::once(
+                    serde_json::json!({"tag": "chat", "explanation": ""}),
+                ))
+                .collect();
+            format!(
+                "{}\n",
+                serde_json::json!({"id": format!("general:{i}"), "status": "ok", "tags": t})
+            )
+        })
+        .collect();
+    std::fs::write(&tags, lines).unwrap();
+    let general = settings.data.sources.get_mut("general").unwrap();
+    general.tags = Some(tags.clone());
+    general.filter = Some("not (code|program|sql|math)".into());
+
+    let (plan, _) =
+        sft_run::load_plan_file(&workspace().join("fixtures/plans/two-stage-tiny.toml")).unwrap();
+    let o = opts(tmp.path(), "filtered", &model);
+    let r = run_plan(&plan, &settings, &o, &Recorder::default()).unwrap();
+    let resolved = read_value(&o.run_dir.join("plan.resolved.json"));
+    let pool = &resolved["pools"]["general"];
+    assert_eq!(
+        (pool["available"].as_u64(), pool["filtered_out"].as_u64()),
+        (Some(13), Some(7)),
+        "{pool}"
+    );
+    assert_eq!(pool["filter"], "not (code|program|sql|math)");
+    let dropped: Vec<String> = tagged.iter().map(|(i, _)| format!("general:{i}")).collect();
+    let held = heldout_ids(&o.run_dir);
+    assert_eq!(held["general"].len(), 4);
+    assert!(
+        held["general"].iter().all(|id| !dropped.contains(id)),
+        "{held:?}"
+    );
+    for st in &r.stages {
+        let trained = manifest_ids(&st.store_dir);
+        for id in dropped.iter().chain(&held["general"]) {
+            assert!(!trained.contains(id), "{id} in stage {}", st.index);
+        }
+        let manifest = read_value(&st.store_dir.join("data/manifest.json"));
+        for src in manifest["sources"].as_array().unwrap() {
+            if src["name"] == "general" {
+                assert_eq!(src["available"], 13 - 4, "{src}");
+            }
+        }
+    }
+    // The other sources' held-out records and pools are unchanged by the general filter.
+    let plain = opts(tmp.path(), "plain", &model);
+    run_plan(
+        &plan,
+        &heldout_settings(&setup().1),
+        &plain,
+        &Recorder::default(),
+    )
+    .unwrap();
+    let plain_held = heldout_ids(&plain.run_dir);
+    assert_eq!(plain_held["math"], held["math"]);
+    assert_eq!(plain_held["code"], held["code"]);
+
+    // A filter that does not parse fails when the plan loads, naming the source.
+    let value = serde_json::json!({"data": {"sources": {"general": {
+        "path": "general.json", "tags": "t.jsonl", "filter": "not (code"}}}});
+    let err = RunSettings::from_plan_value(Some(&value), Path::new("plan.toml")).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("[run.data.sources.general] filter"),
+        "{err}"
+    );
+    // Tags without a filter are refused before anything trains.
+    let mut s = heldout_settings(&setup().1);
+    s.data.sources.get_mut("general").unwrap().tags = Some(tags);
+    let err = run_plan(
+        &plan,
+        &s,
+        &opts(tmp.path(), "tags-only", &model),
+        &Recorder::default(),
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("without a `filter`"), "{err}");
+}
