@@ -241,6 +241,49 @@ pub struct GpuInfo {
     pub bf16: bool,
 }
 
+/// Which native bf16 instructions this CPU has, detected at run time (never assumed: the
+/// project's own machines differ).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+pub struct CpuBf16 {
+    /// x86 AVX-512 BF16 (`avx512_bf16`).
+    pub avx512_bf16: bool,
+    /// x86 AMX tiles with bf16 (`amx_bf16`, Sapphire Rapids and later).
+    pub amx_bf16: bool,
+    /// Arm's BF16 extension (`bf16`).
+    pub arm_bf16: bool,
+}
+
+impl CpuBf16 {
+    /// Probes this CPU (`std::arch` feature detection; AMX from `/proc/cpuinfo`, which `std`
+    /// does not detect yet).
+    pub fn detect() -> CpuBf16 {
+        #[allow(unused_mut)]
+        let mut c = CpuBf16::default();
+        #[cfg(target_arch = "x86_64")]
+        {
+            c.avx512_bf16 = std::arch::is_x86_feature_detected!("avx512bf16");
+            c.amx_bf16 = std::fs::read_to_string("/proc/cpuinfo")
+                .map(|t| {
+                    t.lines()
+                        .find(|l| l.starts_with("flags"))
+                        .is_some_and(|l| l.split_whitespace().any(|f| f == "amx_bf16"))
+                })
+                .unwrap_or(false);
+        }
+        #[cfg(target_arch = "aarch64")]
+        {
+            c.arm_bf16 = std::arch::is_aarch64_feature_detected!("bf16");
+        }
+        c
+    }
+
+    /// Whether bf16 matrix products run natively (otherwise libtorch converts, and bf16 is
+    /// slower than f32).
+    pub fn native(self) -> bool {
+        self.avx512_bf16 || self.amx_bf16 || self.arm_bf16
+    }
+}
+
 /// What this process sees: libtorch, threads, CUDA and each GPU.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct EnvReport {
@@ -260,6 +303,8 @@ pub struct EnvReport {
     pub cudnn_available: bool,
     /// Visible GPUs.
     pub gpus: Vec<GpuInfo>,
+    /// The CPU's native bf16 support.
+    pub cpu_bf16: CpuBf16,
 }
 
 impl EnvReport {
@@ -281,6 +326,7 @@ impl EnvReport {
             cuda_available,
             cudnn_available: cuda_available && tch::Cuda::cudnn_is_available(),
             gpus: (0..count).filter_map(gpu_info).collect(),
+            cpu_bf16: CpuBf16::detect(),
         }
     }
 }
@@ -303,6 +349,15 @@ impl fmt::Display for EnvReport {
             self.ld_library_path.as_deref().unwrap_or("(unset)")
         )?;
         writeln!(f, "cpu threads      : {}", self.num_threads)?;
+        let b = self.cpu_bf16;
+        writeln!(
+            f,
+            "cpu bf16         : {} (avx512_bf16 {}, amx_bf16 {}, arm bf16 {})",
+            if b.native() { "native" } else { "emulated" },
+            b.avx512_bf16,
+            b.amx_bf16,
+            b.arm_bf16
+        )?;
         match &self.cuda_library {
             Ok(()) => writeln!(f, "libtorch_cuda    : loaded")?,
             Err(e) => writeln!(f, "libtorch_cuda    : not loaded ({e})")?,

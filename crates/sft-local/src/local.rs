@@ -22,7 +22,8 @@
 //!   model is tokenized with the base model's tokenizer (which every stage keeps).
 //!
 //! One [`Backend::evaluate`] call loads the model at most once (on first use, in the resolved
-//! `[run.eval] dtype`: bf16 on CUDA and f32 on the CPU for `auto`) and serves every task it is
+//! `[run.eval] dtype`: for `auto`, bf16 on CUDA and on CPUs with native bf16, detected at run
+//! time, f32 elsewhere) and serves every task it is
 //! given; each task's report carries its headline `estimate` (`sft_eval::Estimate`) and the
 //! `dtype`, and that estimate is the metric handed to the runner.
 
@@ -659,6 +660,12 @@ impl EvalModel {
     }
 }
 
+/// Whether `device` computes bf16 natively: CUDA, or a CPU with AVX-512 BF16, AMX or Arm BF16
+/// (detected at run time).
+pub(crate) fn native_bf16(device: tch::Device) -> bool {
+    device.is_cuda() || sft_llama::device::CpuBf16::detect().native()
+}
+
 /// The libtorch kind of an evaluation dtype (`auto` unresolved loads as f32).
 fn eval_kind(dtype: EvalDtype) -> tch::Kind {
     match dtype {
@@ -740,7 +747,7 @@ impl Backend for LocalBackend {
     }
 
     fn eval_dtype(&self, requested: EvalDtype) -> EvalDtype {
-        requested.resolve(self.opts.device.is_cuda())
+        requested.resolve(native_bf16(self.opts.device))
     }
 
     fn heldout_losses(

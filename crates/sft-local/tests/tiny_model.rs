@@ -295,7 +295,8 @@ fn stages_keep_optimizer_state_only_when_the_next_stage_carries_it() {
     );
 }
 
-/// `[run.eval] dtype`: `auto` is f32 on the CPU; `bf16` loads the model in bf16 (once), is
+/// `[run.eval] dtype`: `auto` is bf16 on a CPU with native bf16 (AVX-512 BF16, AMX, Arm BF16;
+/// detected) and f32 on any other; `bf16` loads the model in bf16 (once), is
 /// recorded in the reports and evaluates again instead of reusing the f32 metrics, and the
 /// held-out loss stays close to the f32 one.
 #[test]
@@ -313,6 +314,16 @@ fn the_eval_dtype_is_used_recorded_and_part_of_the_cache_key() {
     };
 
     let f32_backend = backend(None);
+    let native = sft_llama::device::CpuBf16::detect().native();
+    assert_eq!(
+        sft_run::Backend::eval_dtype(&f32_backend, sft_run::EvalDtype::Auto),
+        if native {
+            sft_run::EvalDtype::Bf16
+        } else {
+            sft_run::EvalDtype::F32
+        }
+    );
+    settings.eval.dtype = sft_run::EvalDtype::F32;
     let f32_run = run_plan(&plan, &settings, &o, &f32_backend).unwrap();
     assert_eq!(f32_backend.eval_model_loads(), 1);
     assert_eq!(report("gsm8k")["dtype"], "f32");

@@ -529,7 +529,8 @@ impl HiddenSettings {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum EvalDtype {
-    /// bf16 on a CUDA device, f32 on the CPU ([`EvalDtype::resolve`]).
+    /// bf16 where the device computes it natively (CUDA; CPUs with AVX-512 BF16, AMX or Arm BF16,
+    /// detected at run time), f32 elsewhere ([`EvalDtype::resolve`]).
     #[default]
     Auto,
     /// 32-bit float.
@@ -548,11 +549,12 @@ impl EvalDtype {
         }
     }
 
-    /// The dtype actually used on a device (`cuda`: whether it is a CUDA device): `auto` is
-    /// bf16 on CUDA and f32 otherwise; `f32` and `bf16` stay.
-    pub fn resolve(self, cuda: bool) -> EvalDtype {
+    /// The dtype actually used on a device (`native_bf16`: whether it computes bf16 natively: a
+    /// CUDA device, or a CPU with AVX-512 BF16, AMX or Arm BF16): `auto` is bf16 there and f32
+    /// otherwise; `f32` and `bf16` stay.
+    pub fn resolve(self, native_bf16: bool) -> EvalDtype {
         match self {
-            EvalDtype::Auto if cuda => EvalDtype::Bf16,
+            EvalDtype::Auto if native_bf16 => EvalDtype::Bf16,
             EvalDtype::Auto => EvalDtype::F32,
             other => other,
         }
