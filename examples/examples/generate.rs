@@ -64,6 +64,9 @@ struct Args {
     /// Print one JSON object per prompt.
     #[arg(long)]
     json: bool,
+    /// Continuous batching: a finished sequence's slot takes the next prompt at once.
+    #[arg(long)]
+    continuous: bool,
     /// Write throughput statistics as JSON to this file.
     #[arg(long)]
     stats: Option<PathBuf>,
@@ -124,6 +127,7 @@ fn main() -> anyhow::Result<()> {
         eos_token_ids: eos,
         stop_strings: args.stop.clone(),
         batch_size: args.batch_size,
+        continuous: args.continuous,
         top_logits: 5,
         progress: true,
         ..GenerationConfig::greedy(args.max_new_tokens)
@@ -153,7 +157,7 @@ fn main() -> anyhow::Result<()> {
     if let Some(file) = &args.stats {
         let doc = serde_json::json!({
             "model": path.display().to_string(), "device": format!("{device:?}"), "dtype": dtype.to_string(),
-            "batch_size": args.batch_size, "max_new_tokens": args.max_new_tokens, "threads": tch::get_num_threads(), "stats": s,
+            "batch_size": args.batch_size, "continuous": args.continuous, "max_new_tokens": args.max_new_tokens, "threads": tch::get_num_threads(), "stats": s,
         });
         std::fs::write(file, serde_json::to_string_pretty(&doc)? + "\n")
             .with_context(|| format!("writing {}", file.display()))?;

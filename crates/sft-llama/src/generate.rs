@@ -83,6 +83,10 @@ pub struct GenerationConfig {
     pub top_logits: usize,
     /// Draw a progress bar over the prompts.
     pub progress: bool,
+    /// Continuous batching: when a sequence ends, its slot takes the next prompt (prefilled on
+    /// its own and joined to the running batch) instead of idling until the batch's longest
+    /// sequence ends. Same results as without (up to floating-point noise).
+    pub continuous: bool,
 }
 
 impl GenerationConfig {
@@ -97,6 +101,7 @@ impl GenerationConfig {
             batch_size: 8,
             top_logits: 0,
             progress: false,
+            continuous: false,
         }
     }
 
@@ -290,7 +295,15 @@ pub fn generate_ids_seeded(
     } else {
         cfg.eos_token_ids.clone()
     };
-    for chunk in order.chunks(cfg.batch_size) {
+    if cfg.continuous {
+        let outs = generate_continuous(
+            model, prompts, &order, seeds, cfg, &eos, codec, &mut stats, &pb,
+        )?;
+        for (i, g) in outs {
+            results[i] = Some(g);
+        }
+    }
+    for chunk in order.chunks(cfg.batch_size).filter(|_| !cfg.continuous) {
         let batch: Vec<&[u32]> = chunk.iter().map(|&i| prompts[i].as_slice()).collect();
         let batch_seeds: Vec<u64> = chunk.iter().map(|&i| seeds[i]).collect();
         let outs = generate_batch(model, &batch, &batch_seeds, cfg, &eos, codec, &mut stats)?;
@@ -319,6 +332,317 @@ pub fn generate_ids_seeded(
         .map(|g| g.ok_or_else(|| Error::Input("internal: a prompt produced no result".into())))
         .collect::<Result<_>>()?;
     Ok(GenerationOutput { generations, stats })
+}
+
+/// One running sequence of [`generate_continuous`].
+struct Slot {
+    /// The prompt's index.
+    prompt: usize,
+    row: Row,
+    /// Its first cache position (the columns before it are masked out for this row).
+    start: i64,
+    /// Its next RoPE position.
+    next_pos: i64,
+    top_ids: Vec<u32>,
+    top_logits: Vec<f32>,
+}
+
+/// Appends `tok` to `row` and decides whether it ends there (EOS, a stop string in the decoded
+/// tail, or the length limit).
+fn accept(
+    row: &mut Row,
+    tok: u32,
+    cfg: &GenerationConfig,
+    eos: &[u32],
+    codec: Option<&dyn TextCodec>,
+    max_stop: usize,
+) -> Result<()> {
+    row.generated.push(tok);
+    if eos.contains(&tok) {
+        row.finish = Some(FinishReason::Eos);
+    } else if max_stop > 0 {
+        if let Some(codec) = codec {
+            // A stop string ending in this token lies within the last `max_stop` tokens.
+            let tail_start = row.generated.len().saturating_sub(max_stop + 1);
+            let tail = codec
+                .decode(&row.generated[tail_start..])
+                .map_err(|source| Error::Tokenizer {
+                    context: "decoding a generation's tail".into(),
+                    source,
+                })?;
+            if cfg.stop_strings.iter().any(|s| tail.contains(s.as_str())) {
+                row.finish = Some(FinishReason::Stop);
+            }
+        }
+    }
+    if row.finish.is_none() && row.generated.len() >= cfg.max_new_tokens {
+        row.finish = Some(FinishReason::Length);
+    }
+    Ok(())
+}
+
+/// The finished [`Generation`] of a row: its text decoded and cut before a stop string.
+fn finish_row(
+    prompt: &[u32],
+    row: Row,
+    cfg: &GenerationConfig,
+    codec: Option<&dyn TextCodec>,
+    top_ids: Vec<u32>,
+    top_logits: Vec<f32>,
+) -> Result<Generation> {
+    let text = match codec {
+        Some(c) => {
+            let mut text = c
+                .decode(&row.generated)
+                .map_err(|source| Error::Tokenizer {
+                    context: "decoding a generation".into(),
+                    source,
+                })?;
+            if row.finish == Some(FinishReason::Stop) {
+                if let Some(at) = cfg
+                    .stop_strings
+                    .iter()
+                    .filter_map(|s| text.find(s.as_str()))
+                    .min()
+                {
+                    text.truncate(at);
+                }
+            }
+            text
+        }
+        None => String::new(),
+    };
+    Ok(Generation {
+        prompt_ids: prompt.to_vec(),
+        generated_ids: row.generated,
+        text,
+        finish_reason: row.finish.unwrap_or(FinishReason::Length),
+        top_ids,
+        top_logits,
+    })
+}
+
+/// Continuous batching over `order` (prompt indices, longest first): `batch_size` slots share
+/// one KV cache whose write position advances by one per step; a prompt joins a free slot by
+/// its own prefill (batch 1), copied into the slot's row so that it ends at the current write
+/// position, with the row's earlier positions masked out and its own RoPE positions. When the
+/// cache is full, the positions no running row needs are dropped from the front.
+#[allow(clippy::too_many_arguments)]
+fn generate_continuous(
+    model: &Llama,
+    prompts: &[Vec<u32>],
+    order: &[usize],
+    seeds: &[u64],
+    cfg: &GenerationConfig,
+    eos: &[u32],
+    codec: Option<&dyn TextCodec>,
+    stats: &mut GenerationStats,
+    pb: &indicatif::ProgressBar,
+) -> Result<Vec<(usize, Generation)>> {
+    tch::no_grad(|| {
+        let device = model.device();
+        let b = cfg.batch_size.min(order.len()).max(1) as i64;
+        let longest = order.iter().map(|&i| prompts[i].len()).max().unwrap_or(0) as i64;
+        // A row needs at most its prompt and `max_new_tokens` positions. Twice that (and one) means
+        // that when the cache is full, at least half of it lies before every running row and is
+        // dropped at once, so the copying that costs stays rare.
+        let cap = 2 * (longest + cfg.max_new_tokens as i64) + 1;
+        let vocab = model.config().vocab_size as i64;
+        let pad_id = model
+            .config()
+            .pad_token_id
+            .into_iter()
+            .chain(eos.iter().copied())
+            .find(|&t| (t as i64) < vocab)
+            .unwrap_or(0) as i64;
+        let mut cache = KvCache::new(model, b, cap)?;
+        let mut valid = vec![false; (b * cap) as usize];
+        let mut slots: Vec<Option<Slot>> = (0..b).map(|_| None).collect();
+        let mut logits = Tensor::f_zeros([b, vocab], (Kind::Float, device))?;
+        let mut queue = order.iter().copied();
+        let mut out = Vec::with_capacity(order.len());
+        let max_stop = cfg.stop_strings.iter().map(String::len).max().unwrap_or(0);
+        let mut dummy = Row {
+            generated: Vec::new(),
+            finish: None,
+            rng: ChaCha8Rng::seed_from_u64(0),
+        };
+        loop {
+            // Fill free slots with the next prompts.
+            for s in 0..b as usize {
+                if slots[s].is_some() {
+                    continue;
+                }
+                let Some(i) = queue.next() else { break };
+                let t0 = Instant::now();
+                let p = &prompts[i];
+                let n = p.len() as i64;
+                let mut own = KvCache::new(model, 1, n)?;
+                let ids: Vec<i64> = p.iter().map(|&t| t as i64).collect();
+                let input = Tensor::f_from_slice(&ids)?
+                    .f_view([1, n])?
+                    .f_to_device(device)?;
+                let first = model
+                    .forward_step(&input, None, None, &mut own, LogitsFor::Last)?
+                    .f_to_kind(Kind::Float)?;
+                if cache.len() < n {
+                    // Columns no running row has written stay masked for every row.
+                    cache.set_len(n)?;
+                }
+                let start = cache.len() - n;
+                cache.write_row(s as i64, start, &own)?;
+                let row_valid = &mut valid[s * cap as usize..(s + 1) * cap as usize];
+                for (c, v) in row_valid.iter_mut().enumerate() {
+                    *v = (c as i64) >= start && (c as i64) < start + n;
+                }
+                logits.f_narrow(0, s as i64, 1)?.f_copy_(&first)?;
+                let (top_ids, top_logits) = if cfg.top_logits > 0 {
+                    let k = cfg.top_logits.min(model.config().vocab_size) as i64;
+                    let (vals, idx) = first.f_topk(k, -1, true, true)?;
+                    (
+                        to_vec_i64(&idx)?.into_iter().map(|x| x as u32).collect(),
+                        to_vec_f32(&vals)?,
+                    )
+                } else {
+                    (Vec::new(), Vec::new())
+                };
+                slots[s] = Some(Slot {
+                    prompt: i,
+                    row: Row {
+                        generated: Vec::new(),
+                        finish: None,
+                        rng: ChaCha8Rng::seed_from_u64(seeds[i]),
+                    },
+                    start,
+                    next_pos: n,
+                    top_ids,
+                    top_logits,
+                });
+                sync(device);
+                stats.prefill_secs += t0.elapsed().as_secs_f64();
+                stats.prompt_tokens += n as usize;
+            }
+            if slots.iter().all(Option::is_none) {
+                break;
+            }
+            let t1 = Instant::now();
+            // Choose every running row's next token (free slots draw from a dummy stream).
+            let mut rows: Vec<Row> = slots
+                .iter_mut()
+                .map(|s| match s {
+                    Some(slot) => std::mem::replace(
+                        &mut slot.row,
+                        Row {
+                            generated: Vec::new(),
+                            finish: None,
+                            rng: ChaCha8Rng::seed_from_u64(0),
+                        },
+                    ),
+                    None => std::mem::replace(
+                        &mut dummy,
+                        Row {
+                            generated: Vec::new(),
+                            finish: None,
+                            rng: ChaCha8Rng::seed_from_u64(0),
+                        },
+                    ),
+                })
+                .collect();
+            let next = choose(&logits, cfg.sampling, &mut rows)?;
+            let mut inputs = vec![pad_id; b as usize];
+            for (s, (row, &tok)) in rows.into_iter().zip(&next).enumerate() {
+                let Some(slot) = slots[s].as_mut() else {
+                    continue;
+                };
+                slot.row = row;
+                accept(&mut slot.row, tok as u32, cfg, eos, codec, max_stop)?;
+                if slot.row.finish.is_some() {
+                    let done = slots[s].take().expect("the slot is running");
+                    stats.generated_tokens += done.row.generated.len();
+                    let g = finish_row(
+                        &prompts[done.prompt],
+                        done.row,
+                        cfg,
+                        codec,
+                        done.top_ids,
+                        done.top_logits,
+                    )?;
+                    out.push((done.prompt, g));
+                    pb.inc(1);
+                    for v in &mut valid[s * cap as usize..(s + 1) * cap as usize] {
+                        *v = false;
+                    }
+                } else {
+                    inputs[s] = tok;
+                }
+            }
+            if slots.iter().all(Option::is_none) {
+                stats.decode_secs += t1.elapsed().as_secs_f64();
+                continue;
+            }
+            // Full: drop the columns before the earliest running row.
+            if cache.len() + 1 > cap {
+                let drop = slots.iter().flatten().map(|sl| sl.start).min().unwrap_or(0);
+                if drop == 0 {
+                    return Err(Error::Input(
+                        "internal: the continuous-batching cache is full".into(),
+                    ));
+                }
+                cache.shift_left(drop)?;
+                for r in 0..b as usize {
+                    let row = &mut valid[r * cap as usize..(r + 1) * cap as usize];
+                    row.copy_within(drop as usize.., 0);
+                    for v in &mut row[(cap - drop) as usize..] {
+                        *v = false;
+                    }
+                }
+                for sl in slots.iter_mut().flatten() {
+                    sl.start -= drop;
+                }
+            }
+            // The new token's key is valid for the running rows only.
+            let col = cache.len();
+            let mut positions = vec![0i64; b as usize];
+            for (s, slot) in slots.iter_mut().enumerate() {
+                if let Some(sl) = slot {
+                    valid[s * cap as usize + col as usize] = true;
+                    positions[s] = sl.next_pos;
+                    sl.next_pos += 1;
+                } else {
+                    // A free row attends to its own new key only, so its softmax is not empty.
+                    valid[s * cap as usize + col as usize] = true;
+                }
+            }
+            let total = col + 1;
+            let mask_rows: Vec<bool> = (0..b as usize)
+                .flat_map(|r| {
+                    valid[r * cap as usize..r * cap as usize + total as usize]
+                        .iter()
+                        .copied()
+                })
+                .collect();
+            let mask = Tensor::f_from_slice(&mask_rows)?
+                .f_view([b, 1, 1, total])?
+                .f_to_device(device)?;
+            let input = Tensor::f_from_slice(&inputs)?
+                .f_view([b, 1])?
+                .f_to_device(device)?;
+            let pos = Tensor::f_from_slice(&positions)?
+                .f_view([b, 1])?
+                .f_to_device(device)?;
+            logits = model
+                .forward_step(&input, Some(&pos), Some(&mask), &mut cache, LogitsFor::Last)?
+                .f_to_kind(Kind::Float)?;
+            for (s, slot) in slots.iter().enumerate() {
+                if slot.is_none() {
+                    valid[s * cap as usize + col as usize] = false;
+                }
+            }
+            sync(device);
+            stats.decode_secs += t1.elapsed().as_secs_f64();
+        }
+        Ok(out)
+    })
 }
 
 /// Per-row decoding state.
@@ -426,30 +750,8 @@ fn generate_batch(
         for step in 0..cfg.max_new_tokens {
             let next = choose(&logits, cfg.sampling, &mut rows)?;
             for (row, &tok) in rows.iter_mut().zip(&next) {
-                if row.finish.is_some() {
-                    continue;
-                }
-                row.generated.push(tok as u32);
-                if eos.contains(&(tok as u32)) {
-                    row.finish = Some(FinishReason::Eos);
-                } else if max_stop > 0 {
-                    if let Some(codec) = codec {
-                        // A stop string ending in this token lies within the last `max_stop` tokens.
-                        let tail_start = row.generated.len().saturating_sub(max_stop + 1);
-                        let tail =
-                            codec
-                                .decode(&row.generated[tail_start..])
-                                .map_err(|source| Error::Tokenizer {
-                                    context: "decoding a generation's tail".into(),
-                                    source,
-                                })?;
-                        if cfg.stop_strings.iter().any(|s| tail.contains(s.as_str())) {
-                            row.finish = Some(FinishReason::Stop);
-                        }
-                    }
-                }
-                if row.finish.is_none() && row.generated.len() >= cfg.max_new_tokens {
-                    row.finish = Some(FinishReason::Length);
+                if row.finish.is_none() {
+                    accept(row, tok as u32, cfg, eos, codec, max_stop)?;
                 }
             }
             if rows.iter().all(|r| r.finish.is_some()) || step + 1 == cfg.max_new_tokens {
@@ -479,44 +781,17 @@ fn generate_batch(
         stats.decode_secs += t1.elapsed().as_secs_f64();
 
         let mut out = Vec::with_capacity(rows.len());
+        let k = cfg.top_logits.min(model.config().vocab_size);
         for (r, row) in rows.into_iter().enumerate() {
             stats.generated_tokens += row.generated.len();
-            let text = match codec {
-                Some(c) => {
-                    let mut text = c
-                        .decode(&row.generated)
-                        .map_err(|source| Error::Tokenizer {
-                            context: "decoding a generation".into(),
-                            source,
-                        })?;
-                    if row.finish == Some(FinishReason::Stop) {
-                        if let Some(at) = cfg
-                            .stop_strings
-                            .iter()
-                            .filter_map(|s| text.find(s.as_str()))
-                            .min()
-                        {
-                            text.truncate(at);
-                        }
-                    }
-                    text
-                }
-                None => String::new(),
-            };
-            let k = cfg.top_logits.min(model.config().vocab_size);
-            out.push(Generation {
-                prompt_ids: prompts[r].to_vec(),
-                generated_ids: row.generated,
-                text,
-                finish_reason: row.finish.unwrap_or(FinishReason::Length),
-                top_ids: top_ids
-                    .get(r * k..(r + 1) * k)
-                    .unwrap_or(&[])
-                    .iter()
-                    .map(|&x| x as u32)
-                    .collect(),
-                top_logits: top_logits.get(r * k..(r + 1) * k).unwrap_or(&[]).to_vec(),
-            });
+            let ids: Vec<u32> = top_ids
+                .get(r * k..(r + 1) * k)
+                .unwrap_or(&[])
+                .iter()
+                .map(|&x| x as u32)
+                .collect();
+            let vals = top_logits.get(r * k..(r + 1) * k).unwrap_or(&[]).to_vec();
+            out.push(finish_row(prompts[r], row, cfg, codec, ids, vals)?);
         }
         Ok(out)
     })

@@ -180,6 +180,61 @@ impl KvCache {
         self.len = 0;
     }
 
+    /// Copies the first `src.len()` positions of `src` (a batch-1 cache of the same model) into
+    /// row `row` at positions `at..at + src.len()` (continuous batching: a new prompt's prefill
+    /// joins a running batch). The filled length is not changed.
+    pub(crate) fn write_row(&mut self, row: i64, at: i64, src: &KvCache) -> Result<()> {
+        let n = src.len;
+        if src.batch != 1 || src.layers.len() != self.layers.len() || at + n > self.capacity {
+            return Err(Error::Input(format!(
+                "cannot write a {}-row cache of {n} positions at {at} into a cache of capacity {}",
+                src.batch, self.capacity
+            )));
+        }
+        for (dst, s) in self.layers.iter_mut().zip(&src.layers) {
+            dst.keys
+                .f_narrow(0, row, 1)?
+                .f_narrow(2, at, n)?
+                .f_copy_(&s.keys.f_narrow(2, 0, n)?)?;
+            dst.values
+                .f_narrow(0, row, 1)?
+                .f_narrow(2, at, n)?
+                .f_copy_(&s.values.f_narrow(2, 0, n)?)?;
+        }
+        Ok(())
+    }
+
+    /// Moves positions `by..len` of every row to `0..len - by` and shortens the filled length by
+    /// `by` (continuous batching frees the columns no running sequence needs any more).
+    pub(crate) fn shift_left(&mut self, by: i64) -> Result<()> {
+        if by <= 0 || by > self.len {
+            return Ok(());
+        }
+        let keep = self.len - by;
+        for l in &mut self.layers {
+            // The source and destination overlap: copy through a temporary.
+            let k = l.keys.f_narrow(2, by, keep)?.f_contiguous()?;
+            let v = l.values.f_narrow(2, by, keep)?.f_contiguous()?;
+            l.keys.f_narrow(2, 0, keep)?.f_copy_(&k)?;
+            l.values.f_narrow(2, 0, keep)?.f_copy_(&v)?;
+        }
+        self.len = keep;
+        Ok(())
+    }
+
+    /// Sets the filled length to `len` (at most the capacity); positions not written since hold
+    /// stale values, which the caller masks out.
+    pub(crate) fn set_len(&mut self, len: i64) -> Result<()> {
+        if len > self.capacity || len < 0 {
+            return Err(Error::Input(format!(
+                "KV cache length {len} outside 0..={}",
+                self.capacity
+            )));
+        }
+        self.len = len;
+        Ok(())
+    }
+
     /// Checks that `t` new positions of a `[b, t]` input fit, for a model of `num_blocks` blocks.
     fn check(&self, b: i64, t: i64, num_blocks: usize) -> Result<()> {
         if self.layers.len() != num_blocks {

@@ -287,3 +287,94 @@ fn invalid_requests_are_errors() {
         .to_string();
     assert!(e.contains("batch 1"), "{e}");
 }
+
+/// More prompts than slots, of different lengths, ended at different steps by an EOS token: with
+/// continuous batching every slot takes the next prompt as soon as its sequence ends, and every
+/// continuation is still the unbatched full-forward one. Batch size 1 runs more steps than the
+/// cache holds, so the front of the cache is dropped on the way.
+#[test]
+fn continuous_batching_equals_unbatched_full_forward() {
+    let (_vs, model, _) = tiny("tiny-llama-gqa", Kind::Float);
+    let mut ps = prompts();
+    ps.extend([
+        vec![3, 3, 3],
+        vec![70, 71, 72, 73, 74, 75],
+        vec![9],
+        vec![20, 40, 60, 80],
+    ]);
+    let n = 12;
+    let free: Vec<Vec<u32>> = ps.iter().map(|p| greedy_by_hand(&model, p, n)).collect();
+    // The EOS: the token that ends the most continuations early.
+    let mut counts = std::collections::HashMap::new();
+    for f in &free {
+        let mut seen = std::collections::HashSet::new();
+        for &t in &f[..6] {
+            if seen.insert(t) {
+                *counts.entry(t).or_insert(0) += 1;
+            }
+        }
+    }
+    let eos = *counts
+        .iter()
+        .max_by_key(|(t, c)| (**c, std::cmp::Reverse(**t)))
+        .unwrap()
+        .0;
+    let expected: Vec<Vec<u32>> = free
+        .iter()
+        .map(|f| match f.iter().position(|&t| t == eos) {
+            Some(i) => f[..=i].to_vec(),
+            None => f.clone(),
+        })
+        .collect();
+    assert!(
+        expected.iter().filter(|e| e.len() < n).count() >= 3,
+        "sequences end at different steps: {expected:?}"
+    );
+    for batch_size in [1, 2, 3, 5] {
+        let cfg = GenerationConfig {
+            batch_size,
+            continuous: true,
+            eos_token_ids: vec![eos],
+            top_logits: 3,
+            ..GenerationConfig::greedy(n)
+        };
+        let out = generate_ids(&model, &ps, &cfg, None).unwrap();
+        assert_eq!(out.generations.len(), ps.len());
+        for ((p, g), want) in ps.iter().zip(&out.generations).zip(&expected) {
+            assert_eq!(&g.prompt_ids, p);
+            assert_eq!(&g.generated_ids, want, "batch {batch_size}, prompt {p:?}");
+            let reason = if want.len() < n || want.last() == Some(&eos) {
+                FinishReason::Eos
+            } else {
+                FinishReason::Length
+            };
+            assert_eq!(g.finish_reason, reason);
+            assert_eq!(g.top_ids.len(), 3);
+            assert_eq!(g.top_ids[0], g.generated_ids[0]);
+        }
+        assert_eq!(
+            out.stats.generated_tokens,
+            expected.iter().map(Vec::len).sum::<usize>()
+        );
+        assert_eq!(
+            out.stats.prompt_tokens,
+            ps.iter().map(Vec::len).sum::<usize>()
+        );
+    }
+    // Sampling: each prompt's own stream, so continuous and fixed batches sample alike.
+    let sampled = |continuous, batch_size| {
+        let cfg = GenerationConfig {
+            batch_size,
+            continuous,
+            eos_token_ids: vec![eos],
+            ..GenerationConfig::sampled(n, 1.0, 0.9, 5)
+        };
+        generate_ids(&model, &ps, &cfg, None)
+            .unwrap()
+            .generations
+            .into_iter()
+            .map(|g| g.generated_ids)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(sampled(true, 3), sampled(false, 1));
+}

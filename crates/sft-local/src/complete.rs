@@ -167,6 +167,7 @@ impl Completer for LocalCompleter {
                 stop_strings: s.stop.clone(),
                 batch_size: self.batch_size,
                 progress: self.progress,
+                continuous: true,
                 ..GenerationConfig::greedy(s.max_new_tokens)
             };
             let seeds: Vec<u64> = group.iter().map(|(i, _)| requests[*i].seed).collect();

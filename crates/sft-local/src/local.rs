@@ -152,7 +152,8 @@ impl LocalBackend {
     }
 
     /// `base` (length and sampling) with the evaluation's batch size, the model's stop ids,
-    /// `stop_strings` and the progress setting: what every evaluation generates with.
+    /// `stop_strings`, the progress setting and continuous batching: what every evaluation
+    /// generates with.
     fn generation(
         &self,
         base: GenerationConfig,
@@ -165,6 +166,8 @@ impl LocalBackend {
             eos_token_ids: self.stop_ids(model),
             stop_strings: stop_strings.iter().map(|s| s.to_string()).collect(),
             progress: self.opts.progress,
+            // Answers end at very different lengths: a finished slot takes the next prompt.
+            continuous: true,
             ..base
         }
     }
