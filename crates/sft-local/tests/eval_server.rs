@@ -31,6 +31,16 @@ fn started(record: &Path) -> serde_json::Value {
     .expect("json")
 }
 
+fn run_options(root: &Path, model: &Path) -> RunOptions {
+    RunOptions {
+        run_dir: root.join("run"),
+        stage_store: None,
+        data_dir: workspace().join("fixtures/demo"),
+        base_model: model.to_path_buf(),
+        provenance: BTreeMap::new(),
+    }
+}
+
 fn alive(pid: u64) -> bool {
     // A reaped process has no /proc entry; a zombie would still show "Z".
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
@@ -58,13 +68,7 @@ fn answers_come_from_the_server_started_on_the_final_model_and_it_is_stopped() {
     let mut o = LocalOptions::new(tch::Device::Cpu, &model);
     o.progress = false;
     let backend = LocalBackend::new(o).unwrap();
-    let opts = RunOptions {
-        run_dir: tmp.path().join("run"),
-        stage_store: None,
-        data_dir: workspace().join("fixtures/demo"),
-        base_model: model.clone(),
-        provenance: BTreeMap::new(),
-    };
+    let opts = run_options(tmp.path(), &model);
     let results = run_plan(&plan, &settings, &opts, &backend).expect("run");
     assert_eq!(backend.eval_model_loads(), 0, "no in-process generation");
 
@@ -150,13 +154,7 @@ fn a_server_that_never_becomes_ready_fails_in_time_and_is_stopped() {
     });
     let model = workspace().join("fixtures/run/tiny-bytes");
     let backend = LocalBackend::new(LocalOptions::new(tch::Device::Cpu, &model)).unwrap();
-    let opts = RunOptions {
-        run_dir: tmp.path().join("run"),
-        stage_store: None,
-        data_dir: workspace().join("fixtures/demo"),
-        base_model: model.clone(),
-        provenance: BTreeMap::new(),
-    };
+    let opts = run_options(tmp.path(), &model);
     let start = Instant::now();
     let err = run_plan(&plan, &settings, &opts, &backend).expect_err("not ready");
     assert!(start.elapsed() < Duration::from_secs(60));
