@@ -443,10 +443,12 @@ fn generate_continuous(
         let device = model.device();
         let b = cfg.batch_size.min(order.len()).max(1) as i64;
         let longest = order.iter().map(|&i| prompts[i].len()).max().unwrap_or(0) as i64;
-        // A row needs at most its prompt and `max_new_tokens` positions. Twice that (and one) means
-        // that when the cache is full, at least half of it lies before every running row and is
-        // dropped at once, so the copying that costs stays rare.
-        let cap = 2 * (longest + cfg.max_new_tokens as i64) + 1;
+        // A row needs at most its prompt and `max_new_tokens` positions. A quarter more (and one)
+        // means that when the cache is full, at least that quarter lies before every running row
+        // and is dropped at once: attention spans at most 1.25 times the longest need, and the
+        // copy that drops the front happens at most every `need / 4` steps.
+        let need = longest + cfg.max_new_tokens as i64;
+        let cap = need + (need / 4).max(8) + 1;
         let vocab = model.config().vocab_size as i64;
         let pad_id = model
             .config()
