@@ -302,20 +302,21 @@ pub fn generate_ids_seeded(
         for (i, g) in outs {
             results[i] = Some(g);
         }
-    }
-    for chunk in order.chunks(cfg.batch_size).filter(|_| !cfg.continuous) {
-        let batch: Vec<&[u32]> = chunk.iter().map(|&i| prompts[i].as_slice()).collect();
-        let batch_seeds: Vec<u64> = chunk.iter().map(|&i| seeds[i]).collect();
-        let outs = generate_batch(model, &batch, &batch_seeds, cfg, &eos, codec, &mut stats)?;
-        for (&i, g) in chunk.iter().zip(outs) {
-            results[i] = Some(g);
+    } else {
+        for chunk in order.chunks(cfg.batch_size) {
+            let batch: Vec<&[u32]> = chunk.iter().map(|&i| prompts[i].as_slice()).collect();
+            let batch_seeds: Vec<u64> = chunk.iter().map(|&i| seeds[i]).collect();
+            let outs = generate_batch(model, &batch, &batch_seeds, cfg, &eos, codec, &mut stats)?;
+            for (&i, g) in chunk.iter().zip(outs) {
+                results[i] = Some(g);
+            }
+            pb.inc(chunk.len() as u64);
+            let secs = start.elapsed().as_secs_f64();
+            pb.set_message(format!(
+                "generating ({:.1} tok/s)",
+                stats.generated_tokens as f64 / secs.max(1e-9)
+            ));
         }
-        pb.inc(chunk.len() as u64);
-        let secs = start.elapsed().as_secs_f64();
-        pb.set_message(format!(
-            "generating ({:.1} tok/s)",
-            stats.generated_tokens as f64 / secs.max(1e-9)
-        ));
     }
     pb.finish_and_clear();
     stats.total_secs = start.elapsed().as_secs_f64();
@@ -334,11 +335,10 @@ pub fn generate_ids_seeded(
     Ok(GenerationOutput { generations, stats })
 }
 
-/// One running sequence of [`generate_continuous`].
+/// One running sequence of [`generate_continuous`] (its [`Row`] is kept beside it).
 struct Slot {
     /// The prompt's index.
     prompt: usize,
-    row: Row,
     /// Its first cache position (the columns before it are masked out for this row).
     start: i64,
     /// Its next RoPE position.
@@ -450,25 +450,16 @@ fn generate_continuous(
         let need = longest + cfg.max_new_tokens as i64;
         let cap = need + (need / 4).max(8) + 1;
         let vocab = model.config().vocab_size as i64;
-        let pad_id = model
-            .config()
-            .pad_token_id
-            .into_iter()
-            .chain(eos.iter().copied())
-            .find(|&t| (t as i64) < vocab)
-            .unwrap_or(0) as i64;
+        let pad_id = pad_id(model, eos);
         let mut cache = KvCache::new(model, b, cap)?;
         let mut valid = vec![false; (b * cap) as usize];
         let mut slots: Vec<Option<Slot>> = (0..b).map(|_| None).collect();
+        // Each slot's decoding state; a free slot's row draws tokens nobody uses.
+        let mut rows: Vec<Row> = (0..b).map(|_| Row::new(0)).collect();
         let mut logits = Tensor::f_zeros([b, vocab], (Kind::Float, device))?;
         let mut queue = order.iter().copied();
         let mut out = Vec::with_capacity(order.len());
         let max_stop = cfg.stop_strings.iter().map(String::len).max().unwrap_or(0);
-        let mut dummy = Row {
-            generated: Vec::new(),
-            finish: None,
-            rng: ChaCha8Rng::seed_from_u64(0),
-        };
         loop {
             // Fill free slots with the next prompts.
             for s in 0..b as usize {
@@ -508,13 +499,9 @@ fn generate_continuous(
                 } else {
                     (Vec::new(), Vec::new())
                 };
+                rows[s] = Row::new(seeds[i]);
                 slots[s] = Some(Slot {
                     prompt: i,
-                    row: Row {
-                        generated: Vec::new(),
-                        finish: None,
-                        rng: ChaCha8Rng::seed_from_u64(seeds[i]),
-                    },
                     start,
                     next_pos: n,
                     top_ids,
@@ -528,54 +515,32 @@ fn generate_continuous(
                 break;
             }
             let t1 = Instant::now();
-            // Choose every running row's next token (free slots draw from a dummy stream).
-            let mut rows: Vec<Row> = slots
-                .iter_mut()
-                .map(|s| match s {
-                    Some(slot) => std::mem::replace(
-                        &mut slot.row,
-                        Row {
-                            generated: Vec::new(),
-                            finish: None,
-                            rng: ChaCha8Rng::seed_from_u64(0),
-                        },
-                    ),
-                    None => std::mem::replace(
-                        &mut dummy,
-                        Row {
-                            generated: Vec::new(),
-                            finish: None,
-                            rng: ChaCha8Rng::seed_from_u64(0),
-                        },
-                    ),
-                })
-                .collect();
             let next = choose(&logits, cfg.sampling, &mut rows)?;
             let mut inputs = vec![pad_id; b as usize];
-            for (s, (row, &tok)) in rows.into_iter().zip(&next).enumerate() {
-                let Some(slot) = slots[s].as_mut() else {
+            for (s, &tok) in next.iter().enumerate() {
+                if slots[s].is_none() {
                     continue;
-                };
-                slot.row = row;
-                accept(&mut slot.row, tok as u32, cfg, eos, codec, max_stop)?;
-                if slot.row.finish.is_some() {
-                    let done = slots[s].take().expect("the slot is running");
-                    stats.generated_tokens += done.row.generated.len();
-                    let g = finish_row(
-                        &prompts[done.prompt],
-                        done.row,
-                        cfg,
-                        codec,
-                        done.top_ids,
-                        done.top_logits,
-                    )?;
-                    out.push((done.prompt, g));
-                    pb.inc(1);
-                    for v in &mut valid[s * cap as usize..(s + 1) * cap as usize] {
-                        *v = false;
-                    }
-                } else {
+                }
+                accept(&mut rows[s], tok as u32, cfg, eos, codec, max_stop)?;
+                if rows[s].finish.is_none() {
                     inputs[s] = tok;
+                    continue;
+                }
+                let done = slots[s].take().expect("the slot is running");
+                let row = std::mem::replace(&mut rows[s], Row::new(0));
+                stats.generated_tokens += row.generated.len();
+                let g = finish_row(
+                    &prompts[done.prompt],
+                    row,
+                    cfg,
+                    codec,
+                    done.top_ids,
+                    done.top_logits,
+                )?;
+                out.push((done.prompt, g));
+                pb.inc(1);
+                for v in &mut valid[s * cap as usize..(s + 1) * cap as usize] {
+                    *v = false;
                 }
             }
             if slots.iter().all(Option::is_none) {
@@ -602,17 +567,15 @@ fn generate_continuous(
                     sl.start -= drop;
                 }
             }
-            // The new token's key is valid for the running rows only.
+            // The new token's key is valid for every row in this step (a free row attends to it
+            // alone, so its softmax is not empty) and stays valid for the running rows only.
             let col = cache.len();
             let mut positions = vec![0i64; b as usize];
             for (s, slot) in slots.iter_mut().enumerate() {
+                valid[s * cap as usize + col as usize] = true;
                 if let Some(sl) = slot {
-                    valid[s * cap as usize + col as usize] = true;
                     positions[s] = sl.next_pos;
                     sl.next_pos += 1;
-                } else {
-                    // A free row attends to its own new key only, so its softmax is not empty.
-                    valid[s * cap as usize + col as usize] = true;
                 }
             }
             let total = col + 1;
@@ -654,6 +617,30 @@ struct Row {
     rng: ChaCha8Rng,
 }
 
+impl Row {
+    /// A row that has generated nothing, sampling from the stream of `seed`.
+    fn new(seed: u64) -> Row {
+        Row {
+            generated: Vec::new(),
+            finish: None,
+            rng: ChaCha8Rng::seed_from_u64(seed),
+        }
+    }
+}
+
+/// The id fed at pad positions: the config's pad token or an EOS id inside the vocabulary. Pad
+/// positions are masked out, so any id in the vocabulary will do.
+fn pad_id(model: &Llama, eos: &[u32]) -> i64 {
+    let vocab = model.config().vocab_size as u32;
+    model
+        .config()
+        .pad_token_id
+        .into_iter()
+        .chain(eos.iter().copied())
+        .find(|&t| t < vocab)
+        .unwrap_or(0) as i64
+}
+
 fn generate_batch(
     model: &Llama,
     prompts: &[&[u32]],
@@ -670,15 +657,7 @@ fn generate_batch(
         let l = lens.iter().copied().max().unwrap_or(0);
         let padded = lens.iter().any(|&n| n != l);
         let cap = l + cfg.max_new_tokens as i64;
-        // Pad positions are masked out, so any id in the vocabulary will do.
-        let vocab = model.config().vocab_size as u32;
-        let pad_id = model
-            .config()
-            .pad_token_id
-            .into_iter()
-            .chain(eos.iter().copied())
-            .find(|&t| t < vocab)
-            .unwrap_or(0) as i64;
+        let pad_id = pad_id(model, eos);
 
         // Left-padded ids, key validity over the whole cache, and per-row positions.
         let mut ids = vec![pad_id; (b * l) as usize];
@@ -737,14 +716,7 @@ fn generate_batch(
         stats.prompt_tokens += lens.iter().sum::<i64>() as usize;
 
         let t1 = Instant::now();
-        let mut rows: Vec<Row> = seeds
-            .iter()
-            .map(|&seed| Row {
-                generated: Vec::new(),
-                finish: None,
-                rng: ChaCha8Rng::seed_from_u64(seed),
-            })
-            .collect();
+        let mut rows: Vec<Row> = seeds.iter().map(|&seed| Row::new(seed)).collect();
         let mut next_pos = Tensor::f_from_slice(&lens)?
             .f_view([b, 1])?
             .f_to_device(device)?;
