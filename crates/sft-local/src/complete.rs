@@ -66,13 +66,7 @@ impl LocalCompleter {
             context: format!("loading {}", path.display()),
             source: e.into(),
         })?;
-        let mut eos = loaded.model.config().eos_token_ids.clone();
-        eos.extend(tokenizer.eos().map(|t| t.id));
-        for t in ["<|im_end|>", "</s>", "<|eot_id|>", "<|endoftext|>"] {
-            eos.extend(tokenizer.token_to_id(t));
-        }
-        eos.sort_unstable();
-        eos.dedup();
+        let eos = crate::local::stop_ids(&loaded.model, &tokenizer);
         let name = path
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())

@@ -138,19 +138,6 @@ impl LocalBackend {
         ))
     }
 
-    /// Token ids that end a generation: the model's EOS ids, the tokenizer's EOS and the
-    /// end-of-turn markers of the built-in templates when the vocabulary has them.
-    fn stop_ids(&self, model: &Llama) -> Vec<u32> {
-        let mut ids = model.config().eos_token_ids.clone();
-        ids.extend(self.tokenizer.eos().map(|t| t.id));
-        for t in ["<|im_end|>", "</s>", "<|eot_id|>", "<|endoftext|>"] {
-            ids.extend(self.tokenizer.token_to_id(t));
-        }
-        ids.sort_unstable();
-        ids.dedup();
-        ids
-    }
-
     /// `base` (length and sampling) with the evaluation's batch size, the model's stop ids,
     /// `stop_strings`, the progress setting and continuous batching: what every evaluation
     /// generates with.
@@ -163,7 +150,7 @@ impl LocalBackend {
     ) -> GenerationConfig {
         GenerationConfig {
             batch_size: settings.batch_size.max(1),
-            eos_token_ids: self.stop_ids(model),
+            eos_token_ids: stop_ids(model, &self.tokenizer),
             stop_strings: stop_strings.iter().map(|s| s.to_string()).collect(),
             progress: self.opts.progress,
             // Answers end at very different lengths: a finished slot takes the next prompt.
@@ -525,11 +512,14 @@ struct EvalModel {
     dtype: EvalDtype,
     loaded: Option<sft_llama::LoadedModel>,
     /// `[run.eval] server`, started on first use and stopped when the evaluation ends.
-    server: Option<(
-        sft_complete::server::ServerProcess,
-        sft_complete::OpenAiCompleter,
-    )>,
+    server: Option<Served>,
 }
+
+/// A running `[run.eval] server` and the completer talking to it.
+type Served = (
+    sft_complete::server::ServerProcess,
+    sft_complete::OpenAiCompleter,
+);
 
 /// What one evaluation generation asks for.
 struct GenSpec<'a> {
@@ -562,22 +552,9 @@ impl LocalBackend {
         let greedy = spec.temperature < 1e-4;
         if let Some(server) = &s.server {
             use sft_complete::Completer;
-            if model.server.is_none() {
-                let process = sft_complete::server::ServerProcess::start(
-                    &server.command,
-                    &model.path,
-                    std::time::Duration::from_secs_f64(server.ready_timeout_s),
-                    &req.out_dir.join("server.log"),
-                )
+            let (process, completer) = model
+                .server(server, &req.out_dir.join("server.log"))
                 .map_err(|e| err(e.into()))?;
-                let completer = process
-                    .completer(server.parallel, server.api_key_env.as_deref().unwrap_or(""))
-                    .map_err(|e| err(e.into()))?;
-                model.server = Some((process, completer));
-            }
-            let Some((process, completer)) = &model.server else {
-                return Err(err("internal: the server did not start".into()));
-            };
             let requests: Vec<sft_complete::CompletionRequest> = prompts
                 .iter()
                 .enumerate()
@@ -640,6 +617,29 @@ impl EvalModel {
         }
     }
 
+    /// The `[run.eval] server` on this model, started (its output appended to `log`) the first
+    /// time.
+    fn server(
+        &mut self,
+        settings: &sft_run::ServerSettings,
+        log: &Path,
+    ) -> sft_complete::Result<&Served> {
+        if self.server.is_none() {
+            let process = sft_complete::server::ServerProcess::start(
+                &settings.command,
+                &self.path,
+                std::time::Duration::from_secs_f64(settings.ready_timeout_s),
+                log,
+            )?;
+            let completer = process.completer(
+                settings.parallel,
+                settings.api_key_env.as_deref().unwrap_or(""),
+            )?;
+            self.server = Some((process, completer));
+        }
+        Ok(self.server.as_ref().expect("started above"))
+    }
+
     /// The model, loading it (and counting the load in `loads`) the first time.
     fn get(&mut self, backend: &LocalBackend, loads: &AtomicUsize) -> Result<&Llama> {
         if self.loaded.is_none() {
@@ -661,6 +661,19 @@ impl EvalModel {
         }
         Ok(&self.loaded.as_ref().expect("loaded above").model)
     }
+}
+
+/// Token ids that end a generation: the model's EOS ids, the tokenizer's EOS and the end-of-turn
+/// markers of the built-in templates when the vocabulary has them.
+pub(crate) fn stop_ids(model: &Llama, tokenizer: &ChatTokenizer) -> Vec<u32> {
+    let mut ids = model.config().eos_token_ids.clone();
+    ids.extend(tokenizer.eos().map(|t| t.id));
+    for t in ["<|im_end|>", "</s>", "<|eot_id|>", "<|endoftext|>"] {
+        ids.extend(tokenizer.token_to_id(t));
+    }
+    ids.sort_unstable();
+    ids.dedup();
+    ids
 }
 
 /// Whether `device` computes bf16 natively: CUDA, or a CPU with AVX-512 BF16, AMX or Arm BF16
