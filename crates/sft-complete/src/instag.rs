@@ -357,6 +357,18 @@ pub struct TagStats {
     pub failure_examples: Vec<String>,
 }
 
+/// What became of one record's tagging.
+enum Outcome {
+    /// The model's tags.
+    Tagged(Vec<RawTag>),
+    /// The record has no user turn to tag.
+    NoQuery,
+    /// No reply could be parsed (the last reason).
+    Unparsable(String),
+    /// The request failed for good.
+    RequestFailed(String),
+}
+
 /// The tagger: a completer, the options and the normaliser.
 pub struct LlmTagger<'a> {
     completer: &'a dyn Completer,
@@ -428,11 +440,11 @@ impl<'a> LlmTagger<'a> {
             .map(|r| query_of(r, self.options.turns, self.options.max_query_chars))
             .collect();
         // Per record: the raw tags, or the last failure.
-        let mut outcome: Vec<std::result::Result<Vec<RawTag>, (bool, String)>> = queries
+        let mut outcome: Vec<Outcome> = queries
             .iter()
             .map(|q| match q {
-                Some(_) => Err((false, String::new())),
-                None => Err((false, "no user turn".into())),
+                Some(_) => Outcome::Unparsable(String::new()),
+                None => Outcome::NoQuery,
             })
             .collect();
         let bar = if progress {
@@ -472,16 +484,16 @@ impl<'a> LlmTagger<'a> {
                         Ok(c) => {
                             stats.cached += usize::from(c.cached);
                             match parse_tags(&c.text) {
-                                Ok(tags) => outcome[i] = Ok(tags),
+                                Ok(tags) => outcome[i] = Outcome::Tagged(tags),
                                 Err(why) => {
-                                    outcome[i] = Err((false, why));
+                                    outcome[i] = Outcome::Unparsable(why);
                                     again.push(i);
                                 }
                             }
                         }
                         // A request that failed after the client's own retries is not retried
                         // here.
-                        Err(e) => outcome[i] = Err((true, e.to_string())),
+                        Err(e) => outcome[i] = Outcome::RequestFailed(e.to_string()),
                     }
                 }
                 pending = again;
@@ -495,34 +507,37 @@ impl<'a> LlmTagger<'a> {
     fn finish(
         &self,
         records: &[Record],
-        outcome: Vec<std::result::Result<Vec<RawTag>, (bool, String)>>,
+        outcome: Vec<Outcome>,
         mut stats: TagStats,
         min_frequency: usize,
     ) -> (Vec<TaggedRecord>, TagStats) {
         let mut raw_distinct = std::collections::HashSet::new();
-        for tags in outcome.iter().flatten() {
-            for t in tags {
-                raw_distinct.insert(t.tag.clone());
+        for o in &outcome {
+            if let Outcome::Tagged(tags) = o {
+                raw_distinct.extend(tags.iter().map(|t| t.tag.as_str()));
             }
         }
         stats.distinct_raw = raw_distinct.len();
         // Normalise and de-duplicate per record, then count records per normalised tag.
-        let normalized: Vec<std::result::Result<Vec<TagEntry>, (bool, String)>> = outcome
-            .into_iter()
-            .map(|o| {
-                o.map(|tags| {
+        let normalized: Vec<Option<Vec<TagEntry>>> = outcome
+            .iter()
+            .map(|o| match o {
+                Outcome::Tagged(tags) => {
                     let mut seen = std::collections::HashSet::new();
-                    tags.into_iter()
-                        .filter_map(|t| {
-                            let n = self.normalizer.normalize(&t.tag);
-                            (!n.is_empty() && seen.insert(n.clone())).then_some(TagEntry {
-                                tag: n,
-                                explanation: t.explanation,
-                                raw: t.tag,
+                    Some(
+                        tags.iter()
+                            .filter_map(|t| {
+                                let n = self.normalizer.normalize(&t.tag);
+                                (!n.is_empty() && seen.insert(n.clone())).then(|| TagEntry {
+                                    tag: n,
+                                    explanation: t.explanation.clone(),
+                                    raw: t.tag.clone(),
+                                })
                             })
-                        })
-                        .collect()
-                })
+                            .collect(),
+                    )
+                }
+                _ => None,
             })
             .collect();
         let mut freq: HashMap<String, usize> = HashMap::new();
@@ -535,53 +550,50 @@ impl<'a> LlmTagger<'a> {
         stats.below_min_frequency = freq.values().filter(|&&n| n < min_frequency).count();
         let mut lines = Vec::with_capacity(records.len());
         let mut total_tags = 0usize;
-        for (record, norm) in records.iter().zip(normalized) {
-            let orig_id = record.metadata.get("orig_id").map(|v| match v {
-                Value::String(s) => s.clone(),
-                other => other.to_string(),
-            });
-            let line = match norm {
-                Ok(tags) => {
-                    let (tags, rare): (Vec<TagEntry>, Vec<TagEntry>) = tags
+        for ((record, o), norm) in records.iter().zip(outcome).zip(normalized) {
+            let mut line = TaggedRecord {
+                id: record.id.clone(),
+                orig_id: record.orig_id(),
+                status: "failed".into(),
+                tags: Vec::new(),
+                rare: Vec::new(),
+                error: None,
+            };
+            let failure = match o {
+                Outcome::Tagged(_) => {
+                    let (tags, rare): (Vec<TagEntry>, Vec<TagEntry>) = norm
+                        .unwrap_or_default()
                         .into_iter()
                         .partition(|t| freq.get(&t.tag).copied().unwrap_or(0) >= min_frequency);
                     stats.tagged += 1;
                     total_tags += tags.len();
                     *stats.tags_per_record.entry(tags.len()).or_insert(0) += 1;
-                    TaggedRecord {
-                        id: record.id.clone(),
-                        orig_id,
-                        status: "ok".into(),
-                        tags,
-                        rare,
-                        error: None,
-                    }
+                    line.status = "ok".into();
+                    line.tags = tags;
+                    line.rare = rare;
+                    None
                 }
-                Err((request_failed, why)) => {
-                    let status = if why == "no user turn" {
-                        stats.no_query += 1;
-                        "no_query"
-                    } else {
-                        if request_failed {
-                            stats.request_failures += 1;
-                        } else {
-                            stats.parse_failures += 1;
-                        }
-                        if stats.failure_examples.len() < 10 {
-                            stats.failure_examples.push(format!("{}: {why}", record.id));
-                        }
-                        "failed"
-                    };
-                    TaggedRecord {
-                        id: record.id.clone(),
-                        orig_id,
-                        status: status.into(),
-                        tags: Vec::new(),
-                        rare: Vec::new(),
-                        error: Some(why),
-                    }
+                Outcome::NoQuery => {
+                    stats.no_query += 1;
+                    line.status = "no_query".into();
+                    line.error = Some("no user turn".into());
+                    None
+                }
+                Outcome::Unparsable(why) => {
+                    stats.parse_failures += 1;
+                    Some(why)
+                }
+                Outcome::RequestFailed(why) => {
+                    stats.request_failures += 1;
+                    Some(why)
                 }
             };
+            if let Some(why) = failure {
+                if stats.failure_examples.len() < 10 {
+                    stats.failure_examples.push(format!("{}: {why}", record.id));
+                }
+                line.error = Some(why);
+            }
             lines.push(line);
         }
         stats.tags_per_record_mean = total_tags as f64 / stats.tagged.max(1) as f64;

@@ -136,10 +136,7 @@ pub fn apply_tag_file(file: &TagFile, records: &mut [Record]) -> TagFileStats {
     };
     let mut used = std::collections::HashSet::new();
     for record in records.iter_mut() {
-        let orig = record.metadata.get("orig_id").map(|v| match v {
-            serde_json::Value::String(s) => s.clone(),
-            other => other.to_string(),
-        });
+        let orig = record.orig_id();
         let hit = file
             .tags
             .get_key_value(&record.id)

@@ -162,6 +162,14 @@ impl Record {
         self.tags.dedup();
     }
 
+    /// The source's own id (`metadata.orig_id`, e.g. the ShareGPT id), as text.
+    pub fn orig_id(&self) -> Option<String> {
+        self.metadata.get("orig_id").map(|v| match v {
+            serde_json::Value::String(s) => s.clone(),
+            other => other.to_string(),
+        })
+    }
+
     /// All message texts of one role, joined by a blank line (handy for taggers).
     pub fn text_of(&self, role: Role) -> String {
         let parts: Vec<&str> = self
