@@ -573,15 +573,9 @@ impl LocalBackend {
             let texts = completer
                 .complete(&requests)
                 .into_iter()
+                // Servers may or may not honour `stop`; cut as in-process does.
                 .map(|r| {
-                    r.map(|c| {
-                        // Servers may or may not honour `stop`; cut as in-process does.
-                        let mut text = c.text;
-                        if let Some(at) = spec.stop.iter().filter_map(|t| text.find(t)).min() {
-                            text.truncate(at);
-                        }
-                        text
-                    })
+                    r.map(|c| sft_eval::gsm8k::truncate_at_stops(&c.text, spec.stop).to_string())
                 })
                 .collect::<std::result::Result<Vec<String>, _>>()
                 .map_err(|e| err(e.into()))?;
