@@ -73,6 +73,12 @@ struct Args {
     /// f32 or bf16 (bf16: CUDA compute with f32 master weights).
     #[arg(long, value_parser = parse_dtype)]
     dtype: Option<Dtype>,
+    /// Recompute each decoder block during backward (keeps only block inputs).
+    #[arg(long)]
+    activation_checkpointing: Option<bool>,
+    /// Loss over this many positions at a time (0: all; never holds [B, T, V] at once).
+    #[arg(long)]
+    loss_chunk: Option<usize>,
     /// Checkpoint every N steps (0: only at the end and on interrupt).
     #[arg(long)]
     save_every: Option<u64>,
@@ -139,6 +145,8 @@ fn main() -> anyhow::Result<()> {
         packing: a.packing,
         seed: a.seed,
         dtype: a.dtype,
+        activation_checkpointing: a.activation_checkpointing,
+        loss_chunk: a.loss_chunk,
         save_every: a.save_every,
         keep_last: a.keep_last,
         ..TrainOverrides::default()

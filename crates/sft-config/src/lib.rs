@@ -228,12 +228,28 @@ train_fields! {
     keep_last: usize = 2,
     /// How many global batches `--dump-batches` writes.
     dump_batches: usize = 2,
+    /// Keep only each decoder block's input during the forward pass and recompute the block
+    /// during backward: activation memory of one block instead of all, for about one more
+    /// forward pass of compute. The same gradients (summation order aside).
+    activation_checkpointing: bool = false,
+    /// Compute the loss this many positions of each row at a time (final norm, LM head,
+    /// log-softmax and their backward per chunk), so the `[B, T, V]` logits never exist at
+    /// once; 0 = all positions at once. The same loss and gradients (summation order aside).
+    loss_chunk: usize = 0,
 }
 
 /// The fields that only change how a run is operated (checkpoint cadence and retention, debug
-/// dumps), never the weights it produces. Content keys of trained stages leave them out
-/// ([`TrainConfig::weights_relevant`]), so changing them reuses a stage.
-pub const OPERATIONAL_KEYS: [&str; 3] = ["save_every", "keep_last", "dump_batches"];
+/// dumps, memory-for-compute trades), never the weights it produces beyond floating-point
+/// summation order. Content keys of trained stages leave them out
+/// ([`TrainConfig::weights_relevant`]), so changing them reuses a stage, and a run may be
+/// resumed with other values (turn on checkpointing after an out-of-memory error and resume).
+pub const OPERATIONAL_KEYS: [&str; 5] = [
+    "save_every",
+    "keep_last",
+    "dump_batches",
+    "activation_checkpointing",
+    "loss_chunk",
+];
 
 impl TrainConfig {
     /// Reads a TOML file; missing keys take the defaults, unknown keys are an error, and the

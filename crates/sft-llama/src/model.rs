@@ -440,6 +440,36 @@ pub struct Llama {
     inv_freq: Tensor,
 }
 
+/// The blocks of a [`Llama`] prepared for one batch ([`Llama::blocks`]).
+pub struct Blocks<'a> {
+    model: &'a Llama,
+    pass: Pass,
+}
+
+impl Blocks<'_> {
+    /// Number of blocks (`num_hidden_layers`).
+    pub fn len(&self) -> usize {
+        self.model.blocks.len()
+    }
+
+    /// Whether the model has no blocks (never, for a valid config).
+    pub fn is_empty(&self) -> bool {
+        self.model.blocks.is_empty()
+    }
+
+    /// Block `i` on its input `x` (`[B, T, H]`, the embeddings for block 0): its output, with
+    /// gradients tracked unless the caller is under `no_grad`.
+    pub fn forward(&self, i: usize, x: &Tensor) -> Result<Tensor> {
+        let block = self.model.blocks.get(i).ok_or_else(|| {
+            Error::Input(format!(
+                "block {i} of a model with {} blocks",
+                self.model.blocks.len()
+            ))
+        })?;
+        block.forward(x, &self.pass, None)
+    }
+}
+
 impl std::fmt::Debug for Llama {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Llama")
@@ -583,6 +613,43 @@ impl Llama {
         })
     }
 
+    /// The decoder's blocks for one batch, to run one at a time: what memory-lean training
+    /// (activation checkpointing, a chunked loss) needs. The RoPE tables and the mask are built
+    /// once here, as [`Llama::forward`] builds them, so
+    /// `head(blocks.forward(L-1, … blocks.forward(0, embed(ids))))` is `forward(ids, …)` bit for
+    /// bit. Arguments as in [`Llama::forward`].
+    pub fn blocks(
+        &self,
+        input_ids: &Tensor,
+        position_ids: Option<&Tensor>,
+        attn_mask: Option<&Tensor>,
+    ) -> Result<Blocks<'_>> {
+        let pass = self.pass(input_ids, position_ids, attn_mask, None)?;
+        Ok(Blocks { model: self, pass })
+    }
+
+    /// The token embeddings of `input_ids` (`[B, T]` int64) on the model's device: hidden
+    /// state 0, the input of block 0.
+    pub fn embed(&self, input_ids: &Tensor) -> Result<Tensor> {
+        Ok(Tensor::f_embedding(
+            &self.embed_tokens,
+            &input_ids.f_to_device(self.device())?,
+            -1,
+            false,
+            false,
+        )?)
+    }
+
+    /// The final norm and the LM head on the last block's output `[B, T, H]` (any `T`: the
+    /// chunked loss calls it on slices of the positions): logits `[B, T, V]` in the model's
+    /// dtype.
+    pub fn head(&self, x: &Tensor) -> Result<Tensor> {
+        Ok(self
+            .norm
+            .forward(x)?
+            .f_linear::<Tensor>(&self.lm_head, None)?)
+    }
+
     /// One incremental step for generation, without gradients: appends the keys and values of
     /// `input_ids` (`[B, T]`) to `cache` and returns logits for the new positions.
     ///
@@ -653,17 +720,6 @@ impl Llama {
             logits,
             hidden_states: hidden.finish(),
         })
-    }
-
-    /// The token embeddings of `input_ids` on the model's device (hidden state 0).
-    fn embed(&self, input_ids: &Tensor) -> Result<Tensor> {
-        Ok(Tensor::f_embedding(
-            &self.embed_tokens,
-            &input_ids.f_to_device(self.device())?,
-            -1,
-            false,
-            false,
-        )?)
     }
 
     /// Checks the inputs and builds what every block shares: positions → RoPE tables, the mask.

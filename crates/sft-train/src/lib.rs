@@ -25,6 +25,7 @@
 
 #![deny(missing_docs)]
 
+pub mod backprop;
 pub mod batch;
 pub mod chat;
 pub mod checkpoint;
@@ -45,13 +46,14 @@ pub mod trainer;
 /// examples it is given, batching, data order, optimizer, schedule, precision handling,
 /// checkpoint contents). `sft-run` records it in every stage's `done.json` and never reuses a
 /// stage trained under another version (see `docs/train.md`, "Versions").
-pub const TRAINING_SEMANTICS_VERSION: u32 = 1;
+pub const TRAINING_SEMANTICS_VERSION: u32 = 2;
 
 /// Version of how conversations become token ids and loss masks: bump it whenever a change to
 /// `sft-chat` (templates, tokenizer loading, span location) or to [`chat`] changes the ids or
 /// masks of the same records. Recorded and checked like [`TRAINING_SEMANTICS_VERSION`].
 pub const CHAT_SEMANTICS_VERSION: u32 = 1;
 
+pub use backprop::{forward_backward, Memory};
 pub use chat::{tokenizer_path_for, TemplateEncoder, TokenizerSource};
 pub use config::{
     Dtype, MaskErrorPolicy, NanPolicy, Overlong, Schedule, TrainConfig, TrainOverrides,
@@ -59,7 +61,7 @@ pub use config::{
 };
 pub use data::{read_records, tokenize, ChatEncoder, DataReport, Example, MaskError, IGNORE};
 pub use error::{mentions_oom, Error, ErrorKind, Result};
-pub use model::CausalLm;
+pub use model::{BlockStack, CausalLm};
 pub use run::{eval_loss_at, train, ModelInput, TrainData, TrainJob};
 pub use trainer::{
     eval_loss, install_stop_handler, per_example_losses, train_model, EvalLoss, Resume, RunOptions,

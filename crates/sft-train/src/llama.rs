@@ -5,7 +5,7 @@ use std::path::Path;
 use tch::{Device, Kind, Tensor};
 
 use crate::error::{Error, Result};
-use crate::model::CausalLm;
+use crate::model::{BlockStack, CausalLm};
 
 impl CausalLm for sft_llama::Llama {
     fn forward(
@@ -14,8 +14,27 @@ impl CausalLm for sft_llama::Llama {
         position_ids: Option<&Tensor>,
         attn_mask: Option<&Tensor>,
     ) -> Result<Tensor> {
-        sft_llama::Llama::forward(self, input_ids, position_ids, attn_mask)
-            .map_err(|source| Error::Llama { path: None, source })
+        sft_llama::Llama::forward(self, input_ids, position_ids, attn_mask).map_err(llama_err)
+    }
+
+    fn embed(&self, input_ids: &Tensor) -> Result<Tensor> {
+        sft_llama::Llama::embed(self, input_ids).map_err(llama_err)
+    }
+
+    fn blocks<'a>(
+        &'a self,
+        input_ids: &Tensor,
+        position_ids: Option<&Tensor>,
+        attn_mask: Option<&Tensor>,
+    ) -> Result<Box<dyn BlockStack + 'a>> {
+        Ok(Box::new(
+            sft_llama::Llama::blocks(self, input_ids, position_ids, attn_mask)
+                .map_err(llama_err)?,
+        ))
+    }
+
+    fn head(&self, hidden: &Tensor) -> Result<Tensor> {
+        sft_llama::Llama::head(self, hidden).map_err(llama_err)
     }
 
     fn hf_config(&self) -> serde_json::Value {
@@ -38,4 +57,18 @@ pub fn load_model(path: &Path, device: Device) -> Result<sft_llama::LoadedModel>
         path: Some(path.to_path_buf()),
         source,
     })
+}
+
+fn llama_err(source: sft_llama::Error) -> Error {
+    Error::Llama { path: None, source }
+}
+
+impl BlockStack for sft_llama::Blocks<'_> {
+    fn len(&self) -> usize {
+        sft_llama::Blocks::len(self)
+    }
+
+    fn forward(&self, i: usize, x: &Tensor) -> Result<Tensor> {
+        sft_llama::Blocks::forward(self, i, x).map_err(llama_err)
+    }
 }

@@ -7,8 +7,9 @@
 //! Weight decay is never applied to norms, biases or other 1-D parameters (HF's grouping).
 //!
 //! Mixed precision: when a parameter is not f32 (bf16 on CUDA), the optimizer keeps an f32
-//! master copy, updates that with the f32-cast gradient, and writes it back rounded. The master
-//! copy is what checkpoints store.
+//! master copy, sums the micro-batches' gradients in f32 ([`AdamW::absorb_grads`] after each
+//! backward), updates the master with that sum, and writes it back rounded. The master copy is
+//! what checkpoints store.
 
 use tch::nn::VarStore;
 use tch::{Kind, Tensor};
@@ -24,6 +25,9 @@ struct Param {
     /// f32 master weights when `var` is lower precision.
     master: Option<Tensor>,
     decay: bool,
+    /// The f32 sum of the micro-batches' gradients when `var` is lower precision
+    /// ([`AdamW::absorb_grads`]); `var`'s own gradient is then only the last backward's.
+    grad32: Option<Tensor>,
     exp_avg: Tensor,
     exp_avg_sq: Tensor,
 }
@@ -87,6 +91,7 @@ impl AdamW {
                 var,
                 master,
                 decay,
+                grad32: None,
                 exp_avg,
                 exp_avg_sq,
             });
@@ -112,18 +117,66 @@ impl AdamW {
             .collect()
     }
 
-    /// Sets every gradient to zero (dropping them).
+    /// Sets every gradient to zero (the buffers stay allocated for the next step).
     pub fn zero_grad(&mut self) {
         for p in &mut self.params {
             p.var.zero_grad();
+            if let Some(g) = &mut p.grad32 {
+                let _ = g.f_zero_();
+            }
+        }
+    }
+
+    /// Adds the gradients of lower-precision (bf16) parameters into their f32 accumulators and
+    /// zeroes the bf16 ones; call after every micro-batch's backward, so that gradient
+    /// accumulation across micro-batches happens in f32, not bf16. A no-op for f32 parameters,
+    /// whose gradients libtorch already accumulates in f32.
+    pub fn absorb_grads(&mut self) -> Result<()> {
+        tch::no_grad(|| -> Result<()> {
+            for p in &mut self.params {
+                if p.var.kind() == Kind::Float {
+                    continue;
+                }
+                let mut g = p.var.grad();
+                if !g.defined() {
+                    continue;
+                }
+                match &mut p.grad32 {
+                    Some(acc) => {
+                        let _ = acc.f_add_(&g)?;
+                    }
+                    None => p.grad32 = Some(g.f_to_kind(Kind::Float)?),
+                }
+                let _ = g.f_zero_()?;
+            }
+            Ok(())
+        })
+    }
+
+    /// Each parameter's f32 gradient of the step (the accumulator for bf16 parameters), or an
+    /// undefined tensor when it has none.
+    fn grad_of(p: &Param) -> Tensor {
+        match &p.grad32 {
+            Some(g) => g.shallow_clone(),
+            None => p.var.grad(),
         }
     }
 
     fn grads(&self) -> Vec<Tensor> {
         self.params
             .iter()
-            .map(|p| p.var.grad())
+            .map(Self::grad_of)
             .filter(|g| g.defined())
+            .collect()
+    }
+
+    /// The f32 gradients of the step by parameter name (after [`AdamW::absorb_grads`]); for
+    /// tests and the data-parallel all-reduce.
+    pub fn gradients(&self) -> Vec<(String, Tensor)> {
+        self.params
+            .iter()
+            .map(|p| (p.name.clone(), Self::grad_of(p)))
+            .filter(|(_, g)| g.defined())
             .collect()
     }
 
@@ -176,7 +229,7 @@ impl AdamW {
         let step_size = lr / bc1;
         tch::no_grad(|| -> Result<()> {
             for p in &mut self.params {
-                let g = p.var.grad();
+                let g = Self::grad_of(p);
                 if !g.defined() {
                     continue;
                 }

@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use tch::nn::VarStore;
 use tch::{Kind, Tensor};
 
+use crate::backprop::{forward_backward, Memory};
 use crate::batch::{collate, epoch_plan, Collated, StepPlan};
 use crate::checkpoint::{self, PendingCheckpoint};
 use crate::config::{NanPolicy, TrainConfig};
@@ -171,6 +172,7 @@ struct StepResult {
 /// `sum / targets`, so a token weighs the same whatever the micro-batch split).
 fn accumulate(
     model: &dyn CausalLm,
+    opt: &mut AdamW,
     examples: &[Example],
     step: &StepPlan,
     cfg: &TrainConfig,
@@ -189,14 +191,10 @@ fn accumulate(
         tokens: 0,
         targets: targets as u64,
     };
+    let scale = 1.0 / targets.max(1) as f64;
     for c in &batches {
-        let logits = model.forward(&c.input_ids, c.position_ids.as_ref(), c.attn_mask.as_ref())?;
-        let tl = token_losses(&logits, &c.labels)?;
-        let mut loss = tl.f_sum(Kind::Float)?.f_div_scalar(targets.max(1) as f64)?;
-        if nan {
-            loss = loss.f_mul_scalar(f64::NAN)?;
-        }
-        loss.f_backward()?;
+        let tl = forward_backward(model, c, scale, Memory::of(cfg), nan)?;
+        opt.absorb_grads()?;
         let sum = tl.f_sum(Kind::Double)?.f_double_value(&[])?;
         out.loss_sum += if nan { f64::NAN } else { sum };
         out.tokens += c.tokens as u64;
@@ -517,7 +515,7 @@ fn train_step(run: &Run<'_>, opt: &mut AdamW, p: &mut Progress) -> Result<StepMe
         locate(&run.plans, p.step).ok_or_else(|| Error::Config("step beyond plan".into()))?;
     let t0 = Instant::now();
     let nan = run.ctx.run.inject_nan_at == Some(p.step + 1);
-    let r = accumulate(run.ctx.model, examples, plan, cfg, run.device, nan)?;
+    let r = accumulate(run.ctx.model, opt, examples, plan, cfg, run.device, nan)?;
     let loss = r.loss_sum / r.targets.max(1) as f64;
     let grad_norm = if loss.is_finite() {
         opt.grad_norm()?
