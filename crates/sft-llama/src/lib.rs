@@ -35,5 +35,5 @@ pub use generate::{
 pub use model::{Blocks, ForwardOutput, HiddenStates, KvCache, Llama, LogitsFor};
 pub use weights::{
     load_gguf, load_model, load_safetensors, model_config, pt_metadata, safetensors_bytes,
-    save_safetensors, LoadReport, LoadedModel, ModelSource,
+    save_safetensors, write_safetensors, LoadReport, LoadedModel, ModelSource,
 };

@@ -167,27 +167,6 @@ pub fn hf_dtype_name(kind: Kind) -> Option<&'static str> {
     })
 }
 
-struct Owned {
-    dtype: safetensors::Dtype,
-    shape: Vec<usize>,
-    data: Vec<u8>,
-}
-
-impl safetensors::View for &Owned {
-    fn dtype(&self) -> safetensors::Dtype {
-        self.dtype
-    }
-    fn shape(&self) -> &[usize] {
-        &self.shape
-    }
-    fn data(&self) -> std::borrow::Cow<'_, [u8]> {
-        std::borrow::Cow::Borrowed(&self.data)
-    }
-    fn data_len(&self) -> usize {
-        self.data.len()
-    }
-}
-
 /// The safetensors dtype for a tch kind, for the kinds checkpoints hold.
 fn st_dtype(kind: Kind) -> Option<safetensors::Dtype> {
     Some(match kind {
@@ -200,20 +179,35 @@ fn st_dtype(kind: Kind) -> Option<safetensors::Dtype> {
     })
 }
 
-/// Serialises named tensors to safetensors bytes, in the order given: each is detached, copied
-/// to the CPU and made contiguous. F32, BF16, F16, F64 and I64 are supported (I64 is for
-/// optimizer step counters). `metadata` goes into the header; transformers expects
-/// `{"format": "pt"}` on PyTorch weights, which [`save_safetensors`] writes.
-///
-/// This is the one tensor → safetensors conversion in the workspace: the trainer's checkpoints
-/// use it too and then commit the bytes with their own atomic protocol.
+/// Serialises named tensors to safetensors bytes: [`write_safetensors`] into memory. For
+/// small files (tests, tokenizer-sized tensors); weights and optimizer state are streamed.
 pub fn safetensors_bytes(
     tensors: &[(String, Tensor)],
     metadata: Option<HashMap<String, String>>,
 ) -> Result<Vec<u8>> {
-    let mut owned = Vec::with_capacity(tensors.len());
+    let mut out = Vec::new();
+    write_safetensors(&mut out, tensors, metadata)?;
+    Ok(out)
+}
+
+/// Streams named tensors to `w` as a safetensors file and returns the bytes written. Each
+/// tensor is detached, copied to the CPU and made contiguous only when its turn comes, so one
+/// tensor's bytes are in host memory at a time (a 7B checkpoint does not need its 80 GB of
+/// weights and moments in RAM at once). F32, BF16, F16, F64 and I64 are supported (I64 is for
+/// optimizer step counters). `metadata` goes into the header; transformers expects
+/// `{"format": "pt"}` on PyTorch weights, which [`save_safetensors`] writes.
+///
+/// The header is built and serialised by the `safetensors` crate ([`safetensors::tensor::Metadata`]),
+/// with its order (descending dtype alignment, then name), so the bytes are those
+/// `safetensors::serialize` produces. This is the one tensor → safetensors conversion in the
+/// workspace: the trainer's checkpoints stream through it with their own atomic protocol.
+pub fn write_safetensors(
+    w: &mut dyn std::io::Write,
+    tensors: &[(String, Tensor)],
+    metadata: Option<HashMap<String, String>>,
+) -> Result<u64> {
+    let mut order: Vec<(safetensors::Dtype, &str, &Tensor)> = Vec::with_capacity(tensors.len());
     for (name, t) in tensors {
-        let t = t.f_detach()?.f_to_device(Device::Cpu)?.f_contiguous()?;
         let kind = t.kind();
         let dtype = st_dtype(kind).ok_or_else(|| {
             Error::config(
@@ -221,18 +215,44 @@ pub fn safetensors_bytes(
                 format!("tensor {name}: cannot save kind {kind:?} as safetensors"),
             )
         })?;
-        let numel = t.numel();
-        let mut data = vec![0u8; numel * kind.elt_size_in_bytes()];
-        t.f_copy_data_u8(&mut data, numel)?;
-        let shape = t.size().iter().map(|&d| d as usize).collect();
-        owned.push((name.as_str(), Owned { dtype, shape, data }));
+        order.push((dtype, name.as_str(), t));
     }
-    safetensors::serialize(owned.iter().map(|(n, o)| (*n, o)), metadata).map_err(|e| {
-        Error::Safetensors {
-            path: PathBuf::from("<memory>"),
-            message: e.to_string(),
-        }
-    })
+    order.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(b.1)));
+    let mut infos = Vec::with_capacity(order.len());
+    let mut offset = 0usize;
+    for (dtype, name, t) in &order {
+        let n = t.numel() * t.kind().elt_size_in_bytes();
+        let shape = t.size().iter().map(|&d| d as usize).collect();
+        infos.push((
+            name.to_string(),
+            safetensors::tensor::TensorInfo {
+                dtype: *dtype,
+                shape,
+                data_offsets: (offset, offset + n),
+            },
+        ));
+        offset += n;
+    }
+    let st_err = |message: String| Error::Safetensors {
+        path: PathBuf::from("<stream>"),
+        message,
+    };
+    let header =
+        safetensors::tensor::Metadata::new(metadata, infos).map_err(|e| st_err(e.to_string()))?;
+    let mut header = serde_json::to_vec(&header).map_err(|e| st_err(e.to_string()))?;
+    header.resize(header.len().next_multiple_of(8), b' ');
+    let io = |e: std::io::Error| Error::io(Path::new("<safetensors stream>"), e);
+    w.write_all(&(header.len() as u64).to_le_bytes())
+        .map_err(io)?;
+    w.write_all(&header).map_err(io)?;
+    for (_, _, t) in &order {
+        let t = t.f_detach()?.f_to_device(Device::Cpu)?.f_contiguous()?;
+        let numel = t.numel();
+        let mut data = vec![0u8; numel * t.kind().elt_size_in_bytes()];
+        t.f_copy_data_u8(&mut data, numel)?;
+        w.write_all(&data).map_err(io)?;
+    }
+    Ok((8 + header.len() + offset) as u64)
 }
 
 /// The `{"format": "pt"}` header metadata transformers expects on PyTorch safetensors.
@@ -266,9 +286,11 @@ pub fn save_safetensors(
         };
     }
     let tensors: Vec<(String, Tensor)> = vars.into_iter().collect();
-    let bytes = safetensors_bytes(&tensors, Some(pt_metadata()))?;
     let file = dir.join("model.safetensors");
-    std::fs::write(&file, bytes).map_err(|e| Error::io(&file, e))?;
+    let mut w =
+        std::io::BufWriter::new(std::fs::File::create(&file).map_err(|e| Error::io(&file, e))?);
+    write_safetensors(&mut w, &tensors, Some(pt_metadata()))?;
+    std::io::Write::flush(&mut w).map_err(|e| Error::io(&file, e))?;
     let dtype = if kinds.len() == 1 {
         kinds.first().copied()
     } else {

@@ -94,8 +94,9 @@ pub fn forward_backward(
     let mut start = 0;
     while start < positions {
         let n = chunk.min(positions - start);
-        let logits = model.head(&h.f_narrow(1, start, n)?)?;
-        let tl = span_losses(&logits, &c.labels, start)?;
+        // The logits die here: cross entropy saves only its log-softmax, so backward holds
+        // that, its gradient and the logits' gradient, not the logits too.
+        let tl = span_losses(&model.head(&h.f_narrow(1, start, n)?)?, &c.labels, start)?;
         let mut loss = tl.f_sum(tch::Kind::Float)?.f_mul_scalar(scale)?;
         if poison {
             loss = loss.f_mul_scalar(f64::NAN)?;

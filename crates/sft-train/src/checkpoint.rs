@@ -85,29 +85,83 @@ fn fsync_dir(dir: &Path) -> Result<()> {
     f.sync_all().map_err(|e| Error::io("fsync", dir, e))
 }
 
-fn write_synced(path: &Path, bytes: &[u8]) -> Result<FileEntry> {
+/// What a checkpoint file holds.
+pub enum FileContent {
+    /// Bytes already in memory (JSON state, small files).
+    Bytes(Vec<u8>),
+    /// Named tensors, streamed to the file as safetensors one tensor at a time
+    /// ([`sft_llama::write_safetensors`], `{"format": "pt"}` header): weights and moments never
+    /// sit in host memory as a whole file.
+    Tensors(Vec<(String, Tensor)>),
+}
+
+/// A writer that hashes and counts what passes through it.
+struct Hashing<W> {
+    inner: W,
+    hash: Sha256,
+    len: u64,
+}
+
+impl<W: Write> Write for Hashing<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hash.update(&buf[..n]);
+        self.len += n as u64;
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+fn write_synced(path: &Path, content: &FileContent) -> Result<FileEntry> {
     event("create", path);
-    let mut f = std::fs::File::create(path).map_err(|e| Error::io("create", path, e))?;
+    let f = std::fs::File::create(path).map_err(|e| Error::io("create", path, e))?;
     event("write", path);
-    f.write_all(bytes)
-        .map_err(|e| Error::io("write", path, e))?;
+    let mut w = Hashing {
+        inner: std::io::BufWriter::with_capacity(8 << 20, f),
+        hash: Sha256::new(),
+        len: 0,
+    };
+    match content {
+        FileContent::Bytes(bytes) => w
+            .write_all(bytes)
+            .map_err(|e| Error::io("write", path, e))?,
+        FileContent::Tensors(tensors) => {
+            sft_llama::write_safetensors(&mut w, tensors, Some(sft_llama::pt_metadata())).map_err(
+                |source| Error::Llama {
+                    path: Some(path.to_path_buf()),
+                    source,
+                },
+            )?;
+        }
+    }
+    let Hashing { inner, hash, len } = w;
+    let f = inner
+        .into_inner()
+        .map_err(|e| Error::io("write", path, e.into_error()))?;
     event("fsync", path);
     f.sync_all().map_err(|e| Error::io("fsync", path, e))?;
     Ok(FileEntry {
-        size: bytes.len() as u64,
-        sha256: hex::encode(Sha256::digest(bytes)),
+        size: len,
+        sha256: hex::encode(hash.finalize()),
     })
 }
 
 /// Writes `bytes` to `path` atomically: sibling temp file, fsync, rename, fsync the directory.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    write_file_atomic(path, &FileContent::Bytes(bytes.to_vec()))
+}
+
+/// [`write_atomic`] of any [`FileContent`] (tensors are streamed).
+pub fn write_file_atomic(path: &Path, content: &FileContent) -> Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
     let tmp = dir.join(format!(".{name}.tmp"));
-    write_synced(&tmp, bytes)?;
+    write_synced(&tmp, content)?;
     event("rename", path);
     std::fs::rename(&tmp, path).map_err(|e| Error::io("rename", &tmp, e))?;
     fsync_dir(dir)
@@ -155,7 +209,7 @@ pub struct PendingCheckpoint {
     /// Completed optimizer steps.
     pub step: u64,
     /// File name → contents.
-    pub files: Vec<(String, Vec<u8>)>,
+    pub files: Vec<(String, FileContent)>,
 }
 
 /// Name of a committed checkpoint directory.
@@ -175,8 +229,8 @@ pub fn commit(root: &Path, ckpt: &PendingCheckpoint, keep_last: usize) -> Result
     event("create-dir", &tmp);
     std::fs::create_dir(&tmp).map_err(|e| Error::io("create", &tmp, e))?;
     let mut files = BTreeMap::new();
-    for (name, bytes) in &ckpt.files {
-        files.insert(name.clone(), write_synced(&tmp.join(name), bytes)?);
+    for (name, content) in &ckpt.files {
+        files.insert(name.clone(), write_synced(&tmp.join(name), content)?);
     }
     let manifest = Manifest {
         format_version: FORMAT_VERSION,
@@ -187,7 +241,7 @@ pub fn commit(root: &Path, ckpt: &PendingCheckpoint, keep_last: usize) -> Result
         what: "checkpoint manifest",
         source,
     })?;
-    write_synced(&tmp.join("manifest.json"), &json)?;
+    write_synced(&tmp.join("manifest.json"), &FileContent::Bytes(json))?;
     fsync_dir(&tmp)?;
     if final_dir.exists() {
         // Only possible when the same step is saved twice; the old copy is replaced.
@@ -239,14 +293,25 @@ pub fn verify(dir: &Path) -> Result<Manifest> {
     }
     for (name, entry) in &m.files {
         let p = dir.join(name);
-        let bytes = std::fs::read(&p).map_err(|e| Error::ckpt_file(&p, "unreadable")(e.into()))?;
-        if bytes.len() as u64 != entry.size {
+        // Streamed: a checkpoint's files can be far larger than RAM.
+        let (size, sha256) = std::fs::File::open(&p)
+            .and_then(|f| {
+                let mut h = Hashing {
+                    inner: std::io::sink(),
+                    hash: Sha256::new(),
+                    len: 0,
+                };
+                std::io::copy(&mut std::io::BufReader::with_capacity(8 << 20, f), &mut h)?;
+                Ok((h.len, hex::encode(h.hash.finalize())))
+            })
+            .map_err(|e| Error::ckpt_file(&p, "unreadable")(e.into()))?;
+        if size != entry.size {
             return Err(Error::ckpt(
                 &p,
-                format!("size {} but manifest says {}", bytes.len(), entry.size),
+                format!("size {size} but manifest says {}", entry.size),
             ));
         }
-        if hex::encode(Sha256::digest(&bytes)) != entry.sha256 {
+        if sha256 != entry.sha256 {
             return Err(Error::ckpt(&p, "SHA-256 differs from the manifest"));
         }
     }
@@ -300,7 +365,7 @@ mod tests {
     fn pending(step: u64) -> PendingCheckpoint {
         PendingCheckpoint {
             step,
-            files: vec![("a.bin".into(), vec![step as u8; 100])],
+            files: vec![("a.bin".into(), FileContent::Bytes(vec![step as u8; 100]))],
         }
     }
 

@@ -14,7 +14,7 @@ use tch::{Kind, Tensor};
 
 use crate::backprop::{forward_backward, Memory};
 use crate::batch::{collate, epoch_plan, Collated, StepPlan};
-use crate::checkpoint::{self, PendingCheckpoint};
+use crate::checkpoint::{self, FileContent, PendingCheckpoint};
 use crate::config::{NanPolicy, TrainConfig};
 use crate::data::{ChatEncoder, DataReport, Example, IGNORE};
 use crate::error::{Error, Result};
@@ -394,7 +394,7 @@ pub fn train_model(ctx: &TrainContext<'_>, vs: &mut VarStore) -> Result<TrainOut
         let dir = out_dir.join("final");
         write_hf_dir(
             &dir,
-            model_bytes(vs, &opt)?,
+            model_tensors(vs, &opt),
             pretty(&ctx.model.hf_config())?,
         )?;
         Some(dir)
@@ -607,15 +607,21 @@ fn save_checkpoint(run: &Run<'_>, opt: &AdamW, p: &Progress) -> Result<PathBuf> 
         rng: "data order = f(seed, epoch); no other randomness".into(),
     };
     let files = vec![
-        ("model.safetensors".to_string(), model_bytes(run.vs, opt)?),
+        (
+            "model.safetensors".to_string(),
+            FileContent::Tensors(model_tensors(run.vs, opt)),
+        ),
         (
             "optimizer.safetensors".to_string(),
-            checkpoint::safetensors_bytes(&opt.state_tensors())?,
+            FileContent::Tensors(opt.state_tensors()),
         ),
-        ("trainer_state.json".to_string(), pretty(&st)?.into_bytes()),
+        (
+            "trainer_state.json".to_string(),
+            FileContent::Bytes(pretty(&st)?.into_bytes()),
+        ),
         (
             "config.json".to_string(),
-            pretty(&run.ctx.model.hf_config())?.into_bytes(),
+            FileContent::Bytes(pretty(&run.ctx.model.hf_config())?.into_bytes()),
         ),
     ];
     let dir = checkpoint::commit(
@@ -630,18 +636,18 @@ fn save_checkpoint(run: &Run<'_>, opt: &AdamW, p: &Progress) -> Result<PathBuf> 
     Ok(dir)
 }
 
-/// Every variable of `vs`, with the optimizer's f32 master copies where they exist.
-fn model_bytes(vs: &VarStore, opt: &AdamW) -> Result<Vec<u8>> {
+/// Every variable of `vs`, with the optimizer's f32 master copies where they exist (shallow
+/// clones: the file is streamed from them).
+fn model_tensors(vs: &VarStore, opt: &AdamW) -> Vec<(String, Tensor)> {
     let mut all: BTreeMap<String, Tensor> = vs.variables().into_iter().collect();
     for (name, w) in opt.weights() {
         all.insert(name, w);
     }
-    let list: Vec<(String, Tensor)> = all.into_iter().collect();
-    checkpoint::safetensors_bytes(&list)
+    all.into_iter().collect()
 }
 
 /// Writes an HF-style weights directory atomically (temp dir, fsync, rename).
-fn write_hf_dir(dir: &Path, weights: Vec<u8>, config: String) -> Result<()> {
+fn write_hf_dir(dir: &Path, weights: Vec<(String, Tensor)>, config: String) -> Result<()> {
     let parent = dir.parent().unwrap_or(Path::new("."));
     let name = dir
         .file_name()
@@ -652,7 +658,10 @@ fn write_hf_dir(dir: &Path, weights: Vec<u8>, config: String) -> Result<()> {
         std::fs::remove_dir_all(&tmp).map_err(|e| Error::io("remove", &tmp, e))?;
     }
     std::fs::create_dir_all(&tmp).map_err(|e| Error::io("create", &tmp, e))?;
-    checkpoint::write_atomic(&tmp.join("model.safetensors"), &weights)?;
+    checkpoint::write_file_atomic(
+        &tmp.join("model.safetensors"),
+        &FileContent::Tensors(weights),
+    )?;
     checkpoint::write_atomic(&tmp.join("config.json"), config.as_bytes())?;
     if dir.exists() {
         std::fs::remove_dir_all(dir).map_err(|e| Error::io("remove", dir, e))?;
