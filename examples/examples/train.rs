@@ -103,6 +103,21 @@ struct Args {
     /// (a second stage continuing the first one's optimizer; the schedule is this run's).
     #[arg(long)]
     carry_optimizer_from: Option<PathBuf>,
+    /// Print the per-device memory estimate (weights, gradients, optimizer, activations, loss)
+    /// as a table and JSON, and exit without training.
+    #[arg(long)]
+    estimate: bool,
+    /// Start even when the estimate exceeds the device's memory.
+    #[arg(long)]
+    ignore_memory_estimate: bool,
+    /// Data parallel on this machine: run N ranks (Gloo on CPU, NCCL with one GPU per rank),
+    /// the global batch being N × micro_batch_size × grad_accum. Under torchrun or srun
+    /// (RANK/WORLD_SIZE or SLURM_PROCID set) each process joins as its rank instead.
+    #[arg(long, default_value_t = 1)]
+    nproc_per_node: usize,
+    /// Seconds a rendezvous or collective may take before the run fails (a dead or hung rank).
+    #[arg(long, default_value_t = 1800)]
+    dist_timeout_s: u64,
 }
 
 fn parse_overlong(s: &str) -> Result<Overlong, String> {
@@ -124,6 +139,13 @@ fn parse_dtype(s: &str) -> Result<Dtype, String> {
 fn main() -> anyhow::Result<()> {
     sft_examples::init_logging();
     let a = Args::parse();
+    let launch = sft_dist::Launch::from_env()?;
+    if a.nproc_per_node > 1 && launch.is_none() {
+        // The launcher: this same command as N ranks (they see the variables and join).
+        let args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
+        sft_dist::run_local_ranks(a.nproc_per_node, &std::env::current_exe()?, &args)?;
+        return Ok(());
+    }
     let file = match &a.config {
         Some(p) => TrainConfig::from_toml_file(p)?,
         None => TrainConfig::default(),
@@ -153,7 +175,15 @@ fn main() -> anyhow::Result<()> {
     };
     let cfg = file.with_overrides(&flags);
     cfg.validate()?;
-    let device = a.device.parse::<sft_examples::DeviceSpec>()?.resolve()?;
+    let device = match (
+        a.device.parse::<sft_examples::DeviceSpec>()?.resolve()?,
+        &launch,
+    ) {
+        // One GPU per rank.
+        (tch::Device::Cuda(_), Some(l)) => tch::Device::Cuda(l.local_rank),
+        (d, _) => d,
+    };
+    let rank = launch.as_ref().map_or(0, |l| l.rank);
     let job = TrainJob {
         model: a.model.clone(),
         tokenizer: a.tokenizer.clone(),
@@ -175,10 +205,32 @@ fn main() -> anyhow::Result<()> {
             stop_after: a.stop_after,
             inject_nan_at: None,
             carry_optimizer_from: a.carry_optimizer_from.clone(),
+            ignore_memory_estimate: a.ignore_memory_estimate,
         },
+        distributed: launch.map(|launch| sft_train::Distributed {
+            launch,
+            timeout: std::time::Duration::from_secs(a.dist_timeout_s),
+        }),
     };
+    if a.estimate {
+        let est = sft_train::memory_estimate(&job)
+            .with_context(|| format!("cannot read the shape of {}", a.model.display()))?;
+        let have = sft_llama::device::device_memory_bytes(device);
+        eprint!("{}", est.table());
+        if let Some(h) = have {
+            eprintln!(
+                "{:<16} {:>10.2}",
+                "available",
+                h as f64 / f64::from(1u32 << 30)
+            );
+        }
+        println!("{}", serde_json::to_string_pretty(&est)?);
+        return Ok(());
+    }
     let outcome =
         sft_train::train(&job).with_context(|| format!("training {}", a.model.display()))?;
-    println!("{}", serde_json::to_string_pretty(&outcome)?);
+    if rank == 0 {
+        println!("{}", serde_json::to_string_pretty(&outcome)?);
+    }
     Ok(())
 }

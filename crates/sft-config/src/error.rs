@@ -54,6 +54,17 @@ pub enum Error {
         #[source]
         source: Box<toml::de::Error>,
     },
+    /// A model's shape could not be read (`config.json` or GGUF metadata) for a memory estimate.
+    #[error("{path}: cannot read the model's shape: {message}")]
+    Model {
+        /// The model path.
+        path: PathBuf,
+        /// What is missing or wrong.
+        message: String,
+        /// The underlying error, when there is one.
+        #[source]
+        source: Option<Box<dyn std::error::Error + Send + Sync>>,
+    },
     /// A config file parsed but one of its values is invalid.
     #[error("{path}: {source}")]
     File {
@@ -73,7 +84,10 @@ impl Error {
             | Error::UnknownKey { key, .. }
             | Error::Value { key, .. } => Some(key),
             Error::File { source, .. } => source.key(),
-            Error::NotATable { .. } | Error::Io { .. } | Error::Toml { .. } => None,
+            Error::NotATable { .. }
+            | Error::Io { .. }
+            | Error::Toml { .. }
+            | Error::Model { .. } => None,
         }
     }
 

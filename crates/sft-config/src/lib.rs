@@ -18,6 +18,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 mod error;
+pub mod memory;
 
 pub use error::{Error, Result};
 

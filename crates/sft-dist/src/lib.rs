@@ -75,10 +75,12 @@ mod error;
 mod ffi;
 mod group;
 mod launch;
+mod spawn;
 
 pub use error::{Error, ErrorKind, Result};
 pub use group::{GroupConfig, ProcessGroup};
 pub use launch::Launch;
+pub use spawn::{run_local_ranks, GRACE};
 
 /// Which c10d backend runs the collectives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -380,6 +380,22 @@ impl fmt::Display for EnvReport {
     }
 }
 
+/// The memory a training run on `device` can use: the total memory of a CUDA device (from the
+/// driver), or the host's `MemAvailable` (from `/proc/meminfo`) for the CPU. `None` when it
+/// cannot be read.
+pub fn device_memory_bytes(device: tch::Device) -> Option<u64> {
+    match device {
+        tch::Device::Cuda(i) => gpu_info(i).map(|g| g.total_memory_bytes),
+        tch::Device::Cpu => std::fs::read_to_string("/proc/meminfo")
+            .ok()?
+            .lines()
+            .find_map(|l| l.strip_prefix("MemAvailable:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .map(|kb| kb * 1024),
+        _ => None,
+    }
+}
+
 /// Ask the CUDA driver API (`libcuda.so.1`) for a device's name, memory and compute capability.
 /// tch exposes none of these, and the driver API's signatures are stable across CUDA versions.
 #[allow(unsafe_code)]

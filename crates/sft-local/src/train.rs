@@ -45,6 +45,7 @@ impl LocalBackend {
                 carry_optimizer_from: req.init_optimizer.map(Path::to_path_buf),
                 ..RunOptions::default()
             },
+            distributed: None,
         };
         let outcome = sft_train::train(&job).map_err(Error::train("training"))?;
         if outcome.interrupted {

@@ -166,6 +166,26 @@ pub enum Error {
         #[source]
         source: Box<Error>,
     },
+    /// The memory estimate says the run does not fit the device (checked before anything is
+    /// loaded; [`crate::RunOptions::ignore_memory_estimate`] overrides).
+    #[error(
+        "the run is estimated to need {need} on {device} but {have} is available (out of memory \
+         predicted before start); lower micro_batch_size or max_len, or set \
+         activation_checkpointing = true and loss_chunk = 512, or override the check\n{table}"
+    )]
+    PredictedOom {
+        /// The estimated peak, formatted.
+        need: String,
+        /// The device's memory, formatted.
+        have: String,
+        /// The device.
+        device: String,
+        /// The estimate's table.
+        table: String,
+    },
+    /// A data-parallel collective or the rendezvous failed (a rank died, hung or never came).
+    #[error("data-parallel training: {0}")]
+    Distributed(#[from] sft_dist::Error),
     /// The process was asked to stop (SIGINT/SIGTERM) and stopped after checkpointing.
     #[error("interrupted at step {step}; checkpoint written to {checkpoint}")]
     Interrupted {
@@ -232,6 +252,11 @@ impl Error {
         match self {
             Error::Interrupted { .. } => ErrorKind::Interrupted,
             Error::NonFinite { .. } => ErrorKind::NonFinite,
+            Error::PredictedOom { .. } => ErrorKind::Oom,
+            Error::Distributed(e) => match e.kind() {
+                sft_dist::ErrorKind::Config => ErrorKind::Config,
+                _ => ErrorKind::Io,
+            },
             Error::Record(_)
             | Error::Mask { .. }
             | Error::NoData(_)

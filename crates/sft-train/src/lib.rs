@@ -62,7 +62,7 @@ pub use config::{
 pub use data::{read_records, tokenize, ChatEncoder, DataReport, Example, MaskError, IGNORE};
 pub use error::{mentions_oom, Error, ErrorKind, Result};
 pub use model::{BlockStack, CausalLm};
-pub use run::{eval_loss_at, train, ModelInput, TrainData, TrainJob};
+pub use run::{eval_loss_at, memory_estimate, train, Distributed, ModelInput, TrainData, TrainJob};
 pub use trainer::{
     eval_loss, install_stop_handler, per_example_losses, train_model, EvalLoss, Resume, RunOptions,
     StepMetrics, TrainContext, TrainOutcome,

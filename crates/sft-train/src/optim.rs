@@ -170,6 +170,36 @@ impl AdamW {
             .collect()
     }
 
+    /// Sums the step's f32 gradients over the ranks of `group`, in place, in buckets of about
+    /// 64 MiB (so the reduction's flat buffer stays small); after it every rank holds the
+    /// global batch's gradients and takes the same update.
+    pub fn all_reduce_grads(&mut self, group: &sft_dist::ProcessGroup) -> Result<()> {
+        const BUCKET_BYTES: usize = 64 << 20;
+        let grads = self.grads();
+        if grads.len() != self.params.len() {
+            return Err(Error::Config(format!(
+                "{} of {} parameters have no gradient to reduce",
+                self.params.len() - grads.len(),
+                self.params.len()
+            )));
+        }
+        let mut bucket: Vec<Tensor> = Vec::new();
+        let mut bytes = 0;
+        for g in grads {
+            bytes += g.numel() * 4;
+            bucket.push(g);
+            if bytes >= BUCKET_BYTES {
+                group.all_reduce_sum(&mut bucket)?;
+                bucket.clear();
+                bytes = 0;
+            }
+        }
+        if !bucket.is_empty() {
+            group.all_reduce_sum(&mut bucket)?;
+        }
+        Ok(())
+    }
+
     /// The f32 gradients of the step by parameter name (after [`AdamW::absorb_grads`]); for
     /// tests and the data-parallel all-reduce.
     pub fn gradients(&self) -> Vec<(String, Tensor)> {

@@ -4,6 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
+use sft_config::memory::{gib, DeviceKind, MemoryEstimate, ModelShape, Parallel};
 use sft_record::Record;
 use tch::Device;
 
@@ -52,6 +53,24 @@ pub struct TrainJob {
     pub device: Device,
     /// Resume policy, progress, stop flag, `stop_after`, batch dump, optimizer carry-over.
     pub run: RunOptions,
+    /// Train as one rank of a data-parallel group (`None`: one process).
+    pub distributed: Option<Distributed>,
+}
+
+/// How a job joins a data-parallel run: its rank and rendezvous, and the bound on every
+/// collective (a rank that dies or hangs fails the others within it).
+#[derive(Debug, Clone)]
+pub struct Distributed {
+    /// Rank, world size and rendezvous address ([`sft_dist::Launch::from_env`]).
+    pub launch: sft_dist::Launch,
+    /// Store, rendezvous and collective timeout.
+    pub timeout: std::time::Duration,
+}
+
+impl Distributed {
+    /// The default collective timeout: long enough for rank 0 to write a large checkpoint
+    /// while the others wait in the next collective.
+    pub const DEFAULT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1800);
 }
 
 impl TrainJob {
@@ -72,6 +91,7 @@ impl TrainJob {
             out_dir: out_dir.into(),
             device,
             run: RunOptions::default(),
+            distributed: None,
         }
     }
 
@@ -104,8 +124,18 @@ pub struct ModelInput<'a> {
 pub fn train(job: &TrainJob) -> Result<TrainOutcome> {
     let cfg = &job.config;
     cfg.validate()?;
+    check_memory(job)?;
     let (encoder, examples, report) = prepare(&job.tokenizer_path()?, &job.data.records()?, cfg)?;
     log_report(&report, &encoder);
+    let group = match &job.distributed {
+        Some(d) => {
+            let backend = sft_dist::Backend::for_device(job.device);
+            let g = sft_dist::ProcessGroup::new(&d.launch.group_config(backend, d.timeout))?;
+            tracing::info!(rank = g.rank(), world_size = g.world_size(), %backend, "joined");
+            Some(g)
+        }
+        None => None,
+    };
     let mut loaded = crate::llama::load_model(&job.model, job.device)?;
     let ctx = TrainContext {
         model: &loaded.model,
@@ -115,12 +145,65 @@ pub fn train(job: &TrainJob) -> Result<TrainOutcome> {
         config: cfg,
         out_dir: &job.out_dir,
         run: &job.run,
+        group: group.as_ref(),
     };
     let outcome = train_model(&ctx, &mut loaded.vs)?;
-    if let Some(dir) = &outcome.final_dir {
+    let writer = group.as_ref().is_none_or(|g| g.rank() == 0);
+    if let (Some(dir), true) = (&outcome.final_dir, writer) {
         save_tokenizer(dir, &encoder)?;
     }
+    if let Some(g) = &group {
+        g.barrier()?;
+    }
     Ok(outcome)
+}
+
+/// The memory estimate of `job` (one process) on its device, when the model's shape can be read.
+pub fn memory_estimate(job: &TrainJob) -> Option<MemoryEstimate> {
+    let shape = match ModelShape::from_model_path(&job.model) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(%e, "no memory estimate");
+            return None;
+        }
+    };
+    let kind = match job.device {
+        Device::Cpu => DeviceKind::Cpu,
+        _ => DeviceKind::Cuda,
+    };
+    let par = Parallel {
+        world_size: job
+            .distributed
+            .as_ref()
+            .map_or(1, |d| d.launch.world_size as u64),
+        zero: 0,
+    };
+    Some(MemoryEstimate::new(&shape, &job.config, par, kind))
+}
+
+/// Refuses a job whose estimated peak exceeds the device's memory, before anything is loaded
+/// (unless [`RunOptions::ignore_memory_estimate`]); logs the estimate either way.
+fn check_memory(job: &TrainJob) -> Result<()> {
+    let Some(est) = memory_estimate(job) else {
+        return Ok(());
+    };
+    let have = sft_llama::device::device_memory_bytes(job.device);
+    tracing::info!(
+        peak = %gib(est.peak),
+        available = %have.map(gib).unwrap_or_else(|| "unknown".into()),
+        "memory estimate"
+    );
+    match have {
+        Some(have) if est.peak > have && !job.run.ignore_memory_estimate => {
+            Err(Error::PredictedOom {
+                need: gib(est.peak),
+                have: gib(have),
+                device: format!("{:?}", job.device),
+                table: est.table(),
+            })
+        }
+        _ => Ok(()),
+    }
 }
 
 /// Writes the tokenizer files and [`TOKENIZER_SOURCE`] into the model directory `dir`.

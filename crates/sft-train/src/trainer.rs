@@ -13,7 +13,7 @@ use tch::nn::VarStore;
 use tch::{Kind, Tensor};
 
 use crate::backprop::{forward_backward, Memory};
-use crate::batch::{collate, epoch_plan, Collated, StepPlan};
+use crate::batch::{collate, epoch_plan, Collated, MicroBatch, StepPlan};
 use crate::checkpoint::{self, FileContent, PendingCheckpoint};
 use crate::config::{NanPolicy, TrainConfig};
 use crate::data::{ChatEncoder, DataReport, Example, IGNORE};
@@ -22,6 +22,7 @@ use crate::loss::token_losses;
 use crate::model::CausalLm;
 use crate::optim::{AdamW, AdamWParams};
 use crate::schedule::LrSchedule;
+use sft_dist::ProcessGroup;
 
 /// Whether to continue from `out_dir/checkpoints/`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -57,6 +58,9 @@ pub struct RunOptions {
     /// the learning-rate schedule, warm-up included, is this run's own. Ignored when resuming
     /// from this run's own checkpoint, which already holds the carried state.
     pub carry_optimizer_from: Option<PathBuf>,
+    /// Start even when the memory estimate ([`sft_config::memory`]) exceeds the device's memory
+    /// (the estimate is an estimate; [`crate::train`] refuses otherwise).
+    pub ignore_memory_estimate: bool,
 }
 
 /// What a run did.
@@ -178,20 +182,36 @@ fn accumulate(
     cfg: &TrainConfig,
     device: tch::Device,
     nan: bool,
+    ranks: &Ranks<'_>,
 ) -> Result<StepResult> {
-    let batches: Vec<Collated> = step
+    // This rank's micro-batches of the global step: r, r + W, r + 2W, …
+    let mine: Vec<&MicroBatch> = step
         .micro
+        .iter()
+        .skip(ranks.rank)
+        .step_by(ranks.world)
+        .collect();
+    let batches: Vec<Collated> = mine
         .iter()
         .map(|m| collate(examples, m, cfg.packing, device))
         .collect::<Result<_>>()?;
-    let targets: usize = batches.iter().map(|b| b.target_tokens).sum();
+    let local_targets: usize = batches.iter().map(|b| b.target_tokens).sum();
+    // The loss is normalised by the target tokens of the whole global batch.
+    let targets = ranks.sum(&[local_targets as f64])?[0] as u64;
     let mut out = StepResult {
         loss_sum: 0.0,
         per_source: BTreeMap::new(),
         tokens: 0,
-        targets: targets as u64,
+        targets,
     };
     let scale = 1.0 / targets.max(1) as f64;
+    if batches.is_empty() {
+        // The global step has fewer micro-batches than ranks (an epoch's last step): take part
+        // with zero gradients, so that every rank runs the same collectives.
+        let c = collate(examples, &step.micro[0], cfg.packing, device)?;
+        let _ = forward_backward(model, &c, 0.0, Memory::of(cfg), false)?;
+        opt.absorb_grads()?;
+    }
     for c in &batches {
         let tl = forward_backward(model, c, scale, Memory::of(cfg), nan)?;
         opt.absorb_grads()?;
@@ -220,7 +240,79 @@ fn accumulate(
             e.1 += n;
         }
     }
+    if let Some(g) = ranks.group {
+        opt.all_reduce_grads(g)?;
+        // Loss, tokens and per-source sums of all ranks, in one order every rank knows.
+        let mut v = vec![out.loss_sum, out.tokens as f64];
+        for src in &ranks.sources {
+            let (s, n) = out.per_source.get(src).copied().unwrap_or((0.0, 0));
+            v.extend([s, n as f64]);
+        }
+        let v = ranks.sum(&v)?;
+        out.loss_sum = v[0];
+        out.tokens = v[1] as u64;
+        out.per_source = ranks
+            .sources
+            .iter()
+            .enumerate()
+            .map(|(i, src)| (src.clone(), (v[2 + 2 * i], v[3 + 2 * i] as u64)))
+            .collect();
+    }
     Ok(out)
+}
+
+/// This process's place in a data-parallel run (one rank of one, without a group).
+pub(crate) struct Ranks<'a> {
+    /// The process group, when there is more than one rank.
+    pub(crate) group: Option<&'a ProcessGroup>,
+    /// This rank.
+    pub(crate) rank: usize,
+    /// Number of ranks.
+    pub(crate) world: usize,
+    /// Every source name of the examples, sorted: the order per-source sums are reduced in.
+    sources: Vec<String>,
+}
+
+impl<'a> Ranks<'a> {
+    fn new(group: Option<&'a ProcessGroup>, examples: &[Example]) -> Self {
+        let sources: std::collections::BTreeSet<&str> =
+            examples.iter().map(|e| e.source.as_str()).collect();
+        Ranks {
+            group,
+            rank: group.map_or(0, ProcessGroup::rank),
+            world: group.map_or(1, ProcessGroup::world_size),
+            sources: sources.into_iter().map(str::to_string).collect(),
+        }
+    }
+
+    /// Whether this process writes files (rank 0).
+    fn writes(&self) -> bool {
+        self.rank == 0
+    }
+
+    /// `values` summed over the ranks.
+    pub(crate) fn sum(&self, values: &[f64]) -> Result<Vec<f64>> {
+        let mut v = values.to_vec();
+        if let Some(g) = self.group {
+            g.all_reduce_sum_f64(&mut v)?;
+        }
+        Ok(v)
+    }
+
+    /// Every rank's tensors set to rank 0's.
+    fn broadcast(&self, tensors: &mut [Tensor]) -> Result<()> {
+        if let Some(g) = self.group {
+            g.broadcast(tensors, 0)?;
+        }
+        Ok(())
+    }
+
+    fn barrier(&self) -> Result<()> {
+        if let Some(g) = self.group {
+            g.barrier()?;
+        }
+        Ok(())
+    }
 }
 
 /// What [`train_model`] trains on and with: everything but the variables it updates.
@@ -240,6 +332,9 @@ pub struct TrainContext<'a> {
     pub out_dir: &'a Path,
     /// Resume policy, stop flag, progress, batch dump, optimizer carry-over.
     pub run: &'a RunOptions,
+    /// The data-parallel group this process is one rank of (`None`: one process). Every rank
+    /// gets the same context; rank 0 writes the files.
+    pub group: Option<&'a ProcessGroup>,
 }
 
 /// The state of a run between steps: what a checkpoint saves besides weights and moments.
@@ -264,6 +359,7 @@ struct Run<'a> {
     fingerprint: BTreeMap<String, String>,
     ckpt_root: PathBuf,
     metrics_path: PathBuf,
+    ranks: Ranks<'a>,
 }
 
 /// Trains `ctx.model` (whose parameters are the trainable variables of `vs`) on `ctx.examples`.
@@ -282,16 +378,26 @@ pub fn train_model(ctx: &TrainContext<'_>, vs: &mut VarStore) -> Result<TrainOut
     }
     let device = vs.device();
     let out_dir = ctx.out_dir;
-    std::fs::create_dir_all(out_dir).map_err(|e| Error::io("create", out_dir, e))?;
-    checkpoint::write_atomic(&out_dir.join("train_config.json"), pretty(cfg)?.as_bytes())?;
-    checkpoint::write_atomic(
-        &out_dir.join("data_report.json"),
-        pretty(ctx.data_report)?.as_bytes(),
-    )?;
+    let ranks = Ranks::new(ctx.group, ctx.examples);
+    if ranks.writes() {
+        std::fs::create_dir_all(out_dir).map_err(|e| Error::io("create", out_dir, e))?;
+        checkpoint::write_atomic(&out_dir.join("train_config.json"), pretty(cfg)?.as_bytes())?;
+        checkpoint::write_atomic(
+            &out_dir.join("data_report.json"),
+            pretty(ctx.data_report)?.as_bytes(),
+        )?;
+    }
 
+    // One global order: with W ranks a step has W × grad_accum micro-batches, of which rank r
+    // trains r, r + W, …: the same global batch (and update) as one process with
+    // `grad_accum × W`.
     let epochs = cfg.epochs.max(1);
+    let global = TrainConfig {
+        grad_accum: cfg.grad_accum * ranks.world,
+        ..cfg.clone()
+    };
     let plans: Vec<Vec<StepPlan>> = (0..epochs)
-        .map(|e| epoch_plan(ctx.examples, cfg, e))
+        .map(|e| epoch_plan(ctx.examples, &global, e))
         .collect();
     let planned: u64 = plans.iter().map(|p| p.len() as u64).sum();
     let total = cfg.max_steps.map_or(planned, |m| m.min(planned));
@@ -303,6 +409,9 @@ pub fn train_model(ctx: &TrainContext<'_>, vs: &mut VarStore) -> Result<TrainOut
         weight_decay: cfg.weight_decay,
     };
     let mixed = cfg.dtype == crate::config::Dtype::Bf16;
+    // Every rank starts from rank 0's weights.
+    let mut vars: Vec<Tensor> = vs.trainable_variables();
+    ranks.broadcast(&mut vars)?;
     let mut opt = AdamW::new(vs, hp, mixed)?;
     if mixed {
         if device == tch::Device::Cpu {
@@ -311,6 +420,8 @@ pub fn train_model(ctx: &TrainContext<'_>, vs: &mut VarStore) -> Result<TrainOut
         vs.set_kind(Kind::BFloat16);
     }
     let vs: &VarStore = vs;
+    let mut fingerprint = fingerprint(cfg, ctx.examples);
+    fingerprint.insert("world_size".into(), ranks.world.to_string());
     let run = Run {
         ctx: *ctx,
         vs,
@@ -318,18 +429,19 @@ pub fn train_model(ctx: &TrainContext<'_>, vs: &mut VarStore) -> Result<TrainOut
         plans,
         total,
         sched,
-        fingerprint: fingerprint(cfg, ctx.examples),
+        fingerprint,
         ckpt_root: out_dir.join("checkpoints"),
         metrics_path: out_dir.join("metrics.jsonl"),
+        ranks,
     };
     let mut p = resume(&run, &mut opt)?;
     tch::manual_seed(cfg.seed as i64);
 
-    if let (Some(dir), 0) = (&ctx.run.dump_batches, p.step) {
+    if let (Some(dir), 0, true) = (&ctx.run.dump_batches, p.step, run.ranks.writes()) {
         crate::dump::dump_batches(dir, ctx.examples, &run.plans, cfg, ctx.encoder)?;
     }
 
-    let pb = if ctx.run.progress {
+    let pb = if ctx.run.progress && run.ranks.writes() {
         indicatif::ProgressBar::new(total)
     } else {
         indicatif::ProgressBar::hidden()
@@ -348,33 +460,42 @@ pub fn train_model(ctx: &TrainContext<'_>, vs: &mut VarStore) -> Result<TrainOut
         "training"
     );
 
-    let mut metrics = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&run.metrics_path)
-        .map_err(|e| Error::io("open", &run.metrics_path, e))?;
+    let mut metrics = if run.ranks.writes() {
+        Some(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&run.metrics_path)
+                .map_err(|e| Error::io("open", &run.metrics_path, e))?,
+        )
+    } else {
+        None
+    };
     let mut interrupted = false;
     let mut saved_at = p.resumed_from;
     while p.step < total {
-        if ctx
+        let signalled = ctx
             .run
             .stop
             .as_ref()
-            .is_some_and(|s| s.load(Ordering::SeqCst))
-            || ctx.run.stop_after.is_some_and(|k| p.step >= k)
-        {
+            .is_some_and(|s| s.load(Ordering::SeqCst));
+        // A signal to any rank stops them all at the same step.
+        let signalled = run.ranks.sum(&[f64::from(u8::from(signalled))])?[0] > 0.0;
+        if signalled || ctx.run.stop_after.is_some_and(|k| p.step >= k) {
             interrupted = true;
             break;
         }
         let m = train_step(&run, &mut opt, &mut p)?;
-        let line = serde_json::to_string(&m).map_err(|source| Error::Serialize {
-            what: "metrics line",
-            source,
-        })?;
-        writeln!(metrics, "{line}").map_err(|e| Error::io("write", &run.metrics_path, e))?;
-        metrics
-            .flush()
-            .map_err(|e| Error::io("write", &run.metrics_path, e))?;
+        if let Some(metrics) = &mut metrics {
+            let line = serde_json::to_string(&m).map_err(|source| Error::Serialize {
+                what: "metrics line",
+                source,
+            })?;
+            writeln!(metrics, "{line}").map_err(|e| Error::io("write", &run.metrics_path, e))?;
+            metrics
+                .flush()
+                .map_err(|e| Error::io("write", &run.metrics_path, e))?;
+        }
         pb.set_message(format!("loss {:.4}  {:.0} tok/s", m.loss, m.tokens_per_s));
         pb.set_position(p.step);
         if cfg.save_every > 0 && p.step % cfg.save_every == 0 && p.step < total {
@@ -392,13 +513,17 @@ pub fn train_model(ctx: &TrainContext<'_>, vs: &mut VarStore) -> Result<TrainOut
         None
     } else {
         let dir = out_dir.join("final");
-        write_hf_dir(
-            &dir,
-            model_tensors(vs, &opt),
-            pretty(&ctx.model.hf_config())?,
-        )?;
+        if run.ranks.writes() {
+            write_hf_dir(
+                &dir,
+                model_tensors(vs, &opt),
+                pretty(&ctx.model.hf_config())?,
+            )?;
+        }
         Some(dir)
     };
+    // No rank returns before rank 0's files are committed.
+    run.ranks.barrier()?;
     Ok(TrainOutcome {
         steps: p.step,
         total_steps: total,
@@ -475,11 +600,13 @@ fn resume(run: &Run<'_>, opt: &mut AdamW) -> Result<Progress> {
             p.skipped = st.skipped_steps;
             p.consecutive = st.consecutive_skips;
             p.resumed_from = Some(m.step);
-            truncate_metrics(&run.metrics_path, m.step)?;
+            if run.ranks.writes() {
+                truncate_metrics(&run.metrics_path, m.step)?;
+            }
             tracing::info!(step = m.step, dir = %dir.display(), "resumed from checkpoint");
         }
         (_, None) => {
-            if run.metrics_path.exists() {
+            if run.ranks.writes() && run.metrics_path.exists() {
                 std::fs::remove_file(&run.metrics_path)
                     .map_err(|e| Error::io("remove", &run.metrics_path, e))?;
             }
@@ -515,7 +642,16 @@ fn train_step(run: &Run<'_>, opt: &mut AdamW, p: &mut Progress) -> Result<StepMe
         locate(&run.plans, p.step).ok_or_else(|| Error::Config("step beyond plan".into()))?;
     let t0 = Instant::now();
     let nan = run.ctx.run.inject_nan_at == Some(p.step + 1);
-    let r = accumulate(run.ctx.model, opt, examples, plan, cfg, run.device, nan)?;
+    let r = accumulate(
+        run.ctx.model,
+        opt,
+        examples,
+        plan,
+        cfg,
+        run.device,
+        nan,
+        &run.ranks,
+    )?;
     let loss = r.loss_sum / r.targets.max(1) as f64;
     let grad_norm = if loss.is_finite() {
         opt.grad_norm()?
@@ -595,6 +731,9 @@ fn train_step(run: &Run<'_>, opt: &mut AdamW, p: &mut Progress) -> Result<StepMe
 /// Commits a checkpoint of step `p.step`: weights (f32 masters), AdamW moments, the trainer
 /// state and the model's `config.json`.
 fn save_checkpoint(run: &Run<'_>, opt: &AdamW, p: &Progress) -> Result<PathBuf> {
+    if !run.ranks.writes() {
+        return Ok(run.ckpt_root.join(checkpoint::step_dir_name(p.step)));
+    }
     let st = TrainerState {
         format_version: checkpoint::FORMAT_VERSION,
         step: p.step,

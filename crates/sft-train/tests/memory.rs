@@ -280,3 +280,55 @@ fn a_lean_run_trains_like_the_plain_one_and_resumes_across_settings() {
         }
     }
 }
+
+/// A job whose memory estimate exceeds the machine is refused before anything is loaded, with
+/// the `oom` kind and the estimate's table; the override lets it start.
+#[test]
+fn a_job_predicted_not_to_fit_is_refused_before_it_starts() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = common::workspace().join("fixtures/run/tiny-bytes");
+    let records: Vec<sft_record::Record> = (0..4)
+        .map(|i| sft_record::Record {
+            id: format!("r{i}"),
+            source: "math".into(),
+            messages: vec![
+                sft_record::Message::new(sft_record::Role::User, format!("q{i} plus 1")),
+                sft_record::Message::new(sft_record::Role::Assistant, format!("{}", i + 1)),
+            ],
+            tags: vec![],
+            metadata: Default::default(),
+        })
+        .collect();
+    // 2^40 tokens per micro-batch: petabytes of activations on paper.
+    let cfg = TrainConfig {
+        template: "model".into(),
+        epochs: 1,
+        micro_batch_size: 1 << 10,
+        grad_accum: 1,
+        max_len: 1 << 30,
+        ..TrainConfig::default()
+    };
+    let mut job = sft_train::TrainJob::new(
+        &model,
+        sft_train::TrainData::Records(records),
+        cfg,
+        tmp.path().join("out"),
+        Device::Cpu,
+    );
+    let est = sft_train::memory_estimate(&job).unwrap();
+    assert!(est.peak > 1 << 50, "{}", est.table());
+    let err = sft_train::train(&job).unwrap_err();
+    assert_eq!(err.kind(), sft_train::ErrorKind::Oom, "{err}");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("activation_checkpointing") && msg.contains("activations"),
+        "{msg}"
+    );
+    assert!(
+        !tmp.path().join("out").exists(),
+        "nothing may be written before the check"
+    );
+    job.run.ignore_memory_estimate = true;
+    let o = sft_train::train(&job).unwrap();
+    assert_eq!(o.examples, 4);
+}

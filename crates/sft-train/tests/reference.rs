@@ -105,6 +105,7 @@ fn three_adamw_steps_match_torch_optim_adamw() {
             config: &cfg,
             out_dir: out.path(),
             run: &RunOptions::default(),
+            group: None,
         },
         &mut m.vs,
     )

@@ -392,6 +392,7 @@ fn bf16_mixed_precision_learns_and_tracks_f32() {
             config: &bf,
             out_dir: out.path(),
             run: &RunOptions::default(),
+            group: None,
         },
         &mut m.vs,
     )
@@ -639,6 +640,7 @@ fn carried_optimizer_state_continues_the_run() {
                 config: &one_batch,
                 out_dir: out,
                 run: &opts,
+                group: None,
             },
             &mut m.vs,
         )

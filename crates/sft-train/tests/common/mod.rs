@@ -164,6 +164,7 @@ pub fn run_tiny(
             config: cfg,
             out_dir: out,
             run: opts,
+            group: None,
         },
         &mut m.vs,
     )
