@@ -115,6 +115,9 @@ struct Args {
     /// (RANK/WORLD_SIZE or SLURM_PROCID set) each process joins as its rank instead.
     #[arg(long, default_value_t = 1)]
     nproc_per_node: usize,
+    /// ZeRO stage with several ranks: 0, or 1 (master weights and Adam moments sharded).
+    #[arg(long)]
+    zero: Option<u8>,
     /// Seconds a rendezvous or collective may take before the run fails (a dead or hung rank).
     #[arg(long, default_value_t = 1800)]
     dist_timeout_s: u64,
@@ -169,6 +172,7 @@ fn main() -> anyhow::Result<()> {
         dtype: a.dtype,
         activation_checkpointing: a.activation_checkpointing,
         loss_chunk: a.loss_chunk,
+        zero: a.zero,
         save_every: a.save_every,
         keep_last: a.keep_last,
         ..TrainOverrides::default()

@@ -237,6 +237,11 @@ train_fields! {
     /// log-softmax and their backward per chunk), so the `[B, T, V]` logits never exist at
     /// once; 0 = all positions at once. The same loss and gradients (summation order aside).
     loss_chunk: usize = 0,
+    /// ZeRO stage of a data-parallel run: 0 (every rank holds the whole optimizer state) or 1
+    /// (the f32 master weights and the Adam moments sharded across the ranks: reduce-scatter
+    /// of the gradients, each rank updates its shard, all-gather of the weights). The same
+    /// weights as stage 0; ignored by a single process.
+    zero: u8 = 0,
 }
 
 /// The fields that only change how a run is operated (checkpoint cadence and retention, debug
@@ -244,12 +249,13 @@ train_fields! {
 /// summation order. Content keys of trained stages leave them out
 /// ([`TrainConfig::weights_relevant`]), so changing them reuses a stage, and a run may be
 /// resumed with other values (turn on checkpointing after an out-of-memory error and resume).
-pub const OPERATIONAL_KEYS: [&str; 5] = [
+pub const OPERATIONAL_KEYS: [&str; 6] = [
     "save_every",
     "keep_last",
     "dump_batches",
     "activation_checkpointing",
     "loss_chunk",
+    "zero",
 ];
 
 impl TrainConfig {
@@ -320,6 +326,12 @@ impl TrainConfig {
             return bad(
                 "adam_beta2",
                 format!("must be in [0, 1), got {}", self.adam_beta2),
+            );
+        }
+        if self.zero > 1 {
+            return bad(
+                "zero",
+                format!("must be 0 or 1 (ZeRO stage), got {}", self.zero),
             );
         }
         if self.keep_last == 0 {

@@ -380,6 +380,28 @@ impl fmt::Display for EnvReport {
     }
 }
 
+/// Makes glibc's `malloc` serve every allocation of at least `threshold` bytes with its own
+/// `mmap` and return it to the system when freed (`M_MMAP_THRESHOLD`; fixing it also turns off
+/// glibc's sliding threshold). libtorch's CPU tensors are such allocations: under the default,
+/// freed activations stay in the heap as fragments and a training process's peak RSS grows by
+/// up to a quarter over its live tensors (measured in `docs/benchmarks.md`, "Training memory").
+/// Returns whether the setting took (always false off glibc).
+#[allow(unsafe_code)]
+pub fn return_large_frees_to_os(threshold: usize) -> bool {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        let t = i32::try_from(threshold).unwrap_or(i32::MAX);
+        // SAFETY: mallopt only changes malloc's tuning parameters; any value is accepted or
+        // rejected (return 0) by glibc, and no pointer is involved.
+        unsafe { libc::mallopt(libc::M_MMAP_THRESHOLD, t) == 1 }
+    }
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    {
+        let _ = threshold;
+        false
+    }
+}
+
 /// The memory a training run on `device` can use: the total memory of a CUDA device (from the
 /// driver), or the host's `MemAvailable` (from `/proc/meminfo`) for the CPU. `None` when it
 /// cannot be read.

@@ -93,6 +93,21 @@ pub enum FileContent {
     /// ([`sft_llama::write_safetensors`], `{"format": "pt"}` header): weights and moments never
     /// sit in host memory as a whole file.
     Tensors(Vec<(String, Tensor)>),
+    /// Already written into the staging directory by another process ([`write_staged`]: a
+    /// ZeRO-1 rank's optimizer shard); committing only hashes it.
+    Staged,
+}
+
+/// Size and lower-case hex SHA-256 of a file, read in 8 MiB pieces.
+fn hash_file(path: &Path) -> std::io::Result<(u64, String)> {
+    let f = std::fs::File::open(path)?;
+    let mut h = Hashing {
+        inner: std::io::sink(),
+        hash: Sha256::new(),
+        len: 0,
+    };
+    std::io::copy(&mut std::io::BufReader::with_capacity(8 << 20, f), &mut h)?;
+    Ok((h.len, hex::encode(h.hash.finalize())))
 }
 
 /// A writer that hashes and counts what passes through it.
@@ -115,6 +130,10 @@ impl<W: Write> Write for Hashing<W> {
 }
 
 fn write_synced(path: &Path, content: &FileContent) -> Result<FileEntry> {
+    if let FileContent::Staged = content {
+        let (size, sha256) = hash_file(path).map_err(|e| Error::io("read", path, e))?;
+        return Ok(FileEntry { size, sha256 });
+    }
     event("create", path);
     let f = std::fs::File::create(path).map_err(|e| Error::io("create", path, e))?;
     event("write", path);
@@ -127,6 +146,7 @@ fn write_synced(path: &Path, content: &FileContent) -> Result<FileEntry> {
         FileContent::Bytes(bytes) => w
             .write_all(bytes)
             .map_err(|e| Error::io("write", path, e))?,
+        FileContent::Staged => {}
         FileContent::Tensors(tensors) => {
             sft_llama::write_safetensors(&mut w, tensors, Some(sft_llama::pt_metadata())).map_err(
                 |source| Error::Llama {
@@ -220,14 +240,39 @@ pub fn step_dir_name(step: u64) -> String {
 /// Commits a checkpoint under `root` with the protocol in the module docs, then keeps only the
 /// newest `keep_last` complete checkpoints. Returns the committed directory.
 pub fn commit(root: &Path, ckpt: &PendingCheckpoint, keep_last: usize) -> Result<PathBuf> {
+    prepare_staging(root, ckpt.step)?;
+    commit_staged(root, ckpt, keep_last)
+}
+
+/// The staging directory of step `step`'s checkpoint under `root`.
+pub fn staging_dir(root: &Path, step: u64) -> PathBuf {
+    root.join(format!(".tmp-{}", step_dir_name(step)))
+}
+
+/// Creates an empty staging directory for step `step` (removing a stale one).
+pub fn prepare_staging(root: &Path, step: u64) -> Result<PathBuf> {
     std::fs::create_dir_all(root).map_err(|e| Error::io("create", root, e))?;
-    let final_dir = root.join(step_dir_name(ckpt.step));
-    let tmp = root.join(format!(".tmp-{}", step_dir_name(ckpt.step)));
+    let tmp = staging_dir(root, step);
     if tmp.exists() {
         std::fs::remove_dir_all(&tmp).map_err(|e| Error::io("remove", &tmp, e))?;
     }
     event("create-dir", &tmp);
     std::fs::create_dir(&tmp).map_err(|e| Error::io("create", &tmp, e))?;
+    Ok(tmp)
+}
+
+/// Writes (and fsyncs) one file of step `step`'s checkpoint into its staging directory, for a
+/// process other than the committer (a ZeRO-1 rank's optimizer shard). The committer lists it
+/// as [`FileContent::Staged`].
+pub fn write_staged(root: &Path, step: u64, name: &str, content: &FileContent) -> Result<()> {
+    write_synced(&staging_dir(root, step).join(name), content).map(|_| ())
+}
+
+/// [`commit`] into a staging directory already prepared ([`prepare_staging`]), which may hold
+/// files other processes wrote ([`write_staged`]).
+pub fn commit_staged(root: &Path, ckpt: &PendingCheckpoint, keep_last: usize) -> Result<PathBuf> {
+    let final_dir = root.join(step_dir_name(ckpt.step));
+    let tmp = staging_dir(root, ckpt.step);
     let mut files = BTreeMap::new();
     for (name, content) in &ckpt.files {
         files.insert(name.clone(), write_synced(&tmp.join(name), content)?);
@@ -294,17 +339,8 @@ pub fn verify(dir: &Path) -> Result<Manifest> {
     for (name, entry) in &m.files {
         let p = dir.join(name);
         // Streamed: a checkpoint's files can be far larger than RAM.
-        let (size, sha256) = std::fs::File::open(&p)
-            .and_then(|f| {
-                let mut h = Hashing {
-                    inner: std::io::sink(),
-                    hash: Sha256::new(),
-                    len: 0,
-                };
-                std::io::copy(&mut std::io::BufReader::with_capacity(8 << 20, f), &mut h)?;
-                Ok((h.len, hex::encode(h.hash.finalize())))
-            })
-            .map_err(|e| Error::ckpt_file(&p, "unreadable")(e.into()))?;
+        let (size, sha256) =
+            hash_file(&p).map_err(|e| Error::ckpt_file(&p, "unreadable")(e.into()))?;
         if size != entry.size {
             return Err(Error::ckpt(
                 &p,

@@ -40,6 +40,7 @@ pub mod optim;
 mod run;
 pub mod schedule;
 pub mod trainer;
+pub mod zero;
 
 /// Version of what training computes: bump it whenever a change to `sft-train` changes the
 /// numbers or files a training run produces for the same inputs (loss, masking of the

@@ -12,7 +12,9 @@
 //! what checkpoints store.
 
 use tch::nn::VarStore;
-use tch::{Kind, Tensor};
+use tch::{Device, Kind, Tensor};
+
+use crate::zero::Zero;
 
 use crate::error::{Error, Result};
 
@@ -51,6 +53,8 @@ pub struct AdamW {
     params: Vec<Param>,
     hp: AdamWParams,
     step: u64,
+    /// ZeRO-1: this rank's shard of master weights and moments ([`AdamW::shard`]).
+    zero: Option<Zero>,
 }
 
 /// Whether HF's trainer would decay this parameter (not a norm, not a bias, at least 2-D).
@@ -100,7 +104,52 @@ impl AdamW {
             params,
             hp,
             step: 0,
+            zero: None,
         })
+    }
+
+    /// ZeRO-1: from now on this rank keeps only its `1 / world` shard of the f32 master weights
+    /// and Adam moments (see [`crate::zero`]); the per-parameter copies are freed. Call on a
+    /// fresh optimizer, on every rank, after the weights are the same everywhere.
+    pub fn shard(&mut self, rank: usize, world: usize) -> Result<()> {
+        let weights: Vec<Tensor> = self
+            .params
+            .iter()
+            .map(|p| match &p.master {
+                Some(m) => Ok(m.shallow_clone()),
+                None => Ok(p.var.f_detach()?.f_to_kind(Kind::Float)?),
+            })
+            .collect::<Result<_>>()?;
+        self.zero = Some(Zero::new(rank, world, &weights)?);
+        for p in &mut self.params {
+            let empty = Tensor::f_zeros([0], (Kind::Float, p.var.device()))?;
+            p.master = None;
+            p.exp_avg = empty.shallow_clone();
+            p.exp_avg_sq = empty;
+        }
+        Ok(())
+    }
+
+    /// Whether the state is sharded (ZeRO-1).
+    pub fn is_sharded(&self) -> bool {
+        self.zero.is_some()
+    }
+
+    /// Sums the step's gradients over `group`: an all-reduce of every gradient, or with ZeRO-1
+    /// a reduce-scatter into this rank's shard.
+    pub fn reduce_grads(&mut self, group: &sft_dist::ProcessGroup) -> Result<()> {
+        let grads = self.grads();
+        match &mut self.zero {
+            Some(z) => {
+                if grads.len() != self.params.len() {
+                    return Err(Error::Config(
+                        "a parameter has no gradient to reduce".into(),
+                    ));
+                }
+                z.reduce_scatter(&grads, group)
+            }
+            None => self.all_reduce_grads(group),
+        }
     }
 
     /// Updates done so far.
@@ -211,7 +260,14 @@ impl AdamW {
     }
 
     /// Global L2 norm of all gradients (as `torch.nn.utils.clip_grad_norm_` computes it).
-    pub fn grad_norm(&self) -> Result<f64> {
+    pub fn grad_norm(&self, group: Option<&sft_dist::ProcessGroup>) -> Result<f64> {
+        if let (Some(z), Some(g)) = (&self.zero, group) {
+            // The shards' squared norms summed over the ranks (padding is zero).
+            let mut sq =
+                [tch::no_grad(|| z.grad.f_square()?.f_sum(Kind::Double))?.f_double_value(&[])?];
+            g.all_reduce_sum_f64(&mut sq)?;
+            return Ok(sq[0].sqrt());
+        }
         let grads = self.grads();
         if grads.is_empty() {
             return Ok(0.0);
@@ -237,6 +293,10 @@ impl AdamW {
             return Ok(());
         }
         tch::no_grad(|| -> Result<()> {
+            if let Some(z) = &mut self.zero {
+                let _ = z.grad.f_mul_scalar_(coef)?;
+                return Ok(());
+            }
             for mut g in self.grads() {
                 let _ = g.f_mul_scalar_(coef)?;
             }
@@ -244,19 +304,37 @@ impl AdamW {
         })
     }
 
-    /// One AdamW update at learning rate `lr`.
-    pub fn step(&mut self, lr: f64) -> Result<()> {
+    /// One AdamW update at learning rate `lr` (with ZeRO-1, of this rank's shard, then the
+    /// all-gather of the shards into every rank's weights through `group`).
+    pub fn step(&mut self, lr: f64, group: Option<&sft_dist::ProcessGroup>) -> Result<()> {
         self.step += 1;
         let t = self.step as i32;
-        let AdamWParams {
-            beta1,
-            beta2,
-            eps,
-            weight_decay,
-        } = self.hp;
-        let bc1 = 1.0 - beta1.powi(t);
-        let bc2_sqrt = (1.0 - beta2.powi(t)).sqrt();
-        let step_size = lr / bc1;
+        let hp = self.hp;
+        let bc1 = 1.0 - hp.beta1.powi(t);
+        let bc2_sqrt = (1.0 - hp.beta2.powi(t)).sqrt();
+        if let Some(z) = &mut self.zero {
+            let group = group.ok_or_else(|| {
+                Error::Config("a sharded (ZeRO-1) optimizer needs its process group".into())
+            })?;
+            tch::no_grad(|| -> Result<()> {
+                for (p, _, at, len) in z.pieces() {
+                    let (at, len) = (at as i64, len as i64);
+                    update(
+                        &mut z.master.f_narrow(0, at, len)?,
+                        &z.grad.f_narrow(0, at, len)?,
+                        &mut z.exp_avg.f_narrow(0, at, len)?,
+                        &mut z.exp_avg_sq.f_narrow(0, at, len)?,
+                        self.params[p].decay,
+                        lr,
+                        &hp,
+                        (bc1, bc2_sqrt),
+                    )?;
+                }
+                Ok(())
+            })?;
+            let vars: Vec<Tensor> = self.params.iter().map(|p| p.var.shallow_clone()).collect();
+            return z.all_gather_into(&vars, group);
+        }
         tch::no_grad(|| -> Result<()> {
             for p in &mut self.params {
                 let g = Self::grad_of(p);
@@ -272,21 +350,53 @@ impl AdamW {
                     Some(m) => m.shallow_clone(),
                     None => p.var.shallow_clone(),
                 };
-                if p.decay && weight_decay != 0.0 {
-                    let _ = w.f_mul_scalar_(1.0 - lr * weight_decay)?;
-                }
-                let _ = p.exp_avg.f_lerp_(&g, 1.0 - beta1)?;
-                let _ = p.exp_avg_sq.f_mul_scalar_(beta2)?;
-                let _ = p.exp_avg_sq.f_addcmul_(&g.f_mul_scalar(1.0 - beta2)?, &g)?;
-                let mut denom = p.exp_avg_sq.f_sqrt()?.f_div_scalar(bc2_sqrt)?;
-                let _ = denom.f_add_scalar_(eps)?;
-                let _ = w.f_addcdiv_(&p.exp_avg.f_mul_scalar(-step_size)?, &denom)?;
+                update(
+                    &mut w,
+                    &g,
+                    &mut p.exp_avg,
+                    &mut p.exp_avg_sq,
+                    p.decay,
+                    lr,
+                    &hp,
+                    (bc1, bc2_sqrt),
+                )?;
                 if p.master.is_some() {
                     p.var.f_copy_(&w)?;
                 }
             }
             Ok(())
         })
+    }
+
+    /// The f32 weights by parameter name for a checkpoint: the master copies where they exist;
+    /// with ZeRO-1 and lower-precision variables, every rank's master shard gathered through
+    /// `group` (each rank must call it). With ZeRO-1 in f32 the variables are the masters.
+    pub fn full_weights(
+        &self,
+        group: Option<&sft_dist::ProcessGroup>,
+    ) -> Result<Vec<(String, Tensor)>> {
+        let (Some(z), Some(g)) = (&self.zero, group) else {
+            return Ok(self.weights());
+        };
+        if self.params.iter().all(|p| p.var.kind() == Kind::Float) {
+            return Ok(self.weights());
+        }
+        let full: Vec<Tensor> = self
+            .params
+            .iter()
+            .map(|p| Tensor::f_zeros(p.var.size(), (Kind::Float, Device::Cpu)))
+            .collect::<Result<_, _>>()?;
+        z.gather_chunks(g, |r, done, piece| {
+            let a = r * z.per_rank + done;
+            let host = piece.f_to_device(Device::Cpu)?;
+            crate::zero::copy_in(&full, &z.layout, a, a + piece.size()[0] as usize, &host)
+        })?;
+        Ok(self
+            .params
+            .iter()
+            .zip(full)
+            .map(|(p, t)| (p.name.clone(), t))
+            .collect())
     }
 
     /// The f32 weights (master copies where they exist) by parameter name.
@@ -302,8 +412,23 @@ impl AdamW {
             .collect()
     }
 
-    /// State tensors for a checkpoint: `exp_avg.<name>` and `exp_avg_sq.<name>`.
+    /// State tensors for a checkpoint: `exp_avg.<name>` and `exp_avg_sq.<name>`; with ZeRO-1
+    /// this rank's shard: `zero.exp_avg`, `zero.exp_avg_sq` and `zero.layout` (world, rank,
+    /// total elements, elements per rank).
     pub fn state_tensors(&self) -> Vec<(String, Tensor)> {
+        if let Some(z) = &self.zero {
+            let layout = Tensor::from_slice(&[
+                z.world as i64,
+                z.rank as i64,
+                z.layout.total as i64,
+                z.per_rank as i64,
+            ]);
+            return vec![
+                ("zero.exp_avg".into(), z.exp_avg.shallow_clone()),
+                ("zero.exp_avg_sq".into(), z.exp_avg_sq.shallow_clone()),
+                ("zero.layout".into(), layout),
+            ];
+        }
         let mut out = Vec::with_capacity(self.params.len() * 2);
         for p in &self.params {
             out.push((format!("exp_avg.{}", p.name), p.exp_avg.shallow_clone()));
@@ -315,10 +440,107 @@ impl AdamW {
         out
     }
 
+    /// The whole-model state (`exp_avg.<name>`, `exp_avg_sq.<name>`) assembled from every
+    /// rank's ZeRO-1 shard (`zero.*` tensors, in rank order), for a run with another world size
+    /// or without ZeRO.
+    pub fn merge_shards(&self, shards: &[Vec<(String, Tensor)>]) -> Result<Vec<(String, Tensor)>> {
+        let numels: Vec<usize> = self.params.iter().map(|p| p.var.numel()).collect();
+        let layout = crate::zero::Layout::new(numels);
+        let mut out = Vec::new();
+        for key in ["exp_avg", "exp_avg_sq"] {
+            let mut parts = Vec::with_capacity(shards.len());
+            for (r, shard) in shards.iter().enumerate() {
+                let get = |k: &str| {
+                    shard
+                        .iter()
+                        .find(|(n, _)| n == k)
+                        .map(|(_, t)| t.shallow_clone())
+                        .ok_or_else(|| Error::Config(format!("shard {r} lacks `{k}`")))
+                };
+                let l: Vec<i64> = Vec::<i64>::try_from(&get("zero.layout")?)?;
+                if l.len() != 4
+                    || l[0] as usize != shards.len()
+                    || l[1] as usize != r
+                    || l[2] as usize != layout.total
+                {
+                    return Err(Error::Config(format!(
+                        "shard {r} has layout {l:?}; expected world {}, rank {r}, {} elements",
+                        shards.len(),
+                        layout.total
+                    )));
+                }
+                parts.push(get(&format!("zero.{key}"))?);
+            }
+            let flat = Tensor::f_cat(&parts, 0)?;
+            for (p, (&off, &n)) in self
+                .params
+                .iter()
+                .zip(layout.offsets.iter().zip(&layout.numels))
+            {
+                let t = flat
+                    .f_narrow(0, off as i64, n as i64)?
+                    .f_reshape(p.var.size())?;
+                out.push((format!("{key}.{}", p.name), t));
+            }
+        }
+        Ok(out)
+    }
+
     /// Restores moments and the step count; every parameter must be present with its shape.
     pub fn load_state(&mut self, step: u64, tensors: &[(String, Tensor)]) -> Result<()> {
         let map: std::collections::HashMap<&str, &Tensor> =
             tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
+        if let Some(z) = &mut self.zero {
+            return tch::no_grad(|| -> Result<()> {
+                if let Some(layout) = map.get("zero.layout") {
+                    let l: Vec<i64> = Vec::<i64>::try_from(*layout)?;
+                    let want = [
+                        z.world as i64,
+                        z.rank as i64,
+                        z.layout.total as i64,
+                        z.per_rank as i64,
+                    ];
+                    if l != want {
+                        return Err(Error::Config(format!(
+                            "optimizer shard has layout {l:?} (world, rank, total, per rank), this run needs {want:?}"
+                        )));
+                    }
+                    for (key, dst) in [
+                        ("zero.exp_avg", &z.exp_avg),
+                        ("zero.exp_avg_sq", &z.exp_avg_sq),
+                    ] {
+                        let src = map.get(key).ok_or_else(|| {
+                            Error::Config(format!("optimizer shard lacks `{key}`"))
+                        })?;
+                        dst.shallow_clone().f_copy_(src)?;
+                    }
+                } else {
+                    // A whole-model state: take this rank's slice of it.
+                    for (prefix, dst) in [("exp_avg", &z.exp_avg), ("exp_avg_sq", &z.exp_avg_sq)] {
+                        let full: Vec<Tensor> = self
+                            .params
+                            .iter()
+                            .map(|p| {
+                                map.get(format!("{prefix}.{}", p.name).as_str())
+                                    .map(|t| t.shallow_clone())
+                                    .ok_or_else(|| {
+                                        Error::Config(format!(
+                                            "optimizer state lacks `{prefix}.{}`",
+                                            p.name
+                                        ))
+                                    })
+                            })
+                            .collect::<Result<_>>()?;
+                        let (a, b) = z.range();
+                        let host = Tensor::f_zeros([(b - a) as i64], (Kind::Float, Device::Cpu))?;
+                        crate::zero::copy_out(&full, &z.layout, a, b, &host)?;
+                        dst.shallow_clone().f_copy_(&host)?;
+                    }
+                }
+                self.step = step;
+                Ok(())
+            });
+        }
         let get = |key: String, like: &Tensor| -> Result<Tensor> {
             let t = map
                 .get(key.as_str())
@@ -369,7 +591,45 @@ impl AdamW {
                 }
                 p.var.f_copy_(src)?;
             }
+            if let Some(z) = &mut self.zero {
+                // The shard's master weights are the loaded f32 values (not the rounded vars).
+                let srcs: Vec<Tensor> = self
+                    .params
+                    .iter()
+                    .map(|p| map[p.name.as_str()].shallow_clone())
+                    .collect();
+                let (a, b) = z.range();
+                let host = Tensor::f_zeros([(b - a) as i64], (Kind::Float, Device::Cpu))?;
+                crate::zero::copy_out(&srcs, &z.layout, a, b, &host)?;
+                z.master.f_copy_(&host)?;
+            }
             Ok(())
         })
     }
+}
+
+/// The AdamW update of one tensor (or a shard's piece of one), in place, as
+/// `torch.optim.AdamW`'s single-tensor path: decoupled decay `w *= 1 - lr·wd`,
+/// `m.lerp_(g, 1-β1)`, `v = v·β2 + (1-β2)·g·g`, `w -= lr/(1-β1^t) · m / (sqrt(v)/sqrt(1-β2^t) + ε)`.
+#[allow(clippy::too_many_arguments)]
+fn update(
+    w: &mut Tensor,
+    g: &Tensor,
+    m: &mut Tensor,
+    v: &mut Tensor,
+    decay: bool,
+    lr: f64,
+    hp: &AdamWParams,
+    (bc1, bc2_sqrt): (f64, f64),
+) -> Result<()> {
+    if decay && hp.weight_decay != 0.0 {
+        let _ = w.f_mul_scalar_(1.0 - lr * hp.weight_decay)?;
+    }
+    let _ = m.f_lerp_(g, 1.0 - hp.beta1)?;
+    let _ = v.f_mul_scalar_(hp.beta2)?;
+    let _ = v.f_addcmul_(&g.f_mul_scalar(1.0 - hp.beta2)?, g)?;
+    let mut denom = v.f_sqrt()?.f_div_scalar(bc2_sqrt)?;
+    let _ = denom.f_add_scalar_(hp.eps)?;
+    let _ = w.f_addcdiv_(&m.f_mul_scalar(-lr / bc1)?, &denom)?;
+    Ok(())
 }

@@ -125,6 +125,8 @@ pub fn train(job: &TrainJob) -> Result<TrainOutcome> {
     let cfg = &job.config;
     cfg.validate()?;
     check_memory(job)?;
+    // Freed activations go back to the OS, so the peak RSS is what the estimate counts.
+    sft_llama::device::return_large_frees_to_os(4 << 20);
     let (encoder, examples, report) = prepare(&job.tokenizer_path()?, &job.data.records()?, cfg)?;
     log_report(&report, &encoder);
     let group = match &job.distributed {
@@ -176,7 +178,7 @@ pub fn memory_estimate(job: &TrainJob) -> Option<MemoryEstimate> {
             .distributed
             .as_ref()
             .map_or(1, |d| d.launch.world_size as u64),
-        zero: 0,
+        zero: job.config.zero,
     };
     Some(MemoryEstimate::new(&shape, &job.config, par, kind))
 }

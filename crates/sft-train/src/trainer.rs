@@ -241,7 +241,7 @@ fn accumulate(
         }
     }
     if let Some(g) = ranks.group {
-        opt.all_reduce_grads(g)?;
+        opt.reduce_grads(g)?;
         // Loss, tokens and per-source sums of all ranks, in one order every rank knows.
         let mut v = vec![out.loss_sum, out.tokens as f64];
         for src in &ranks.sources {
@@ -310,6 +310,13 @@ impl<'a> Ranks<'a> {
     fn barrier(&self) -> Result<()> {
         if let Some(g) = self.group {
             g.barrier()?;
+        }
+        Ok(())
+    }
+
+    fn barrier_if(&self, cond: bool) -> Result<()> {
+        if cond {
+            self.barrier()?;
         }
         Ok(())
     }
@@ -413,6 +420,11 @@ pub fn train_model(ctx: &TrainContext<'_>, vs: &mut VarStore) -> Result<TrainOut
     let mut vars: Vec<Tensor> = vs.trainable_variables();
     ranks.broadcast(&mut vars)?;
     let mut opt = AdamW::new(vs, hp, mixed)?;
+    if cfg.zero >= 1 && ranks.world > 1 {
+        opt.shard(ranks.rank, ranks.world)?;
+    } else if cfg.zero >= 1 {
+        tracing::warn!("zero = 1 has no effect in a single process");
+    }
     if mixed {
         if device == tch::Device::Cpu {
             tracing::warn!("bf16 compute on the CPU is slow; it is meant for CUDA");
@@ -513,12 +525,9 @@ pub fn train_model(ctx: &TrainContext<'_>, vs: &mut VarStore) -> Result<TrainOut
         None
     } else {
         let dir = out_dir.join("final");
+        let weights = model_tensors(vs, &opt, run.ranks.group)?;
         if run.ranks.writes() {
-            write_hf_dir(
-                &dir,
-                model_tensors(vs, &opt),
-                pretty(&ctx.model.hf_config())?,
-            )?;
+            write_hf_dir(&dir, weights, pretty(&ctx.model.hf_config())?)?;
         }
         Some(dir)
     };
@@ -592,10 +601,7 @@ fn resume(run: &Run<'_>, opt: &mut AdamW) -> Result<Progress> {
             opt.load_weights(&checkpoint::read_safetensors(
                 &dir.join("model.safetensors"),
             )?)?;
-            opt.load_state(
-                st.optimizer_steps,
-                &checkpoint::read_safetensors(&dir.join("optimizer.safetensors"))?,
-            )?;
+            opt.load_state(st.optimizer_steps, &optimizer_state(&dir, opt, &run.ranks)?)?;
             p.step = m.step;
             p.skipped = st.skipped_steps;
             p.consecutive = st.consecutive_skips;
@@ -619,14 +625,12 @@ fn resume(run: &Run<'_>, opt: &mut AdamW) -> Result<Progress> {
                     )
                 })?;
                 let st = read_state(&dir)?;
-                opt.load_state(
-                    st.optimizer_steps,
-                    &checkpoint::read_safetensors(&dir.join("optimizer.safetensors"))?,
-                )
-                .map_err(|e| Error::Carry {
-                    dir: dir.clone(),
-                    source: Box::new(e),
-                })?;
+                optimizer_state(&dir, opt, &run.ranks)
+                    .and_then(|t| opt.load_state(st.optimizer_steps, &t))
+                    .map_err(|e| Error::Carry {
+                        dir: dir.clone(),
+                        source: Box::new(e),
+                    })?;
                 tracing::info!(from = %dir.display(), optimizer_steps = st.optimizer_steps, "carried optimizer state over");
             }
         }
@@ -654,7 +658,7 @@ fn train_step(run: &Run<'_>, opt: &mut AdamW, p: &mut Progress) -> Result<StepMe
     )?;
     let loss = r.loss_sum / r.targets.max(1) as f64;
     let grad_norm = if loss.is_finite() {
-        opt.grad_norm()?
+        opt.grad_norm(run.ranks.group)?
     } else {
         f64::NAN
     };
@@ -691,7 +695,7 @@ fn train_step(run: &Run<'_>, opt: &mut AdamW, p: &mut Progress) -> Result<StepMe
     } else {
         p.consecutive = 0;
         opt.clip(cfg.max_grad_norm, grad_norm)?;
-        opt.step(lr)?;
+        opt.step(lr, run.ranks.group)?;
         opt.zero_grad();
     }
     p.step += 1;
@@ -731,8 +735,35 @@ fn train_step(run: &Run<'_>, opt: &mut AdamW, p: &mut Progress) -> Result<StepMe
 /// Commits a checkpoint of step `p.step`: weights (f32 masters), AdamW moments, the trainer
 /// state and the model's `config.json`.
 fn save_checkpoint(run: &Run<'_>, opt: &AdamW, p: &Progress) -> Result<PathBuf> {
+    // Collective with ZeRO-1 in bf16 (the master shards are gathered): every rank calls it.
+    let weights = model_tensors(run.vs, opt, run.ranks.group)?;
+    let root = &run.ckpt_root;
+    let mut optimizer = vec![(
+        "optimizer.safetensors".to_string(),
+        FileContent::Tensors(opt.state_tensors()),
+    )];
+    if opt.is_sharded() {
+        // Each rank writes its own optimizer shard into the staging directory rank 0 prepared;
+        // rank 0 commits them with the rest.
+        if run.ranks.writes() {
+            checkpoint::prepare_staging(root, p.step)?;
+        }
+        run.ranks.barrier()?;
+        let name = shard_file(run.ranks.rank, run.ranks.world);
+        checkpoint::write_staged(
+            root,
+            p.step,
+            &name,
+            &FileContent::Tensors(opt.state_tensors()),
+        )?;
+        run.ranks.barrier()?;
+        optimizer = (0..run.ranks.world)
+            .map(|r| (shard_file(r, run.ranks.world), FileContent::Staged))
+            .collect();
+    }
     if !run.ranks.writes() {
-        return Ok(run.ckpt_root.join(checkpoint::step_dir_name(p.step)));
+        run.ranks.barrier_if(opt.is_sharded())?;
+        return Ok(root.join(checkpoint::step_dir_name(p.step)));
     }
     let st = TrainerState {
         format_version: checkpoint::FORMAT_VERSION,
@@ -745,44 +776,88 @@ fn save_checkpoint(run: &Run<'_>, opt: &AdamW, p: &Progress) -> Result<PathBuf> 
         examples: run.ctx.examples.len(),
         rng: "data order = f(seed, epoch); no other randomness".into(),
     };
-    let files = vec![
-        (
-            "model.safetensors".to_string(),
-            FileContent::Tensors(model_tensors(run.vs, opt)),
-        ),
-        (
-            "optimizer.safetensors".to_string(),
-            FileContent::Tensors(opt.state_tensors()),
-        ),
-        (
-            "trainer_state.json".to_string(),
-            FileContent::Bytes(pretty(&st)?.into_bytes()),
-        ),
-        (
-            "config.json".to_string(),
-            FileContent::Bytes(pretty(&run.ctx.model.hf_config())?.into_bytes()),
-        ),
-    ];
-    let dir = checkpoint::commit(
-        &run.ckpt_root,
-        &PendingCheckpoint {
-            step: p.step,
-            files,
-        },
-        run.ctx.config.keep_last,
-    )?;
+    let mut files = vec![(
+        "model.safetensors".to_string(),
+        FileContent::Tensors(weights),
+    )];
+    files.append(&mut optimizer);
+    files.push((
+        "trainer_state.json".to_string(),
+        FileContent::Bytes(pretty(&st)?.into_bytes()),
+    ));
+    files.push((
+        "config.json".to_string(),
+        FileContent::Bytes(pretty(&run.ctx.model.hf_config())?.into_bytes()),
+    ));
+    let pending = PendingCheckpoint {
+        step: p.step,
+        files,
+    };
+    let keep = run.ctx.config.keep_last;
+    let dir = if opt.is_sharded() {
+        let dir = checkpoint::commit_staged(root, &pending, keep)?;
+        run.ranks.barrier()?;
+        dir
+    } else {
+        checkpoint::commit(root, &pending, keep)?
+    };
     tracing::info!(step = p.step, dir = %dir.display(), "checkpoint committed");
     Ok(dir)
 }
 
-/// Every variable of `vs`, with the optimizer's f32 master copies where they exist (shallow
-/// clones: the file is streamed from them).
-fn model_tensors(vs: &VarStore, opt: &AdamW) -> Vec<(String, Tensor)> {
+/// The optimizer state of the checkpoint `dir` for this rank: the whole-model
+/// `optimizer.safetensors`, this rank's own shard when the checkpoint was saved under ZeRO-1 by
+/// the same world size, or else every shard merged into the whole-model form.
+fn optimizer_state(dir: &Path, opt: &AdamW, ranks: &Ranks<'_>) -> Result<Vec<(String, Tensor)>> {
+    let whole = dir.join("optimizer.safetensors");
+    if whole.exists() {
+        return checkpoint::read_safetensors(&whole);
+    }
+    let own = dir.join(shard_file(ranks.rank, ranks.world));
+    if opt.is_sharded() && own.exists() {
+        return checkpoint::read_safetensors(&own);
+    }
+    let mut shards: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(|e| Error::io("read", dir, e))?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("optimizer-rank-"))
+        })
+        .collect();
+    shards.sort();
+    if shards.is_empty() {
+        return Err(Error::ckpt(
+            dir,
+            "no optimizer state (optimizer*.safetensors)",
+        ));
+    }
+    let read: Vec<Vec<(String, Tensor)>> = shards
+        .iter()
+        .map(|p| checkpoint::read_safetensors(p))
+        .collect::<Result<_>>()?;
+    opt.merge_shards(&read)
+        .map_err(|e| Error::ckpt(dir, format!("merging the ZeRO-1 optimizer shards: {e}")))
+}
+
+/// The file of rank `rank`'s optimizer shard (ZeRO-1) in a checkpoint.
+fn shard_file(rank: usize, world: usize) -> String {
+    format!("optimizer-rank-{rank:05}-of-{world:05}.safetensors")
+}
+
+/// Every variable of `vs`, with the optimizer's f32 master weights where they exist (shallow
+/// clones: the file is streamed from them). Collective under ZeRO-1 in bf16.
+fn model_tensors(
+    vs: &VarStore,
+    opt: &AdamW,
+    group: Option<&ProcessGroup>,
+) -> Result<Vec<(String, Tensor)>> {
     let mut all: BTreeMap<String, Tensor> = vs.variables().into_iter().collect();
-    for (name, w) in opt.weights() {
+    for (name, w) in opt.full_weights(group)? {
         all.insert(name, w);
     }
-    all.into_iter().collect()
+    Ok(all.into_iter().collect())
 }
 
 /// Writes an HF-style weights directory atomically (temp dir, fsync, rename).
