@@ -19,6 +19,7 @@
 #include <utility>
 #include <vector>
 
+#include <ATen/ops/_fused_adamw.h>
 #include <c10/util/Exception.h>
 #include <torch/csrc/distributed/c10d/Backend.hpp>
 #include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
@@ -336,6 +337,34 @@ SdError* sd_barrier(SdGroup* group) {
     c10d::BarrierOptions opts;
     opts.timeout = g.timeout;
     wait(g, g.backend->barrier(opts));
+  });
+}
+
+SdError* sd_fused_adamw(
+    sd_tensor* const* params,
+    sd_tensor* const* grads,
+    sd_tensor* const* exp_avgs,
+    sd_tensor* const* exp_avg_sqs,
+    sd_tensor* const* steps,
+    size_t n,
+    double lr,
+    double beta1,
+    double beta2,
+    double weight_decay,
+    double eps) {
+  return guarded(Phase::Init, [&] {
+    std::vector<at::Tensor> p, g, m, v, t;
+    for (size_t i = 0; i < n; ++i) {
+      p.push_back(checked(params[i], "param"));
+      g.push_back(checked(grads[i], "grad"));
+      m.push_back(checked(exp_avgs[i], "exp_avg"));
+      v.push_back(checked(exp_avg_sqs[i], "exp_avg_sq"));
+      t.push_back(checked(steps[i], "step"));
+    }
+    at::_fused_adamw_(
+        p, g, m, v, /*max_exp_avg_sqs=*/{}, t, lr, beta1, beta2, weight_decay, eps,
+        /*amsgrad=*/false, /*maximize=*/false, /*grad_scale=*/std::nullopt,
+        /*found_inf=*/std::nullopt);
   });
 }
 

@@ -70,6 +70,24 @@ SdError* sd_reduce_scatter_sum(SdGroup* group, sd_tensor* output, const sd_tenso
 SdError* sd_all_gather(SdGroup* group, sd_tensor* output, const sd_tensor* input);
 SdError* sd_barrier(SdGroup* group);
 
+// libtorch's fused multi-tensor AdamW (`at::_fused_adamw_`, what torch.optim.AdamW(fused=True)
+// runs) over `n` parameters, in place: params, exp_avgs and exp_avg_sqs are updated; each
+// `steps[i]` (an f32 scalar tensor on the parameter's device) holds the 1-based number of the
+// step being taken (the bias correction uses it; torch.optim increments it first). All
+// tensors f32 and on one device (CUDA or CPU); no AMSGrad, no maximize, no grad scaling.
+SdError* sd_fused_adamw(
+    sd_tensor* const* params,
+    sd_tensor* const* grads,
+    sd_tensor* const* exp_avgs,
+    sd_tensor* const* exp_avg_sqs,
+    sd_tensor* const* steps,
+    size_t n,
+    double lr,
+    double beta1,
+    double beta2,
+    double weight_decay,
+    double eps);
+
 #ifdef __cplusplus
 }
 #endif

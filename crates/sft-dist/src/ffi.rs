@@ -56,6 +56,19 @@ extern "C" {
         input: *const c_void,
     ) -> *mut SdError;
     fn sd_barrier(group: *mut SdGroup) -> *mut SdError;
+    fn sd_fused_adamw(
+        params: *const *mut c_void,
+        grads: *const *mut c_void,
+        exp_avgs: *const *mut c_void,
+        exp_avg_sqs: *const *mut c_void,
+        steps: *const *mut c_void,
+        n: usize,
+        lr: f64,
+        beta1: f64,
+        beta2: f64,
+        weight_decay: f64,
+        eps: f64,
+    ) -> *mut SdError;
 }
 
 const SD_CONFIG: i32 = 1;
@@ -223,4 +236,53 @@ impl Drop for RawGroup {
         // SAFETY: the pointer came from sd_group_new, is owned by self and is freed only here.
         unsafe { sd_group_free(self.ptr()) }
     }
+}
+
+/// `at::_fused_adamw_` over parallel lists of tensors (see `sd_fused_adamw` in the header).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn fused_adamw(
+    params: &mut [tch::Tensor],
+    grads: &[tch::Tensor],
+    exp_avgs: &mut [tch::Tensor],
+    exp_avg_sqs: &mut [tch::Tensor],
+    steps: &mut [tch::Tensor],
+    lr: f64,
+    (beta1, beta2): (f64, f64),
+    weight_decay: f64,
+    eps: f64,
+) -> Result<(), Error> {
+    let n = params.len();
+    if [grads.len(), exp_avgs.len(), exp_avg_sqs.len(), steps.len()]
+        .iter()
+        .any(|&l| l != n)
+    {
+        return Err(Error::new(
+            ErrorKind::Config,
+            "fused AdamW needs lists of equal length".to_owned(),
+        ));
+    }
+    let ptrs = |ts: &mut [tch::Tensor]| -> Vec<*mut c_void> {
+        ts.iter_mut().map(|t| t.as_mut_ptr().cast()).collect()
+    };
+    let (p, m, v, t) = (ptrs(params), ptrs(exp_avgs), ptrs(exp_avg_sqs), ptrs(steps));
+    // The grads are only read; the shim copies each handle, so a const pointer cast is fine.
+    let g: Vec<*mut c_void> = grads.iter().map(|t| t.as_ptr().cast_mut().cast()).collect();
+    // SAFETY: five arrays of `n` live `at::Tensor*` (tch's handles, borrowed for the call: the
+    // mutable ones exclusively), read by the shim only during the call, which copies each
+    // handle and keeps none afterwards.
+    take_error(unsafe {
+        sd_fused_adamw(
+            p.as_ptr(),
+            g.as_ptr(),
+            m.as_ptr(),
+            v.as_ptr(),
+            t.as_ptr(),
+            n,
+            lr,
+            beta1,
+            beta2,
+            weight_decay,
+            eps,
+        )
+    })
 }

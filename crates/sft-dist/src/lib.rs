@@ -82,6 +82,39 @@ pub use group::{GroupConfig, ProcessGroup};
 pub use launch::Launch;
 pub use spawn::{run_local_ranks, GRACE};
 
+/// libtorch's fused multi-tensor AdamW, `at::_fused_adamw_` (what `torch.optim.AdamW(fused=True)`
+/// runs; tch does not bind it), reached through the same shim: updates `params`, `exp_avgs`
+/// and `exp_avg_sqs` in place with one weight decay for the whole list; each of `steps` (f32
+/// scalar tensors on the parameters' device) holds the 1-based number of the step being taken,
+/// for the bias correction (the kernel does not increment it). All tensors f32, on one device
+/// (CUDA, or the CPU kernel libtorch also has).
+#[allow(clippy::too_many_arguments)]
+pub fn fused_adamw(
+    params: &mut [tch::Tensor],
+    grads: &[tch::Tensor],
+    exp_avgs: &mut [tch::Tensor],
+    exp_avg_sqs: &mut [tch::Tensor],
+    steps: &mut [tch::Tensor],
+    lr: f64,
+    betas: (f64, f64),
+    weight_decay: f64,
+    eps: f64,
+) -> Result<()> {
+    tch::no_grad(|| {
+        ffi::fused_adamw(
+            params,
+            grads,
+            exp_avgs,
+            exp_avg_sqs,
+            steps,
+            lr,
+            betas,
+            weight_decay,
+            eps,
+        )
+    })
+}
+
 /// Which c10d backend runs the collectives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Backend {

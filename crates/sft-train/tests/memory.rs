@@ -332,3 +332,72 @@ fn a_job_predicted_not_to_fit_is_refused_before_it_starts() {
     let o = sft_train::train(&job).unwrap();
     assert_eq!(o.examples, 4);
 }
+
+/// libtorch's fused multi-tensor AdamW (`at::_fused_adamw_` through the shim; on CUDA by
+/// default, forced here on its CPU kernel) takes the same steps as our tensor-op AdamW: three
+/// steps with weight decay (decayed and undecayed parameters), f32 and with bf16 variables (f32
+/// masters), weights and moments within 1e-6 relative.
+#[test]
+fn fused_adamw_takes_the_same_steps_as_the_tensor_op_adamw() {
+    let hp = AdamWParams {
+        weight_decay: 0.1,
+        ..HP
+    };
+    for bf16 in [false, true] {
+        let run = |fused: bool| -> (BTreeMap<String, Tensor>, BTreeMap<String, Tensor>) {
+            let mut m = model(false);
+            let mut opt = AdamW::new(&m.vs, hp, bf16).unwrap();
+            if bf16 {
+                m.vs.set_kind(Kind::BFloat16);
+            }
+            opt.set_fused(fused);
+            let c = batch(false);
+            for step in 0..3 {
+                let _ = forward_backward(
+                    &m.model,
+                    &c,
+                    1.0 / c.target_tokens as f64,
+                    Memory::default(),
+                    false,
+                )
+                .unwrap();
+                opt.absorb_grads().unwrap();
+                opt.step(1e-2 * (step + 1) as f64, None).unwrap();
+                opt.zero_grad();
+            }
+            let w = opt
+                .weights()
+                .into_iter()
+                .map(|(n, t)| (n, t.copy()))
+                .collect();
+            let s = opt
+                .state_tensors()
+                .into_iter()
+                .map(|(n, t)| (n, t.copy()))
+                .collect();
+            (w, s)
+        };
+        let (w0, s0) = run(false);
+        let (w1, s1) = run(true);
+        for (a, b, what) in [(&w1, &w0, "weight"), (&s1, &s0, "state")] {
+            assert_eq!(a.len(), b.len());
+            for (name, t) in a {
+                let r = max_rel(t, &b[name]);
+                assert!(r <= 1e-6, "bf16 {bf16}: {what} {name} differs by {r:e}");
+            }
+        }
+        // The update did something.
+        let (w_init, _) = {
+            let m = model(false);
+            let opt = AdamW::new(&m.vs, hp, true).unwrap();
+            (
+                opt.weights()
+                    .into_iter()
+                    .map(|(n, t)| (n, t.copy()))
+                    .collect::<BTreeMap<_, _>>(),
+                (),
+            )
+        };
+        assert!(w1.iter().any(|(n, t)| max_rel(t, &w_init[n]) > 1e-3));
+    }
+}
