@@ -195,6 +195,14 @@ pub trait Backend {
     /// numerics or outputs change for the same inputs.
     fn semantics(&self) -> BTreeMap<String, u32>;
 
+    /// How many data-parallel ranks train each stage (1: one process, the default). A stage
+    /// trained by `N` ranks has a global batch of `N × micro_batch_size × grad_accum`, so for
+    /// `N > 1` the runner puts `N` in the stage keys ([`sft_schedule::KeyContext::world_size`]):
+    /// stages trained with another number of ranks are never reused for each other.
+    fn world_size(&self) -> usize {
+        1
+    }
+
     /// Checks, before anything trains, what only the backend can check of a stage's resolved
     /// settings (e.g. that its chat template exists for the tokenizer). The runner calls it for
     /// every stage of a plan first, so a bad later stage fails in seconds, not after the earlier

@@ -261,6 +261,7 @@ fn run_inner(
     let ctx = KeyContext {
         base_model: base_fp.clone(),
         sources: pools.fingerprints(),
+        world_size: backend.world_size(),
     };
     let keys = plan.stage_keys(&ctx)?;
 

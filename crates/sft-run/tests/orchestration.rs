@@ -45,6 +45,8 @@ struct Recorder {
     analyses: RefCell<Vec<Analysed>>,
     /// The layer [`Backend::check_hidden`] refuses.
     refuse_layer: Option<i64>,
+    /// The data-parallel ranks it reports ([`Backend::world_size`]; `None`: the default, 1).
+    ranks: Option<usize>,
 }
 
 /// What one [`Backend::analyze_hidden`] call was given.
@@ -98,6 +100,10 @@ impl Backend for Recorder {
 
     fn semantics(&self) -> BTreeMap<String, u32> {
         self.semantics.clone()
+    }
+
+    fn world_size(&self) -> usize {
+        self.ranks.unwrap_or(1)
     }
 
     fn check_stage(&self, stage: &sft_schedule::Stage) -> Result<(), BackendError> {
@@ -364,6 +370,38 @@ fn two_stage_plan_writes_the_contract_and_reruns_without_training() {
     );
     assert!(r2.stages.iter().all(|s| s.reused));
     assert_eq!(r2.metrics, r.metrics);
+}
+
+#[test]
+fn stages_trained_by_several_ranks_are_not_reused_by_one_process_nor_the_reverse() {
+    let (tmp, settings, model) = setup();
+    let (plan, _) =
+        sft_run::load_plan_file(&workspace().join("fixtures/plans/two-stage-tiny.toml")).unwrap();
+    let one = Recorder::default();
+    let a = run_plan(&plan, &settings, &opts(tmp.path(), "one", &model), &one).unwrap();
+    // The same plan and store with 2 ranks per stage: another global batch, other keys.
+    let two = Recorder {
+        ranks: Some(2),
+        ..Recorder::default()
+    };
+    let b = run_plan(&plan, &settings, &opts(tmp.path(), "two", &model), &two).unwrap();
+    assert_eq!(trained_names(&two), vec!["specialized", "general+k"]);
+    for (x, y) in a.stages.iter().zip(&b.stages) {
+        assert_ne!(x.key, y.key);
+        let material = read_value(&y.store_dir.join("stage.json"));
+        assert_eq!(material["world_size"], 2, "{material}");
+        assert!(read_value(&x.store_dir.join("stage.json"))
+            .get("world_size")
+            .is_none());
+    }
+    // Each reruns from its own stages.
+    let again = Recorder {
+        ranks: Some(2),
+        ..Recorder::default()
+    };
+    let c = run_plan(&plan, &settings, &opts(tmp.path(), "two", &model), &again).unwrap();
+    assert!(again.trained.borrow().is_empty());
+    assert!(c.stages.iter().all(|s| s.reused));
 }
 
 #[test]

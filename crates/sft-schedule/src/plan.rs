@@ -220,13 +220,19 @@ pub struct Plan {
     pub stages: Vec<Stage>,
 }
 
-/// What a stage key depends on besides the plan: the base model and the data sources.
+/// What a stage key depends on besides the plan: the base model, the data sources and the
+/// number of data-parallel ranks that train each stage.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KeyContext {
     /// A fingerprint of the base model (e.g. the SHA-256 of its weights file).
     pub base_model: String,
     /// Source name → fingerprint of the source's pool (file hash, subset size, seed, …).
     pub sources: BTreeMap<String, String>,
+    /// Data-parallel ranks per stage (1: one process). With `N > 1` ranks a step's global batch
+    /// is `N × micro_batch_size × grad_accum`, so the same settings train another model: `N` is
+    /// then part of the key material (`world_size`). With 1 it is left out, so single-process
+    /// keys are what they were before data parallelism existed.
+    pub world_size: usize,
 }
 
 /// A stage's content key and the material it hashes.
@@ -341,7 +347,8 @@ impl Plan {
     /// A key covers the stage's mixture, its resolved training config ([`Stage::config`]
     /// without the purely operational [`sft_config::OPERATIONAL_KEYS`], see
     /// [`TrainConfig::weights_relevant`]), its optimizer-state policy, the parent's key (so
-    /// everything upstream), the base model and the fingerprints of the sources it reads. It does
+    /// everything upstream), the base model, the fingerprints of the sources it reads and, when
+    /// it is above 1, the number of data-parallel ranks ([`KeyContext::world_size`]). It does
     /// not cover the stage's name or the plan's name, so identical stages of different plans get
     /// the same key; and since it hashes resolved values, a plan that spells out a default value
     /// (`lr = 2e-5`) gets the same key as one that leaves it out.
@@ -365,7 +372,7 @@ impl Plan {
                 .iter()
                 .map(|(k, r)| (k.clone(), Value::String(r.to_string())))
                 .collect();
-            let material = json!({
+            let mut material = json!({
                 "format_version": FORMAT_VERSION,
                 "mixture": mixture,
                 "parent": parent,
@@ -374,6 +381,9 @@ impl Plan {
                 "base_model": ctx.base_model,
                 "sources": sources,
             });
+            if ctx.world_size > 1 {
+                material["world_size"] = json!(ctx.world_size);
+            }
             let key = hex::encode(Sha256::digest(canonical_json(&material).as_bytes()));
             keys.push(StageKey {
                 key,
@@ -468,6 +478,7 @@ mod tests {
                 .iter()
                 .map(|s| (s.to_string(), format!("{s}-fp")))
                 .collect(),
+            world_size: 1,
         }
     }
 
@@ -778,5 +789,21 @@ train = { lr = 1e-5 }
             .unwrap_err()
             .to_string()
             .contains("no fingerprint for source \"code\""));
+    }
+    #[test]
+    fn data_parallel_ranks_are_in_the_key_only_above_one() {
+        let plan = Strategy::MixedSequential.plan();
+        let one = plan.stage_keys(&ctx()).unwrap();
+        // One process: the material has no world size, so the keys are the pre-data-parallel ones.
+        assert!(one.iter().all(|k| k.material.get("world_size").is_none()));
+        let mut c = ctx();
+        c.world_size = 8;
+        let eight = plan.stage_keys(&c).unwrap();
+        for (a, b) in one.iter().zip(&eight) {
+            assert_ne!(a.key, b.key);
+            assert_eq!(b.material["world_size"], 8);
+        }
+        c.world_size = 2;
+        assert_ne!(plan.stage_keys(&c).unwrap()[0].key, eight[0].key);
     }
 }

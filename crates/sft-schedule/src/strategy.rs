@@ -293,6 +293,7 @@ mod tests {
                 .iter()
                 .map(|s| (s.to_string(), s.to_string()))
                 .collect(),
+            world_size: 1,
         };
         let dmt0 = Strategy::parse("dmt:0").unwrap().plan();
         let ms = Strategy::MixedSequential.plan();
@@ -316,6 +317,7 @@ mod tests {
                 .iter()
                 .map(|s| (s.to_string(), s.to_string()))
                 .collect(),
+            world_size: 1,
         };
         let ms = Strategy::MixedSequential.plan().stage_keys(&ctx).unwrap();
         let mut second = Vec::new();
