@@ -7,8 +7,16 @@
 //!
 //! Rerunning the same command resumes: finished stages (in the shared stage store) and finished
 //! evaluations are reused. Exit code 0 only when `RUN_DIR/status.json` says `done`.
+//!
+//! Data parallel: `--nproc-per-node N` starts N ranks of this command on this machine (as the
+//! `train` example does); under torchrun or `srun` each process joins as its rank. Rank 0 runs
+//! the plan exactly as one process would and trains every stage it trains on all ranks (the
+//! global batch is N × micro_batch_size × grad_accum); the other ranks only train those stages
+//! with it (`sft_local::dist`) and exit with rank 0's outcome.
 
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
@@ -44,11 +52,82 @@ struct Args {
     /// `retrain` it or `refuse` to run; overrides the plan's `[run] stale_stages` (default retrain).
     #[arg(long)]
     stale_stages: Option<sft_run::StaleStages>,
+    /// Data parallel on this machine: run N ranks (Gloo on CPU, NCCL with one GPU per rank);
+    /// every stage's global batch is N × micro_batch_size × grad_accum. Under torchrun or srun
+    /// (RANK/WORLD_SIZE or SLURM_PROCID set) each process joins as its rank instead.
+    #[arg(long, default_value_t = 1)]
+    nproc_per_node: usize,
+    /// Seconds a rendezvous or collective may take, and rank 0 may stay silent, before a rank
+    /// fails (a dead or hung rank).
+    #[arg(long, default_value_t = 1800)]
+    dist_timeout_s: u64,
 }
 
 fn main() -> anyhow::Result<()> {
     sft_examples::init_logging();
     let args = Args::parse();
+    let launch = launch_from_env()?;
+    if args.nproc_per_node > 1 && launch.is_none() {
+        // The launcher: this same command as N ranks (they see the variables and join).
+        let argv: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
+        sft_dist::run_local_ranks(args.nproc_per_node, &std::env::current_exe()?, &argv)?;
+        return Ok(());
+    }
+    let timeout = Duration::from_secs(args.dist_timeout_s);
+    let device = match (args.device.resolve()?, &launch) {
+        // One GPU per rank.
+        (tch::Device::Cuda(_), Some(l)) => tch::Device::Cuda(l.local_rank),
+        (d, _) => d,
+    };
+    match launch {
+        None => run(&args, device, None),
+        Some(l) if l.rank != 0 => {
+            // A follower: trains the stages rank 0 hands over, writes nothing of the run.
+            let followed =
+                sft_local::dist::follow(&l, timeout, device, Some(sft_examples::stop_flag()))
+                    .with_context(|| format!("rank {} of {}", l.rank, l.world_size))?;
+            tracing::info!(
+                rank = l.rank,
+                stages = followed.stages,
+                "rank 0's plan is done"
+            );
+            Ok(())
+        }
+        Some(l) => {
+            let leader = sft_local::dist::Leader::start(l, timeout)?;
+            let result = run(&args, device, Some(leader.clone()));
+            let error = result.as_ref().err().map(|e| format!("{e:#}"));
+            if let Err(e) = leader.finish(error.as_deref()) {
+                tracing::warn!("{e}");
+            }
+            result
+        }
+    }
+}
+
+/// This process's place in a launch: torchrun's or srun's variables
+/// ([`sft_dist::Launch::from_env`]); `None` for one process. A launch of one process is a plain
+/// run, and so is a Slurm step of one task without a rendezvous address: the one-GPU sweep
+/// script runs the runner in its batch step, where Slurm sets `SLURM_PROCID` but nobody sets
+/// `MASTER_ADDR`.
+fn launch_from_env() -> anyhow::Result<Option<sft_dist::Launch>> {
+    let set = |name: &str| std::env::var(name).is_ok_and(|v| !v.trim().is_empty());
+    let one_slurm_task = !set("RANK")
+        && !set("WORLD_SIZE")
+        && std::env::var("SLURM_NTASKS").map_or(true, |n| n.trim() == "1");
+    match sft_dist::Launch::from_env() {
+        Ok(launch) => Ok(launch.filter(|l| l.world_size > 1)),
+        Err(_) if one_slurm_task => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// The plan as one process runs it (or rank 0 of a data-parallel launch, with `leader`).
+fn run(
+    args: &Args,
+    device: tch::Device,
+    leader: Option<Arc<sft_local::dist::Leader>>,
+) -> anyhow::Result<()> {
     let (plan, mut settings) = sft_run::load_plan_file(&args.plan)?;
     if let Some(policy) = args.stale_stages {
         settings.stale_stages = policy;
@@ -59,14 +138,14 @@ fn main() -> anyhow::Result<()> {
         (None, Some(m)) => plan_dir.join(m),
         (None, None) => sft_examples::default_model()?,
     };
-    let data_dir = match args.data_dir {
-        Some(d) => d,
+    let data_dir = match &args.data_dir {
+        Some(d) => d.clone(),
         None => sft_examples::workspace_dir().join("../shared/data"),
     };
-    let device = args.device.resolve()?;
     let mut local = LocalOptions::new(device, &model);
     local.progress = !args.quiet;
     local.stop = Some(sft_examples::stop_flag());
+    local.leader = leader;
     let backend = LocalBackend::new(local)?;
     // One run per replicate seed (`[run] seeds`): into RUN_DIR itself for one seed, else into
     // RUN_DIR/seed-<s>/ with the stage store shared.

@@ -60,6 +60,18 @@ pub enum Error {
         /// The planned steps.
         total: u64,
     },
+    /// A collective of a data-parallel plan's control group failed (a rank lost, a timeout).
+    #[error("{context}: {source}")]
+    Dist {
+        /// What was being done.
+        context: String,
+        /// sft-dist's error (c10d's text).
+        #[source]
+        source: sft_dist::Error,
+    },
+    /// Rank 0's run of a data-parallel plan failed (what a follower exits with).
+    #[error("rank 0's run failed: {0}")]
+    Leader(String),
     /// Evaluating a task failed.
     #[error("evaluating {task}: {source}")]
     Eval {
@@ -98,6 +110,10 @@ impl Error {
             // The trainer classifies its own errors (out of memory included).
             Error::Train { source, .. } => train_kind(source.kind()),
             Error::Settings(_) => ErrorKind::Config,
+            Error::Dist { source, .. } if source.kind() == sft_dist::ErrorKind::Config => {
+                ErrorKind::Config
+            }
+            Error::Dist { .. } | Error::Leader(_) => ErrorKind::Io,
             _ if mentions_oom(self) => ErrorKind::Oom,
             Error::Io { .. } | Error::Model { .. } => ErrorKind::Io,
             Error::Run(e) => e.kind(),

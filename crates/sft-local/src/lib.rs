@@ -17,6 +17,10 @@
 //! as the `train` example; the job's self-contained `final/` (weights, config, tokenizer files,
 //! `tokenizer_source.json`) is moved into the stage store as the stage's `model/`.
 //!
+//! Data-parallel plans ([`dist`]): rank 0 runs the runner with a [`dist::Leader`] in its
+//! [`LocalOptions::leader`], which hands every stage it trains to the other ranks, and they
+//! train it with it ([`dist::follow`]); `run_plan --nproc-per-node N` is the command.
+//!
 //! ```no_run
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! # let (model, run_dir, data_dir) = (std::path::PathBuf::from("m"), std::path::PathBuf::from("r"), std::path::PathBuf::from("d"));
@@ -30,6 +34,7 @@
 #![deny(missing_docs)]
 
 mod complete;
+pub mod dist;
 mod error;
 pub mod hidden;
 mod local;

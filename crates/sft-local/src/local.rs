@@ -64,6 +64,9 @@ pub struct LocalOptions {
     /// Interrupt each training call after this many optimizer steps (checkpointing first), as a
     /// kill would; for tests and time-boxed jobs.
     pub stop_after: Option<u64>,
+    /// Rank 0 of a data-parallel plan: every stage trains on all the launch's ranks, handed to
+    /// them through this ([`crate::dist`]); `None`: one process.
+    pub leader: Option<Arc<crate::dist::Leader>>,
 }
 
 impl LocalOptions {
@@ -77,6 +80,7 @@ impl LocalOptions {
             sandbox: SandboxConfig::default(),
             sandbox_workers: 2,
             stop_after: None,
+            leader: None,
         }
     }
 }
@@ -739,6 +743,7 @@ impl Backend for LocalBackend {
             self.opts.tokenizer_from.display().to_string(),
         );
         m.insert("threads".into(), tch::get_num_threads().to_string());
+        m.insert("world_size".into(), self.world_size().to_string());
         m
     }
 
@@ -750,6 +755,10 @@ impl Backend for LocalBackend {
             ),
             ("chat".to_string(), sft_train::CHAT_SEMANTICS_VERSION),
         ])
+    }
+
+    fn world_size(&self) -> usize {
+        self.opts.leader.as_ref().map_or(1, |l| l.world_size())
     }
 
     fn train(&self, req: &TrainRequest<'_>) -> Result<TrainReport, BackendError> {

@@ -1,6 +1,7 @@
 //! [`LocalBackend`]'s training: one stage of a plan is one [`sft_train::TrainJob`] run by
 //! [`sft_train::train`] (the path the `train` example takes too), whose self-contained `final/`
-//! is then moved into the stage store.
+//! is then moved into the stage store. With [`crate::LocalOptions::leader`] the job trains on
+//! every rank of a data-parallel launch ([`crate::dist`]).
 
 use std::path::Path;
 
@@ -47,7 +48,11 @@ impl LocalBackend {
             },
             distributed: None,
         };
-        let outcome = sft_train::train(&job).map_err(Error::train("training"))?;
+        // Data parallel: the other ranks get the same job and train it with this one.
+        let outcome = match &self.opts.leader {
+            Some(leader) => leader.train(&job)?,
+            None => sft_train::train(&job).map_err(Error::train("training"))?,
+        };
         if outcome.interrupted {
             return Err(Error::Interrupted {
                 step: outcome.steps,

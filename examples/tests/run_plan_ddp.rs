@@ -1,0 +1,295 @@
+//! Data-parallel plans through the `run_plan` CLI: `--nproc-per-node 2` runs two Gloo ranks as
+//! separate processes over loopback, rank 0 running the plan and handing each stage it trains to
+//! rank 1. A two-stage plan trained by 2 ranks must give, stage by stage, the weights the same
+//! plan gives in one process with `grad_accum` doubled (the same global batch, ≤ 1e-5
+//! relative; the one-process run is started as the one-GPU Slurm script starts it, in a batch
+//! step of one task); rerunning the finished 2-rank run trains nothing and exits 0 (the follower
+//! gets `end` and does not wait); and killing the follower mid-stage fails the launch within 90 s.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+const HINT: &str = "; it links libtorch: run `cargo xtask setup` and `eval \"$(cargo xtask env)\"` (sets LIBTORCH)";
+
+fn root() -> PathBuf {
+    sft_testkit::workspace_root()
+}
+
+/// A two-stage plan on the demo data (24 code + math records, then 22 general + code + math),
+/// micro-batches of 2, `grad_accum` and `epochs` as given; GSM8K on 2 questions so rank 0
+/// evaluates too.
+fn write_plan(path: &Path, grad_accum: usize, epochs: usize) {
+    let text = format!(
+        r#"format_version = 1
+name = "ddp-tiny"
+
+[train]
+template = "model"
+epochs = {epochs}
+lr = 1e-3
+micro_batch_size = 2
+grad_accum = {grad_accum}
+max_len = 128
+warmup_ratio = 0.0
+schedule = "constant"
+
+[[stages]]
+name = "specialized"
+mixture = {{ code = 1, math = 1 }}
+
+[[stages]]
+name = "general+k"
+mixture = {{ general = 1, code = "1/4", math = "1/4" }}
+train = {{ lr = 5e-4 }}
+
+[run]
+seed = 7
+
+[run.data]
+general_heldout = 2
+
+[run.data.sources.code]
+path = "code.json"
+format = "alpaca"
+
+[run.data.sources.math]
+path = "math.jsonl"
+format = "gsm8k"
+
+[run.data.sources.general]
+path = "general.json"
+format = "sharegpt"
+
+[run.eval]
+gsm8k_path = "gsm8k_test.jsonl"
+gsm8k = 2
+gsm8k_max_new_tokens = 4
+humaneval = 0
+batch_size = 2
+"#
+    );
+    std::fs::write(path, text).unwrap();
+}
+
+fn cmd(plan: &Path, run_dir: &Path, store: &Path, extra: &[&str]) -> Command {
+    let bin = sft_testkit::example_binary("sft-examples", "run_plan", HINT);
+    let mut c = Command::new(bin);
+    c.arg("--plan")
+        .arg(plan)
+        .arg("--run-dir")
+        .arg(run_dir)
+        .arg("--stage-store")
+        .arg(store)
+        .arg("--data-dir")
+        .arg(root().join("fixtures/demo"))
+        .arg("--model")
+        .arg(root().join("fixtures/run/tiny-bytes"))
+        .args(["--device", "cpu", "--quiet"])
+        .args(extra)
+        .env("OMP_NUM_THREADS", "1")
+        .env("RUST_LOG", "warn")
+        .env("RUST_BACKTRACE", "0")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    c
+}
+
+fn run_ok(mut c: Command, what: &str) -> f64 {
+    let t0 = Instant::now();
+    let o = c.output().unwrap();
+    assert!(
+        o.status.success(),
+        "{what} failed ({}):\n{}",
+        o.status,
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let s = t0.elapsed().as_secs_f64();
+    eprintln!("{what}: {s:.1} s");
+    s
+}
+
+fn read_json(path: &Path) -> serde_json::Value {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_json::from_str(&text).unwrap()
+}
+
+/// Each stage's store directory, from `results.json`.
+fn stage_dirs(run_dir: &Path) -> Vec<PathBuf> {
+    read_json(&run_dir.join("results.json"))["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| PathBuf::from(s["store_dir"].as_str().unwrap()))
+        .collect()
+}
+
+fn weights(model_dir: &Path) -> Vec<(String, tch::Tensor)> {
+    sft_train::checkpoint::read_safetensors(&model_dir.join("model.safetensors")).unwrap()
+}
+
+/// Largest relative difference over all tensors (relative to each tensor's largest value).
+fn max_rel_diff(a: &Path, b: &Path) -> f64 {
+    let (wa, wb) = (weights(a), weights(b));
+    assert_eq!(
+        wa.iter().map(|x| &x.0).collect::<Vec<_>>(),
+        wb.iter().map(|x| &x.0).collect::<Vec<_>>()
+    );
+    wa.iter()
+        .zip(&wb)
+        .map(|((_, x), (_, y))| {
+            let d = (x - y).abs().max().double_value(&[]);
+            d / y.abs().max().double_value(&[]).max(1e-12)
+        })
+        .fold(0.0, f64::max)
+}
+
+fn steps(stage_dir: &Path) -> u64 {
+    read_json(&stage_dir.join("done.json"))["steps"]
+        .as_u64()
+        .unwrap()
+}
+
+#[test]
+fn two_ranks_train_every_stage_as_one_process_with_doubled_grad_accum_and_rerun_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (dp_plan, one_plan) = (tmp.path().join("dp.toml"), tmp.path().join("one.toml"));
+    write_plan(&dp_plan, 1, 1);
+    write_plan(&one_plan, 2, 1);
+    let (dp_run, dp_store) = (tmp.path().join("dp/run"), tmp.path().join("dp/stages"));
+    let (one_run, one_store) = (tmp.path().join("one/run"), tmp.path().join("one/stages"));
+
+    run_ok(
+        cmd(&dp_plan, &dp_run, &dp_store, &["--nproc-per-node", "2"]),
+        "2 ranks, grad_accum 1",
+    );
+    // As the one-GPU Slurm script runs it: in a batch step of one task (SLURM_PROCID set, no
+    // MASTER_ADDR), which is a plain run.
+    let mut one = cmd(&one_plan, &one_run, &one_store, &[]);
+    one.env("SLURM_PROCID", "0")
+        .env("SLURM_NTASKS", "1")
+        .env("SLURM_LOCALID", "0")
+        .env_remove("MASTER_ADDR")
+        .env_remove("MASTER_PORT");
+    run_ok(one, "1 process, grad_accum 2");
+    for run in [&dp_run, &one_run] {
+        assert_eq!(read_json(&run.join("status.json"))["state"], "done");
+    }
+    let (dp, one) = (stage_dirs(&dp_run), stage_dirs(&one_run));
+    assert_eq!(dp.len(), 2);
+    for (i, (a, b)) in dp.iter().zip(&one).enumerate() {
+        assert_eq!(steps(a), steps(b), "stage {i}: steps");
+        assert!(steps(a) >= 3, "stage {i}: only {} steps", steps(a));
+        let d = max_rel_diff(&a.join("model"), &b.join("model"));
+        eprintln!("stage {i}: {} steps, weights differ by {d:e}", steps(a));
+        assert!(d <= 1e-5, "stage {i}: weights differ by {d:e}");
+        // The stage key says 2 ranks trained it (a 1-process stage is never reused for it).
+        assert_eq!(read_json(&a.join("stage.json"))["world_size"], 2);
+        // Only rank 0 wrote the trainer's files, once.
+        let metrics = std::fs::read_to_string(a.join("train/metrics.jsonl")).unwrap();
+        assert_eq!(metrics.lines().count() as u64, steps(a), "stage {i}");
+    }
+    // Rank 0 evaluated; the rest of the run directory is the one-process contract.
+    let results = read_json(&dp_run.join("results.json"));
+    assert_eq!(results["metrics"]["gsm8k_acc"]["n"], 2, "{results}");
+    assert_eq!(results["provenance"]["world_size"], "2");
+
+    // A rerun of the finished 2-rank run trains nothing, and the follower exits at `end`.
+    let s = run_ok(
+        cmd(&dp_plan, &dp_run, &dp_store, &["--nproc-per-node", "2"]),
+        "rerun of the 2-rank run",
+    );
+    let again = read_json(&dp_run.join("results.json"));
+    assert!(
+        again["stages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|s| s["reused"] == true),
+        "{again}"
+    );
+    assert_eq!(again["metrics"], results["metrics"]);
+    assert!(s < 30.0, "the rerun took {s:.1} s");
+}
+
+/// Pids of the direct children of `pid` (the launcher's ranks).
+fn children(pid: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(p) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{p}/stat")) else {
+            continue;
+        };
+        // pid (comm) state ppid …; comm may contain spaces, so split after the last ')'.
+        let rest = &stat[stat.rfind(')').unwrap() + 1..];
+        let ppid: u32 = rest.split_whitespace().nth(1).unwrap().parse().unwrap();
+        if ppid == pid {
+            out.push(p);
+        }
+    }
+    out.sort_unstable();
+    out
+}
+
+/// Steps logged so far by any stage in `store`.
+fn steps_logged(store: &Path) -> usize {
+    let Ok(dirs) = std::fs::read_dir(store) else {
+        return 0;
+    };
+    dirs.flatten()
+        .filter_map(|d| std::fs::read_to_string(d.path().join("train/metrics.jsonl")).ok())
+        .map(|m| m.lines().count())
+        .sum()
+}
+
+#[test]
+fn killing_the_follower_mid_stage_fails_the_launch_within_90_s() {
+    let tmp = tempfile::tempdir().unwrap();
+    let plan = tmp.path().join("long.toml");
+    // Many epochs: the first stage is still training when the follower is killed.
+    write_plan(&plan, 1, 200);
+    let (run, store) = (tmp.path().join("run"), tmp.path().join("stages"));
+    let mut launcher = cmd(&plan, &run, &store, &["--nproc-per-node", "2"])
+        .spawn()
+        .unwrap();
+    let t0 = Instant::now();
+    while steps_logged(&store) < 2 {
+        assert!(launcher.try_wait().unwrap().is_none(), "launch ended early");
+        assert!(
+            t0.elapsed() < Duration::from_secs(120),
+            "no steps within 120 s"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let ranks = children(launcher.id());
+    assert_eq!(ranks.len(), 2, "ranks {ranks:?}");
+    let killed = Command::new("kill")
+        .args(["-KILL", &ranks[1].to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let t_kill = Instant::now();
+    let o = launcher.wait_with_output().unwrap();
+    let took = t_kill.elapsed();
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "the launch must fail:\n{stderr}");
+    assert!(took < Duration::from_secs(90), "took {took:?}");
+    assert!(
+        stderr.contains("rank 1 of 2 was killed by signal 9"),
+        "{stderr}"
+    );
+    // Rank 0 saw its peer go and recorded the failed run.
+    let status = read_json(&run.join("status.json"));
+    assert_eq!(status["state"], "failed", "{status}");
+    assert!(
+        status["error"].as_str().unwrap().contains("PeerLost"),
+        "{status}"
+    );
+    eprintln!(
+        "the launch failed {:.1} s after the kill",
+        took.as_secs_f64()
+    );
+}
