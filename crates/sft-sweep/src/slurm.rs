@@ -4,6 +4,14 @@
 //! into that cell's run directory, so results merge with local runs and `cargo xtask sweep`
 //! (or `--collect-only`) afterwards tabulates and plots them. A task whose cell is already done
 //! exits at once, so resubmitting the array finishes only what is left.
+//!
+//! With `[slurm] gpus_per_node = G` above 1 (or `nodes = N` above 1) a cell is one data-parallel
+//! run of `N × G` ranks: the script asks for `N` nodes with `G` tasks and `G` GPUs each, exports
+//! `MASTER_ADDR` (the first host of the allocation) and `MASTER_PORT` (`20000 + task % 20000`,
+//! so array tasks sharing a node do not collide), and starts the runner with `srun`, one task per
+//! GPU; each task reads its rank from `SLURM_PROCID`/`SLURM_NTASKS`/`SLURM_LOCALID`
+//! (`sft_dist::Launch::from_env`), rank 0 runs the plan and the others train its stages with it.
+//! The manifest lookup and the done-cell skip run once, in the batch step, before `srun`.
 
 use std::path::{Path, PathBuf};
 
@@ -69,11 +77,25 @@ pub fn slurm_script(cells: &[Cell], layout: &Layout, opts: &SlurmOptions) -> Res
         cells.len() - 1
     ));
     s.push_str(&format!("#SBATCH --output={}/%A_%a.out\n", abs(&logs)));
-    s.push_str("#SBATCH --ntasks=1\n");
-    s.push_str(&format!(
-        "#SBATCH --gres={}\n",
-        opts.spec.gres.as_deref().unwrap_or("gpu:1")
-    ));
+    let (gpus, nodes) = (opts.spec.gpus_per_node(), opts.spec.nodes());
+    if gpus == 0 || nodes == 0 {
+        return Err(Error::Options(
+            "[slurm] gpus_per_node and nodes must be at least 1".into(),
+        ));
+    }
+    let parallel = gpus > 1 || nodes > 1;
+    if parallel {
+        s.push_str(&format!("#SBATCH --nodes={nodes}\n"));
+        s.push_str(&format!("#SBATCH --ntasks-per-node={gpus}\n"));
+    } else {
+        s.push_str("#SBATCH --ntasks=1\n");
+    }
+    let gres = opts
+        .spec
+        .gres
+        .clone()
+        .unwrap_or_else(|| format!("gpu:{gpus}"));
+    s.push_str(&format!("#SBATCH --gres={gres}\n"));
     if let Some(p) = &opts.spec.partition {
         s.push_str(&format!("#SBATCH --partition={p}\n"));
     }
@@ -90,10 +112,18 @@ pub fn slurm_script(cells: &[Cell], layout: &Layout, opts: &SlurmOptions) -> Res
         s.push_str(&format!("#SBATCH {extra}\n"));
     }
     s.push_str(&format!(
-        "# {} cells; task i runs line i+2 of the manifest (index, id, plan, run dir).\n\
-         # Submit: sbatch {}\n\
+        "# {} cells; task i runs line i+2 of the manifest (index, id, plan, run dir).\n",
+        cells.len()
+    ));
+    if parallel {
+        s.push_str(&format!(
+            "# Each cell: {} data-parallel ranks ({nodes} node(s) × {gpus} GPU(s)), one srun task per GPU.\n",
+            nodes * gpus
+        ));
+    }
+    s.push_str(&format!(
+        "# Submit: sbatch {}\n\
          set -euo pipefail\n",
-        cells.len(),
         abs(&layout.slurm_dir().join("sweep.sbatch"))
     ));
     for (k, v) in &opts.env {
@@ -136,6 +166,24 @@ pub fn slurm_script(cells: &[Cell], layout: &Layout, opts: &SlurmOptions) -> Res
     }
     cmd.push("--device".into());
     cmd.push(quote(opts.device.as_deref().unwrap_or("cuda")));
-    s.push_str(&format!("exec {}\n", cmd.join(" ")));
+    if parallel {
+        // Rank 0 hosts the rendezvous on the first host; each rank takes cuda:SLURM_LOCALID.
+        // srun does not pass --cpus-per-task on from sbatch in every Slurm version: say it.
+        s.push_str(
+            "NODELIST=\"${SLURM_JOB_NODELIST:?SLURM_JOB_NODELIST is not set: submit with sbatch}\"\n\
+             MASTER_ADDR=$(scontrol show hostnames \"$NODELIST\" | head -n 1)\n\
+             if [ -z \"$MASTER_ADDR\" ]; then echo \"no host in $NODELIST\" >&2; exit 2; fi\n\
+             export MASTER_ADDR\n\
+             export MASTER_PORT=$((20000 + TASK % 20000))\n\
+             echo \"ranks: ${SLURM_NTASKS:-?}, rendezvous $MASTER_ADDR:$MASTER_PORT\"\n",
+        );
+        s.push_str(&format!(
+            "exec srun --kill-on-bad-exit=1 --nodes={nodes} --ntasks-per-node={gpus} \
+             ${{SLURM_CPUS_PER_TASK:+--cpus-per-task=$SLURM_CPUS_PER_TASK}} {}\n",
+            cmd.join(" ")
+        ));
+    } else {
+        s.push_str(&format!("exec {}\n", cmd.join(" ")));
+    }
     Ok(s)
 }

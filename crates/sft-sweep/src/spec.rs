@@ -132,9 +132,21 @@ pub struct SlurmSpec {
     /// `--time` (e.g. `"24:00:00"`).
     #[serde(default)]
     pub time: Option<String>,
-    /// `--gres` (default `gpu:1`).
+    /// `--gres` (default `gpu:G` with `G` = [`SlurmSpec::gpus_per_node`]).
     #[serde(default)]
     pub gres: Option<String>,
+    /// GPUs per node, one data-parallel rank each (default 1). Above 1, or with
+    /// [`SlurmSpec::nodes`] above 1, a cell runs as `nodes × gpus_per_node` ranks: the script
+    /// asks for `--nodes`, `--ntasks-per-node=G` and `--gres=gpu:G`, exports `MASTER_ADDR` (the
+    /// allocation's first host) and `MASTER_PORT` (from the array task id), and starts the
+    /// runner with `srun`, one task per GPU, each joining as its Slurm rank. A stage's global
+    /// batch is then `ranks × micro_batch_size × grad_accum`.
+    #[serde(default)]
+    pub gpus_per_node: Option<u32>,
+    /// Nodes per cell (default 1); see [`SlurmSpec::gpus_per_node`]. More than one node needs
+    /// the run directories and the stage store on a file system every node sees.
+    #[serde(default)]
+    pub nodes: Option<u32>,
     /// `--cpus-per-task`.
     #[serde(default)]
     pub cpus_per_task: Option<u32>,
@@ -147,6 +159,23 @@ pub struct SlurmSpec {
     /// More `#SBATCH` lines, without the prefix (`"--account=abc"`).
     #[serde(default)]
     pub extra: Vec<String>,
+}
+
+impl SlurmSpec {
+    /// [`SlurmSpec::gpus_per_node`], 1 when unset.
+    pub fn gpus_per_node(&self) -> u32 {
+        self.gpus_per_node.unwrap_or(1)
+    }
+
+    /// [`SlurmSpec::nodes`], 1 when unset.
+    pub fn nodes(&self) -> u32 {
+        self.nodes.unwrap_or(1)
+    }
+
+    /// Data-parallel ranks per cell: `nodes × gpus_per_node`.
+    pub fn ranks(&self) -> u32 {
+        self.nodes() * self.gpus_per_node()
+    }
 }
 
 fn default_sources() -> Vec<String> {
@@ -295,6 +324,16 @@ impl SweepSpec {
         }
         if self.grid.is_empty() {
             return Err(invalid("no [[grid]]".into()));
+        }
+        if let Some(slurm) = &self.slurm {
+            for (key, value) in [
+                ("gpus_per_node", slurm.gpus_per_node),
+                ("nodes", slurm.nodes),
+            ] {
+                if value == Some(0) {
+                    return Err(invalid(format!("[slurm] {key} must be at least 1")));
+                }
+            }
         }
         let model_names: BTreeSet<&str> = self.models.iter().map(|m| m.name.as_str()).collect();
         if model_names.len() != self.models.len() {

@@ -756,6 +756,151 @@ fn slurm_array_task_i_runs_cell_i() {
     );
 }
 
+/// `sweeps/rq4.toml` asks for 8 GPUs per cell: its script allocates 8 tasks and 8 GPUs per
+/// node and starts the runner with srun (one task per GPU, the rendezvous exported), keeping the
+/// manifest lookup and the done-cell skip of the one-GPU script. Run with stand-ins for
+/// `scontrol` and `srun` on PATH, task i hands cell i's runner command to srun with
+/// `MASTER_ADDR` the allocation's first host and `MASTER_PORT` from the task id.
+#[test]
+fn slurm_cells_with_eight_gpus_run_the_runner_through_srun() {
+    let (spec, cells) = load("rq4.toml");
+    let slurm = spec.slurm.clone().expect("rq4.toml has [slurm]");
+    assert_eq!(
+        (slurm.gpus_per_node(), slurm.nodes(), slurm.ranks()),
+        (8, 1, 8)
+    );
+    let tmp = tempfile::tempdir().unwrap();
+    let layout = Layout::new(tmp.path().join("out"));
+    let log = tmp.path().join("runner.log");
+    prepare(&cells, &layout).unwrap();
+    let script = slurm_script(
+        &cells,
+        &layout,
+        &SlurmOptions {
+            runner: fake_runner(),
+            data_dir: None,
+            device: Some("cuda".into()),
+            env: vec![("FAKE_RUNNER_LOG".into(), log.display().to_string())],
+            spec: slurm,
+            job_name: "sweep-rq4".into(),
+        },
+    )
+    .unwrap();
+    let path = tmp.path().join("sweep.sbatch");
+    std::fs::write(&path, &script).unwrap();
+    assert!(
+        Command::new("bash")
+            .arg("-n")
+            .arg(&path)
+            .status()
+            .unwrap()
+            .success(),
+        "bash -n rejects the script:\n{script}"
+    );
+    let lines: Vec<&str> = script.lines().collect();
+    let directives: Vec<&str> = lines
+        .iter()
+        .skip(1)
+        .take_while(|l| l.starts_with('#'))
+        .filter_map(|l| l.strip_prefix("#SBATCH "))
+        .collect();
+    let array = format!("--array=0-{}", cells.len() - 1);
+    for d in [
+        array.as_str(),
+        "--nodes=1",
+        "--ntasks-per-node=8",
+        "--gres=gpu:8",
+        "--time=48:00:00",
+    ] {
+        assert!(directives.contains(&d), "{d} missing: {directives:?}");
+    }
+    assert!(!directives.contains(&"--ntasks=1"), "{directives:?}");
+    assert!(script.contains("SLURM_ARRAY_TASK_ID"), "{script}");
+    assert!(
+        script.contains("sed -n \"$((TASK + 2))p\" \"$MANIFEST\""),
+        "{script}"
+    );
+    assert!(script.contains("scontrol show hostnames"), "{script}");
+    assert!(script.contains("export MASTER_ADDR"), "{script}");
+    assert!(
+        script.contains("export MASTER_PORT=$((20000 + TASK % 20000))"),
+        "{script}"
+    );
+    let launch = lines.iter().find(|l| l.starts_with("exec ")).unwrap();
+    assert!(launch.starts_with("exec srun "), "{launch}");
+    assert!(launch.contains("--ntasks-per-node=8"), "{launch}");
+
+    // Stand-ins: scontrol lists two hosts, srun logs what it got and runs the command once.
+    let bin = tmp.path().join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let srun_log = tmp.path().join("srun.log");
+    let tools = [
+        ("scontrol", "#!/bin/bash\n[ \"$1 $2\" = \"show hostnames\" ] || exit 9\necho gpu-node-17\necho gpu-node-18\n".to_string()),
+        (
+            "srun",
+            format!(
+                "#!/bin/bash\necho \"MASTER_ADDR=$MASTER_ADDR MASTER_PORT=$MASTER_PORT srun $*\" >> {}\n\
+                 while [ \"${{1#--}}\" != \"$1\" ]; do shift; done\nexec \"$@\"\n",
+                srun_log.display()
+            ),
+        ),
+    ];
+    for (name, body) in tools {
+        let p = bin.join(name);
+        std::fs::write(&p, body).unwrap();
+        Command::new("chmod").arg("+x").arg(&p).status().unwrap();
+    }
+    let path_var = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let task = |i: usize| {
+        Command::new("bash")
+            .arg(&path)
+            .env("PATH", &path_var)
+            .env("SLURM_ARRAY_TASK_ID", i.to_string())
+            .env("SLURM_JOB_NODELIST", "gpu-node-[17-18]")
+            .env("SLURM_NTASKS", "8")
+            .env("SLURM_CPUS_PER_TASK", "8")
+            .output()
+            .unwrap()
+    };
+    let out = task(3);
+    assert!(
+        out.status.success(),
+        "task 3: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let srun = std::fs::read_to_string(&srun_log).unwrap();
+    let first = srun.lines().next().unwrap();
+    assert!(
+        first.starts_with("MASTER_ADDR=gpu-node-17 MASTER_PORT=20003 srun --kill-on-bad-exit=1"),
+        "{first}"
+    );
+    assert!(first.contains("--cpus-per-task=8"), "{first}");
+    assert!(
+        first.contains(&format!(
+            "--run-dir {}",
+            layout.run_dir(&cells[3].id).display()
+        )),
+        "{first}"
+    );
+    let last = log_lines(&log, "start").pop().unwrap();
+    assert_eq!(last[1], cells[3].id);
+    assert!(matches!(
+        read_state(&layout.run_dir(&cells[3].id)).unwrap(),
+        CellState::Done(_)
+    ));
+    // A resubmitted task whose cell is done exits before srun.
+    let out = task(3);
+    assert!(out.status.success() && String::from_utf8_lossy(&out.stdout).contains("is done"));
+    assert_eq!(
+        std::fs::read_to_string(&srun_log).unwrap().lines().count(),
+        1
+    );
+}
+
 /// The CPU mini-study spec: 24 cells over 3 seeds that all draw their held-out records and
 /// benchmark subsets with the spec's first seed; its tables aggregate seeds with a t interval and
 /// its plots include the per-source held-out loss by strategy (bars) and against k.
