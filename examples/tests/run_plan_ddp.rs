@@ -4,7 +4,8 @@
 //! plan gives in one process with `grad_accum` doubled (the same global batch, ≤ 1e-5
 //! relative; the one-process run is started as the one-GPU Slurm script starts it, in a batch
 //! step of one task); rerunning the finished 2-rank run trains nothing and exits 0 (the follower
-//! gets `end` and does not wait); and killing the follower mid-stage fails the launch within 90 s.
+//! gets `end` and does not wait); ZeRO-1 with a carried optimizer state matches one process too;
+//! and killing the follower mid-stage fails the launch within 90 s.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -20,6 +21,11 @@ fn root() -> PathBuf {
 /// micro-batches of 2, `grad_accum` and `epochs` as given; GSM8K on 2 questions so rank 0
 /// evaluates too.
 fn write_plan(path: &Path, grad_accum: usize, epochs: usize) {
+    write_plan_with(path, grad_accum, epochs, "", "");
+}
+
+/// [`write_plan`] with more `[train]` lines and more lines for the second stage.
+fn write_plan_with(path: &Path, grad_accum: usize, epochs: usize, train: &str, stage2: &str) {
     let text = format!(
         r#"format_version = 1
 name = "ddp-tiny"
@@ -33,6 +39,7 @@ grad_accum = {grad_accum}
 max_len = 128
 warmup_ratio = 0.0
 schedule = "constant"
+{train}
 
 [[stages]]
 name = "specialized"
@@ -42,6 +49,7 @@ mixture = {{ code = 1, math = 1 }}
 name = "general+k"
 mixture = {{ general = 1, code = "1/4", math = "1/4" }}
 train = {{ lr = 5e-4 }}
+{stage2}
 
 [run]
 seed = 7
@@ -211,6 +219,36 @@ fn two_ranks_train_every_stage_as_one_process_with_doubled_grad_accum_and_rerun_
     );
     assert_eq!(again["metrics"], results["metrics"]);
     assert!(s < 30.0, "the rerun took {s:.1} s");
+}
+
+/// What the paper-scale specs use: ZeRO-1 (`zero = 1`, optimizer shards written by every rank
+/// into the stage's checkpoint) and a second stage carrying the first one's optimizer state.
+#[test]
+fn zero_1_and_a_carried_optimizer_state_train_what_one_process_trains() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (dp_plan, one_plan) = (tmp.path().join("dp.toml"), tmp.path().join("one.toml"));
+    let carry = "optimizer_state = \"carry\"";
+    write_plan_with(&dp_plan, 1, 1, "zero = 1", carry);
+    write_plan_with(&one_plan, 2, 1, "zero = 1", carry);
+    let (dp_run, dp_store) = (tmp.path().join("dp/run"), tmp.path().join("dp/stages"));
+    let (one_run, one_store) = (tmp.path().join("one/run"), tmp.path().join("one/stages"));
+    run_ok(
+        cmd(&dp_plan, &dp_run, &dp_store, &["--nproc-per-node", "2"]),
+        "2 ranks, ZeRO-1, carried optimizer state",
+    );
+    run_ok(
+        cmd(&one_plan, &one_run, &one_store, &[]),
+        "1 process, carried optimizer state",
+    );
+    let (dp, one) = (stage_dirs(&dp_run), stage_dirs(&one_run));
+    // The first stage kept its optimizer state for the second.
+    assert!(dp[0].join("train/checkpoints").is_dir());
+    for (i, (a, b)) in dp.iter().zip(&one).enumerate() {
+        assert_eq!(steps(a), steps(b), "stage {i}: steps");
+        let d = max_rel_diff(&a.join("model"), &b.join("model"));
+        eprintln!("stage {i}: {} steps, weights differ by {d:e}", steps(a));
+        assert!(d <= 1e-5, "stage {i}: weights differ by {d:e}");
+    }
 }
 
 /// Pids of the direct children of `pid` (the launcher's ranks).
