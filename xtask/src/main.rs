@@ -8,7 +8,7 @@
 //!   clone with an empty cache.
 //! * `fetch-data` downloads GSM8K and Code Alpaca from their public sources (pinned, checked).
 //! * `demo` runs the DMT demo; `sweep` builds and runs the `sft-sweep` command line with the
-//!   release `run_plan` as its runner.
+//!   release `run_plan` as its runner; `gpu-check` builds the bundle of the one GPU check.
 //!
 //! xtask depends on no crate of the workspace and never links libtorch, so it builds in about a
 //! minute on a bare machine (its own `xtask` profile, `Cargo.toml`), before the workspace build.
@@ -78,6 +78,9 @@ enum Cmd {
     },
     /// Run an experiment sweep (sweeps/*.toml): every cell, resumable, then tables and plots.
     Sweep(sweep::SweepArgs),
+    /// Build the one GPU check into `target/gpu-check/` (stripped release binary, PyTorch peer
+    /// script, SmolLM2 config + tokenizer, run.sh) to copy to a GPU machine (docs/gpu.md).
+    GpuCheck,
 }
 
 fn main() -> Result<()> {
@@ -106,6 +109,9 @@ fn main() -> Result<()> {
         Cmd::FetchData { base_url, out } => data::fetch_data(&base_url, &out)?,
         Cmd::Demo { args } => setup::run_demo(&args)?,
         Cmd::Sweep(args) => sweep::sweep(args)?,
+        Cmd::GpuCheck => {
+            setup::gpu_check_bundle()?;
+        }
     }
     Ok(())
 }

@@ -719,3 +719,93 @@ mod tests {
         }
     }
 }
+
+/// `cargo xtask gpu-check`: builds the one GPU check (`examples/examples/gpu_check.rs`) in release
+/// mode, stripped, and assembles `target/gpu-check/`: the binary, the PyTorch peer script, the
+/// SmolLM2 config and tokenizer (weights are made at random there; the GGUF is too big to carry)
+/// and `run.sh`, which sets the loader path from the machine's PyTorch and writes
+/// `${OUT:-.}/gpu_check.json`. Copy the folder to the GPU machine and run `bash run.sh`
+/// (`docs/gpu.md`).
+pub fn gpu_check_bundle() -> Result<PathBuf> {
+    let env = setup()?;
+    let root = workspace_root();
+    let mut cmd = Command::new(cargo());
+    cmd.current_dir(&root).args([
+        "build",
+        "--release",
+        "-p",
+        "sft-examples",
+        "--example",
+        "gpu_check",
+    ]);
+    for (k, v) in env.vars() {
+        cmd.env(k, v);
+    }
+    let status = cmd.status().context("building gpu_check")?;
+    if !status.success() {
+        bail!("building gpu_check failed ({status})");
+    }
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("target"));
+    let bin = target.join("release/examples/gpu_check");
+    let out = target.join("gpu-check");
+    if out.exists() {
+        std::fs::remove_dir_all(&out).with_context(|| format!("removing {}", out.display()))?;
+    }
+    std::fs::create_dir_all(&out)?;
+    let dest = out.join("gpu_check");
+    std::fs::copy(&bin, &dest).with_context(|| format!("copying {}", bin.display()))?;
+    let stripped = Command::new("strip").arg(&dest).status();
+    if !stripped.is_ok_and(|s| s.success()) {
+        eprintln!("note: `strip` failed or is missing; the bundle carries an unstripped binary");
+    }
+    std::fs::copy(
+        root.join("bench/gpu_check_peer.py"),
+        out.join("gpu_check_peer.py"),
+    )?;
+    let gguf = env.assets.join("smollm2/SmolLM2-135M-Instruct.Q4_1.gguf");
+    let mut export = Command::new(&dest);
+    export
+        .arg("--model")
+        .arg(&gguf)
+        .arg("--export")
+        .arg(out.join("smollm2"));
+    for (k, v) in env.vars() {
+        export.env(k, v);
+    }
+    let status = export
+        .status()
+        .context("exporting the SmolLM2 config and tokenizer")?;
+    if !status.success() {
+        bail!("exporting the SmolLM2 config and tokenizer failed ({status})");
+    }
+    std::fs::write(
+        out.join("run.sh"),
+        r#"#!/usr/bin/env bash
+# The one GPU check: see docs/gpu.md. Writes ${OUT:-.}/gpu_check.json.
+set -euo pipefail
+cd "$(dirname "$0")"
+PY=${PYTHON:-python3}
+TORCH_LIB=$("$PY" -c 'import torch, os; print(os.path.join(os.path.dirname(torch.__file__), "lib"))')
+export LD_LIBRARY_PATH="$TORCH_LIB${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+exec ./gpu_check --model smollm2 --random-weights --python "$PY" --out "${OUT:-.}/gpu_check.json" "$@"
+"#,
+    )?;
+    let size: u64 = std::fs::read_dir(&out)?
+        .flatten()
+        .filter_map(|e| e.metadata().ok())
+        .map(|m| m.len())
+        .sum::<u64>()
+        + std::fs::read_dir(out.join("smollm2"))?
+            .flatten()
+            .filter_map(|e| e.metadata().ok())
+            .map(|m| m.len())
+            .sum::<u64>();
+    println!(
+        "gpu-check bundle: {} ({:.1} MiB); copy it to the GPU machine and run `bash run.sh`",
+        out.display(),
+        size as f64 / f64::from(1u32 << 20)
+    );
+    Ok(out)
+}
