@@ -33,13 +33,13 @@ struct Args {
     /// cuda (default), cuda:N or cpu.
     #[arg(long, default_value = "cuda")]
     device: String,
-    /// Sequence length of the timed training steps.
-    #[arg(long, default_value_t = 2048)]
-    seq: usize,
+    /// Sequence length of the timed training steps (default 2048; 128 with --quick).
+    #[arg(long)]
+    seq: Option<usize>,
     /// Timed steps (after one warm-up step).
     #[arg(long, default_value_t = 4)]
     steps: u64,
-    /// Small and quick (CPU smoke run): sequence 128, 2 steps, no ~1B model.
+    /// Small and quick (CPU smoke run): 2 steps, no ~1B model, sequence 128 unless given.
     #[arg(long)]
     quick: bool,
     /// Peak dense bf16 FLOP/s of one device in TFLOP/s for the MFU (default: from the GPU name).
@@ -67,8 +67,6 @@ fn main() -> anyhow::Result<()> {
     if a.nccl_rank {
         return nccl_rank();
     }
-    let env = sft_examples::EnvReport::probe();
-    let device = a.device.parse::<sft_examples::DeviceSpec>()?.resolve()?;
     let model = match &a.model {
         Some(m) => m.clone(),
         None => sft_examples::default_model()?,
@@ -80,6 +78,8 @@ fn main() -> anyhow::Result<()> {
         println!("wrote {}", dir.display());
         return Ok(());
     }
+    let env = sft_examples::EnvReport::probe();
+    let device = a.device.parse::<sft_examples::DeviceSpec>()?.resolve()?;
     let work = tempfile::tempdir()?;
     let model = if a.random_weights {
         let dir = work.path().join("model");
@@ -93,7 +93,11 @@ fn main() -> anyhow::Result<()> {
     } else {
         model
     };
-    let (seq, steps) = if a.quick { (128, 2) } else { (a.seq, a.steps) };
+    let (seq, steps) = if a.quick {
+        (a.seq.unwrap_or(128), 2)
+    } else {
+        (a.seq.unwrap_or(2048), a.steps)
+    };
     let mut report = json!({
         "device": format!("{device:?}"),
         "cuda_available": env.cuda_available,
