@@ -5,7 +5,8 @@
 //! relative; the one-process run is started as the one-GPU Slurm script starts it, in a batch
 //! step of one task); rerunning the finished 2-rank run trains nothing and exits 0 (the follower
 //! gets `end` and does not wait); ZeRO-1 with a carried optimizer state matches one process too;
-//! and killing the follower mid-stage fails the launch within 90 s.
+//! the follower waits through an evaluation longer than `--dist-timeout-s` but not for a rank 0
+//! stopped longer than it; and killing the follower mid-stage fails the launch within 90 s.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -249,6 +250,115 @@ fn zero_1_and_a_carried_optimizer_state_train_what_one_process_trains() {
         eprintln!("stage {i}: {} steps, weights differ by {d:e}", steps(a));
         assert!(d <= 1e-5, "stage {i}: weights differ by {d:e}");
     }
+}
+
+/// Between stages the follower waits on rank 0, bounded by `--dist-timeout-s` only while rank 0
+/// is silent: an evaluation longer than the timeout is fine (rank 0's heartbeats), a rank 0
+/// stopped with SIGSTOP for longer than it fails the follower with a timeout.
+#[test]
+fn the_follower_waits_through_a_long_evaluation_but_not_for_a_silent_rank_0() {
+    let tmp = tempfile::tempdir().unwrap();
+    let plan = tmp.path().join("long-eval.toml");
+    write_plan(&plan, 1, 1);
+    // 2 × 4000 generated tokens: an evaluation of a few seconds, longer than the timeout.
+    let text = std::fs::read_to_string(&plan).unwrap();
+    let text = text.replace(
+        "gsm8k_max_new_tokens = 4\n",
+        "gsm8k_max_new_tokens = 4000\n",
+    );
+    std::fs::write(&plan, text).unwrap();
+    const TIMEOUT_S: u64 = 3;
+    let timeout = TIMEOUT_S.to_string();
+    let args = ["--nproc-per-node", "2", "--dist-timeout-s", &timeout];
+
+    let (run, store) = (tmp.path().join("a/run"), tmp.path().join("a/stages"));
+    let mut c = cmd(&plan, &run, &store, &args);
+    c.env("RUST_LOG", "warn,sft_run::runner=info");
+    let o = c.output().unwrap();
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{stderr}");
+    // How long rank 0 evaluated, from its log line `evaluated task=gsm8k seconds=…`.
+    let eval_s: f64 = strip_ansi(&stderr)
+        .lines()
+        .find(|l| l.contains("evaluated") && l.contains("gsm8k"))
+        .and_then(|l| l.split("seconds").nth(1))
+        .map(|rest| {
+            rest.trim_start_matches(|c: char| !c.is_ascii_digit())
+                .split(|c: char| !(c.is_ascii_digit() || c == '.'))
+                .next()
+                .unwrap()
+                .parse()
+                .unwrap()
+        })
+        .unwrap_or_else(|| panic!("no gsm8k evaluation logged:\n{stderr}"));
+    eprintln!("rank 0 evaluated for {eval_s:.1} s with a {TIMEOUT_S} s timeout");
+    assert!(
+        eval_s > TIMEOUT_S as f64,
+        "the evaluation took only {eval_s} s"
+    );
+
+    // Rank 0 stopped once both stages are trained: the follower gives up after the timeout.
+    let (run, store) = (tmp.path().join("b/run"), tmp.path().join("b/stages"));
+    let mut launcher = cmd(&plan, &run, &store, &args).spawn().unwrap();
+    let t0 = Instant::now();
+    let done_stages = || {
+        std::fs::read_dir(&store)
+            .map(|d| {
+                d.flatten()
+                    .filter(|e| e.path().join("done.json").exists())
+                    .count()
+            })
+            .unwrap_or(0)
+    };
+    while done_stages() < 2 {
+        assert!(launcher.try_wait().unwrap().is_none(), "launch ended early");
+        assert!(
+            t0.elapsed() < Duration::from_secs(120),
+            "stages not trained within 120 s"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let ranks = children(launcher.id());
+    assert_eq!(ranks.len(), 2, "ranks {ranks:?}");
+    let signal = |sig: &str| {
+        let ok = Command::new("kill")
+            .args([sig, &ranks[0].to_string()])
+            .status()
+            .unwrap();
+        assert!(ok.success());
+    };
+    signal("-STOP");
+    std::thread::sleep(Duration::from_secs(TIMEOUT_S + 4));
+    signal("-CONT");
+    let o = launcher.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "the launch must fail:\n{stderr}");
+    assert!(
+        stderr.contains("waiting for rank 0 (control group): Timeout"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("rank 1 of 2 exited with status 1"),
+        "{stderr}"
+    );
+}
+
+/// `text` without terminal colour sequences (`ESC [ … m`).
+fn strip_ansi(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// Pids of the direct children of `pid` (the launcher's ranks).
