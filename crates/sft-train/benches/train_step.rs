@@ -11,9 +11,8 @@
 use std::time::Instant;
 
 use sft_train::batch::{collate, MicroBatch};
-use sft_train::loss::token_losses;
 use sft_train::optim::{AdamW, AdamWParams};
-use sft_train::{CausalLm, Example, IGNORE};
+use sft_train::{Example, IGNORE};
 use tch::{Device, Kind};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -87,14 +86,19 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     for s in 0..=steps {
         let t0 = Instant::now();
         let c = collate(&examples, &mb, false, device)?;
-        let logits = CausalLm::forward(&m.model, &c.input_ids, None, None)?;
-        let loss = token_losses(&logits, &c.labels)?
-            .f_sum(Kind::Float)?
-            .f_div_scalar(c.target_tokens as f64)?;
-        loss.f_backward()?;
-        let norm = opt.grad_norm()?;
+        // The trainer's own pass (sft_train::forward_backward), so the bench times what runs.
+        let tl = sft_train::forward_backward(
+            &m.model,
+            &c,
+            1.0 / c.target_tokens as f64,
+            sft_train::Memory::default(),
+            false,
+        )?;
+        opt.absorb_grads()?;
+        let loss = tl.f_sum(Kind::Float)?.f_div_scalar(c.target_tokens as f64)?;
+        let norm = opt.grad_norm(None)?;
         opt.clip(1.0, norm)?;
-        opt.step(2e-5)?;
+        opt.step(2e-5, None)?;
         opt.zero_grad();
         if let Device::Cuda(i) = device {
             tch::Cuda::synchronize(i as i64);
