@@ -8,9 +8,11 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-const HINT: &str = "; it links libtorch: run `cargo xtask setup` and `eval \"$(cargo xtask env)\"` (sets LIBTORCH)";
+mod common;
+
+use common::{max_rel_diff, HINT};
 
 fn write_data(path: &Path, n: usize) {
     let mut f = std::fs::File::create(path).unwrap();
@@ -86,26 +88,6 @@ fn losses(out: &Path) -> Vec<f64> {
                 .loss
         })
         .collect()
-}
-
-fn weights(dir: &Path) -> Vec<(String, tch::Tensor)> {
-    sft_train::checkpoint::read_safetensors(&dir.join("model.safetensors")).unwrap()
-}
-
-/// Largest relative difference over all tensors (relative to each tensor's largest value).
-fn max_rel_diff(a: &Path, b: &Path) -> f64 {
-    let (wa, wb) = (weights(a), weights(b));
-    assert_eq!(
-        wa.iter().map(|x| &x.0).collect::<Vec<_>>(),
-        wb.iter().map(|x| &x.0).collect::<Vec<_>>()
-    );
-    wa.iter()
-        .zip(&wb)
-        .map(|((_, x), (_, y))| {
-            let d = (x - y).abs().max().double_value(&[]);
-            d / y.abs().max().double_value(&[]).max(1e-12)
-        })
-        .fold(0.0, f64::max)
 }
 
 fn assert_same_run(a: &Path, b: &Path, what: &str) {
@@ -226,27 +208,6 @@ fn zero_1_trains_what_plain_data_parallel_trains_and_resumes_from_shards() {
     assert!(d == 0.0, "resumed ZeRO-1 weights differ by {d:e}");
 }
 
-/// Pids of the direct children of `pid` (the launcher's ranks).
-fn children(pid: u32) -> Vec<u32> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(p) = e.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{p}/stat")) else {
-            continue;
-        };
-        // pid (comm) state ppid …; comm may contain spaces, so split after the last ')'.
-        let rest = &stat[stat.rfind(')').unwrap() + 1..];
-        let ppid: u32 = rest.split_whitespace().nth(1).unwrap().parse().unwrap();
-        if ppid == pid {
-            out.push(p);
-        }
-    }
-    out.sort_unstable();
-    out
-}
-
 #[test]
 fn a_killed_rank_fails_the_launch_within_90_s() {
     let tmp = tempfile::tempdir().unwrap();
@@ -265,34 +226,10 @@ fn a_killed_rank_fails_the_launch_within_90_s() {
             "200",
         ],
     );
-    let mut launcher = c.spawn().unwrap();
-    let t0 = Instant::now();
-    while !std::fs::read_to_string(out.join("metrics.jsonl")).is_ok_and(|m| m.lines().count() >= 2)
-    {
-        assert!(launcher.try_wait().unwrap().is_none(), "launch ended early");
-        assert!(
-            t0.elapsed() < Duration::from_secs(120),
-            "no steps within 120 s"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let ranks = children(launcher.id());
-    assert_eq!(ranks.len(), 2, "ranks {ranks:?}");
-    let killed = Command::new("kill")
-        .args(["-KILL", &ranks[1].to_string()])
-        .status()
-        .unwrap();
-    assert!(killed.success());
-    let t_kill = Instant::now();
-    let o = launcher.wait_with_output().unwrap();
-    let took = t_kill.elapsed();
-    let stderr = String::from_utf8_lossy(&o.stderr);
-    assert!(!o.status.success(), "the launch must fail:\n{stderr}");
-    assert!(took < Duration::from_secs(90), "took {took:?}");
-    assert!(
-        stderr.contains("rank 1 of 2 was killed by signal 9"),
-        "{stderr}"
-    );
+    let metrics = out.join("metrics.jsonl");
+    let (_, took, stderr) = common::kill_rank_1(c.spawn().unwrap(), || {
+        std::fs::read_to_string(&metrics).is_ok_and(|m| m.lines().count() >= 2)
+    });
     // Rank 0 saw its peer go (Gloo: connection closed) rather than hanging.
     assert!(stderr.contains("PeerLost"), "{stderr}");
     eprintln!(

@@ -12,7 +12,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-const HINT: &str = "; it links libtorch: run `cargo xtask setup` and `eval \"$(cargo xtask env)\"` (sets LIBTORCH)";
+mod common;
+
+use common::{children, max_rel_diff, HINT};
 
 fn root() -> PathBuf {
     sft_testkit::workspace_root()
@@ -132,26 +134,6 @@ fn stage_dirs(run_dir: &Path) -> Vec<PathBuf> {
         .iter()
         .map(|s| PathBuf::from(s["store_dir"].as_str().unwrap()))
         .collect()
-}
-
-fn weights(model_dir: &Path) -> Vec<(String, tch::Tensor)> {
-    sft_train::checkpoint::read_safetensors(&model_dir.join("model.safetensors")).unwrap()
-}
-
-/// Largest relative difference over all tensors (relative to each tensor's largest value).
-fn max_rel_diff(a: &Path, b: &Path) -> f64 {
-    let (wa, wb) = (weights(a), weights(b));
-    assert_eq!(
-        wa.iter().map(|x| &x.0).collect::<Vec<_>>(),
-        wb.iter().map(|x| &x.0).collect::<Vec<_>>()
-    );
-    wa.iter()
-        .zip(&wb)
-        .map(|((_, x), (_, y))| {
-            let d = (x - y).abs().max().double_value(&[]);
-            d / y.abs().max().double_value(&[]).max(1e-12)
-        })
-        .fold(0.0, f64::max)
 }
 
 fn steps(stage_dir: &Path) -> u64 {
@@ -361,27 +343,6 @@ fn strip_ansi(text: &str) -> String {
     out
 }
 
-/// Pids of the direct children of `pid` (the launcher's ranks).
-fn children(pid: u32) -> Vec<u32> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(p) = e.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{p}/stat")) else {
-            continue;
-        };
-        // pid (comm) state ppid …; comm may contain spaces, so split after the last ')'.
-        let rest = &stat[stat.rfind(')').unwrap() + 1..];
-        let ppid: u32 = rest.split_whitespace().nth(1).unwrap().parse().unwrap();
-        if ppid == pid {
-            out.push(p);
-        }
-    }
-    out.sort_unstable();
-    out
-}
-
 /// Steps logged so far by any stage in `store`.
 fn steps_logged(store: &Path) -> usize {
     let Ok(dirs) = std::fs::read_dir(store) else {
@@ -400,35 +361,10 @@ fn killing_the_follower_mid_stage_fails_the_launch_within_90_s() {
     // Many epochs: the first stage is still training when the follower is killed.
     write_plan(&plan, 1, 200);
     let (run, store) = (tmp.path().join("run"), tmp.path().join("stages"));
-    let mut launcher = cmd(&plan, &run, &store, &["--nproc-per-node", "2"])
+    let launcher = cmd(&plan, &run, &store, &["--nproc-per-node", "2"])
         .spawn()
         .unwrap();
-    let t0 = Instant::now();
-    while steps_logged(&store) < 2 {
-        assert!(launcher.try_wait().unwrap().is_none(), "launch ended early");
-        assert!(
-            t0.elapsed() < Duration::from_secs(120),
-            "no steps within 120 s"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let ranks = children(launcher.id());
-    assert_eq!(ranks.len(), 2, "ranks {ranks:?}");
-    let killed = Command::new("kill")
-        .args(["-KILL", &ranks[1].to_string()])
-        .status()
-        .unwrap();
-    assert!(killed.success());
-    let t_kill = Instant::now();
-    let o = launcher.wait_with_output().unwrap();
-    let took = t_kill.elapsed();
-    let stderr = String::from_utf8_lossy(&o.stderr);
-    assert!(!o.status.success(), "the launch must fail:\n{stderr}");
-    assert!(took < Duration::from_secs(90), "took {took:?}");
-    assert!(
-        stderr.contains("rank 1 of 2 was killed by signal 9"),
-        "{stderr}"
-    );
+    let (_, took, _) = common::kill_rank_1(launcher, || steps_logged(&store) >= 2);
     // Rank 0 saw its peer go and recorded the failed run.
     let status = read_json(&run.join("status.json"));
     assert_eq!(status["state"], "failed", "{status}");
