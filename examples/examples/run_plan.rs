@@ -106,20 +106,10 @@ fn main() -> anyhow::Result<()> {
 }
 
 /// This process's place in a launch: torchrun's or srun's variables
-/// ([`sft_dist::Launch::from_env`]); `None` for one process. A launch of one process is a plain
-/// run, and so is a Slurm step of one task without a rendezvous address: the one-GPU sweep
-/// script runs the runner in its batch step, where Slurm sets `SLURM_PROCID` but nobody sets
-/// `MASTER_ADDR`.
+/// ([`sft_dist::Launch::from_env`], which takes a one-task Slurm step without a rendezvous
+/// address for a plain run); `None` for one process, and a launch of one process is one.
 fn launch_from_env() -> anyhow::Result<Option<sft_dist::Launch>> {
-    let set = |name: &str| std::env::var(name).is_ok_and(|v| !v.trim().is_empty());
-    let one_slurm_task = !set("RANK")
-        && !set("WORLD_SIZE")
-        && std::env::var("SLURM_NTASKS").map_or(true, |n| n.trim() == "1");
-    match sft_dist::Launch::from_env() {
-        Ok(launch) => Ok(launch.filter(|l| l.world_size > 1)),
-        Err(_) if one_slurm_task => Ok(None),
-        Err(e) => Err(e.into()),
-    }
+    Ok(sft_dist::Launch::from_env()?.filter(|l| l.world_size > 1))
 }
 
 /// The plan as one process runs it (or rank 0 of a data-parallel launch, with `leader`).

@@ -142,7 +142,8 @@ fn parse_dtype(s: &str) -> Result<Dtype, String> {
 fn main() -> anyhow::Result<()> {
     sft_examples::init_logging();
     let a = Args::parse();
-    let launch = sft_dist::Launch::from_env()?;
+    // A launch of one process is a plain run.
+    let launch = sft_dist::Launch::from_env()?.filter(|l| l.world_size > 1);
     if a.nproc_per_node > 1 && launch.is_none() {
         // The launcher: this same command as N ranks (they see the variables and join).
         let args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();

@@ -42,8 +42,8 @@ impl Launch {
     ///   launch by hand).
     /// * Otherwise Slurm, when `SLURM_PROCID` is set: `SLURM_PROCID`, `SLURM_NTASKS`,
     ///   `SLURM_LOCALID`, plus `MASTER_ADDR` and `MASTER_PORT` (Slurm has no rendezvous address
-    ///   of its own; the batch script exports them). Note that a batch script's own step also
-    ///   has `SLURM_PROCID`: call this in processes started by `srun`.
+    ///   of its own; the batch script exports them). A batch script's own step (one task, no
+    ///   `MASTER_ADDR`) is `Ok(None)`, a single-process run.
     /// * `Ok(None)` when neither is set: a single-process run.
     ///
     /// Errors (kind [`ErrorKind::Config`]) name the variable that is missing or does not parse,
@@ -60,6 +60,11 @@ impl Launch {
         let (names, launcher) = if TORCHRUN[..2].iter().any(|n| get(n).is_some()) {
             (TORCHRUN, "torchrun")
         } else if get(SLURM[0]).is_some() {
+            // A one-task step without a rendezvous address (a batch script's own step, which
+            // runs one process) is not a launch.
+            if get(SLURM[1]).is_some_and(|n| n.trim() == "1") && get("MASTER_ADDR").is_none() {
+                return Ok(None);
+            }
             (SLURM, "Slurm")
         } else {
             return Ok(None);
@@ -221,6 +226,20 @@ mod tests {
         let l = launch(&vars).unwrap().unwrap();
         assert_eq!((l.rank, l.world_size, l.local_rank), (5, 8, 1));
         assert_eq!((l.master_addr.as_str(), l.master_port), ("10.0.0.1", 29500));
+    }
+
+    #[test]
+    fn a_one_task_slurm_step_without_a_rendezvous_is_one_process() {
+        let step = [
+            ("SLURM_PROCID", "0"),
+            ("SLURM_NTASKS", "1"),
+            ("SLURM_LOCALID", "0"),
+        ];
+        assert_eq!(launch(&step).unwrap(), None);
+        // With MASTER_ADDR it is a launch of one (srun -n 1 under a sweep script).
+        let mut vars = step.to_vec();
+        vars.extend(MASTER);
+        assert_eq!(launch(&vars).unwrap().unwrap().world_size, 1);
     }
 
     #[test]
