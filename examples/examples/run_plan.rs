@@ -61,11 +61,18 @@ struct Args {
     /// fails (a dead or hung rank).
     #[arg(long, default_value_t = 1800)]
     dist_timeout_s: u64,
+    /// Print every stage's per-device memory estimate (for this device, `--nproc-per-node`
+    /// ranks and the stage's `zero`) as a table and JSON, and exit without running anything.
+    #[arg(long)]
+    estimate: bool,
 }
 
 fn main() -> anyhow::Result<()> {
     sft_examples::init_logging();
     let args = Args::parse();
+    if args.estimate {
+        return estimate(&args);
+    }
     let launch = launch_from_env()?;
     if args.nproc_per_node > 1 && launch.is_none() {
         // The launcher: this same command as N ranks (they see the variables and join).
@@ -112,6 +119,65 @@ fn launch_from_env() -> anyhow::Result<Option<sft_dist::Launch>> {
     Ok(sft_dist::Launch::from_env()?.filter(|l| l.world_size > 1))
 }
 
+/// The base model: `--model`, else the plan's `[run] model` (relative to the plan file), else
+/// the embedded default.
+fn base_model(args: &Args, settings: &sft_run::RunSettings) -> anyhow::Result<PathBuf> {
+    let plan_dir = args.plan.parent().map(PathBuf::from).unwrap_or_default();
+    Ok(match (&args.model, &settings.model) {
+        (Some(m), _) => m.clone(),
+        (None, Some(m)) => plan_dir.join(m),
+        (None, None) => sft_examples::default_model()?,
+    })
+}
+
+/// `--estimate`: each stage's memory estimate, nothing run.
+fn estimate(args: &Args) -> anyhow::Result<()> {
+    use sft_config::memory::{gib, DeviceKind, MemoryEstimate, ModelShape, Parallel};
+    let (plan, settings) = sft_run::load_plan_file(&args.plan)?;
+    let model = base_model(args, &settings)?;
+    let shape = ModelShape::from_model_path(&model)?;
+    let kind = match args.device {
+        DeviceSpec::Cuda(_) => DeviceKind::Cuda,
+        DeviceSpec::Cpu => DeviceKind::Cpu,
+        DeviceSpec::Auto => match args.device.resolve()? {
+            tch::Device::Cuda(_) => DeviceKind::Cuda,
+            _ => DeviceKind::Cpu,
+        },
+    };
+    let world = launch_from_env()?.map_or(args.nproc_per_node.max(1), |l| l.world_size);
+    let mut rows = Vec::new();
+    eprintln!(
+        "{} on {kind:?}, {world} rank(s), {} parameters",
+        model.display(),
+        shape.parameters()
+    );
+    eprintln!(
+        "{:<24} {:>6} {:>6} {:>6} {:>6} {:>5} {:>12}",
+        "stage", "micro", "len", "ckpt", "chunk", "zero", "peak"
+    );
+    for stage in &plan.stages {
+        let c = &stage.config;
+        let par = Parallel {
+            world_size: world as u64,
+            zero: c.zero,
+        };
+        let est = MemoryEstimate::new(&shape, c, par, kind);
+        eprintln!(
+            "{:<24} {:>6} {:>6} {:>6} {:>6} {:>5} {:>12}",
+            stage.name,
+            c.micro_batch_size,
+            c.max_len,
+            c.activation_checkpointing,
+            c.loss_chunk,
+            c.zero,
+            gib(est.peak)
+        );
+        rows.push(serde_json::json!({"stage": stage.name, "estimate": est}));
+    }
+    println!("{}", serde_json::to_string_pretty(&rows)?);
+    Ok(())
+}
+
 /// The plan as one process runs it (or rank 0 of a data-parallel launch, with `leader`).
 fn run(
     args: &Args,
@@ -122,12 +188,7 @@ fn run(
     if let Some(policy) = args.stale_stages {
         settings.stale_stages = policy;
     }
-    let plan_dir = args.plan.parent().map(PathBuf::from).unwrap_or_default();
-    let model = match (&args.model, &settings.model) {
-        (Some(m), _) => m.clone(),
-        (None, Some(m)) => plan_dir.join(m),
-        (None, None) => sft_examples::default_model()?,
-    };
+    let model = base_model(args, &settings)?;
     let data_dir = match &args.data_dir {
         Some(d) => d.clone(),
         None => sft_examples::workspace_dir().join("../shared/data"),

@@ -377,3 +377,48 @@ fn killing_the_follower_mid_stage_fails_the_launch_within_90_s() {
         took.as_secs_f64()
     );
 }
+
+/// `run_plan --estimate` prints every stage's memory estimate (for the ranks asked for and the
+/// stage's settings) and runs nothing.
+#[test]
+fn run_plan_estimate_prints_each_stage_and_runs_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let plan = tmp.path().join("plan.toml");
+    write_plan_with(
+        &plan,
+        1,
+        1,
+        "activation_checkpointing = true\nzero = 1\n",
+        "",
+    );
+    let (run, store) = (tmp.path().join("run"), tmp.path().join("stages"));
+    let est = |ranks: &str| -> Vec<serde_json::Value> {
+        let o = cmd(
+            &plan,
+            &run,
+            &store,
+            &["--estimate", "--nproc-per-node", ranks],
+        )
+        .output()
+        .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let table = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            table.contains("peak") && table.contains(&format!("{ranks} rank(s)")),
+            "{table}"
+        );
+        serde_json::from_slice(&o.stdout).unwrap()
+    };
+    let (one, two) = (est("1"), est("2"));
+    assert_eq!(one.len(), 2, "two stages");
+    for (a, b) in one.iter().zip(&two) {
+        let peak = |v: &serde_json::Value| v["estimate"]["peak"].as_u64().unwrap();
+        assert!(peak(a) > 0);
+        // ZeRO-1 over 2 ranks shards the optimizer state: less per device.
+        assert!(peak(b) < peak(a), "{a} vs {b}");
+    }
+    assert!(
+        !run.exists() && !store.exists(),
+        "--estimate must not create run directories"
+    );
+}
