@@ -168,10 +168,12 @@ pub fn slurm_script(cells: &[Cell], layout: &Layout, opts: &SlurmOptions) -> Res
     cmd.push(quote(opts.device.as_deref().unwrap_or("cuda")));
     if parallel {
         // Rank 0 hosts the rendezvous on the first host; each rank takes cuda:SLURM_LOCALID.
+        // `sed -n 1p` reads all of scontrol's output: with `head -n 1`, scontrol could die of
+        // SIGPIPE and `pipefail` would end the script without a word (seen in the test).
         // srun does not pass --cpus-per-task on from sbatch in every Slurm version: say it.
         s.push_str(
             "NODELIST=\"${SLURM_JOB_NODELIST:?SLURM_JOB_NODELIST is not set: submit with sbatch}\"\n\
-             MASTER_ADDR=$(scontrol show hostnames \"$NODELIST\" | head -n 1)\n\
+             MASTER_ADDR=$(scontrol show hostnames \"$NODELIST\" | sed -n 1p)\n\
              if [ -z \"$MASTER_ADDR\" ]; then echo \"no host in $NODELIST\" >&2; exit 2; fi\n\
              export MASTER_ADDR\n\
              export MASTER_PORT=$((20000 + TASK % 20000))\n\

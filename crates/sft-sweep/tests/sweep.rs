@@ -869,7 +869,9 @@ fn slurm_cells_with_eight_gpus_run_the_runner_through_srun() {
     let out = task(3);
     assert!(
         out.status.success(),
-        "task 3: {}",
+        "task 3 ({}): stdout:\n{}\nstderr:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
     let srun = std::fs::read_to_string(&srun_log).unwrap();
