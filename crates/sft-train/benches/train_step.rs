@@ -95,7 +95,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             false,
         )?;
         opt.absorb_grads()?;
-        let loss = tl.f_sum(Kind::Float)?.f_div_scalar(c.target_tokens as f64)?;
+        let loss = tl
+            .f_sum(Kind::Float)?
+            .f_div_scalar(c.target_tokens as f64)?;
         let norm = opt.grad_norm(None)?;
         opt.clip(1.0, norm)?;
         opt.step(2e-5, None)?;
