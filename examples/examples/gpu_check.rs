@@ -405,11 +405,17 @@ fn peer(
         .with_context(|| format!("running {}", script.display()))?;
     if !o.status.success() {
         return Ok(
-            json!({"ok": false, "stderr": String::from_utf8_lossy(&o.stderr).chars().rev().take(2000).collect::<String>().chars().rev().collect::<String>()}),
+            json!({"ok": false, "stderr": last_chars(&String::from_utf8_lossy(&o.stderr), 2000)}),
         );
     }
     Ok(serde_json::from_slice(&o.stdout)
         .unwrap_or_else(|e| json!({"ok": false, "error": format!("peer printed no JSON: {e}")})))
+}
+
+/// The last `n` characters of `text`.
+fn last_chars(text: &str, n: usize) -> String {
+    let skip = text.chars().count().saturating_sub(n);
+    text.chars().skip(skip).collect()
 }
 
 /// One rank of the NCCL check: all-reduce 256 MiB of `rank + 1` on `cuda:LOCAL_RANK`.

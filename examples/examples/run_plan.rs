@@ -73,19 +73,12 @@ fn main() -> anyhow::Result<()> {
     if args.estimate {
         return estimate(&args);
     }
-    let launch = launch_from_env()?;
-    if args.nproc_per_node > 1 && launch.is_none() {
-        // The launcher: this same command as N ranks (they see the variables and join).
-        let argv: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
-        sft_dist::run_local_ranks(args.nproc_per_node, &std::env::current_exe()?, &argv)?;
+    if sft_examples::launch_local_ranks(args.nproc_per_node)? {
         return Ok(());
     }
+    let launch = sft_examples::launch_from_env()?;
     let timeout = Duration::from_secs(args.dist_timeout_s);
-    let device = match (args.device.resolve()?, &launch) {
-        // One GPU per rank.
-        (tch::Device::Cuda(_), Some(l)) => tch::Device::Cuda(l.local_rank),
-        (d, _) => d,
-    };
+    let device = sft_examples::rank_device(args.device.resolve()?, launch.as_ref());
     match launch {
         None => run(&args, device, None),
         Some(l) if l.rank != 0 => {
@@ -110,13 +103,6 @@ fn main() -> anyhow::Result<()> {
             result
         }
     }
-}
-
-/// This process's place in a launch: torchrun's or srun's variables
-/// ([`sft_dist::Launch::from_env`], which takes a one-task Slurm step without a rendezvous
-/// address for a plain run); `None` for one process, and a launch of one process is one.
-fn launch_from_env() -> anyhow::Result<Option<sft_dist::Launch>> {
-    Ok(sft_dist::Launch::from_env()?.filter(|l| l.world_size > 1))
 }
 
 /// The base model: `--model`, else the plan's `[run] model` (relative to the plan file), else
@@ -144,7 +130,8 @@ fn estimate(args: &Args) -> anyhow::Result<()> {
             _ => DeviceKind::Cpu,
         },
     };
-    let world = launch_from_env()?.map_or(args.nproc_per_node.max(1), |l| l.world_size);
+    let world =
+        sft_examples::launch_from_env()?.map_or(args.nproc_per_node.max(1), |l| l.world_size);
     let mut rows = Vec::new();
     eprintln!(
         "{} on {kind:?}, {world} rank(s), {} parameters",

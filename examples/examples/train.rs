@@ -142,14 +142,10 @@ fn parse_dtype(s: &str) -> Result<Dtype, String> {
 fn main() -> anyhow::Result<()> {
     sft_examples::init_logging();
     let a = Args::parse();
-    // A launch of one process is a plain run.
-    let launch = sft_dist::Launch::from_env()?.filter(|l| l.world_size > 1);
-    if a.nproc_per_node > 1 && launch.is_none() {
-        // The launcher: this same command as N ranks (they see the variables and join).
-        let args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
-        sft_dist::run_local_ranks(a.nproc_per_node, &std::env::current_exe()?, &args)?;
+    if sft_examples::launch_local_ranks(a.nproc_per_node)? {
         return Ok(());
     }
+    let launch = sft_examples::launch_from_env()?;
     let file = match &a.config {
         Some(p) => TrainConfig::from_toml_file(p)?,
         None => TrainConfig::default(),
@@ -180,14 +176,10 @@ fn main() -> anyhow::Result<()> {
     };
     let cfg = file.with_overrides(&flags);
     cfg.validate()?;
-    let device = match (
+    let device = sft_examples::rank_device(
         a.device.parse::<sft_examples::DeviceSpec>()?.resolve()?,
-        &launch,
-    ) {
-        // One GPU per rank.
-        (tch::Device::Cuda(_), Some(l)) => tch::Device::Cuda(l.local_rank),
-        (d, _) => d,
-    };
+        launch.as_ref(),
+    );
     let rank = launch.as_ref().map_or(0, |l| l.rank);
     let job = TrainJob {
         model: a.model.clone(),

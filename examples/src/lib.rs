@@ -225,3 +225,29 @@ impl CompleterArgs {
         }
     }
 }
+
+/// The launch this process is one rank of, from torchrun's or srun's variables
+/// ([`sft_dist::Launch::from_env`]); `None` for one process (a launch of one process is one).
+pub fn launch_from_env() -> anyhow::Result<Option<sft_dist::Launch>> {
+    Ok(sft_dist::Launch::from_env()?.filter(|l| l.world_size > 1))
+}
+
+/// `--nproc-per-node N` of `train` and `run_plan`: outside a launch and with `N > 1`, runs this
+/// same command as N local ranks (they see the launcher's variables and join) and returns
+/// `Ok(true)` once all ended well; otherwise `Ok(false)`: this process is a rank or alone.
+pub fn launch_local_ranks(nproc_per_node: usize) -> anyhow::Result<bool> {
+    if nproc_per_node <= 1 || launch_from_env()?.is_some() {
+        return Ok(false);
+    }
+    let args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
+    sft_dist::run_local_ranks(nproc_per_node, &std::env::current_exe()?, &args)?;
+    Ok(true)
+}
+
+/// The device of a rank: a CUDA device becomes `cuda:LOCAL_RANK` (one GPU per rank).
+pub fn rank_device(device: tch::Device, launch: Option<&sft_dist::Launch>) -> tch::Device {
+    match (device, launch) {
+        (tch::Device::Cuda(_), Some(l)) => tch::Device::Cuda(l.local_rank),
+        (d, _) => d,
+    }
+}

@@ -233,7 +233,7 @@ impl AdamW {
     /// Sums the step's f32 gradients over the ranks of `group`, in place, in buckets of about
     /// 64 MiB (so the reduction's flat buffer stays small); after it every rank holds the
     /// global batch's gradients and takes the same update.
-    pub fn all_reduce_grads(&mut self, group: &sft_dist::ProcessGroup) -> Result<()> {
+    fn all_reduce_grads(&mut self, group: &sft_dist::ProcessGroup) -> Result<()> {
         const BUCKET_BYTES: usize = 64 << 20;
         let grads = self.grads();
         if grads.len() != self.params.len() {
