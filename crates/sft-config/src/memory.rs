@@ -145,6 +145,97 @@ impl ModelShape {
     }
 }
 
+/// The built-in shapes ([`ShapePreset`]): the paper's LLaMA-1 sizes (HF `config.json`s of
+/// `huggyllama/llama-{7b,13b,30b}`; the paper calls the largest 33B) and SmolLM2-135M-Instruct,
+/// the project's default model.
+pub const SHAPE_PRESETS: &[(&str, ModelShape)] = &[
+    ("llama-7b", llama1(4096, 11008, 32, 32)),
+    ("llama-13b", llama1(5120, 13824, 40, 40)),
+    ("llama-33b", llama1(6656, 17920, 60, 52)),
+    (
+        "smollm2-135m",
+        ModelShape {
+            hidden_size: 576,
+            intermediate_size: 1536,
+            num_hidden_layers: 30,
+            num_attention_heads: 9,
+            num_key_value_heads: 3,
+            head_dim: 64,
+            vocab_size: 49152,
+            tie_word_embeddings: true,
+        },
+    ),
+];
+
+/// A LLaMA-1 shape: multi-head attention with 128-dimensional heads, 32000 tokens, untied head.
+const fn llama1(hidden: u64, intermediate: u64, layers: u64, heads: u64) -> ModelShape {
+    ModelShape {
+        hidden_size: hidden,
+        intermediate_size: intermediate,
+        num_hidden_layers: layers,
+        num_attention_heads: heads,
+        num_key_value_heads: heads,
+        head_dim: hidden / heads,
+        vocab_size: 32000,
+        tie_word_embeddings: false,
+    }
+}
+
+/// A model shape given by the name of a built-in one ([`SHAPE_PRESETS`]), for estimates where
+/// the weights are not at hand (a sweep's dry run away from the cluster). Parses from its name,
+/// serializes as it; an unknown name is an error about the `shape` key listing the known ones.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ShapePreset {
+    name: &'static str,
+    shape: ModelShape,
+}
+
+impl ShapePreset {
+    /// The preset's name (`llama-7b`).
+    pub fn name(&self) -> &'static str {
+        self.name
+    }
+
+    /// The preset's shape.
+    pub fn shape(&self) -> ModelShape {
+        self.shape
+    }
+}
+
+impl std::str::FromStr for ShapePreset {
+    type Err = crate::Error;
+    fn from_str(s: &str) -> crate::Result<Self> {
+        SHAPE_PRESETS
+            .iter()
+            .find(|(name, _)| *name == s)
+            .map(|&(name, shape)| ShapePreset { name, shape })
+            .ok_or_else(|| {
+                let known: Vec<&str> = SHAPE_PRESETS.iter().map(|(n, _)| *n).collect();
+                crate::Error::invalid(
+                    "shape",
+                    format!(
+                        "unknown model shape preset {s:?} (known: {})",
+                        known.join(", ")
+                    ),
+                )
+            })
+    }
+}
+
+impl Serialize for ShapePreset {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.name)
+    }
+}
+
+impl<'de> Deserialize<'de> for ShapePreset {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d)?
+            .parse()
+            .map_err(serde::de::Error::custom)
+    }
+}
+
 /// Where the run trains.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -329,6 +420,31 @@ mod tests {
         let e = ModelShape::from_model_path(Path::new("/nonexistent/model")).unwrap_err();
         assert!(e.to_string().contains("/nonexistent/model"), "{e}");
         assert!(std::error::Error::source(&e).is_some());
+    }
+
+    #[test]
+    fn presets_are_the_released_shapes() {
+        let p = |n: &str| n.parse::<ShapePreset>().unwrap().shape();
+        assert_eq!(p("llama-7b"), llama7b());
+        assert_eq!(p("smollm2-135m"), smollm2());
+        // HF's num_parameters() of huggyllama/llama-13b and llama-30b.
+        assert_eq!(p("llama-13b").parameters(), 13_015_864_320);
+        assert_eq!(p("llama-33b").parameters(), 32_528_943_616);
+        assert_eq!(p("llama-33b").head_dim, 128);
+        let e = "llama-8b".parse::<ShapePreset>().unwrap_err();
+        assert_eq!(e.key(), Some("shape"));
+        assert!(
+            e.to_string().contains("\"llama-8b\"") && e.to_string().contains("llama-33b"),
+            "{e}"
+        );
+        #[derive(Deserialize)]
+        struct T {
+            shape: ShapePreset,
+        }
+        let t: T = serde_json::from_str(r#"{"shape": "llama-13b"}"#).unwrap();
+        assert_eq!(t.shape.name(), "llama-13b");
+        assert!(serde_json::from_str::<T>(r#"{"shape": "gpt-2"}"#).is_err());
+        assert_eq!(serde_json::to_string(&t.shape).unwrap(), "\"llama-13b\"");
     }
 
     #[test]
