@@ -64,6 +64,17 @@ pub enum Error {
         #[source]
         source: Box<sft_run::Error>,
     },
+    /// A model's `config` (its shape for memory estimates) does not read.
+    #[error("{path}: [[models]] {model:?}: `config`: {source}")]
+    ModelConfig {
+        /// The spec file.
+        path: PathBuf,
+        /// The model's name.
+        model: String,
+        /// The error naming the config file.
+        #[source]
+        source: Box<sft_config::Error>,
+    },
     /// A file of a done cell's run directory (`heldout_loss.json`, `eval/*.items.json`) does
     /// not read.
     #[error("cell {cell}: {source}")]

@@ -14,6 +14,8 @@
 //!   runner left `status.json` at `done` are skipped; interrupted and failed ones rerun, and the
 //!   runner resumes them. Two cells sharing an untrained stage prefix never run at once, so the
 //!   shared stage is trained once and reused through the stage store.
+//! * [`dry_run_listing`] lists the cells with each one's estimated peak memory per device (its
+//!   largest stage's, [`cell_memory`], on a [`MemoryTarget`]) before anything runs.
 //! * [`slurm_script`] writes the same cells as a Slurm job array over the same layout.
 //! * [`collect`] reads every cell's `results.json` into one long table (a row per cell and
 //!   metric, with confidence intervals) written as Parquet, CSV and Markdown; [`plot_all`] draws
@@ -24,6 +26,7 @@
 
 mod error;
 mod layout;
+mod memory;
 mod plot;
 mod results;
 mod run;
@@ -33,6 +36,7 @@ mod state;
 
 pub use error::{Error, Result};
 pub use layout::Layout;
+pub use memory::{cell_memory, dry_run_listing, CellMemory, MemoryTarget, ShapeSource};
 pub use plot::{plot_all, PlotFiles};
 pub use results::{
     collect, paired_tables, table1, write_tables, CellSummary, ResultRow, ResultsTable, METRICS,

@@ -4,7 +4,7 @@
 //! ```text
 //! sft-sweep sweeps/mini_rq4.toml --runner "target/release/examples/run_plan" \
 //!     --runner-env LIBTORCH=/path/to/torch [--jobs N] [--devices cuda:0,cuda:1] [--out DIR]
-//! sft-sweep sweeps/rq4.toml --dry-run
+//! sft-sweep sweeps/rq4.toml --dry-run [--device-memory-gib 80]
 //! ```
 //!
 //! `cargo xtask sweep SPEC [FLAGS]` is the usual entry point: it sets up libtorch, builds the
@@ -16,8 +16,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use clap::Parser;
 use sft_sweep::{
-    collect, paired_tables, plot_all, prepare, run_cells, slurm_script, table1, write_tables,
-    Layout, RunOptions, SlurmOptions, SweepSpec,
+    collect, dry_run_listing, paired_tables, plot_all, prepare, run_cells, slurm_script, table1,
+    write_tables, Layout, MemoryTarget, RunOptions, SlurmOptions, SweepSpec,
 };
 
 /// Run an experiment sweep: every cell of a spec, resumable, then tables and plots.
@@ -42,9 +42,14 @@ struct Cli {
     /// ./target/sweeps/<spec name>).
     #[arg(long)]
     out: Option<PathBuf>,
-    /// List the cells and exit.
+    /// List the cells, each with its estimated peak memory per device (the largest of its
+    /// stages': model shape, dtype, zero, ranks per cell; see docs/sweeps.md), and exit.
     #[arg(long)]
     dry_run: bool,
+    /// With --dry-run: mark the cells whose estimate exceeds G GiB per device (OVER) and count
+    /// them.
+    #[arg(long, value_name = "G", requires = "dry_run", value_parser = positive_gib)]
+    device_memory_gib: Option<f64>,
     /// Only tabulate and plot what is finished.
     #[arg(long)]
     collect_only: bool,
@@ -59,6 +64,13 @@ struct Cli {
     /// The data directory passed to the runner (default: the spec's, else the runner's own).
     #[arg(long)]
     data_dir: Option<PathBuf>,
+}
+
+fn positive_gib(s: &str) -> std::result::Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(g) if g.is_finite() && g > 0.0 => Ok(g),
+        _ => Err(format!("{s:?} is not a positive number of GiB")),
+    }
 }
 
 fn init_logging() {
@@ -119,9 +131,19 @@ fn sweep(args: Cli) -> Result<()> {
         layout.out().display()
     );
     if args.dry_run {
-        for c in &cells {
-            println!("{:>4}  {}  [{}]", c.index, c.id, c.grids.join(", "));
-        }
+        let target = MemoryTarget::new(
+            &spec,
+            args.slurm.then_some(args.slurm_device.as_str()),
+            &args.devices,
+        );
+        eprintln!(
+            "[sweep] memory per device: {target}; each stage's dtype, zero and batch; a cell's \
+             peak is its largest stage's"
+        );
+        print!(
+            "{}",
+            dry_run_listing(&spec, &cells, &target, args.device_memory_gib)
+        );
         return Ok(());
     }
     let data_dir = args.data_dir.clone().or_else(|| spec.data_dir(&args.spec));

@@ -11,8 +11,9 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use sft_config::memory::{ModelShape, ShapePreset};
 use sft_schedule::{
-    canonical_json, PlanSpec, Ratio, Strategy, TrainConfig, TrainOverrides,
+    canonical_json, PlanSpec, Ratio, Stage, Strategy, TrainConfig, TrainOverrides,
     FORMAT_VERSION as PLAN_FORMAT_VERSION,
 };
 use sha2::{Digest, Sha256};
@@ -35,6 +36,16 @@ pub struct ModelSpec {
     /// Merged over the spec's `[train]` table for this model's cells.
     #[serde(default)]
     pub train: toml::Table,
+    /// The model's shape for memory estimates (`--dry-run`) when `run.model` cannot be read (a
+    /// dry run away from the machine with the weights): a built-in preset, `llama-7b`,
+    /// `llama-13b`, `llama-33b` or `smollm2-135m` (`sft_config::memory::SHAPE_PRESETS`). An
+    /// unknown name fails when the spec loads. Never used when `run.model` reads.
+    #[serde(default)]
+    pub shape: Option<ShapePreset>,
+    /// Like [`ModelSpec::shape`], from a file: an HF `config.json` (or a GGUF file), relative
+    /// to the spec file (made absolute, and read, when the spec loads). Not with `shape`.
+    #[serde(default)]
+    pub config: Option<PathBuf>,
 }
 
 /// One `[[grid]]`: a cartesian product of axes.
@@ -215,6 +226,11 @@ pub struct Cell {
     pub x: BTreeMap<String, (String, Ratio)>,
     /// The plan the runner executes.
     pub plan: PlanSpec,
+    /// The plan's stages as the runner resolves them, each with its validated trainer config
+    /// (what the memory estimate of `--dry-run` reads). Resolved by [`SweepSpec::expand`]; not
+    /// in `cell.json`, so empty in a cell read back from one.
+    #[serde(skip)]
+    pub stages: Vec<Stage>,
 }
 
 impl Cell {
@@ -285,7 +301,31 @@ impl SweepSpec {
                 })
             }
         }
-        toml::from_str(text).map_err(syntax)
+        let mut spec: SweepSpec = toml::from_str(text).map_err(syntax)?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        for model in &mut spec.models {
+            let Some(config) = &model.config else {
+                continue;
+            };
+            if model.shape.is_some() {
+                return Err(Error::SpecInvalid {
+                    path: path.to_path_buf(),
+                    message: format!(
+                        "[[models]] {:?}: give `shape` or `config`, not both",
+                        model.name
+                    ),
+                });
+            }
+            let joined = base.join(config);
+            let config = std::path::absolute(&joined).unwrap_or(joined);
+            ModelShape::from_model_path(&config).map_err(|source| Error::ModelConfig {
+                path: path.to_path_buf(),
+                model: model.name.clone(),
+                source: Box::new(source),
+            })?;
+            model.config = Some(config);
+        }
+        Ok(spec)
     }
 
     /// `data_dir` resolved against the directory of the spec file at `path`.
@@ -706,7 +746,7 @@ impl SweepSpec {
             seed: run_seed.unwrap_or(TrainConfig::default().seed),
             ..TrainConfig::default()
         };
-        plan.resolve(&known, &base).map_err(plan_err)?;
+        let resolved = plan.resolve(&known, &base).map_err(plan_err)?;
         Ok(Cell {
             id,
             index: 0,
@@ -720,6 +760,7 @@ impl SweepSpec {
             seed,
             x: BTreeMap::new(),
             plan,
+            stages: resolved.stages,
         })
     }
 }

@@ -1069,7 +1069,9 @@ fn the_command_line_runs_collects_and_writes_slurm_scripts() {
     let dry = run(&["--dry-run"]);
     assert!(dry.status.success());
     let listed = String::from_utf8_lossy(&dry.stdout);
-    assert_eq!(listed.lines().count(), 4, "{listed}");
+    // A header, then a line per cell (with its memory estimate: tests/dry_run.rs).
+    assert_eq!(listed.lines().count(), 5, "{listed}");
+    assert!(listed.starts_with("index"), "{listed}");
 
     let none = run(&[]);
     assert!(!none.status.success());
