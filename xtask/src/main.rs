@@ -9,10 +9,12 @@
 //! * `fetch-data` downloads GSM8K and Code Alpaca from their public sources (pinned, checked).
 //! * `demo` runs the DMT demo; `sweep` builds and runs the `sft-sweep` command line with the
 //!   release `run_plan` as its runner; `gpu-check` builds the bundle of the one GPU check.
+//! * `bench` runs every benchmark against its peer in the same run and writes the results.
 //!
 //! xtask depends on no crate of the workspace and never links libtorch, so it builds in about a
 //! minute on a bare machine (its own `xtask` profile, `Cargo.toml`), before the workspace build.
 
+mod bench;
 mod data;
 mod setup;
 mod sweep;
@@ -78,6 +80,9 @@ enum Cmd {
     },
     /// Run an experiment sweep (sweeps/*.toml): every cell, resumable, then tables and plots.
     Sweep(sweep::SweepArgs),
+    /// Measure every hot path against its peer in the same run (interleaved repetitions) and
+    /// write `bench/results/<date>-<machine>.{json,md}` (docs/benchmarks.md).
+    Bench(bench::BenchArgs),
     /// Build the one GPU check into `target/gpu-check/` (stripped release binary, PyTorch peer
     /// script, SmolLM2 config + tokenizer, run.sh) to copy to a GPU machine (docs/gpu.md).
     GpuCheck,
@@ -109,6 +114,7 @@ fn main() -> Result<()> {
         Cmd::FetchData { base_url, out } => data::fetch_data(&base_url, &out)?,
         Cmd::Demo { args } => setup::run_demo(&args)?,
         Cmd::Sweep(args) => sweep::sweep(args)?,
+        Cmd::Bench(args) => bench::bench(args)?,
         Cmd::GpuCheck => {
             setup::gpu_check_bundle()?;
         }
