@@ -10,10 +10,11 @@
 //! benchmark to `bench/results/<date>-<machine>[-quick].json` and `.md`, so an interrupted run
 //! keeps what it measured.
 //!
-//! The peers live in their own virtualenv, `<cache>/bench-venv`, made from the reference Python
-//! (torch and transformers pinned by `python-requirements.txt` are reached through a `.pth` file,
-//! not installed twice) with the pinned `bench-requirements.txt` (llama-cpp-python, built from
-//! PyPI's source for this CPU, and `datasets`).
+//! Every Python peer runs in its own virtualenv, `<cache>/bench-venv`, made from the reference
+//! Python (torch and transformers pinned by `python-requirements.txt` are reached through a `.pth`
+//! file, not installed twice) with the pinned `bench-requirements.txt` (llama-cpp-python, built
+//! from PyPI's source for this CPU, `datasets`, and `accelerate`, which transformers needs to
+//! read a GGUF).
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -154,7 +155,10 @@ pub enum Rule {
     AtLeast(f64),
     AtMost(f64),
     /// Ours at least `x` times better than `peer` (a speed-up as in the comparisons).
-    SpeedupAtLeast { peer: String, x: f64 },
+    SpeedupAtLeast {
+        peer: String,
+        x: f64,
+    },
 }
 
 /// A benchmark, ready to run.
@@ -529,7 +533,10 @@ pub fn markdown(r: &Report) -> String {
     );
     for b in &r.benchmarks {
         let _ = writeln!(s, "## {}\n\n{}\n", b.name, b.description);
-        let _ = writeln!(s, "| case | metric | median | min … max | runs |\n| --- | --- | --- | --- | --- |");
+        let _ = writeln!(
+            s,
+            "| case | metric | median | min … max | runs |\n| --- | --- | --- | --- | --- |"
+        );
         for c in &b.cases {
             for m in &b.metrics {
                 if let Some(x) = c.summary.get(&m.name) {
@@ -562,7 +569,10 @@ pub fn markdown(r: &Report) -> String {
             }
         }
         if !b.comparisons.is_empty() {
-            let _ = writeln!(s, "\n| metric | ours | peer | speed-up of ours |\n| --- | --- | --- | --- |");
+            let _ = writeln!(
+                s,
+                "\n| metric | ours | peer | speed-up of ours |\n| --- | --- | --- | --- |"
+            );
             for c in &b.comparisons {
                 let _ = writeln!(
                     s,
@@ -577,7 +587,10 @@ pub fn markdown(r: &Report) -> String {
             }
         }
         if !b.targets.is_empty() {
-            let _ = writeln!(s, "\n| target (issue 18) | value | met |\n| --- | --- | --- |");
+            let _ = writeln!(
+                s,
+                "\n| target (issue 18) | value | met |\n| --- | --- | --- |"
+            );
             for t in &b.targets {
                 let _ = writeln!(
                     s,
@@ -635,8 +648,8 @@ fn num(v: &Value, path: &[&str]) -> Result<f64> {
 
 fn short(v: &Value) -> String {
     let s = v.to_string();
-    if s.len() > 300 {
-        format!("{}…", &s[..s.floor_char_boundary(300)])
+    if s.chars().count() > 300 {
+        format!("{}…", s.chars().take(300).collect::<String>())
     } else {
         s
     }
@@ -668,8 +681,10 @@ pub fn parse_eval_generation(stdout: &str, scratch: &Path) -> Result<Measured> {
     let mut m = Measured::default();
     m.metrics
         .insert("wall s".into(), num(&stats, &["stats", "total_secs"])?);
-    m.metrics
-        .insert("tokens/s".into(), num(&stats, &["stats", "tokens_per_sec"])?);
+    m.metrics.insert(
+        "tokens/s".into(),
+        num(&stats, &["stats", "tokens_per_sec"])?,
+    );
     m.metrics.insert(
         "generated tokens".into(),
         num(&stats, &["stats", "generated_tokens"])?,
@@ -680,7 +695,11 @@ pub fn parse_eval_generation(stdout: &str, scratch: &Path) -> Result<Measured> {
         bail!("no generation in the output");
     }
     for l in &lines {
-        h.update(l.get("generated_ids").map(Value::to_string).unwrap_or_default());
+        h.update(
+            l.get("generated_ids")
+                .map(Value::to_string)
+                .unwrap_or_default(),
+        );
         h.update(b"\n");
     }
     m.facts
@@ -694,8 +713,10 @@ pub fn parse_compose(stdout: &str, _scratch: &Path) -> Result<Measured> {
     let mut m = Measured::default();
     m.metrics
         .insert("grid wall s".into(), num(&v, &["grid", "best_wall_s"])?);
-    m.metrics
-        .insert("grid peak RSS MiB".into(), num(&v, &["grid", "peak_rss_mib"])?);
+    m.metrics.insert(
+        "grid peak RSS MiB".into(),
+        num(&v, &["grid", "peak_rss_mib"])?,
+    );
     m.metrics
         .insert("JSONL parse MB/s".into(), num(&v, &["parse", "mb_per_s"])?);
     m.metrics.insert(
@@ -800,7 +821,10 @@ pub fn machine_slug(model: &str, cpus: usize) -> String {
     }
     let slug = slug.trim_end_matches('-');
     let slug = if slug.is_empty() { "unknown-cpu" } else { slug };
-    format!("{}-{cpus}c", &slug[..slug.len().min(48)].trim_end_matches('-'))
+    format!(
+        "{}-{cpus}c",
+        &slug[..slug.len().min(48)].trim_end_matches('-')
+    )
 }
 
 fn machine() -> Machine {
@@ -918,8 +942,16 @@ fn ensure_peer_venv(cache: &Path, reference: &Path) -> Result<PathBuf> {
 }
 
 /// The release binaries the benchmarks run, built by one cargo call: target name → path.
-fn build_binaries(env: &Env, root: &Path, names: &[BenchName]) -> Result<BTreeMap<String, PathBuf>> {
-    let mut args: Vec<&str> = vec!["build", "--release", "--message-format=json-render-diagnostics"];
+fn build_binaries(
+    env: &Env,
+    root: &Path,
+    names: &[BenchName],
+) -> Result<BTreeMap<String, PathBuf>> {
+    let mut args: Vec<&str> = vec![
+        "build",
+        "--release",
+        "--message-format=json-render-diagnostics",
+    ];
     let mut add = |pkg: &'static str, kind: &'static str, name: &'static str| {
         args.extend(["-p", pkg, kind, name]);
     };
@@ -952,7 +984,9 @@ fn build_binaries(env: &Env, root: &Path, names: &[BenchName]) -> Result<BTreeMa
             continue;
         };
         if v["reason"] == "compiler-artifact" {
-            if let (Some(name), Some(exe)) = (v["target"]["name"].as_str(), v["executable"].as_str()) {
+            if let (Some(name), Some(exe)) =
+                (v["target"]["name"].as_str(), v["executable"].as_str())
+            {
                 bins.insert(name.to_string(), PathBuf::from(exe));
             }
         }
@@ -972,7 +1006,6 @@ struct Ctx {
     root: PathBuf,
     env_vars: Vec<(String, String)>,
     bins: BTreeMap<String, PathBuf>,
-    reference_py: PathBuf,
     peer_py: Option<PathBuf>,
     data: PathBuf,
     assets: PathBuf,
@@ -1067,7 +1100,13 @@ fn define(name: BenchName, c: &Ctx) -> Result<Benchmark> {
                 c.case(
                     "sft-compose",
                     Role::Ours,
-                    vec![c.bin("bench_compose")?, s("--data"), data.clone(), s("--repeat"), s("1")],
+                    vec![
+                        c.bin("bench_compose")?,
+                        s("--data"),
+                        data.clone(),
+                        s("--repeat"),
+                        s("1"),
+                    ],
                     parse_compose,
                 ),
                 c.case(
@@ -1125,7 +1164,7 @@ fn define(name: BenchName, c: &Ctx) -> Result<Benchmark> {
                     "transformers",
                     Role::Peer,
                     vec![
-                        c.reference_py.display().to_string(),
+                        c.peer_py()?,
                         c.path("bench/peers/hf_chat_encode.py"),
                         sharegpt,
                         c.gguf(),
@@ -1164,11 +1203,19 @@ fn define(name: BenchName, c: &Ctx) -> Result<Benchmark> {
             for dt in &dtypes {
                 let ours = format!("sft-llama {dt}");
                 let hf = format!("transformers {dt}");
-                let mut argv = vec![c.bin("bench_generate")?, c.gguf(), prompts.clone(), c.device.clone(), s(dt), s(max_new)];
-                argv.extend(batches.iter().map(|x| s(x)));
-                b.cases.push(c.case(&ours, Role::Ours, argv, parse_generation));
                 let mut argv = vec![
-                    c.reference_py.display().to_string(),
+                    c.bin("bench_generate")?,
+                    c.gguf(),
+                    prompts.clone(),
+                    c.device.clone(),
+                    s(dt),
+                    s(max_new),
+                ];
+                argv.extend(batches.iter().map(|x| s(x)));
+                b.cases
+                    .push(c.case(&ours, Role::Ours, argv, parse_generation));
+                let mut argv = vec![
+                    c.peer_py()?,
                     c.path("crates/sft-llama/bench/hf_generate.py"),
                     c.gguf(),
                     prompts.clone(),
@@ -1177,18 +1224,23 @@ fn define(name: BenchName, c: &Ctx) -> Result<Benchmark> {
                     s(max_new),
                 ];
                 argv.extend(batches.iter().map(|x| s(x)));
-                b.cases.push(c.case(&hf, Role::Peer, argv, parse_generation));
+                b.cases
+                    .push(c.case(&hf, Role::Peer, argv, parse_generation));
                 for bs in batches {
                     let m = format!("tokens/s batch {bs}");
                     b.comparisons.push((m.clone(), ours.clone(), hf.clone()));
                     if llama_cpp {
-                        b.comparisons.push((m.clone(), ours.clone(), s("llama.cpp")));
+                        b.comparisons
+                            .push((m.clone(), ours.clone(), s("llama.cpp")));
                     }
                     b.targets.push(Target {
                         text: format!("{ours}, batch {bs}: ≥ 1.5× transformers"),
                         metric: m.clone(),
                         case: ours.clone(),
-                        rule: Rule::SpeedupAtLeast { peer: hf.clone(), x: 1.5 },
+                        rule: Rule::SpeedupAtLeast {
+                            peer: hf.clone(),
+                            x: 1.5,
+                        },
                     });
                 }
                 if llama_cpp {
@@ -1197,17 +1249,29 @@ fn define(name: BenchName, c: &Ctx) -> Result<Benchmark> {
                             text: format!("{ours}, batch {bs}: ≥ {x}× llama.cpp"),
                             metric: format!("tokens/s batch {bs}"),
                             case: ours.clone(),
-                            rule: Rule::SpeedupAtLeast { peer: s("llama.cpp"), x },
+                            rule: Rule::SpeedupAtLeast {
+                                peer: s("llama.cpp"),
+                                x,
+                            },
                         });
                     }
                 }
             }
             if llama_cpp {
-                let mut argv = vec![c.peer_py()?, c.path("bench/peers/llama_cpp_generate.py"), c.gguf(), prompts, s(max_new)];
+                let mut argv = vec![
+                    c.peer_py()?,
+                    c.path("bench/peers/llama_cpp_generate.py"),
+                    c.gguf(),
+                    prompts,
+                    s(max_new),
+                ];
                 argv.extend(batches.iter().map(|x| s(x)));
-                b.cases.push(c.case("llama.cpp", Role::Peer, argv, parse_generation));
+                b.cases
+                    .push(c.case("llama.cpp", Role::Peer, argv, parse_generation));
             } else {
-                b.notes.push("llama.cpp is the CPU peer only (the bench venv's build has no CUDA).".into());
+                b.notes.push(
+                    "llama.cpp is the CPU peer only (the bench venv's build has no CUDA).".into(),
+                );
             }
         }
         BenchName::EvalGenerate => {
@@ -1253,14 +1317,22 @@ fn define(name: BenchName, c: &Ctx) -> Result<Benchmark> {
             };
             b.cases = vec![
                 c.case("continuous", Role::Ours, argv(true)?, parse_eval_generation),
-                c.case("fixed batches", Role::Baseline, argv(false)?, parse_eval_generation),
+                c.case(
+                    "fixed batches",
+                    Role::Baseline,
+                    argv(false)?,
+                    parse_eval_generation,
+                ),
             ];
             b.comparisons = vec![(s("wall s"), s("continuous"), s("fixed batches"))];
             b.targets = vec![Target {
                 text: "continuous batching ≥ 1.5× the fixed-batch wall time".into(),
                 metric: "wall s".into(),
                 case: "continuous".into(),
-                rule: Rule::SpeedupAtLeast { peer: s("fixed batches"), x: 1.5 },
+                rule: Rule::SpeedupAtLeast {
+                    peer: s("fixed batches"),
+                    x: 1.5,
+                },
             }];
             b.same_facts = vec![s("generated ids")];
         }
@@ -1281,10 +1353,20 @@ fn define(name: BenchName, c: &Ctx) -> Result<Benchmark> {
                 metric("loss at step 1", "nats", Better::Neither),
                 metric("MFU", "fraction", Better::Higher),
             ];
-            let common = [c.gguf(), s("4"), s("128"), s(steps), c.device.clone(), s(dtype)];
+            let common = [
+                c.gguf(),
+                s("4"),
+                s("128"),
+                s(steps),
+                c.device.clone(),
+                s(dtype),
+            ];
             let mut ours = vec![c.bin("train_step")?, s("--bench")];
             ours.extend(common.iter().cloned());
-            let mut peer = vec![c.reference_py.display().to_string(), c.path("crates/sft-train/benches/train_step.py")];
+            let mut peer = vec![
+                c.peer_py()?,
+                c.path("crates/sft-train/benches/train_step.py"),
+            ];
             peer.extend(common.iter().cloned());
             b.cases = vec![
                 c.case("sft-train", Role::Ours, ours, parse_train_step),
@@ -1295,7 +1377,10 @@ fn define(name: BenchName, c: &Ctx) -> Result<Benchmark> {
                 text: "training step ≤ 1.0× transformers' step time".into(),
                 metric: "step s".into(),
                 case: "sft-train".into(),
-                rule: Rule::SpeedupAtLeast { peer: s("transformers"), x: 1.0 },
+                rule: Rule::SpeedupAtLeast {
+                    peer: s("transformers"),
+                    x: 1.0,
+                },
             }];
         }
         BenchName::Humaneval => {
@@ -1360,9 +1445,15 @@ fn define(name: BenchName, c: &Ctx) -> Result<Benchmark> {
 
 /// The first `n` GSM8K test questions as `{"prompt": question}` lines.
 fn write_gsm8k_prompts(test: &Path, n: usize, out: &Path) -> Result<()> {
-    let text = std::fs::read_to_string(test).with_context(|| format!("reading {}", test.display()))?;
+    let text =
+        std::fs::read_to_string(test).with_context(|| format!("reading {}", test.display()))?;
     let mut lines = String::new();
-    for (i, line) in text.lines().filter(|l| !l.trim().is_empty()).take(n).enumerate() {
+    for (i, line) in text
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .take(n)
+        .enumerate()
+    {
         let v: Value = serde_json::from_str(line)
             .with_context(|| format!("{}:{}: not JSON", test.display(), i + 1))?;
         let q = v["question"]
@@ -1379,7 +1470,8 @@ fn write_gsm8k_prompts(test: &Path, n: usize, out: &Path) -> Result<()> {
 
 /// `{"task_id", "completion": canonical_solution}` for every HumanEval problem.
 fn write_humaneval_canonical(problems: &Path, out: &Path) -> Result<()> {
-    let f = std::fs::File::open(problems).with_context(|| format!("opening {}", problems.display()))?;
+    let f =
+        std::fs::File::open(problems).with_context(|| format!("opening {}", problems.display()))?;
     let reader = std::io::BufReader::new(flate2::read::GzDecoder::new(f));
     let mut w = std::io::BufWriter::new(std::fs::File::create(out)?);
     for (i, line) in reader.lines().enumerate() {
@@ -1389,7 +1481,8 @@ fn write_humaneval_canonical(problems: &Path, out: &Path) -> Result<()> {
         }
         let v: Value = serde_json::from_str(&line)
             .with_context(|| format!("{}:{}: not JSON", problems.display(), i + 1))?;
-        let doc = serde_json::json!({ "task_id": v["task_id"], "completion": v["canonical_solution"] });
+        let doc =
+            serde_json::json!({ "task_id": v["task_id"], "completion": v["canonical_solution"] });
         writeln!(w, "{doc}")?;
     }
     w.flush()?;
@@ -1412,13 +1505,15 @@ pub fn bench(args: BenchArgs) -> Result<()> {
     };
     let env = setup::setup()?;
     let root = setup::workspace_root();
-    let reference_py = env
-        .python
-        .clone()
-        .ok_or_else(|| anyhow!("set-up found no reference Python (torch + transformers): the peers need it"))?;
-    let needs_peer_venv = names
-        .iter()
-        .any(|n| *n == BenchName::Compose || (*n == BenchName::Generate && args.device == "cpu"));
+    let reference_py = env.python.clone().ok_or_else(|| {
+        anyhow!("set-up found no reference Python (torch + transformers): the peers need it")
+    })?;
+    let needs_peer_venv = names.iter().any(|n| {
+        matches!(
+            n,
+            BenchName::Compose | BenchName::Mask | BenchName::Generate | BenchName::TrainStep
+        )
+    });
     let cache = setup::cache_dir()?;
     let peer_py = if needs_peer_venv {
         Some(ensure_peer_venv(&cache, &reference_py)?)
@@ -1437,18 +1532,22 @@ pub fn bench(args: BenchArgs) -> Result<()> {
         root: root.clone(),
         env_vars: env.vars(),
         bins,
-        reference_py,
         peer_py,
         data,
         assets: env.assets.clone(),
         inputs,
         quick: args.quick,
-        reps: args.reps.map_or(if args.quick { 1 } else { 3 }, |r| r as usize),
+        reps: args
+            .reps
+            .map_or(if args.quick { 1 } else { 3 }, |r| r as usize),
         device: args.device.clone(),
         native_bf16: machine.native_bf16,
         cpus: machine.cpus,
     };
-    let out_dir = args.out.clone().unwrap_or_else(|| root.join("bench/results"));
+    let out_dir = args
+        .out
+        .clone()
+        .unwrap_or_else(|| root.join("bench/results"));
     std::fs::create_dir_all(&out_dir)?;
     let date = today();
     let stem = format!(
@@ -1457,11 +1556,17 @@ pub fn bench(args: BenchArgs) -> Result<()> {
         if args.device == "cuda" { "-cuda" } else { "" },
         if args.quick { "-quick" } else { "" }
     );
-    let commit = git(&root, &["rev-parse", "--short=12", "HEAD"]).unwrap_or_else(|| "unknown".into());
-    let dirty = git(&root, &["status", "--porcelain", "--untracked-files=no"]).is_some_and(|s| !s.is_empty());
+    let commit =
+        git(&root, &["rev-parse", "--short=12", "HEAD"]).unwrap_or_else(|| "unknown".into());
+    let dirty = git(&root, &["status", "--porcelain", "--untracked-files=no"])
+        .is_some_and(|s| !s.is_empty());
     let mut report = Report {
         date,
-        commit: if dirty { format!("{commit}+uncommitted") } else { commit },
+        commit: if dirty {
+            format!("{commit}+uncommitted")
+        } else {
+            commit
+        },
         machine,
         quick: args.quick,
         device: args.device.clone(),
@@ -1475,7 +1580,8 @@ pub fn bench(args: BenchArgs) -> Result<()> {
     let started = Instant::now();
     let mut failed = Vec::new();
     for name in &names {
-        let b = define(*name, &ctx).with_context(|| format!("preparing benchmark {}", name.as_str()))?;
+        let b = define(*name, &ctx)
+            .with_context(|| format!("preparing benchmark {}", name.as_str()))?;
         let result = run_benchmark(&b, &root, &work.join(name.as_str()))?;
         if result.cases.iter().any(|c| c.error.is_some()) {
             failed.push(name.as_str());
@@ -1493,7 +1599,10 @@ pub fn bench(args: BenchArgs) -> Result<()> {
     );
     let _ = std::fs::remove_dir_all(&work);
     if !failed.is_empty() {
-        bail!("some cases failed in: {} (see the report)", failed.join(", "));
+        bail!(
+            "some cases failed in: {} (see the report)",
+            failed.join(", ")
+        );
     }
     Ok(())
 }
@@ -1533,14 +1642,21 @@ mod tests {
 
     #[test]
     fn bf16_is_read_from_the_cpu_flags() {
-        assert!(native_bf16_cpu("flags\t\t: fpu avx512f avx512_bf16 amx_tile\n"));
+        assert!(native_bf16_cpu(
+            "flags\t\t: fpu avx512f avx512_bf16 amx_tile\n"
+        ));
         assert!(native_bf16_cpu("Features\t: fp asimd bf16 i8mm\n"));
-        assert!(!native_bf16_cpu("flags\t\t: fpu avx2 avx512f avx512_vnni\nmodel name : x bf16\n"));
+        assert!(!native_bf16_cpu(
+            "flags\t\t: fpu avx2 avx512f avx512_vnni\nmodel name : x bf16\n"
+        ));
     }
 
     #[test]
     fn machine_names_are_file_name_slugs() {
-        assert_eq!(machine_slug("AMD EPYC 9R14 96-Core Processor", 2), "amd-epyc-9r14-96-core-processor-2c");
+        assert_eq!(
+            machine_slug("AMD EPYC 9R14 96-Core Processor", 2),
+            "amd-epyc-9r14-96-core-processor-2c"
+        );
         assert_eq!(machine_slug("  (weird) ", 8), "weird-8c");
         assert_eq!(machine_slug("", 1), "unknown-cpu-1c");
     }
@@ -1556,13 +1672,22 @@ mod tests {
 
         let mask = r#"{"template":"chatml","tokens_per_s":1.0,"encoded":3}
 {"template":"model","tokens_per_s":2.0,"encoded":3}"#;
-        assert_eq!(parse_mask(mask, Path::new("")).unwrap().metrics["tokens/s"], 2.0);
+        assert_eq!(
+            parse_mask(mask, Path::new("")).unwrap().metrics["tokens/s"],
+            2.0
+        );
         let peer = r#"{"impl":"transformers","tokens_per_s":5.0,"encoded":3}"#;
-        assert_eq!(parse_mask(peer, Path::new("")).unwrap().metrics["tokens/s"], 5.0);
+        assert_eq!(
+            parse_mask(peer, Path::new("")).unwrap().metrics["tokens/s"],
+            5.0
+        );
 
         let step = r#"{"median_step_s":0.5,"tokens_per_s":1024.0,"losses":[2.5,2.4],"mfu":null}"#;
         let m = parse_train_step(step, Path::new("")).unwrap();
-        assert_eq!((m.metrics["step s"], m.metrics["loss at step 1"]), (0.5, 2.5));
+        assert_eq!(
+            (m.metrics["step s"], m.metrics["loss at step 1"]),
+            (0.5, 2.5)
+        );
         assert!(!m.metrics.contains_key("MFU"));
 
         assert!(parse_humaneval(r#"{"pass_at_k":{"pass@1":1.0}}"#, Path::new("")).is_ok());
@@ -1570,8 +1695,16 @@ mod tests {
         assert!(e.to_string().contains("0.99"), "{e}");
 
         let compose = r#"{"grid":{"best_wall_s":0.8,"peak_rss_mib":40.0},"parse":{"mb_per_s":120.0,"mb_per_cpu_s":150.0}}"#;
-        assert_eq!(parse_compose(compose, Path::new("")).unwrap().metrics["grid wall s"], 0.8);
-        assert_eq!(parse_grid_datasets(r#"{"best":{"wall_s":9.0}}"#, Path::new("")).unwrap().metrics["grid wall s"], 9.0);
+        assert_eq!(
+            parse_compose(compose, Path::new("")).unwrap().metrics["grid wall s"],
+            0.8
+        );
+        assert_eq!(
+            parse_grid_datasets(r#"{"best":{"wall_s":9.0}}"#, Path::new(""))
+                .unwrap()
+                .metrics["grid wall s"],
+            9.0
+        );
 
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(
@@ -1595,7 +1728,8 @@ mod tests {
                 let v: Value = serde_json::from_str(o.trim())?;
                 let mut m = Measured::default();
                 m.metrics.insert("t".into(), num(&v, &["t"])?);
-                m.facts.insert("out".into(), v["out"].as_str().unwrap_or("").into());
+                m.facts
+                    .insert("out".into(), v["out"].as_str().unwrap_or("").into());
                 Ok(m)
             },
         }
@@ -1614,29 +1748,79 @@ mod tests {
             reps: 3,
             metrics: vec![metric("t", "s", Better::Lower)],
             cases: vec![
-                shell_case("ours", Role::Ours, &format!("echo o >> {o}; echo '{{\"t\": 2, \"out\": \"x\"}}'")),
-                shell_case("peer", Role::Peer, &format!("echo p >> {o}; echo '{{\"t\": 5, \"out\": \"x\"}}'")),
+                shell_case(
+                    "ours",
+                    Role::Ours,
+                    &format!("echo o >> {o}; echo '{{\"t\": 2, \"out\": \"x\"}}'"),
+                ),
+                shell_case(
+                    "peer",
+                    Role::Peer,
+                    &format!("echo p >> {o}; echo '{{\"t\": 5, \"out\": \"x\"}}'"),
+                ),
                 shell_case("broken", Role::Peer, "echo oops >&2; exit 3"),
             ],
-            comparisons: vec![(s("t"), s("ours"), s("peer")), (s("t"), s("ours"), s("broken"))],
+            comparisons: vec![
+                (s("t"), s("ours"), s("peer")),
+                (s("t"), s("ours"), s("broken")),
+            ],
             targets: vec![
-                Target { text: "2× peer".into(), metric: "t".into(), case: "ours".into(), rule: Rule::SpeedupAtLeast { peer: s("peer"), x: 2.0 } },
-                Target { text: "3× peer".into(), metric: "t".into(), case: "ours".into(), rule: Rule::SpeedupAtLeast { peer: s("peer"), x: 3.0 } },
-                Target { text: "≤ 1 s".into(), metric: "t".into(), case: "ours".into(), rule: Rule::AtMost(1.0) },
-                Target { text: "vs broken".into(), metric: "t".into(), case: "ours".into(), rule: Rule::SpeedupAtLeast { peer: s("broken"), x: 1.0 } },
+                Target {
+                    text: "2× peer".into(),
+                    metric: "t".into(),
+                    case: "ours".into(),
+                    rule: Rule::SpeedupAtLeast {
+                        peer: s("peer"),
+                        x: 2.0,
+                    },
+                },
+                Target {
+                    text: "3× peer".into(),
+                    metric: "t".into(),
+                    case: "ours".into(),
+                    rule: Rule::SpeedupAtLeast {
+                        peer: s("peer"),
+                        x: 3.0,
+                    },
+                },
+                Target {
+                    text: "≤ 1 s".into(),
+                    metric: "t".into(),
+                    case: "ours".into(),
+                    rule: Rule::AtMost(1.0),
+                },
+                Target {
+                    text: "vs broken".into(),
+                    metric: "t".into(),
+                    case: "ours".into(),
+                    rule: Rule::SpeedupAtLeast {
+                        peer: s("broken"),
+                        x: 1.0,
+                    },
+                },
             ],
             same_facts: vec![s("out")],
             notes: vec![],
         };
         let r = run_benchmark(&b, dir.path(), &dir.path().join("scratch")).unwrap();
         // Rep r starts at case r mod 3; the broken case runs once and is skipped afterwards.
-        assert_eq!(std::fs::read_to_string(&order).unwrap(), "o\np\np\no\no\np\n");
+        assert_eq!(
+            std::fs::read_to_string(&order).unwrap(),
+            "o\np\np\no\no\np\n"
+        );
         assert_eq!(r.cases[0].summary["t"].n, 3);
         assert_eq!(r.cases[0].summary["t"].median, 2.0);
         assert!(r.cases[0].summary.contains_key("process wall s"));
         let err = r.cases[2].error.as_deref().unwrap();
-        assert!(err.contains("oops") && err.contains("exit status: 3"), "{err}");
-        assert_eq!(r.comparisons.len(), 1, "no ratio against a case that failed");
+        assert!(
+            err.contains("oops") && err.contains("exit status: 3"),
+            "{err}"
+        );
+        assert_eq!(
+            r.comparisons.len(),
+            1,
+            "no ratio against a case that failed"
+        );
         assert_eq!(r.comparisons[0].speedup, 2.5);
         let met: Vec<Option<bool>> = r.targets.iter().map(|t| t.met).collect();
         assert_eq!(met, [Some(true), Some(false), Some(false), None]);
@@ -1645,7 +1829,14 @@ mod tests {
         let report = Report {
             date: "2026-12-05".into(),
             commit: "abc".into(),
-            machine: Machine { name: "m-2c".into(), cpu: "m".into(), cpus: 2, memory_gib: 24.0, native_bf16: false, loadavg_start: "0 0 0".into() },
+            machine: Machine {
+                name: "m-2c".into(),
+                cpu: "m".into(),
+                cpus: 2,
+                memory_gib: 24.0,
+                native_bf16: false,
+                loadavg_start: "0 0 0".into(),
+            },
             quick: true,
             device: "cpu".into(),
             libtorch: "2.11.0".into(),
@@ -1653,13 +1844,21 @@ mod tests {
             benchmarks: vec![r],
         };
         let md = markdown(&report);
-        assert!(md.contains("| ours | t (s, lower is better) | 2.000 | 2.000 … 2.000 | 3 |"), "{md}");
-        assert!(md.contains("| t | ours (2.000) | peer (5.000) | 2.50× |"), "{md}");
+        assert!(
+            md.contains("| ours | t (s, lower is better) | 2.000 | 2.000 … 2.000 | 3 |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| t | ours (2.000) | peer (5.000) | 2.50× |"),
+            "{md}"
+        );
         assert!(md.contains("| 3× peer | 2.500 | **no** |"), "{md}");
         assert!(md.contains("| vs broken | — | not measured |"), "{md}");
         assert!(md.contains("| broken | **failed** |"), "{md}");
         write_report(&report, dir.path(), "x").unwrap();
-        let back: Value = serde_json::from_str(&std::fs::read_to_string(dir.path().join("x.json")).unwrap()).unwrap();
+        let back: Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.path().join("x.json")).unwrap())
+                .unwrap();
         assert_eq!(back["benchmarks"][0]["comparisons"][0]["speedup"], 2.5);
     }
 
@@ -1688,20 +1887,31 @@ mod tests {
     fn gsm8k_prompts_and_canonical_samples_are_written() {
         let dir = tempfile::tempdir().unwrap();
         let test = dir.path().join("test.jsonl");
-        std::fs::write(&test, "{\"question\":\"1+1?\",\"answer\":\"2\"}\n{\"question\":\"q2\",\"answer\":\"x\"}\n").unwrap();
+        std::fs::write(
+            &test,
+            "{\"question\":\"1+1?\",\"answer\":\"2\"}\n{\"question\":\"q2\",\"answer\":\"x\"}\n",
+        )
+        .unwrap();
         let out = dir.path().join("p.jsonl");
         write_gsm8k_prompts(&test, 1, &out).unwrap();
-        assert_eq!(std::fs::read_to_string(&out).unwrap(), "{\"prompt\":\"1+1?\"}\n");
+        assert_eq!(
+            std::fs::read_to_string(&out).unwrap(),
+            "{\"prompt\":\"1+1?\"}\n"
+        );
         let e = write_gsm8k_prompts(&test, 3, &out).unwrap_err();
         assert!(e.to_string().contains("fewer than 3"), "{e}");
 
         let gz = dir.path().join("he.jsonl.gz");
-        let mut enc = flate2::write::GzEncoder::new(std::fs::File::create(&gz).unwrap(), flate2::Compression::fast());
+        let mut enc = flate2::write::GzEncoder::new(
+            std::fs::File::create(&gz).unwrap(),
+            flate2::Compression::fast(),
+        );
         writeln!(enc, "{{\"task_id\":\"HumanEval/0\",\"prompt\":\"def f():\\n\",\"canonical_solution\":\"    return 1\\n\"}}").unwrap();
         enc.finish().unwrap();
         let samples = dir.path().join("s.jsonl");
         write_humaneval_canonical(&gz, &samples).unwrap();
-        let v: Value = serde_json::from_str(std::fs::read_to_string(&samples).unwrap().trim()).unwrap();
+        let v: Value =
+            serde_json::from_str(std::fs::read_to_string(&samples).unwrap().trim()).unwrap();
         assert_eq!(v["task_id"], "HumanEval/0");
         assert_eq!(v["completion"], "    return 1\n");
     }
