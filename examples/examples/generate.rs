@@ -96,7 +96,7 @@ fn main() -> anyhow::Result<()> {
 
     let tokenizer = ChatTokenizer::from_path(&path)
         .with_context(|| format!("loading the tokenizer of {}", path.display()))?;
-    let loaded = sft_llama::load_model(&path, device, dtype.kind())?;
+    let loaded = sft_llama::load_model_for_inference(&path, device, dtype.kind())?;
     tracing::info!(model = %path.display(), ?device, %dtype, params = loaded.model.config().num_parameters(), "model loaded");
 
     let mut add_special_tokens = true;

@@ -9,7 +9,7 @@
 //! `crates/sft-llama/bench/run.sh` runs this and transformers' `generate` on the same prompts.
 
 use sft_llama::device::{DType, DeviceSpec};
-use sft_llama::{generate_ids, load_model, GenerationConfig};
+use sft_llama::{generate_ids, load_model_for_inference, GenerationConfig};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().collect();
@@ -55,7 +55,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .collect::<Option<_>>()
         .ok_or("bad prompt_ids")?;
     let t = std::time::Instant::now();
-    let loaded = load_model(model_path, device, dtype.kind())?;
+    let loaded = load_model_for_inference(model_path, device, dtype.kind())?;
     let load_secs = t.elapsed().as_secs_f64();
     // Warm-up: one short generation so that first-call allocations are not timed.
     generate_ids(

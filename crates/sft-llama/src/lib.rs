@@ -12,7 +12,8 @@
 //!   [`Llama::forward_hidden`] with a [`HiddenStates`] request, and [`Llama::forward_step`] with a
 //!   [`KvCache`] (one key/value pair per block).
 //! * Weights: [`load_safetensors`] (single or sharded), [`save_safetensors`] (HF-loadable),
-//!   [`load_gguf`] (dequantized, Q/K permutation undone), and [`load_model`] for either.
+//!   [`load_gguf`] (dequantized, Q/K permutation undone), and [`load_model`] for either
+//!   ([`load_model_for_inference`] also stacks the projections for decoding).
 //! * [`generate`]: batched greedy or top-p sampling with left padding, EOS and stop strings.
 //!
 //! This crate and `sft-train` are the only library crates that link libtorch. Every function
@@ -34,6 +35,6 @@ pub use generate::{
 };
 pub use model::{Blocks, ForwardOutput, HiddenStates, KvCache, Llama, LogitsFor};
 pub use weights::{
-    load_gguf, load_model, load_safetensors, model_config, pt_metadata, safetensors_bytes,
-    save_safetensors, write_safetensors, LoadReport, LoadedModel, ModelSource,
+    load_gguf, load_model, load_model_for_inference, load_safetensors, model_config, pt_metadata,
+    safetensors_bytes, save_safetensors, write_safetensors, LoadReport, LoadedModel, ModelSource,
 };

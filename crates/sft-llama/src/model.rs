@@ -276,6 +276,10 @@ struct Pass {
     mask: Option<Tensor>,
     /// Let SDPA apply the causal mask itself (no past, no explicit mask, `T > 1`).
     is_causal: bool,
+    /// Use the stacked projections of [`Llama::fuse_projections`] where they exist: only in
+    /// passes without gradients (decoding, hidden states), since the stacked matrix does not
+    /// carry gradients back to the parameters.
+    fused: bool,
 }
 
 /// RMSNorm as transformers computes it: normalise in f32, cast back, then multiply by the weight.
@@ -312,12 +316,61 @@ const NORMAL: Init = Init::Randn {
     stdev: 0.02,
 };
 
+/// Weights stacked along the output dimension whose row blocks are the separate parameters
+/// (`[a; b; …]`, each parameter a view of its rows): one matmul where there were several.
+struct Stacked {
+    weight: Tensor,
+    /// Rows of each part, in order.
+    rows: Vec<i64>,
+}
+
+impl Stacked {
+    /// Stacks `parts` (each `[rows_i, in]`) into new storage and points every part at its rows
+    /// of it (`set_data`, so the VarStore's variables, which share the parts' tensor objects,
+    /// see the same memory: values, in-place updates, loading and saving are unchanged).
+    fn new(parts: &mut [&mut Tensor]) -> Result<Self> {
+        tch::no_grad(|| {
+            let weight = Tensor::f_cat(&parts.iter().map(|p| &**p).collect::<Vec<_>>(), 0)?;
+            let rows: Vec<i64> = parts.iter().map(|p| p.size()[0]).collect();
+            let mut at = 0;
+            for (p, &n) in parts.iter_mut().zip(&rows) {
+                p.f_set_data(&weight.f_narrow(0, at, n)?)?;
+                at += n;
+            }
+            Ok(Self { weight, rows })
+        })
+    }
+
+    /// The stacked weight while `first` (the first part) still lives in it; `None` once the
+    /// parameters were moved or converted (`VarStore::set_kind` / `set_device` give each its
+    /// own storage again).
+    fn live(&self, first: &Tensor) -> Option<&Tensor> {
+        (first.data_ptr() == self.weight.data_ptr()).then_some(&self.weight)
+    }
+
+    /// `x · weightᵀ` split back into the parts' outputs (views of one result, last dimension).
+    fn forward(&self, weight: &Tensor, x: &Tensor) -> Result<Vec<Tensor>> {
+        let y = x.f_linear::<Tensor>(weight, None)?;
+        let mut at = 0;
+        self.rows
+            .iter()
+            .map(|&n| {
+                let part = y.f_narrow(-1, at, n);
+                at += n;
+                Ok(part?)
+            })
+            .collect()
+    }
+}
+
 /// Grouped-query self-attention with RoPE (`self_attn.{q,k,v,o}_proj`).
 struct Attention {
     q_proj: Tensor,
     k_proj: Tensor,
     v_proj: Tensor,
     o_proj: Tensor,
+    /// `[q_proj; k_proj; v_proj]` after [`Llama::fuse_projections`].
+    qkv: Option<Stacked>,
     num_heads: i64,
     num_kv_heads: i64,
     head_dim: i64,
@@ -333,6 +386,7 @@ impl Attention {
             k_proj: (&p / "k_proj").f_var("weight", &[kv, h], NORMAL)?,
             v_proj: (&p / "v_proj").f_var("weight", &[kv, h], NORMAL)?,
             o_proj: (&p / "o_proj").f_var("weight", &[h, q], NORMAL)?,
+            qkv: None,
             num_heads: cfg.num_attention_heads as i64,
             num_kv_heads: cfg.num_key_value_heads as i64,
             head_dim: cfg.head_dim as i64,
@@ -343,14 +397,28 @@ impl Attention {
     fn forward(&self, x: &Tensor, pass: &Pass, cache: Option<&mut LayerCache>) -> Result<Tensor> {
         let (b, t) = (pass.batch, pass.len);
         let (nh, nkv, hd) = (self.num_heads, self.num_kv_heads, self.head_dim);
-        let heads = |w: &Tensor, n: i64| -> Result<Tensor> {
-            Ok(x.f_linear::<Tensor>(w, None)?
-                .f_view([b, t, n, hd])?
-                .f_transpose(1, 2)?)
+        let heads = |y: Tensor, n: i64| -> Result<Tensor> {
+            Ok(y.f_view([b, t, n, hd])?.f_transpose(1, 2)?)
         };
-        let q = heads(&self.q_proj, nh)?;
-        let k = heads(&self.k_proj, nkv)?;
-        let v = heads(&self.v_proj, nkv)?;
+        let stacked = match &self.qkv {
+            Some(s) if pass.fused => s.live(&self.q_proj).map(|w| (s, w)),
+            _ => None,
+        };
+        let (q, k, v) = match stacked {
+            Some((s, w)) => {
+                let mut parts = s.forward(w, x)?.into_iter();
+                let mut next = || parts.next().expect("three parts");
+                (heads(next(), nh)?, heads(next(), nkv)?, heads(next(), nkv)?)
+            }
+            None => {
+                let proj = |w: &Tensor| x.f_linear::<Tensor>(w, None);
+                (
+                    heads(proj(&self.q_proj)?, nh)?,
+                    heads(proj(&self.k_proj)?, nkv)?,
+                    heads(proj(&self.v_proj)?, nkv)?,
+                )
+            }
+        };
         let q = apply_rope(&q, &pass.cos, &pass.sin)?;
         let k = apply_rope(&k, &pass.cos, &pass.sin)?;
         let (k, v) = match cache {
@@ -378,6 +446,8 @@ struct Mlp {
     gate_proj: Tensor,
     up_proj: Tensor,
     down_proj: Tensor,
+    /// `[gate_proj; up_proj]` after [`Llama::fuse_projections`].
+    gate_up: Option<Stacked>,
 }
 
 impl Mlp {
@@ -387,14 +457,31 @@ impl Mlp {
             gate_proj: (&p / "gate_proj").f_var("weight", &[i, h], NORMAL)?,
             up_proj: (&p / "up_proj").f_var("weight", &[i, h], NORMAL)?,
             down_proj: (&p / "down_proj").f_var("weight", &[h, i], NORMAL)?,
+            gate_up: None,
         })
     }
 
-    /// `down(silu(gate(x)) * up(x))`.
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let gate = x.f_linear::<Tensor>(&self.gate_proj, None)?.f_silu()?;
-        let up = x.f_linear::<Tensor>(&self.up_proj, None)?;
-        Ok(gate.f_mul(&up)?.f_linear::<Tensor>(&self.down_proj, None)?)
+    /// `down(silu(gate(x)) * up(x))`; with `fused`, gate and up in one matmul.
+    fn forward(&self, x: &Tensor, fused: bool) -> Result<Tensor> {
+        let stacked = match &self.gate_up {
+            Some(s) if fused => s.live(&self.gate_proj).map(|w| (s, w)),
+            _ => None,
+        };
+        let (gate, up) = match stacked {
+            Some((s, w)) => {
+                let mut parts = s.forward(w, x)?.into_iter();
+                let gate = parts.next().expect("two parts");
+                (gate, parts.next().expect("two parts"))
+            }
+            None => (
+                x.f_linear::<Tensor>(&self.gate_proj, None)?,
+                x.f_linear::<Tensor>(&self.up_proj, None)?,
+            ),
+        };
+        Ok(gate
+            .f_silu()?
+            .f_mul(&up)?
+            .f_linear::<Tensor>(&self.down_proj, None)?)
     }
 }
 
@@ -421,7 +508,7 @@ impl Block {
         let h = self.input_layernorm.forward(x)?;
         let x = x.f_add(&self.self_attn.forward(&h, pass, cache)?)?;
         let h = self.post_attention_layernorm.forward(&x)?;
-        Ok(x.f_add(&self.mlp.forward(&h)?)?)
+        Ok(x.f_add(&self.mlp.forward(&h, pass.fused)?)?)
     }
 }
 
@@ -519,6 +606,30 @@ impl Llama {
         })
     }
 
+    /// Stacks each block's `q_proj`, `k_proj`, `v_proj` weights into one matrix, and `gate_proj`
+    /// with `up_proj`, so that decoding ([`Llama::forward_step`]) and [`Llama::hidden_states`]
+    /// run one matmul where they ran three and two. Training passes keep the separate weights.
+    ///
+    /// The parameters keep their HF names, shapes and values: each becomes a view of its rows of
+    /// the stacked matrix (no extra memory once the old storage is freed), so saving, loading
+    /// and in-place updates through the VarStore see the same numbers. Converting or moving the
+    /// VarStore afterwards (`set_kind`, `set_device`) gives every parameter its own storage
+    /// again; the model then notices and uses the separate weights (call this again to stack
+    /// them anew). Call it on models loaded for inference, after choosing dtype and device.
+    pub fn fuse_projections(&mut self) -> Result<()> {
+        for block in &mut self.blocks {
+            let a = &mut block.self_attn;
+            a.qkv = Some(Stacked::new(&mut [
+                &mut a.q_proj,
+                &mut a.k_proj,
+                &mut a.v_proj,
+            ])?);
+            let m = &mut block.mlp;
+            m.gate_up = Some(Stacked::new(&mut [&mut m.gate_proj, &mut m.up_proj])?);
+        }
+        Ok(())
+    }
+
     /// The configuration the model was built from.
     pub fn config(&self) -> &LlamaConfig {
         &self.cfg
@@ -597,7 +708,7 @@ impl Llama {
         };
         let mut collect = Collector::new(hidden, n)?;
         tch::no_grad(|| {
-            let pass = self.pass(input_ids, position_ids, attn_mask, None)?;
+            let pass = self.pass(input_ids, position_ids, attn_mask, None, true)?;
             let mut x = self.embed(input_ids)?;
             collect.offer(0, &x);
             for (i, block) in self.blocks.iter().enumerate().take(deepest) {
@@ -624,7 +735,7 @@ impl Llama {
         position_ids: Option<&Tensor>,
         attn_mask: Option<&Tensor>,
     ) -> Result<Blocks<'_>> {
-        let pass = self.pass(input_ids, position_ids, attn_mask, None)?;
+        let pass = self.pass(input_ids, position_ids, attn_mask, None, false)?;
         Ok(Blocks { model: self, pass })
     }
 
@@ -690,7 +801,9 @@ impl Llama {
         hidden: &HiddenStates,
         logits_for: LogitsFor,
     ) -> Result<ForwardOutput> {
-        let pass = self.pass(input_ids, position_ids, attn_mask, cache.as_deref())?;
+        // Only decoding passes a cache, and it runs without gradients (`forward_step`).
+        let fused = cache.is_some();
+        let pass = self.pass(input_ids, position_ids, attn_mask, cache.as_deref(), fused)?;
         let n = self.blocks.len();
         let mut hidden = Collector::new(hidden, n)?;
         let mut x = self.embed(input_ids)?;
@@ -729,6 +842,7 @@ impl Llama {
         position_ids: Option<&Tensor>,
         attn_mask: Option<&Tensor>,
         cache: Option<&KvCache>,
+        fused: bool,
     ) -> Result<Pass> {
         let (b, t) = match input_ids.size().as_slice() {
             &[b, t] if t > 0 => (b, t),
@@ -764,6 +878,7 @@ impl Llama {
             sin,
             mask,
             is_causal,
+            fused,
         })
     }
 

@@ -502,3 +502,16 @@ pub fn load_model(path: impl AsRef<Path>, device: Device, kind: Kind) -> Result<
         })
     }
 }
+
+/// [`load_model`] for generation and other passes without gradients: the projections are
+/// stacked ([`Llama::fuse_projections`]), so each decoding step runs fewer, larger matmuls.
+/// Same parameters, names and values as [`load_model`]'s.
+pub fn load_model_for_inference(
+    path: impl AsRef<Path>,
+    device: Device,
+    kind: Kind,
+) -> Result<LoadedModel> {
+    let mut loaded = load_model(path, device, kind)?;
+    loaded.model.fuse_projections()?;
+    Ok(loaded)
+}

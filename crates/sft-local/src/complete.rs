@@ -62,10 +62,11 @@ impl LocalCompleter {
                 })
             })
             .transpose()?;
-        let loaded = sft_llama::load_model(path, device, kind).map_err(|e| Error::Model {
-            context: format!("loading {}", path.display()),
-            source: e.into(),
-        })?;
+        let loaded =
+            sft_llama::load_model_for_inference(path, device, kind).map_err(|e| Error::Model {
+                context: format!("loading {}", path.display()),
+                source: e.into(),
+            })?;
         let eos = crate::local::stop_ids(&loaded.model, &tokenizer);
         let name = path
             .file_name()

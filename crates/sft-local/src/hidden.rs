@@ -404,9 +404,11 @@ pub fn analyze_models(
                 &own
             }
         };
-        let loaded = sft_llama::load_model(path, device, kind).map_err(|e| HiddenError::Load {
-            context: format!("loading {} ({kind:?})", path.display()),
-            source: e.into(),
+        let loaded = sft_llama::load_model_for_inference(path, device, kind).map_err(|e| {
+            HiddenError::Load {
+                context: format!("loading {} ({kind:?})", path.display()),
+                source: e.into(),
+            }
         })?;
         let load_s = t0.elapsed().as_secs_f64();
         let t1 = Instant::now();

@@ -642,16 +642,14 @@ impl EvalModel {
     fn get(&mut self, backend: &LocalBackend, loads: &AtomicUsize) -> Result<&Llama> {
         if self.loaded.is_none() {
             let kind = eval_kind(self.dtype);
-            let loaded =
-                sft_llama::load_model(&self.path, backend.opts.device, kind).map_err(|e| {
-                    Error::Model {
-                        context: format!(
-                            "loading {} ({}) for evaluation",
-                            self.path.display(),
-                            self.dtype
-                        ),
-                        source: e.into(),
-                    }
+            let loaded = sft_llama::load_model_for_inference(&self.path, backend.opts.device, kind)
+                .map_err(|e| Error::Model {
+                    context: format!(
+                        "loading {} ({}) for evaluation",
+                        self.path.display(),
+                        self.dtype
+                    ),
+                    source: e.into(),
                 })?;
             loads.fetch_add(1, Ordering::Relaxed);
             tracing::info!(model = %self.path.display(), dtype = %self.dtype, "model loaded for evaluation");
