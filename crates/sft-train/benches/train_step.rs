@@ -79,6 +79,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         weight_decay: 0.0,
     };
     let mut opt = AdamW::new(&m.vs, hp, bf16)?;
+    // As the trainer: libtorch's fused AdamW. `BENCH_FUSED_ADAMW=0` times the tensor-op AdamW.
+    let fused = std::env::var("BENCH_FUSED_ADAMW").ok().as_deref() != Some("0");
+    opt.set_fused(fused);
     if bf16 {
         m.vs.set_kind(Kind::BFloat16);
     }
@@ -126,7 +129,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!(
         "{}",
         serde_json::json!({
-            "impl": "rust-sft-train", "device": format!("{device:?}"), "dtype": if bf16 { "bf16" } else { "f32" },
+            "impl": "rust-sft-train", "device": format!("{device:?}"), "fused_adamw": fused, "dtype": if bf16 { "bf16" } else { "f32" },
             "threads": tch::get_num_threads(), "batch": b, "seq": t, "steps": steps, "params": n_params,
             "step_s": times, "median_step_s": median, "tokens_per_s": tps, "mfu": mfu, "losses": losses,
         })

@@ -47,7 +47,7 @@ pub mod zero;
 /// examples it is given, batching, data order, optimizer, schedule, precision handling,
 /// checkpoint contents). `sft-run` records it in every stage's `done.json` and never reuses a
 /// stage trained under another version (see `docs/train.md`, "Versions").
-pub const TRAINING_SEMANTICS_VERSION: u32 = 2;
+pub const TRAINING_SEMANTICS_VERSION: u32 = 3;
 
 /// Version of how conversations become token ids and loss masks: bump it whenever a change to
 /// `sft-chat` (templates, tokenizer loading, span location) or to [`chat`] changes the ids or

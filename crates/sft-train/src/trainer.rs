@@ -420,8 +420,10 @@ pub fn train_model(ctx: &TrainContext<'_>, vs: &mut VarStore) -> Result<TrainOut
     let mut vars: Vec<Tensor> = vs.trainable_variables();
     ranks.broadcast(&mut vars)?;
     let mut opt = AdamW::new(vs, hp, mixed)?;
-    // libtorch's fused multi-tensor AdamW on CUDA (the same update, fewer kernel launches).
-    opt.set_fused(device.is_cuda());
+    // libtorch's fused multi-tensor AdamW on every device: the same update (to ~1e-7), one pass
+    // over each tensor instead of about ten (on the CPU a 10-15% shorter step for SmolLM2;
+    // on CUDA far fewer kernel launches).
+    opt.set_fused(true);
     if cfg.zero >= 1 && ranks.world > 1 {
         opt.shard(ranks.rank, ranks.world)?;
     } else if cfg.zero >= 1 {
