@@ -564,8 +564,19 @@ pub fn markdown(r: &Report) -> String {
                 }
             }
             if let Some(e) = &c.error {
-                let first = e.lines().next().unwrap_or_default();
-                let _ = writeln!(s, "| {} | **failed** | {first} | | |", c.label);
+                // The error's last stderr line says why; the JSON report has all of it.
+                let why = e
+                    .lines()
+                    .rev()
+                    .find(|l| !l.trim().is_empty())
+                    .unwrap_or_default()
+                    .replace('|', "\\|");
+                let why: String = why.chars().take(160).collect();
+                let _ = writeln!(
+                    s,
+                    "| {} | **failed** | {why} (full error in the JSON report) | | |",
+                    c.label
+                );
             }
         }
         if !b.comparisons.is_empty() {
@@ -1854,7 +1865,10 @@ mod tests {
         );
         assert!(md.contains("| 3× peer | 2.500 | **no** |"), "{md}");
         assert!(md.contains("| vs broken | — | not measured |"), "{md}");
-        assert!(md.contains("| broken | **failed** |"), "{md}");
+        assert!(
+            md.contains("| broken | **failed** | oops (full error in the JSON report) |"),
+            "{md}"
+        );
         write_report(&report, dir.path(), "x").unwrap();
         let back: Value =
             serde_json::from_str(&std::fs::read_to_string(dir.path().join("x.json")).unwrap())
