@@ -481,7 +481,7 @@ pub fn load_model(path: impl AsRef<Path>, device: Device, kind: Kind) -> Result<
             source,
         })?;
         let cfg = LlamaConfig::from_gguf(&gguf)?;
-        let model = Llama::new(&vs.root(), &cfg)?;
+        let model = Llama::for_loading(&vs.root(), &cfg)?;
         vs.set_kind(kind);
         load_gguf(&vs, &cfg, &gguf)?;
         Ok(LoadedModel {
@@ -492,7 +492,7 @@ pub fn load_model(path: impl AsRef<Path>, device: Device, kind: Kind) -> Result<
     } else {
         let dir = hf_dir(path);
         let cfg = LlamaConfig::from_hf_file(&dir)?;
-        let model = Llama::new(&vs.root(), &cfg)?;
+        let model = Llama::for_loading(&vs.root(), &cfg)?;
         vs.set_kind(kind);
         load_safetensors(&vs, &dir)?;
         Ok(LoadedModel {
