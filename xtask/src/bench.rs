@@ -463,22 +463,16 @@ pub fn evaluate(b: &Benchmark, mut cases: Vec<CaseResult>) -> BenchResult {
             }
         })
         .collect();
+    let runs: Vec<&Measured> = cases.iter().flat_map(|c| &c.runs).collect();
     let same_facts = b
         .same_facts
         .iter()
         .map(|f| {
-            let values: std::collections::BTreeSet<&String> = cases
-                .iter()
-                .flat_map(|c| c.runs.iter())
-                .filter_map(|r| r.facts.get(f))
-                .collect();
-            let runs: usize = cases.iter().map(|c| c.runs.len()).sum();
-            let seen = cases
-                .iter()
-                .flat_map(|c| c.runs.iter())
-                .filter(|r| r.facts.contains_key(f))
-                .count();
-            (f.clone(), values.len() == 1 && seen == runs && runs > 1)
+            // Every run has the fact, and all have the same value (two runs at least).
+            let values: std::collections::BTreeSet<Option<&String>> =
+                runs.iter().map(|r| r.facts.get(f)).collect();
+            let agree = runs.len() > 1 && values.len() == 1 && !values.contains(&None);
+            (f.clone(), agree)
         })
         .collect();
     BenchResult {

@@ -93,20 +93,23 @@ fn scratch(name: &str) -> PathBuf {
     dir
 }
 
+/// Starts the launcher child of `test` with ranks that exit after `signals_to_exit` signals,
+/// and waits until both ranks run: its scratch directory and process.
+fn launch(test: &str, signals_to_exit: usize) -> (PathBuf, Child) {
+    let dir = scratch(test);
+    let launcher = start_launcher(test, &dir, signals_to_exit);
+    wait_for("both ranks to start", Duration::from_secs(30), || {
+        ranks_up(&dir)
+    });
+    (dir, launcher)
+}
+
 #[test]
 fn each_sigterm_to_the_launcher_reaches_every_rank_once() {
     if let Ok(dir) = std::env::var(LAUNCHER_ENV) {
         launcher_main(&dir);
     }
-    let dir = scratch("term");
-    let mut launcher = start_launcher(
-        "each_sigterm_to_the_launcher_reaches_every_rank_once",
-        &dir,
-        2,
-    );
-    wait_for("both ranks to start", Duration::from_secs(30), || {
-        ranks_up(&dir)
-    });
+    let (dir, mut launcher) = launch("each_sigterm_to_the_launcher_reaches_every_rank_once", 2);
     signal(launcher.id(), libc::SIGTERM);
     wait_for(
         "the first SIGTERM at both ranks",
@@ -132,11 +135,7 @@ fn a_sigint_to_the_launcher_reaches_every_rank_once() {
     if let Ok(dir) = std::env::var(LAUNCHER_ENV) {
         launcher_main(&dir);
     }
-    let dir = scratch("int");
-    let mut launcher = start_launcher("a_sigint_to_the_launcher_reaches_every_rank_once", &dir, 1);
-    wait_for("both ranks to start", Duration::from_secs(30), || {
-        ranks_up(&dir)
-    });
+    let (dir, mut launcher) = launch("a_sigint_to_the_launcher_reaches_every_rank_once", 1);
     signal(launcher.id(), libc::SIGINT);
     let status = wait_exit(&mut launcher, Duration::from_secs(10));
     assert!(status.success(), "launcher: {status}");
@@ -153,11 +152,7 @@ fn a_sigkilled_launcher_stops_its_ranks() {
     if let Ok(dir) = std::env::var(LAUNCHER_ENV) {
         launcher_main(&dir);
     }
-    let dir = scratch("kill");
-    let mut launcher = start_launcher("a_sigkilled_launcher_stops_its_ranks", &dir, 1);
-    wait_for("both ranks to start", Duration::from_secs(30), || {
-        ranks_up(&dir)
-    });
+    let (dir, mut launcher) = launch("a_sigkilled_launcher_stops_its_ranks", 1);
     signal(launcher.id(), libc::SIGKILL);
     let _ = launcher.wait();
     wait_for(

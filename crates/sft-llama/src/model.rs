@@ -341,16 +341,16 @@ impl Stacked {
         })
     }
 
-    /// The stacked weight while `first` (the first part) still lives in it; `None` once the
+    /// Whether `first` (the first part) still lives in the stacked weight: not once the
     /// parameters were moved or converted (`VarStore::set_kind` / `set_device` give each its
     /// own storage again).
-    fn live(&self, first: &Tensor) -> Option<&Tensor> {
-        (first.data_ptr() == self.weight.data_ptr()).then_some(&self.weight)
+    fn live(&self, first: &Tensor) -> bool {
+        first.data_ptr() == self.weight.data_ptr()
     }
 
     /// `x · weightᵀ` split back into the parts' outputs (views of one result, last dimension).
-    fn forward(&self, weight: &Tensor, x: &Tensor) -> Result<Vec<Tensor>> {
-        let y = x.f_linear::<Tensor>(weight, None)?;
+    fn forward(&self, x: &Tensor) -> Result<Vec<Tensor>> {
+        let y = x.f_linear::<Tensor>(&self.weight, None)?;
         let mut at = 0;
         self.rows
             .iter()
@@ -400,13 +400,13 @@ impl Attention {
         let heads = |y: Tensor, n: i64| -> Result<Tensor> {
             Ok(y.f_view([b, t, n, hd])?.f_transpose(1, 2)?)
         };
-        let stacked = match &self.qkv {
-            Some(s) if pass.fused => s.live(&self.q_proj).map(|w| (s, w)),
-            _ => None,
-        };
+        let stacked = self
+            .qkv
+            .as_ref()
+            .filter(|s| pass.fused && s.live(&self.q_proj));
         let (q, k, v) = match stacked {
-            Some((s, w)) => {
-                let mut parts = s.forward(w, x)?.into_iter();
+            Some(s) => {
+                let mut parts = s.forward(x)?.into_iter();
                 let mut next = || parts.next().expect("three parts");
                 (heads(next(), nh)?, heads(next(), nkv)?, heads(next(), nkv)?)
             }
@@ -463,13 +463,13 @@ impl Mlp {
 
     /// `down(silu(gate(x)) * up(x))`; with `fused`, gate and up in one matmul.
     fn forward(&self, x: &Tensor, fused: bool) -> Result<Tensor> {
-        let stacked = match &self.gate_up {
-            Some(s) if fused => s.live(&self.gate_proj).map(|w| (s, w)),
-            _ => None,
-        };
+        let stacked = self
+            .gate_up
+            .as_ref()
+            .filter(|s| fused && s.live(&self.gate_proj));
         let (gate, up) = match stacked {
-            Some((s, w)) => {
-                let mut parts = s.forward(w, x)?.into_iter();
+            Some(s) => {
+                let mut parts = s.forward(x)?.into_iter();
                 let gate = parts.next().expect("two parts");
                 (gate, parts.next().expect("two parts"))
             }

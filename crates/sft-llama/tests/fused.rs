@@ -99,6 +99,20 @@ fn stacked_projections_decode_like_the_separate_ones() {
     }
 }
 
+/// Multiplies one v_proj and one up_proj by 1.5 in place, through the VarStore.
+fn scale_in_place(vs: &tch::nn::VarStore) {
+    let vars = vs.variables();
+    tch::no_grad(|| {
+        for n in [
+            "model.layers.1.self_attn.v_proj.weight",
+            "model.layers.0.mlp.up_proj.weight",
+        ] {
+            let mut t = vars[n].shallow_clone();
+            let _ = t.g_mul_scalar_(1.5);
+        }
+    });
+}
+
 #[test]
 fn in_place_updates_reach_the_stacked_weights_and_conversion_ends_the_sharing() {
     let (vs_plain, plain, dir) = tiny("tiny-llama-gqa", Kind::Float);
@@ -106,18 +120,8 @@ fn in_place_updates_reach_the_stacked_weights_and_conversion_ends_the_sharing() 
     fused.fuse_projections().unwrap();
     let ids = reference(&dir)["input_ids"].shallow_clone();
     // Change v_proj and up_proj in place in both (as an optimizer step or a load does).
-    for v in [&vs, &vs_plain] {
-        let vars = v.variables();
-        tch::no_grad(|| {
-            for n in [
-                "model.layers.1.self_attn.v_proj.weight",
-                "model.layers.0.mlp.up_proj.weight",
-            ] {
-                let mut t = vars[n].shallow_clone();
-                let _ = t.g_mul_scalar_(1.5);
-            }
-        });
-    }
+    scale_in_place(&vs);
+    scale_in_place(&vs_plain);
     let e = rel_err(&stepped_logits(&fused, &ids), &stepped_logits(&plain, &ids));
     assert!(
         e <= 1e-6,
@@ -133,16 +137,7 @@ fn in_place_updates_reach_the_stacked_weights_and_conversion_ends_the_sharing() 
     // separate (converted) weights, not the stale f32 stack.
     vs.set_kind(Kind::Double);
     let (mut vs_plain64, plain64, _) = tiny("tiny-llama-gqa", Kind::Float);
-    tch::no_grad(|| {
-        let vars = vs_plain64.variables();
-        for n in [
-            "model.layers.1.self_attn.v_proj.weight",
-            "model.layers.0.mlp.up_proj.weight",
-        ] {
-            let mut t = vars[n].shallow_clone();
-            let _ = t.g_mul_scalar_(1.5);
-        }
-    });
+    scale_in_place(&vs_plain64);
     vs_plain64.set_kind(Kind::Double);
     let a = stepped_logits(&fused, &ids);
     assert_eq!(a.kind(), Kind::Double);

@@ -180,10 +180,8 @@ fn cell_shape(spec: &SweepSpec, cell: &Cell) -> Result<(ModelShape, ShapeSource)
     let Some(spec_model) = spec.models.iter().find(|m| m.name == cell.model) else {
         return Err(why);
     };
-    if let Some(config) = &spec_model.config {
-        return ModelShape::from_model_path(config)
-            .map(|shape| (shape, ShapeSource::Config(config.clone())))
-            .map_err(|e| format!("{why}; config {}: {}", config.display(), reason(&e)));
+    if let (Some(config), Some(shape)) = (&spec_model.config, spec_model.config_shape) {
+        return Ok((shape, ShapeSource::Config(config.clone())));
     }
     match spec_model.shape {
         Some(preset) => Ok((preset.shape(), ShapeSource::Preset(preset.name()))),

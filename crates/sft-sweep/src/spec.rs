@@ -46,6 +46,9 @@ pub struct ModelSpec {
     /// to the spec file (made absolute, and read, when the spec loads). Not with `shape`.
     #[serde(default)]
     pub config: Option<PathBuf>,
+    /// The shape `config` gave when the spec loaded (read once there, not again per cell).
+    #[serde(skip)]
+    pub config_shape: Option<ModelShape>,
 }
 
 /// One `[[grid]]`: a cartesian product of axes.
@@ -318,12 +321,14 @@ impl SweepSpec {
             }
             let joined = base.join(config);
             let config = std::path::absolute(&joined).unwrap_or(joined);
-            ModelShape::from_model_path(&config).map_err(|source| Error::ModelConfig {
-                path: path.to_path_buf(),
-                model: model.name.clone(),
-                source: Box::new(source),
-            })?;
+            let shape =
+                ModelShape::from_model_path(&config).map_err(|source| Error::ModelConfig {
+                    path: path.to_path_buf(),
+                    model: model.name.clone(),
+                    source: Box::new(source),
+                })?;
             model.config = Some(config);
+            model.config_shape = Some(shape);
         }
         Ok(spec)
     }
