@@ -13,14 +13,15 @@ use std::time::{Duration, Instant};
 
 const LAUNCHER_ENV: &str = "SFT_DIST_LAUNCHER";
 
-/// Records each TERM/INT in `$DIR/$RANK`, exits 0 after `$N` signals.
+/// Records its pid and process group in `$DIR/up.$RANK` and each TERM/INT in `$DIR/$RANK`;
+/// exits 0 after `$N` signals, or once its launcher is gone.
 const RANK_SCRIPT: &str = r#"
 n=0
 note() { echo "$1" >> "$DIR/$RANK"; n=$((n+1)); if [ "$n" -ge "$N" ]; then exit 0; fi; }
 trap 'note TERM' TERM
 trap 'note INT' INT
-echo up > "$DIR/up.$RANK"
-while :; do sleep 0.05; done
+echo "$$ $(cut -d' ' -f5 /proc/$$/stat)" > "$DIR/up.$RANK.tmp" && mv "$DIR/up.$RANK.tmp" "$DIR/up.$RANK"
+while kill -0 "$PPID" 2>/dev/null; do sleep 0.05; done
 "#;
 
 /// In the launcher child: run the ranks and exit with the launch's outcome.
@@ -93,11 +94,22 @@ fn scratch(name: &str) -> PathBuf {
     dir
 }
 
+/// The launcher process, killed if a test ends (or panics) while it runs; its ranks then get
+/// their parent-death SIGTERM and leave once their launcher is gone.
+struct Launcher(Child);
+
+impl Drop for Launcher {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// Starts the launcher child of `test` with ranks that exit after `signals_to_exit` signals,
 /// and waits until both ranks run: its scratch directory and process.
-fn launch(test: &str, signals_to_exit: usize) -> (PathBuf, Child) {
+fn launch(test: &str, signals_to_exit: usize) -> (PathBuf, Launcher) {
     let dir = scratch(test);
-    let launcher = start_launcher(test, &dir, signals_to_exit);
+    let launcher = Launcher(start_launcher(test, &dir, signals_to_exit));
     wait_for("both ranks to start", Duration::from_secs(30), || {
         ranks_up(&dir)
     });
@@ -110,7 +122,7 @@ fn each_sigterm_to_the_launcher_reaches_every_rank_once() {
         launcher_main(&dir);
     }
     let (dir, mut launcher) = launch("each_sigterm_to_the_launcher_reaches_every_rank_once", 2);
-    signal(launcher.id(), libc::SIGTERM);
+    signal(launcher.0.id(), libc::SIGTERM);
     wait_for(
         "the first SIGTERM at both ranks",
         Duration::from_secs(10),
@@ -118,11 +130,11 @@ fn each_sigterm_to_the_launcher_reaches_every_rank_once() {
     );
     // The launcher is still waiting for its ranks, which still run.
     assert!(
-        launcher.try_wait().unwrap().is_none(),
+        launcher.0.try_wait().unwrap().is_none(),
         "the launcher exited early"
     );
-    signal(launcher.id(), libc::SIGTERM);
-    let status = wait_exit(&mut launcher, Duration::from_secs(10));
+    signal(launcher.0.id(), libc::SIGTERM);
+    let status = wait_exit(&mut launcher.0, Duration::from_secs(10));
     assert!(status.success(), "launcher: {status}");
     for r in 0..2 {
         assert_eq!(lines(&dir, r), ["TERM", "TERM"], "rank {r}");
@@ -135,14 +147,32 @@ fn a_sigint_to_the_launcher_reaches_every_rank_once() {
     if let Ok(dir) = std::env::var(LAUNCHER_ENV) {
         launcher_main(&dir);
     }
-    let (dir, mut launcher) = launch("a_sigint_to_the_launcher_reaches_every_rank_once", 1);
-    signal(launcher.id(), libc::SIGINT);
-    let status = wait_exit(&mut launcher, Duration::from_secs(10));
-    assert!(status.success(), "launcher: {status}");
-    // Give a doubled signal time to show before checking that there was one.
-    std::thread::sleep(Duration::from_millis(200));
+    // The ranks stay up after one signal, so a doubled SIGINT would show as a second line.
+    let (dir, mut launcher) = launch("a_sigint_to_the_launcher_reaches_every_rank_once", 2);
+    // Each rank leads its own process group, so a terminal's Ctrl-C (sent to the launcher's
+    // foreground group) reaches the ranks only through the launcher, once.
+    for r in 0..2 {
+        let up = std::fs::read_to_string(dir.join(format!("up.{r}"))).unwrap();
+        let ids: Vec<&str> = up.split_whitespace().collect();
+        assert_eq!(ids.len(), 2, "rank {r}: {up:?}");
+        assert_eq!(
+            ids[0], ids[1],
+            "rank {r} is not in a process group of its own"
+        );
+    }
+    signal(launcher.0.id(), libc::SIGINT);
+    wait_for("the SIGINT at both ranks", Duration::from_secs(10), || {
+        (0..2).all(|r| !lines(&dir, r).is_empty())
+    });
+    std::thread::sleep(Duration::from_millis(300));
     for r in 0..2 {
         assert_eq!(lines(&dir, r), ["INT"], "rank {r}");
+    }
+    signal(launcher.0.id(), libc::SIGTERM);
+    let status = wait_exit(&mut launcher.0, Duration::from_secs(10));
+    assert!(status.success(), "launcher: {status}");
+    for r in 0..2 {
+        assert_eq!(lines(&dir, r), ["INT", "TERM"], "rank {r}");
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -153,8 +183,8 @@ fn a_sigkilled_launcher_stops_its_ranks() {
         launcher_main(&dir);
     }
     let (dir, mut launcher) = launch("a_sigkilled_launcher_stops_its_ranks", 1);
-    signal(launcher.id(), libc::SIGKILL);
-    let _ = launcher.wait();
+    signal(launcher.0.id(), libc::SIGKILL);
+    let _ = launcher.0.wait();
     wait_for(
         "SIGTERM at both orphaned ranks",
         Duration::from_secs(10),
