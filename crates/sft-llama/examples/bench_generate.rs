@@ -9,7 +9,9 @@
 //! `crates/sft-llama/bench/run.sh` runs this and transformers' `generate` on the same prompts.
 
 use sft_llama::device::{DType, DeviceSpec};
-use sft_llama::{generate_ids, load_model_for_inference, GenerationConfig};
+use sft_llama::{
+    generate_ids, load_model, load_model_for_inference, GenerationConfig, WeightLayout,
+};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().collect();
@@ -55,7 +57,21 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .collect::<Option<_>>()
         .ok_or("bad prompt_ids")?;
     let t = std::time::Instant::now();
-    let loaded = load_model_for_inference(model_path, device, dtype.kind())?;
+    // BENCH_WEIGHT_LAYOUT=row|col overrides the device's layout (docs/benchmarks.md, "Weight
+    // layout").
+    let loaded = match std::env::var("BENCH_WEIGHT_LAYOUT").ok().as_deref() {
+        None => load_model_for_inference(model_path, device, dtype.kind())?,
+        Some(l) => {
+            let layout = match l {
+                "row" => WeightLayout::RowMajor,
+                "col" => WeightLayout::ColumnMajor,
+                other => return Err(format!("BENCH_WEIGHT_LAYOUT={other}: row or col").into()),
+            };
+            let mut loaded = load_model(model_path, device, dtype.kind())?;
+            loaded.model.fuse_projections_as(layout)?;
+            loaded
+        }
+    };
     let load_secs = t.elapsed().as_secs_f64();
     // Warm-up: one short generation so that first-call allocations are not timed.
     generate_ids(

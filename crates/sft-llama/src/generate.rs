@@ -190,6 +190,10 @@ pub struct GenerationStats {
     pub prefill_secs: f64,
     /// Seconds spent decoding.
     pub decode_secs: f64,
+    /// Decoding steps: forward passes of one new token per row (each costs about the same
+    /// whatever its rows are doing, so fewer steps for the same tokens is the gain of
+    /// continuous batching).
+    pub decode_steps: usize,
     /// Wall-clock seconds for the whole call.
     pub total_secs: f64,
     /// `generated_tokens / total_secs`.
@@ -423,10 +427,12 @@ fn finish_row(
 }
 
 /// Continuous batching over `order` (prompt indices, longest first): `batch_size` slots share
-/// one KV cache whose write position advances by one per step; a prompt joins a free slot by
-/// its own prefill (batch 1), copied into the slot's row so that it ends at the current write
-/// position, with the row's earlier positions masked out and its own RoPE positions. When the
-/// cache is full, the positions no running row needs are dropped from the front.
+/// one KV cache whose write position advances by one per step. The prompts that take the free
+/// slots of a step are prefilled together (left-padded, as a fixed batch is), and each row is
+/// copied into its slot's row so that it ends at the current write position, with the row's
+/// earlier positions masked out and its own RoPE positions. The positions no running row needs
+/// are dropped from the front once they are an eighth of the cache, so attention spans little
+/// more than the longest running row.
 #[allow(clippy::too_many_arguments)]
 fn generate_continuous(
     model: &Llama,
@@ -461,55 +467,54 @@ fn generate_continuous(
         let mut out = Vec::with_capacity(order.len());
         let max_stop = cfg.stop_strings.iter().map(String::len).max().unwrap_or(0);
         loop {
-            // Fill free slots with the next prompts.
-            for s in 0..b as usize {
-                if slots[s].is_some() {
-                    continue;
-                }
-                let Some(i) = queue.next() else { break };
+            // Fill the free slots with the next prompts: one left-padded prefill for all of
+            // them, each row copied into its slot so that it ends at the current write position.
+            let admitted: Vec<(usize, usize)> = (0..b as usize)
+                .filter(|&s| slots[s].is_none())
+                .zip(queue.by_ref())
+                .collect();
+            if !admitted.is_empty() {
                 let t0 = Instant::now();
-                let p = &prompts[i];
-                let n = p.len() as i64;
-                let mut own = KvCache::new(model, 1, n)?;
-                let ids: Vec<i64> = p.iter().map(|&t| t as i64).collect();
-                let input = Tensor::f_from_slice(&ids)?
-                    .f_view([1, n])?
-                    .f_to_device(device)?;
-                let first = model
-                    .forward_step(&input, None, None, &mut own, LogitsFor::Last)?
-                    .f_to_kind(Kind::Float)?;
-                if cache.len() < n {
+                let batch: Vec<&[u32]> = admitted
+                    .iter()
+                    .map(|&(_, i)| prompts[i].as_slice())
+                    .collect();
+                let padded = LeftPadded::new(&batch, pad_id, 0, device)?;
+                let width = padded.width;
+                let (own, first) = padded.prefill(model, width)?;
+                if cache.len() < width {
                     // Columns no running row has written stay masked for every row.
-                    cache.set_len(n)?;
+                    cache.set_len(width)?;
                 }
-                let start = cache.len() - n;
-                cache.write_row(s as i64, start, &own)?;
-                let row_valid = &mut valid[s * cap as usize..(s + 1) * cap as usize];
-                for (c, v) in row_valid.iter_mut().enumerate() {
-                    *v = (c as i64) >= start && (c as i64) < start + n;
+                let k = cfg.top_logits.min(model.config().vocab_size);
+                let (top_ids, top_logits) = top_k(&first, k)?;
+                for (j, (&(s, i), &n)) in admitted.iter().zip(&padded.lens).enumerate() {
+                    let start = cache.len() - n;
+                    cache.write_row(s as i64, start, &own, j as i64, width - n, n)?;
+                    let row_valid = &mut valid[s * cap as usize..(s + 1) * cap as usize];
+                    for (c, v) in row_valid.iter_mut().enumerate() {
+                        *v = (c as i64) >= start && (c as i64) < start + n;
+                    }
+                    logits
+                        .f_narrow(0, s as i64, 1)?
+                        .f_copy_(&first.f_narrow(0, j as i64, 1)?)?;
+                    rows[s] = Row::new(seeds[i]);
+                    slots[s] = Some(Slot {
+                        prompt: i,
+                        start,
+                        next_pos: n,
+                        top_ids: top_ids
+                            .get(j * k..(j + 1) * k)
+                            .unwrap_or(&[])
+                            .iter()
+                            .map(|&x| x as u32)
+                            .collect(),
+                        top_logits: top_logits.get(j * k..(j + 1) * k).unwrap_or(&[]).to_vec(),
+                    });
+                    stats.prompt_tokens += n as usize;
                 }
-                logits.f_narrow(0, s as i64, 1)?.f_copy_(&first)?;
-                let (top_ids, top_logits) = if cfg.top_logits > 0 {
-                    let k = cfg.top_logits.min(model.config().vocab_size) as i64;
-                    let (vals, idx) = first.f_topk(k, -1, true, true)?;
-                    (
-                        to_vec_i64(&idx)?.into_iter().map(|x| x as u32).collect(),
-                        to_vec_f32(&vals)?,
-                    )
-                } else {
-                    (Vec::new(), Vec::new())
-                };
-                rows[s] = Row::new(seeds[i]);
-                slots[s] = Some(Slot {
-                    prompt: i,
-                    start,
-                    next_pos: n,
-                    top_ids,
-                    top_logits,
-                });
                 sync(device);
                 stats.prefill_secs += t0.elapsed().as_secs_f64();
-                stats.prompt_tokens += n as usize;
             }
             if slots.iter().all(Option::is_none) {
                 break;
@@ -547,14 +552,17 @@ fn generate_continuous(
                 stats.decode_secs += t1.elapsed().as_secs_f64();
                 continue;
             }
-            // Full: drop the columns before the earliest running row.
-            if cache.len() + 1 > cap {
-                let drop = slots.iter().flatten().map(|sl| sl.start).min().unwrap_or(0);
-                if drop == 0 {
-                    return Err(Error::Input(
-                        "internal: the continuous-batching cache is full".into(),
-                    ));
-                }
+            // Drop the columns before the earliest running row once they are an eighth of the
+            // cache (every step attends over all columns; one copy is worth the steps it
+            // shortens), and whenever the cache is full.
+            let full = cache.len() + 1 > cap;
+            let drop = slots.iter().flatten().map(|sl| sl.start).min().unwrap_or(0);
+            if full && drop == 0 {
+                return Err(Error::Input(
+                    "internal: the continuous-batching cache is full".into(),
+                ));
+            }
+            if drop > 0 && (full || drop >= (cache.len() / 8).max(8)) {
                 cache.shift_left(drop)?;
                 for r in 0..b as usize {
                     let row = &mut valid[r * cap as usize..(r + 1) * cap as usize];
@@ -598,6 +606,7 @@ fn generate_continuous(
             logits = model
                 .forward_step(&input, Some(&pos), Some(&mask), &mut cache, LogitsFor::Last)?
                 .f_to_kind(Kind::Float)?;
+            stats.decode_steps += 1;
             for (s, slot) in slots.iter().enumerate() {
                 if slot.is_none() {
                     valid[s * cap as usize + col as usize] = false;
@@ -641,25 +650,28 @@ fn pad_id(model: &Llama, eos: &[u32]) -> i64 {
         .unwrap_or(0) as i64
 }
 
-fn generate_batch(
-    model: &Llama,
-    prompts: &[&[u32]],
-    seeds: &[u64],
-    cfg: &GenerationConfig,
-    eos: &[u32],
-    codec: Option<&dyn TextCodec>,
-    stats: &mut GenerationStats,
-) -> Result<Vec<Generation>> {
-    tch::no_grad(|| {
-        let device = model.device();
+/// Prompts left-padded to one width for a batched prefill: pad keys masked out, each row's
+/// positions counting only its own tokens.
+struct LeftPadded {
+    /// `[B, width]` token ids.
+    input: Tensor,
+    /// `[B, width]` RoPE positions.
+    positions: Tensor,
+    /// `[B, cap]` whether each key column holds a real token (pads false; later columns true).
+    key_valid: Tensor,
+    /// The prefill's `[B, 1, width, width]` mask when the lengths differ (`None`: causal).
+    mask: Option<Tensor>,
+    lens: Vec<i64>,
+    width: i64,
+}
+
+impl LeftPadded {
+    /// `cap`: the key columns of `key_valid` (the width when smaller).
+    fn new(prompts: &[&[u32]], pad_id: i64, cap: i64, device: Device) -> Result<Self> {
         let b = prompts.len() as i64;
         let lens: Vec<i64> = prompts.iter().map(|p| p.len() as i64).collect();
         let l = lens.iter().copied().max().unwrap_or(0);
-        let padded = lens.iter().any(|&n| n != l);
-        let cap = l + cfg.max_new_tokens as i64;
-        let pad_id = pad_id(model, eos);
-
-        // Left-padded ids, key validity over the whole cache, and per-row positions.
+        let cap = cap.max(l);
         let mut ids = vec![pad_id; (b * l) as usize];
         let mut valid = vec![true; (b * cap) as usize];
         let mut pos = vec![0i64; (b * l) as usize];
@@ -683,41 +695,79 @@ fn generate_batch(
         let key_valid = Tensor::f_from_slice(&valid)?
             .f_view([b, cap])?
             .f_to_device(device)?;
-        let prefill_mask = if padded {
+        let mask = if lens.iter().any(|&n| n != l) {
             let causal = Tensor::f_ones([l, l], (Kind::Bool, device))?.f_tril(0)?;
             let keys = key_valid.f_narrow(1, 0, l)?.f_view([b, 1, 1, l])?;
-            // Pad rows attend to themselves so that no softmax row is empty (their outputs are unused).
+            // Pad rows attend to themselves so that no softmax row is empty (their outputs are
+            // unused).
             let eye = Tensor::f_eye(l, (Kind::Bool, device))?;
             Some(causal.f_logical_and(&keys)?.f_logical_or(&eye)?)
         } else {
             None
         };
+        Ok(Self {
+            input,
+            positions,
+            key_valid,
+            mask,
+            lens,
+            width: l,
+        })
+    }
 
-        let mut cache = KvCache::new(model, b, cap)?;
-        let t0 = Instant::now();
-        let mut logits = model
+    /// The prefill into a new cache of `cap` positions: that cache and the f32 logits
+    /// `[B, V]` of each prompt's last token.
+    fn prefill(&self, model: &Llama, cap: i64) -> Result<(KvCache, Tensor)> {
+        let mut cache = KvCache::new(model, self.lens.len() as i64, cap)?;
+        let logits = model
             .forward_step(
-                &input,
-                Some(&positions),
-                prefill_mask.as_ref(),
+                &self.input,
+                Some(&self.positions),
+                self.mask.as_ref(),
                 &mut cache,
                 LogitsFor::Last,
             )?
             .f_to_kind(Kind::Float)?;
-        let (top_ids, top_logits) = if cfg.top_logits > 0 {
-            let k = cfg.top_logits.min(model.config().vocab_size) as i64;
-            let (vals, idx) = logits.f_topk(k, -1, true, true)?;
-            (to_vec_i64(&idx)?, to_vec_f32(&vals)?)
-        } else {
-            (Vec::new(), Vec::new())
-        };
+        Ok((cache, logits))
+    }
+}
+
+/// The `k` highest logits of each row of `logits` (`[B, V]`), row after row: ids and values.
+fn top_k(logits: &Tensor, k: usize) -> Result<(Vec<i64>, Vec<f32>)> {
+    if k == 0 {
+        return Ok((Vec::new(), Vec::new()));
+    }
+    let (vals, idx) = logits.f_topk(k as i64, -1, true, true)?;
+    Ok((to_vec_i64(&idx)?, to_vec_f32(&vals)?))
+}
+
+fn generate_batch(
+    model: &Llama,
+    prompts: &[&[u32]],
+    seeds: &[u64],
+    cfg: &GenerationConfig,
+    eos: &[u32],
+    codec: Option<&dyn TextCodec>,
+    stats: &mut GenerationStats,
+) -> Result<Vec<Generation>> {
+    tch::no_grad(|| {
+        let device = model.device();
+        let b = prompts.len() as i64;
+        let l = prompts.iter().map(|p| p.len() as i64).max().unwrap_or(0);
+        let cap = l + cfg.max_new_tokens as i64;
+        let t0 = Instant::now();
+        let padded = LeftPadded::new(prompts, pad_id(model, eos), cap, device)?;
+        let (mut cache, mut logits) = padded.prefill(model, cap)?;
+        let k = cfg.top_logits.min(model.config().vocab_size);
+        let (top_ids, top_logits) = top_k(&logits, k)?;
         sync(device);
         stats.prefill_secs += t0.elapsed().as_secs_f64();
+        let lens = &padded.lens;
         stats.prompt_tokens += lens.iter().sum::<i64>() as usize;
 
         let t1 = Instant::now();
         let mut rows: Vec<Row> = seeds.iter().map(|&seed| Row::new(seed)).collect();
-        let mut next_pos = Tensor::f_from_slice(&lens)?
+        let mut next_pos = Tensor::f_from_slice(lens)?
             .f_view([b, 1])?
             .f_to_device(device)?;
         let max_stop = cfg.stop_strings.iter().map(String::len).max().unwrap_or(0);
@@ -735,8 +785,13 @@ fn generate_batch(
             let input = Tensor::f_from_slice(&next)?
                 .f_view([b, 1])?
                 .f_to_device(device)?;
-            let mask = if padded {
-                Some(key_valid.f_narrow(1, 0, total)?.f_view([b, 1, 1, total])?)
+            let mask = if padded.mask.is_some() {
+                Some(
+                    padded
+                        .key_valid
+                        .f_narrow(1, 0, total)?
+                        .f_view([b, 1, 1, total])?,
+                )
             } else {
                 None
             };
@@ -750,12 +805,12 @@ fn generate_batch(
                 )?
                 .f_to_kind(Kind::Float)?;
             next_pos = next_pos.f_add_scalar(1)?;
+            stats.decode_steps += 1;
         }
         sync(device);
         stats.decode_secs += t1.elapsed().as_secs_f64();
 
         let mut out = Vec::with_capacity(rows.len());
-        let k = cfg.top_logits.min(model.config().vocab_size);
         for (r, row) in rows.into_iter().enumerate() {
             stats.generated_tokens += row.generated.len();
             let ids: Vec<u32> = top_ids

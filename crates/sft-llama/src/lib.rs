@@ -33,7 +33,7 @@ pub use generate::{
     generate, generate_ids, FinishReason, Generation, GenerationConfig, GenerationOutput,
     GenerationStats, Sampling, TextCodec, TokenizerCodec,
 };
-pub use model::{Blocks, ForwardOutput, HiddenStates, KvCache, Llama, LogitsFor};
+pub use model::{Blocks, ForwardOutput, HiddenStates, KvCache, Llama, LogitsFor, WeightLayout};
 pub use weights::{
     load_gguf, load_model, load_model_for_inference, load_safetensors, model_config, pt_metadata,
     safetensors_bytes, save_safetensors, write_safetensors, LoadReport, LoadedModel, ModelSource,

@@ -1,15 +1,16 @@
 //! `Llama::fuse_projections`: stacked q/k/v and gate/up weights for decoding give the same
 //! logits and tokens as the separate weights, keep every parameter's name, value and bytes,
 //! follow in-place updates, step aside when the VarStore is converted, and leave training passes
-//! (and their gradients) as they were.
+//! (and their gradients) as they were; in both weight layouts (`WeightLayout`).
 
 mod common;
 
 use common::{reference, rel_err, tiny};
-use sft_llama::{generate_ids, GenerationConfig, KvCache, LogitsFor};
+use sft_llama::{generate_ids, GenerationConfig, KvCache, LogitsFor, WeightLayout};
 use tch::{Kind, Tensor};
 
 const VARIANTS: [&str; 3] = ["tiny-llama-gqa", "tiny-llama-linear", "tiny-llama-llama3"];
+const LAYOUTS: [WeightLayout; 2] = [WeightLayout::RowMajor, WeightLayout::ColumnMajor];
 
 /// Prefill 5 positions, then single-token steps: every step's logits.
 fn stepped_logits(model: &sft_llama::Llama, ids: &Tensor) -> Tensor {
@@ -45,11 +46,14 @@ fn snapshot(vs: &tch::nn::VarStore) -> Vec<(String, Tensor)> {
 
 #[test]
 fn stacked_projections_decode_like_the_separate_ones() {
-    for name in VARIANTS {
+    for (name, layout) in VARIANTS
+        .iter()
+        .flat_map(|&n| LAYOUTS.iter().map(move |&l| (n, l)))
+    {
         let (_vs, plain, dir) = tiny(name, Kind::Float);
         let (vs, mut fused, _) = tiny(name, Kind::Float);
         let before = snapshot(&vs);
-        fused.fuse_projections().unwrap();
+        fused.fuse_projections_as(layout).unwrap();
         // Same names, shapes and values; the q/k/v (gate/up) parameters now share storage.
         let after = snapshot(&vs);
         assert_eq!(before.len(), after.len());
@@ -63,25 +67,48 @@ fn stacked_projections_decode_like_the_separate_ones() {
         let gate = &vars["model.layers.0.mlp.gate_proj.weight"];
         let up = &vars["model.layers.0.mlp.up_proj.weight"];
         let elem = 4; // f32
+        let o = &vars["model.layers.0.self_attn.o_proj.weight"];
+        let head = vars
+            .get("lm_head.weight")
+            .unwrap_or(&vars["model.embed_tokens.weight"]);
+        // Where k_proj (up_proj) starts in the stack: after q_proj's rows, or after its columns
+        // of the `[in, out]` storage; the single matrices are transposed views in column-major.
+        let (k_at, up_at) = match layout {
+            WeightLayout::RowMajor => (q.numel(), gate.numel()),
+            WeightLayout::ColumnMajor => (q.size()[0] as usize, gate.size()[0] as usize),
+        };
+        let single_strides = |t: &Tensor| match layout {
+            WeightLayout::RowMajor => vec![t.size()[1], 1],
+            WeightLayout::ColumnMajor => vec![1, t.size()[0]],
+        };
         assert_eq!(
             k.data_ptr() as usize - q.data_ptr() as usize,
-            q.numel() * elem,
-            "{name}: k_proj is not the rows after q_proj"
+            k_at * elem,
+            "{name} {layout:?}: k_proj is not where the stack puts it"
         );
         assert_eq!(
             up.data_ptr() as usize - gate.data_ptr() as usize,
-            gate.numel() * elem
+            up_at * elem
         );
+        for t in [o, head] {
+            assert_eq!(t.stride(), single_strides(t), "{name} {layout:?}");
+        }
 
         let ids = reference(&dir)["input_ids"].shallow_clone();
         let e = rel_err(&stepped_logits(&fused, &ids), &stepped_logits(&plain, &ids));
-        assert!(e <= 1e-6, "{name}: stacked decoding differs by {e:e}");
+        assert!(
+            e <= 1e-6,
+            "{name} {layout:?}: stacked decoding differs by {e:e}"
+        );
         // Hidden states (also without gradients) too.
         let req = sft_llama::HiddenStates::All;
         let a = fused.hidden_states(&ids, None, None, &req).unwrap();
         let b = plain.hidden_states(&ids, None, None, &req).unwrap();
         for (x, y) in a.iter().zip(&b) {
-            assert!(rel_err(x, y) <= 1e-6, "{name}: hidden states differ");
+            assert!(
+                rel_err(x, y) <= 1e-6,
+                "{name} {layout:?}: hidden states differ"
+            );
         }
         // Greedy tokens, batched.
         let prompts: Vec<Vec<u32>> =
@@ -94,7 +121,7 @@ fn stacked_projections_decode_like_the_separate_ones() {
         let ga = generate_ids(&fused, &prompts, &cfg, None).unwrap();
         let gb = generate_ids(&plain, &prompts, &cfg, None).unwrap();
         for (x, y) in ga.generations.iter().zip(&gb.generations) {
-            assert_eq!(x.generated_ids, y.generated_ids, "{name}");
+            assert_eq!(x.generated_ids, y.generated_ids, "{name} {layout:?}");
         }
     }
 }
@@ -115,9 +142,15 @@ fn scale_in_place(vs: &tch::nn::VarStore) {
 
 #[test]
 fn in_place_updates_reach_the_stacked_weights_and_conversion_ends_the_sharing() {
+    for layout in LAYOUTS {
+        in_place_updates_and_conversion(layout);
+    }
+}
+
+fn in_place_updates_and_conversion(layout: WeightLayout) {
     let (vs_plain, plain, dir) = tiny("tiny-llama-gqa", Kind::Float);
     let (mut vs, mut fused, _) = tiny("tiny-llama-gqa", Kind::Float);
-    fused.fuse_projections().unwrap();
+    fused.fuse_projections_as(layout).unwrap();
     let ids = reference(&dir)["input_ids"].shallow_clone();
     // Change v_proj and up_proj in place in both (as an optimizer step or a load does).
     scale_in_place(&vs);
@@ -143,7 +176,7 @@ fn in_place_updates_reach_the_stacked_weights_and_conversion_ends_the_sharing() 
     assert_eq!(a.kind(), Kind::Double);
     assert!(rel_err(&a, &stepped_logits(&plain64, &ids)) <= 1e-12);
     // Stacking again works on the converted store.
-    fused.fuse_projections().unwrap();
+    fused.fuse_projections_as(layout).unwrap();
     assert!(
         rel_err(
             &stepped_logits(&fused, &ids),
@@ -154,9 +187,15 @@ fn in_place_updates_reach_the_stacked_weights_and_conversion_ends_the_sharing() 
 
 #[test]
 fn training_passes_of_a_fused_model_keep_their_gradients() {
+    for layout in LAYOUTS {
+        gradients_kept(layout);
+    }
+}
+
+fn gradients_kept(layout: WeightLayout) {
     let (vs_plain, plain, dir) = tiny("tiny-llama-gqa", Kind::Float);
     let (vs, mut fused, _) = tiny("tiny-llama-gqa", Kind::Float);
-    fused.fuse_projections().unwrap();
+    fused.fuse_projections_as(layout).unwrap();
     let ids = reference(&dir)["input_ids"].shallow_clone();
     for (model, _) in [(&plain, &vs_plain), (&fused, &vs)] {
         let loss = model
@@ -174,7 +213,10 @@ fn training_passes_of_a_fused_model_keep_their_gradients() {
             g.defined() && g.abs().sum(Kind::Float).double_value(&[]) > 0.0,
             "no gradient for {name}"
         );
-        assert!(rel_err(&g, &h) <= 1e-6, "{name}: gradient differs");
+        assert!(
+            rel_err(&g, &h) <= 1e-6,
+            "{layout:?} {name}: gradient differs"
+        );
     }
 }
 
@@ -187,10 +229,28 @@ fn snapshot_vars(vs: &tch::nn::VarStore) -> Vec<(String, Tensor)> {
 
 #[test]
 fn a_fused_model_saves_the_same_bytes() {
-    let (vs_plain, _plain, _) = tiny("tiny-llama-gqa", Kind::Float);
+    for layout in LAYOUTS {
+        let (vs_plain, _plain, _) = tiny("tiny-llama-gqa", Kind::Float);
+        let (vs, mut fused, _) = tiny("tiny-llama-gqa", Kind::Float);
+        fused.fuse_projections_as(layout).unwrap();
+        let a = sft_llama::safetensors_bytes(&snapshot_vars(&vs), None).unwrap();
+        let b = sft_llama::safetensors_bytes(&snapshot_vars(&vs_plain), None).unwrap();
+        assert!(a == b, "{layout:?}: saved bytes differ after stacking");
+    }
+}
+
+#[test]
+fn the_cpu_decodes_with_column_major_weights() {
+    assert_eq!(
+        WeightLayout::for_device(tch::Device::Cpu),
+        WeightLayout::ColumnMajor
+    );
+    assert_eq!(
+        WeightLayout::for_device(tch::Device::Cuda(0)),
+        WeightLayout::RowMajor
+    );
     let (vs, mut fused, _) = tiny("tiny-llama-gqa", Kind::Float);
     fused.fuse_projections().unwrap();
-    let a = sft_llama::safetensors_bytes(&snapshot_vars(&vs), None).unwrap();
-    let b = sft_llama::safetensors_bytes(&snapshot_vars(&vs_plain), None).unwrap();
-    assert!(a == b, "saved bytes differ after stacking");
+    let down = &vs.variables()["model.layers.0.mlp.down_proj.weight"];
+    assert_eq!(down.stride(), vec![1, down.size()[0]]);
 }
