@@ -694,6 +694,17 @@ pub fn parse_eval_generation(stdout: &str, scratch: &Path) -> Result<Measured> {
         "generated tokens".into(),
         num(&stats, &["stats", "generated_tokens"])?,
     );
+    m.metrics
+        .insert("prefill s".into(), num(&stats, &["stats", "prefill_secs"])?);
+    m.metrics.insert(
+        "decode steps".into(),
+        num(&stats, &["stats", "decode_steps"])?,
+    );
+    m.metrics.insert(
+        "decode ms/step".into(),
+        1e3 * num(&stats, &["stats", "decode_secs"])?
+            / num(&stats, &["stats", "decode_steps"])?.max(1.0),
+    );
     let mut h = Sha256::new();
     let lines = json_lines(stdout);
     if lines.is_empty() {
@@ -1285,13 +1296,18 @@ fn define(name: BenchName, c: &Ctx) -> Result<Benchmark> {
                 "Evaluation generation as the runner's GSM8K evaluation sends it: the first {n} GSM8K test \
                  questions as one user turn in the model's chat template, greedy, up to {max_new} new tokens \
                  (EOS ends a sequence), batch 16, f32, device {}: continuous batching against fixed batches \
-                 (sorted by prompt length). The generated ids must be identical.",
+                 (sorted by prompt length). The generated ids must be identical. A decoding step costs \
+                 about the same whatever its rows do, so the speed-up is at most the fixed batches' decode \
+                 steps over ⌈generated tokens / 16⌉ (less the tail after the last prompt is admitted).",
                 c.device
             );
             b.metrics = vec![
                 metric("wall s", "s", Better::Lower),
                 metric("tokens/s", "tokens/s", Better::Higher),
                 metric("generated tokens", "count", Better::Neither),
+                metric("prefill s", "s", Better::Lower),
+                metric("decode steps", "count", Better::Lower),
+                metric("decode ms/step", "ms", Better::Lower),
             ];
             let argv = |continuous: bool| -> Result<Vec<String>> {
                 let mut a = vec![
@@ -1713,12 +1729,16 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(
             dir.path().join("stats.json"),
-            r#"{"stats":{"total_secs":10.0,"tokens_per_sec":50.0,"generated_tokens":500}}"#,
+            r#"{"stats":{"total_secs":10.0,"tokens_per_sec":50.0,"generated_tokens":500,
+                "prefill_secs":2.0,"decode_secs":8.0,"decode_steps":40}}"#,
         )
         .unwrap();
         let a = parse_eval_generation("{\"generated_ids\":[1,2]}\n", dir.path()).unwrap();
         let b = parse_eval_generation("{\"generated_ids\":[1,3]}\n", dir.path()).unwrap();
         assert_eq!(a.metrics["wall s"], 10.0);
+        assert_eq!(a.metrics["decode steps"], 40.0);
+        assert_eq!(a.metrics["decode ms/step"], 200.0);
+        assert_eq!(a.metrics["prefill s"], 2.0);
         assert_ne!(a.facts["generated ids"], b.facts["generated ids"]);
     }
 
