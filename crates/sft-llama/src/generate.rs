@@ -447,7 +447,7 @@ fn generate_continuous(
 ) -> Result<Vec<(usize, Generation)>> {
     tch::no_grad(|| {
         let device = model.device();
-        let b = cfg.batch_size.min(order.len()).max(1) as i64;
+        let mut b = cfg.batch_size.min(order.len()).max(1) as i64;
         let longest = order.iter().map(|&i| prompts[i].len()).max().unwrap_or(0) as i64;
         // A row needs at most its prompt and `max_new_tokens` positions. A quarter more (and one)
         // means that when the cache is full, at least that quarter lies before every running row
@@ -551,6 +551,26 @@ fn generate_continuous(
             if slots.iter().all(Option::is_none) {
                 stats.decode_secs += t1.elapsed().as_secs_f64();
                 continue;
+            }
+            // No prompt left to admit and at most half the slots running: shrink the batch to
+            // them, so that each remaining step computes only the running rows.
+            let running: Vec<usize> = (0..b as usize).filter(|&s| slots[s].is_some()).collect();
+            if queue.len() == 0 && running.len() * 2 <= b as usize {
+                let keep: Vec<i64> = running.iter().map(|&s| s as i64).collect();
+                cache.keep_rows(&keep)?;
+                let old_cap = cap as usize;
+                valid = running
+                    .iter()
+                    .flat_map(|&s| valid[s * old_cap..(s + 1) * old_cap].to_vec())
+                    .collect();
+                let mut old_slots = std::mem::take(&mut slots);
+                let mut old_rows = std::mem::take(&mut rows);
+                for &s in &running {
+                    slots.push(old_slots[s].take());
+                    rows.push(std::mem::replace(&mut old_rows[s], Row::new(0)));
+                }
+                b = running.len() as i64;
+                inputs = running.iter().map(|&s| inputs[s]).collect();
             }
             // Drop the columns before the earliest running row once they are an eighth of the
             // cache (every step attends over all columns; one copy is worth the steps it

@@ -218,6 +218,26 @@ impl KvCache {
         Ok(())
     }
 
+    /// Keeps only the rows `rows` (in that order) and frees the others: the batch becomes
+    /// `rows.len()` (continuous batching shrinks to its running rows once no prompt is left to
+    /// admit, so that each step computes only them).
+    pub(crate) fn keep_rows(&mut self, rows: &[i64]) -> Result<()> {
+        if rows.is_empty() || rows.iter().any(|&r| r < 0 || r >= self.batch) {
+            return Err(Error::Input(format!(
+                "cannot keep rows {rows:?} of a {}-row cache",
+                self.batch
+            )));
+        }
+        let device = self.layers.first().map_or(Device::Cpu, |l| l.keys.device());
+        let index = Tensor::f_from_slice(rows)?.f_to_device(device)?;
+        for l in &mut self.layers {
+            l.keys = l.keys.f_index_select(0, &index)?;
+            l.values = l.values.f_index_select(0, &index)?;
+        }
+        self.batch = rows.len() as i64;
+        Ok(())
+    }
+
     /// Moves positions `by..len` of every row to `0..len - by` and shortens the filled length by
     /// `by` (continuous batching frees the columns no running sequence needs any more).
     pub(crate) fn shift_left(&mut self, by: i64) -> Result<()> {
