@@ -241,16 +241,32 @@ fn a_fused_model_saves_the_same_bytes() {
 
 #[test]
 fn the_cpu_decodes_with_column_major_weights() {
+    use tch::Device::{Cpu, Cuda};
+    for kind in [Kind::Float, Kind::BFloat16] {
+        assert_eq!(
+            WeightLayout::for_device(Cpu, kind),
+            WeightLayout::ColumnMajor
+        );
+    }
+    // libtorch's CPU f16 matmul is far slower from column-major storage.
     assert_eq!(
-        WeightLayout::for_device(tch::Device::Cpu),
-        WeightLayout::ColumnMajor
-    );
-    assert_eq!(
-        WeightLayout::for_device(tch::Device::Cuda(0)),
+        WeightLayout::for_device(Cpu, Kind::Half),
         WeightLayout::RowMajor
     );
+    for kind in [Kind::Float, Kind::BFloat16, Kind::Half] {
+        assert_eq!(
+            WeightLayout::for_device(Cuda(0), kind),
+            WeightLayout::RowMajor
+        );
+    }
     let (vs, mut fused, _) = tiny("tiny-llama-gqa", Kind::Float);
     fused.fuse_projections().unwrap();
     let down = &vs.variables()["model.layers.0.mlp.down_proj.weight"];
     assert_eq!(down.stride(), vec![1, down.size()[0]]);
+    // An f16 model keeps the row-major layout.
+    let (vs16, mut m16, _) = tiny("tiny-llama-gqa", Kind::Half);
+    m16.fuse_projections().unwrap();
+    let down16 = &vs16.variables()["model.layers.0.mlp.down_proj.weight"];
+    assert_eq!(down16.kind(), Kind::Half);
+    assert_eq!(down16.stride(), vec![down16.size()[1], 1]);
 }
