@@ -242,12 +242,15 @@ fn the_follower_waits_through_a_long_evaluation_but_not_for_a_silent_rank_0() {
     let tmp = tempfile::tempdir().unwrap();
     let plan = tmp.path().join("long-eval.toml");
     write_plan(&plan, 1, 1);
-    // 2 × 4000 generated tokens: an evaluation of a few seconds, longer than the timeout.
+    // 4 prompts × up to 6000 generated tokens in 2 slots: an evaluation of several seconds, well
+    // over the timeout (2 × 4000 tokens took 2.9 s once decoding got faster, under the 3 s).
     let text = std::fs::read_to_string(&plan).unwrap();
-    let text = text.replace(
-        "gsm8k_max_new_tokens = 4\n",
-        "gsm8k_max_new_tokens = 4000\n",
-    );
+    let text = text
+        .replace(
+            "gsm8k_max_new_tokens = 4\n",
+            "gsm8k_max_new_tokens = 6000\n",
+        )
+        .replace("gsm8k = 2\n", "gsm8k = 4\n");
     std::fs::write(&plan, text).unwrap();
     const TIMEOUT_S: u64 = 3;
     let timeout = TIMEOUT_S.to_string();
