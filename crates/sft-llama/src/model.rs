@@ -331,8 +331,16 @@ impl RmsNorm {
         })
     }
 
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+    /// `fused`: a pass without gradients (decoding, hidden states), where an f32 input goes
+    /// through libtorch's one-kernel `rms_norm`: the same f32 arithmetic in one pass over the
+    /// row instead of five element-wise ops. Other dtypes keep transformers' order (cast back
+    /// before the weight multiply), which the fused kernel does not follow.
+    fn forward(&self, x: &Tensor, fused: bool) -> Result<Tensor> {
         let kind = x.kind();
+        if fused && kind == Kind::Float && self.weight.kind() == Kind::Float {
+            let h = self.weight.size()[0];
+            return Ok(x.f_rms_norm([h].as_slice(), Some(&self.weight), self.eps)?);
+        }
         let x32 = x.f_to_kind(Kind::Float)?;
         let var = x32
             .f_pow_tensor_scalar(2)?
@@ -582,9 +590,9 @@ impl Block {
     }
 
     fn forward(&self, x: &Tensor, pass: &Pass, cache: Option<&mut LayerCache>) -> Result<Tensor> {
-        let h = self.input_layernorm.forward(x)?;
+        let h = self.input_layernorm.forward(x, pass.fused)?;
         let x = x.f_add(&self.self_attn.forward(&h, pass, cache)?)?;
-        let h = self.post_attention_layernorm.forward(&x)?;
+        let h = self.post_attention_layernorm.forward(&x, pass.fused)?;
         Ok(x.f_add(&self.mlp.forward(&h, pass.fused)?)?)
     }
 }
@@ -821,7 +829,7 @@ impl Llama {
                 }
             }
             if deepest == n {
-                collect.offer(n, &self.norm.forward(&x)?);
+                collect.offer(n, &self.norm.forward(&x, pass.fused)?);
             }
             Ok(collect.finish())
         })
@@ -860,7 +868,7 @@ impl Llama {
     pub fn head(&self, x: &Tensor) -> Result<Tensor> {
         Ok(self
             .norm
-            .forward(x)?
+            .forward(x, false)?
             .f_linear::<Tensor>(&self.lm_head, None)?)
     }
 
@@ -929,7 +937,7 @@ impl Llama {
             LogitsFor::All => x,
             LogitsFor::Last => x.f_select(1, pass.len - 1)?,
         };
-        let x = self.norm.forward(&x)?;
+        let x = self.norm.forward(&x, pass.fused)?;
         hidden.offer(n, &x);
         let logits = x.f_linear::<Tensor>(&self.lm_head, None)?;
         Ok(ForwardOutput {
