@@ -684,26 +684,20 @@ pub fn parse_eval_generation(stdout: &str, scratch: &Path) -> Result<Measured> {
             .with_context(|| format!("reading {}", stats_path.display()))?,
     )?;
     let mut m = Measured::default();
-    m.metrics
-        .insert("wall s".into(), num(&stats, &["stats", "total_secs"])?);
-    m.metrics.insert(
-        "tokens/s".into(),
-        num(&stats, &["stats", "tokens_per_sec"])?,
-    );
-    m.metrics.insert(
-        "generated tokens".into(),
-        num(&stats, &["stats", "generated_tokens"])?,
-    );
-    m.metrics
-        .insert("prefill s".into(), num(&stats, &["stats", "prefill_secs"])?);
-    m.metrics.insert(
-        "decode steps".into(),
-        num(&stats, &["stats", "decode_steps"])?,
-    );
+    for (metric, key) in [
+        ("wall s", "total_secs"),
+        ("tokens/s", "tokens_per_sec"),
+        ("generated tokens", "generated_tokens"),
+        ("prefill s", "prefill_secs"),
+        ("decode steps", "decode_steps"),
+    ] {
+        m.metrics
+            .insert(metric.into(), num(&stats, &["stats", key])?);
+    }
+    let decode_ms = 1e3 * num(&stats, &["stats", "decode_secs"])?;
     m.metrics.insert(
         "decode ms/step".into(),
-        1e3 * num(&stats, &["stats", "decode_secs"])?
-            / num(&stats, &["stats", "decode_steps"])?.max(1.0),
+        decode_ms / m.metrics["decode steps"].max(1.0),
     );
     let mut h = Sha256::new();
     let lines = json_lines(stdout);
@@ -1848,7 +1842,7 @@ mod tests {
         assert_eq!(r.comparisons[0].speedup, 2.5);
         let met: Vec<Option<bool>> = r.targets.iter().map(|t| t.met).collect();
         assert_eq!(met, [Some(true), Some(false), Some(false), None]);
-        assert_eq!(r.same_facts["out"], true);
+        assert!(r.same_facts["out"]);
 
         let report = Report {
             date: "2026-12-05".into(),
@@ -1907,7 +1901,7 @@ mod tests {
             notes: vec![],
         };
         let r = run_benchmark(&b, dir.path(), &dir.path().join("scratch")).unwrap();
-        assert_eq!(r.same_facts["out"], false);
+        assert!(!r.same_facts["out"]);
     }
 
     #[test]

@@ -133,13 +133,7 @@ fn each_sigterm_to_the_launcher_reaches_every_rank_once() {
         launcher.0.try_wait().unwrap().is_none(),
         "the launcher exited early"
     );
-    signal(launcher.0.id(), libc::SIGTERM);
-    let status = wait_exit(&mut launcher.0, Duration::from_secs(10));
-    assert!(status.success(), "launcher: {status}");
-    for r in 0..2 {
-        assert_eq!(lines(&dir, r), ["TERM", "TERM"], "rank {r}");
-    }
-    let _ = std::fs::remove_dir_all(&dir);
+    end_with_sigterm(launcher, &dir, &["TERM", "TERM"]);
 }
 
 #[test]
@@ -148,7 +142,7 @@ fn a_sigint_to_the_launcher_reaches_every_rank_once() {
         launcher_main(&dir);
     }
     // The ranks stay up after one signal, so a doubled SIGINT would show as a second line.
-    let (dir, mut launcher) = launch("a_sigint_to_the_launcher_reaches_every_rank_once", 2);
+    let (dir, launcher) = launch("a_sigint_to_the_launcher_reaches_every_rank_once", 2);
     // Each rank leads its own process group, so a terminal's Ctrl-C (sent to the launcher's
     // foreground group) reaches the ranks only through the launcher, once.
     for r in 0..2 {
@@ -168,13 +162,19 @@ fn a_sigint_to_the_launcher_reaches_every_rank_once() {
     for r in 0..2 {
         assert_eq!(lines(&dir, r), ["INT"], "rank {r}");
     }
+    end_with_sigterm(launcher, &dir, &["INT", "TERM"]);
+}
+
+/// Sends the launcher a SIGTERM, expects it to exit cleanly and each of the two ranks to have
+/// logged `want`, and removes `dir`.
+fn end_with_sigterm(mut launcher: Launcher, dir: &Path, want: &[&str]) {
     signal(launcher.0.id(), libc::SIGTERM);
     let status = wait_exit(&mut launcher.0, Duration::from_secs(10));
     assert!(status.success(), "launcher: {status}");
     for r in 0..2 {
-        assert_eq!(lines(&dir, r), ["INT", "TERM"], "rank {r}");
+        assert_eq!(lines(dir, r), want, "rank {r}");
     }
-    let _ = std::fs::remove_dir_all(&dir);
+    let _ = std::fs::remove_dir_all(dir);
 }
 
 #[test]

@@ -451,8 +451,7 @@ fn generate_continuous(
         let longest = order.iter().map(|&i| prompts[i].len()).max().unwrap_or(0) as i64;
         // A row needs at most its prompt and `max_new_tokens` positions. A quarter more (and one)
         // means that when the cache is full, at least that quarter lies before every running row
-        // and is dropped at once: attention spans at most 1.25 times the longest need, and the
-        // copy that drops the front happens at most every `need / 4` steps.
+        // and can be dropped (the front is usually dropped earlier, once it is an eighth).
         let need = longest + cfg.max_new_tokens as i64;
         let cap = need + (need / 4).max(8) + 1;
         let vocab = model.config().vocab_size as i64;
@@ -479,16 +478,17 @@ fn generate_continuous(
                     .iter()
                     .map(|&(_, i)| prompts[i].as_slice())
                     .collect();
-                let padded = LeftPadded::new(&batch, pad_id, 0, device)?;
+                let padded = LeftPadded::new(&batch, pad_id, device)?;
                 let width = padded.width;
                 let (own, first) = padded.prefill(model, width)?;
                 if cache.len() < width {
                     // Columns no running row has written stay masked for every row.
                     cache.set_len(width)?;
                 }
-                let k = cfg.top_logits.min(model.config().vocab_size);
-                let (top_ids, top_logits) = top_k(&first, k)?;
-                for (j, (&(s, i), &n)) in admitted.iter().zip(&padded.lens).enumerate() {
+                let tops = top_k(&first, cfg.top_logits.min(model.config().vocab_size))?;
+                for (j, ((&(s, i), &n), (top_ids, top_logits))) in
+                    admitted.iter().zip(&padded.lens).zip(tops).enumerate()
+                {
                     let start = cache.len() - n;
                     cache.write_row(s as i64, start, &own, j as i64, width - n, n)?;
                     let row_valid = &mut valid[s * cap as usize..(s + 1) * cap as usize];
@@ -503,13 +503,8 @@ fn generate_continuous(
                         prompt: i,
                         start,
                         next_pos: n,
-                        top_ids: top_ids
-                            .get(j * k..(j + 1) * k)
-                            .unwrap_or(&[])
-                            .iter()
-                            .map(|&x| x as u32)
-                            .collect(),
-                        top_logits: top_logits.get(j * k..(j + 1) * k).unwrap_or(&[]).to_vec(),
+                        top_ids,
+                        top_logits,
                     });
                     stats.prompt_tokens += n as usize;
                 }
@@ -554,8 +549,12 @@ fn generate_continuous(
             }
             // No prompt left to admit and at most half the slots running: shrink the batch to
             // them, so that each remaining step computes only the running rows.
-            let running: Vec<usize> = (0..b as usize).filter(|&s| slots[s].is_some()).collect();
-            if queue.len() == 0 && running.len() * 2 <= b as usize {
+            let running: Vec<usize> = if queue.len() == 0 {
+                (0..b as usize).filter(|&s| slots[s].is_some()).collect()
+            } else {
+                Vec::new()
+            };
+            if !running.is_empty() && running.len() * 2 <= b as usize {
                 let keep: Vec<i64> = running.iter().map(|&s| s as i64).collect();
                 cache.keep_rows(&keep)?;
                 let old_cap = cap as usize;
@@ -677,8 +676,6 @@ struct LeftPadded {
     input: Tensor,
     /// `[B, width]` RoPE positions.
     positions: Tensor,
-    /// `[B, cap]` whether each key column holds a real token (pads false; later columns true).
-    key_valid: Tensor,
     /// The prefill's `[B, 1, width, width]` mask when the lengths differ (`None`: causal).
     mask: Option<Tensor>,
     lens: Vec<i64>,
@@ -686,14 +683,11 @@ struct LeftPadded {
 }
 
 impl LeftPadded {
-    /// `cap`: the key columns of `key_valid` (the width when smaller).
-    fn new(prompts: &[&[u32]], pad_id: i64, cap: i64, device: Device) -> Result<Self> {
+    fn new(prompts: &[&[u32]], pad_id: i64, device: Device) -> Result<Self> {
         let b = prompts.len() as i64;
         let lens: Vec<i64> = prompts.iter().map(|p| p.len() as i64).collect();
         let l = lens.iter().copied().max().unwrap_or(0);
-        let cap = cap.max(l);
         let mut ids = vec![pad_id; (b * l) as usize];
-        let mut valid = vec![true; (b * cap) as usize];
         let mut pos = vec![0i64; (b * l) as usize];
         for (r, p) in prompts.iter().enumerate() {
             let off = (l - lens[r]) as usize;
@@ -702,9 +696,6 @@ impl LeftPadded {
                 ids[row + off + j] = t as i64;
                 pos[row + off + j] = j as i64;
             }
-            for v in &mut valid[r * cap as usize..r * cap as usize + off] {
-                *v = false;
-            }
         }
         let input = Tensor::f_from_slice(&ids)?
             .f_view([b, l])?
@@ -712,27 +703,36 @@ impl LeftPadded {
         let positions = Tensor::f_from_slice(&pos)?
             .f_view([b, l])?
             .f_to_device(device)?;
-        let key_valid = Tensor::f_from_slice(&valid)?
-            .f_view([b, cap])?
-            .f_to_device(device)?;
-        let mask = if lens.iter().any(|&n| n != l) {
+        let mut padded = Self {
+            input,
+            positions,
+            mask: None,
+            lens,
+            width: l,
+        };
+        if padded.lens.iter().any(|&n| n != l) {
             let causal = Tensor::f_ones([l, l], (Kind::Bool, device))?.f_tril(0)?;
-            let keys = key_valid.f_narrow(1, 0, l)?.f_view([b, 1, 1, l])?;
+            let keys = padded.key_valid(l, device)?.f_view([b, 1, 1, l])?;
             // Pad rows attend to themselves so that no softmax row is empty (their outputs are
             // unused).
             let eye = Tensor::f_eye(l, (Kind::Bool, device))?;
-            Some(causal.f_logical_and(&keys)?.f_logical_or(&eye)?)
-        } else {
-            None
-        };
-        Ok(Self {
-            input,
-            positions,
-            key_valid,
-            mask,
-            lens,
-            width: l,
-        })
+            padded.mask = Some(causal.f_logical_and(&keys)?.f_logical_or(&eye)?);
+        }
+        Ok(padded)
+    }
+
+    /// `[B, cap]` (`cap` ≥ the width): whether each key column holds a real token, the pads
+    /// false and every column after the prompts true.
+    fn key_valid(&self, cap: i64, device: Device) -> Result<Tensor> {
+        let b = self.lens.len();
+        let mut valid = vec![true; b * cap as usize];
+        for (r, &n) in self.lens.iter().enumerate() {
+            let off = (self.width - n) as usize;
+            valid[r * cap as usize..r * cap as usize + off].fill(false);
+        }
+        Ok(Tensor::f_from_slice(&valid)?
+            .f_view([b as i64, cap])?
+            .f_to_device(device)?)
     }
 
     /// The prefill into a new cache of `cap` positions: that cache and the f32 logits
@@ -752,13 +752,20 @@ impl LeftPadded {
     }
 }
 
-/// The `k` highest logits of each row of `logits` (`[B, V]`), row after row: ids and values.
-fn top_k(logits: &Tensor, k: usize) -> Result<(Vec<i64>, Vec<f32>)> {
+/// The `k` highest logits of each row of `logits` (`[B, V]`), most likely first: ids and
+/// values per row (both empty when `k` is 0).
+fn top_k(logits: &Tensor, k: usize) -> Result<Vec<(Vec<u32>, Vec<f32>)>> {
+    let b = logits.size()[0] as usize;
     if k == 0 {
-        return Ok((Vec::new(), Vec::new()));
+        return Ok(vec![(Vec::new(), Vec::new()); b]);
     }
     let (vals, idx) = logits.f_topk(k as i64, -1, true, true)?;
-    Ok((to_vec_i64(&idx)?, to_vec_f32(&vals)?))
+    let (idx, vals) = (to_vec_i64(&idx)?, to_vec_f32(&vals)?);
+    Ok(idx
+        .chunks(k)
+        .zip(vals.chunks(k))
+        .map(|(i, v)| (i.iter().map(|&x| x as u32).collect(), v.to_vec()))
+        .collect())
 }
 
 fn generate_batch(
@@ -773,13 +780,17 @@ fn generate_batch(
     tch::no_grad(|| {
         let device = model.device();
         let b = prompts.len() as i64;
-        let l = prompts.iter().map(|p| p.len() as i64).max().unwrap_or(0);
-        let cap = l + cfg.max_new_tokens as i64;
         let t0 = Instant::now();
-        let padded = LeftPadded::new(prompts, pad_id(model, eos), cap, device)?;
+        let padded = LeftPadded::new(prompts, pad_id(model, eos), device)?;
+        let l = padded.width;
+        let cap = l + cfg.max_new_tokens as i64;
         let (mut cache, mut logits) = padded.prefill(model, cap)?;
-        let k = cfg.top_logits.min(model.config().vocab_size);
-        let (top_ids, top_logits) = top_k(&logits, k)?;
+        let tops = top_k(&logits, cfg.top_logits.min(model.config().vocab_size))?;
+        // Key validity over the whole cache, for the decoding steps' masks (padded rows only).
+        let key_valid = match padded.mask {
+            Some(_) => Some(padded.key_valid(cap, device)?),
+            None => None,
+        };
         sync(device);
         stats.prefill_secs += t0.elapsed().as_secs_f64();
         let lens = &padded.lens;
@@ -805,15 +816,9 @@ fn generate_batch(
             let input = Tensor::f_from_slice(&next)?
                 .f_view([b, 1])?
                 .f_to_device(device)?;
-            let mask = if padded.mask.is_some() {
-                Some(
-                    padded
-                        .key_valid
-                        .f_narrow(1, 0, total)?
-                        .f_view([b, 1, 1, total])?,
-                )
-            } else {
-                None
+            let mask = match &key_valid {
+                Some(kv) => Some(kv.f_narrow(1, 0, total)?.f_view([b, 1, 1, total])?),
+                None => None,
             };
             logits = model
                 .forward_step(
@@ -831,16 +836,9 @@ fn generate_batch(
         stats.decode_secs += t1.elapsed().as_secs_f64();
 
         let mut out = Vec::with_capacity(rows.len());
-        for (r, row) in rows.into_iter().enumerate() {
+        for ((prompt, row), (ids, vals)) in prompts.iter().zip(rows).zip(tops) {
             stats.generated_tokens += row.generated.len();
-            let ids: Vec<u32> = top_ids
-                .get(r * k..(r + 1) * k)
-                .unwrap_or(&[])
-                .iter()
-                .map(|&x| x as u32)
-                .collect();
-            let vals = top_logits.get(r * k..(r + 1) * k).unwrap_or(&[]).to_vec();
-            out.push(finish_row(prompts[r], row, cfg, codec, ids, vals)?);
+            out.push(finish_row(prompt, row, cfg, codec, ids, vals)?);
         }
         Ok(out)
     })

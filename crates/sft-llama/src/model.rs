@@ -310,9 +310,9 @@ struct Pass {
     mask: Option<Tensor>,
     /// Let SDPA apply the causal mask itself (no past, no explicit mask, `T > 1`).
     is_causal: bool,
-    /// Use the stacked projections of [`Llama::fuse_projections`] where they exist: only in
-    /// passes without gradients (decoding, hidden states), since the stacked matrix does not
-    /// carry gradients back to the parameters.
+    /// A pass without gradients (decoding, hidden states): it uses the stacked projections of
+    /// [`Llama::fuse_projections`] where they exist (the stacked matrix does not carry
+    /// gradients back to the parameters) and libtorch's fused RMSNorm for f32.
     fused: bool,
 }
 
@@ -381,13 +381,21 @@ impl WeightLayout {
         }
     }
 
+    /// `w`'s values in this layout: `w` itself for row-major, else a transposed view of new
+    /// `[in, out]` storage.
+    fn arrange(self, w: Tensor) -> Result<Tensor> {
+        Ok(match self {
+            WeightLayout::RowMajor => w,
+            WeightLayout::ColumnMajor => w.f_transpose(0, 1)?.f_contiguous()?.f_transpose(0, 1)?,
+        })
+    }
+
     /// Gives `w` this layout in new storage (same values, shape and VarStore variable).
     fn apply(self, w: &mut Tensor) -> Result<()> {
         if self == WeightLayout::ColumnMajor {
             tch::no_grad(|| -> Result<()> {
-                let storage = w.f_transpose(0, 1)?.f_contiguous()?;
-                w.f_set_data(&storage.f_transpose(0, 1)?)?;
-                Ok(())
+                let arranged = self.arrange(w.shallow_clone())?;
+                Ok(w.f_set_data(&arranged)?)
             })?;
         }
         Ok(())
@@ -408,14 +416,10 @@ impl Stacked {
     /// see the same memory: values, in-place updates, loading and saving are unchanged).
     fn new(parts: &mut [&mut Tensor], layout: WeightLayout) -> Result<Self> {
         tch::no_grad(|| {
-            let weight = Tensor::f_cat(&parts.iter().map(|p| &**p).collect::<Vec<_>>(), 0)?;
-            let weight = match layout {
-                WeightLayout::RowMajor => weight,
-                WeightLayout::ColumnMajor => weight
-                    .f_transpose(0, 1)?
-                    .f_contiguous()?
-                    .f_transpose(0, 1)?,
-            };
+            let weight = layout.arrange(Tensor::f_cat(
+                &parts.iter().map(|p| &**p).collect::<Vec<_>>(),
+                0,
+            )?)?;
             let rows: Vec<i64> = parts.iter().map(|p| p.size()[0]).collect();
             let mut at = 0;
             for (p, &n) in parts.iter_mut().zip(&rows) {
